@@ -1,0 +1,1 @@
+"""Models, data sets and the shared experiment harness for projprune's experiments."""

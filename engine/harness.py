@@ -1,0 +1,285 @@
+"""The shared experiment harness: seeding, logging, run directories, atomic writes,
+results CSVs, checkpoints and dataclass-driven command lines.
+
+Every entry point (``main.py``, ``vit/``, ``gpt2/``, ``params/``, ``projprune.demo``)
+uses these helpers instead of its own copy, so run layouts, log lines and checkpoint
+formats are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
+LOG_DATEFMT = "%m/%d %H:%M:%S"
+
+C = TypeVar("C")
+
+
+# --------------------------------------------------------------------------- seeding
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); optionally ask for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def default_device() -> torch.device:
+    """``cuda`` when available, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------- logging
+def get_logger(name: str, path: str | os.PathLike | None = None, console: bool = True) -> logging.Logger:
+    """A logger writing ``[MM/DD HH:MM:SS] <name> INFO: message`` to the console and to ``path``.
+
+    Calling it again with the same name replaces the handlers (one logger per run). The log
+    file is opened in append mode so that a resumed run keeps its history.
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(LOG_FORMAT, datefmt=LOG_DATEFMT)
+    if console:
+        stream = logging.StreamHandler(sys.stdout)
+        stream.setFormatter(formatter)
+        logger.addHandler(stream)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(path, mode="a")
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    return logger
+
+
+def close_logger(logger: logging.Logger) -> None:
+    """Flush and detach every handler (lets tests reopen the same run)."""
+    for handler in list(logger.handlers):
+        handler.flush()
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def log_config(logger: logging.Logger, config: Any) -> None:
+    """Log every field of a dataclass or namespace as ``<arg>: <value>``, first thing in a run."""
+    items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else vars(config)
+    for key, value in items.items():
+        logger.info(f"{key}: {value}")
+
+
+# --------------------------------------------------------------------------- atomic files
+def _atomic_target(path: str | os.PathLike) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    A killed process leaves either the old file or the new one, never half of one.
+    """
+    target = _atomic_target(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomic text write (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomic JSON write, indented and key-sorted for diffable outputs."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
+) -> Path:
+    """Write a list of dicts as CSV atomically; columns in first-seen order unless given."""
+    if fieldnames is None:
+        seen: dict[str, None] = {}
+        for row in rows:
+            for key in row:
+                seen.setdefault(key, None)
+        fieldnames = list(seen)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read a CSV written by :func:`atomic_write_csv` (all values as strings)."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+class ResultsCSV:
+    """Rows of results, rewritten atomically on every :meth:`append` (a crash loses nothing)."""
+
+    def __init__(self, path: str | os.PathLike, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        if resume and self.path.exists():
+            self.rows = [dict(row) for row in read_csv(self.path)]
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        self.rows.append(dict(row))
+        atomic_write_csv(self.path, self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def save_figure(fig: Any, path_stem: str | os.PathLike, formats: Iterable[str] = ("png", "pdf")) -> list[Path]:
+    """Save a matplotlib figure as ``<stem>.png`` and ``<stem>.pdf`` atomically; returns the paths."""
+    written = []
+    for fmt in formats:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, bbox_inches="tight", dpi=150)
+        written.append(atomic_write_bytes(f"{path_stem}.{fmt}", buffer.getvalue()))
+    return written
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> Path:
+    """Save tensors (safetensors format) plus JSON-able ``meta`` atomically.
+
+    ``meta`` should carry whatever rebuilds the model's shapes (config, per-layer widths),
+    so the file is loadable without unpickling anything.
+    """
+    from safetensors.torch import save
+
+    tensors = {key: value.detach().contiguous().cpu() for key, value in state_dict.items()}
+    # safetensors refuses tensors that share storage; clone them apart.
+    seen: set[int] = set()
+    for key, value in tensors.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else -1
+        if ptr in seen and ptr != -1:
+            tensors[key] = value.clone()
+        seen.add(ptr)
+    metadata = {"projprune_meta": json.dumps(dict(meta or {}), default=str)}
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`: ``(state_dict, meta)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable safetensors checkpoint (truncated, corrupt,
+            or another format).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected a file written by a previous run)")
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            meta_raw = (handle.metadata() or {}).get("projprune_meta", "{}")
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+        meta = json.loads(meta_raw)
+    except Exception as exc:  # safetensors raises several types for bad files
+        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors checkpoint: {exc}") from exc
+    return tensors, meta
+
+
+# --------------------------------------------------------------------------- configs
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def config_parser(cls: type, description: str | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """An ``argparse`` parser generated from a dataclass.
+
+    Field ``total_epochs`` becomes ``--total-epochs``; a field's ``metadata`` may give
+    ``flag`` (the exact flag name, e.g. ``--delta_reg``), ``help`` and ``choices``.
+    ``bool`` fields default False become ``store_true`` switches; others take a value.
+    """
+    parser = parser or argparse.ArgumentParser(description=description)
+    for field in dataclasses.fields(cls):
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": f"{help_text} (default: {default})"}
+        ftype = field.type if isinstance(field.type, type) else eval(field.type, vars(sys.modules[cls.__module__]))  # noqa: S307
+        if ftype is bool or ftype == "bool":
+            if default is False:
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["type"] = _parse_bool
+        elif ftype in (int, float, str):
+            kwargs["type"] = ftype
+        else:
+            # Optional[...] and friends: take the first concrete scalar type mentioned.
+            text = str(ftype)
+            kwargs["type"] = int if "int" in text and "float" not in text else float if "float" in text else str
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None) -> C:
+    """Parse ``argv`` into an instance of the dataclass ``cls`` (see :func:`config_parser`)."""
+    namespace = config_parser(cls, description).parse_args(argv)
+    return cls(**vars(namespace))
+
+
+def config_to_dict(config: Any) -> dict:
+    """A JSON-able dict of a dataclass config (for checkpoints and ``config.json``)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+# --------------------------------------------------------------------------- progress
+def progress(iterable: Iterable | None = None, **kwargs: Any):
+    """A tqdm progress bar (to stderr; quiet when ``PROJPRUNE_NO_TQDM=1``)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", os.environ.get("PROJPRUNE_NO_TQDM") == "1")
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
