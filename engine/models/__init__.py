@@ -1,0 +1,1 @@
+"""Model families of the Table 1 experiments (CIFAR ResNets, VGG-BN, MobileNetV2, PointNet, DGCNN)."""

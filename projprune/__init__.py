@@ -1,0 +1,63 @@
+"""projprune: projective pruning for decoupling weights (ECML PKDD 2025), and faster, exact variants.
+
+Pure tensor code: solvers for the projection coefficients, greedy selection with the
+paper's lazy tracking or exact rank-1 downdates, and in-place surgery on layer pairs.
+See ``projprune/IMPLEMENTATION.md`` for the derivations.
+"""
+
+from projprune.greedy import PruneResult, apply_pruning, greedy_exact, greedy_global, greedy_lazy
+from projprune.methods import PAIR_METHODS, PairMethod, prune_pair, prune_pairs
+from projprune.solvers import (
+    SOLVERS,
+    gram_inverse,
+    projection_distances,
+    solve_closed,
+    solve_fast,
+    solve_naive,
+    solve_normal_equations,
+)
+from projprune.surgery import (
+    pair_matrices,
+    prune_conv_pair,
+    prune_linear_pair,
+    prune_pairs_global,
+    select_units,
+    slice_conv_pair,
+    slice_linear_pair,
+)
+
+#: The paper's named redistribution variants: name -> (alpha, beta, gamma).
+VARIANTS: dict[str, tuple[float, float, float]] = {
+    name: (spec.options["alpha"], spec.options["beta"], spec.options["gamma"])
+    for name, spec in PAIR_METHODS.items()
+    if spec.kind == "lazy"
+}
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PAIR_METHODS",
+    "SOLVERS",
+    "VARIANTS",
+    "PairMethod",
+    "PruneResult",
+    "apply_pruning",
+    "gram_inverse",
+    "greedy_exact",
+    "greedy_global",
+    "greedy_lazy",
+    "pair_matrices",
+    "projection_distances",
+    "prune_conv_pair",
+    "prune_linear_pair",
+    "prune_pair",
+    "prune_pairs",
+    "prune_pairs_global",
+    "select_units",
+    "slice_conv_pair",
+    "slice_linear_pair",
+    "solve_closed",
+    "solve_fast",
+    "solve_naive",
+    "solve_normal_equations",
+]

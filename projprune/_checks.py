@@ -1,0 +1,73 @@
+"""Input validation shared by the solvers, the greedy loops and the module surgery.
+
+Every check raises one ``ValueError`` that names the argument and the expected form; the
+callers run all checks before modifying anything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_matrix(W: torch.Tensor, name: str, rows: int | None = None, cols: int | None = None) -> None:
+    """``W`` is a finite floating 2-D tensor, optionally of a given shape."""
+    if not isinstance(W, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
+    if W.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (units, features), got shape {tuple(W.shape)}")
+    if not W.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {W.dtype}")
+    if W.shape[0] < 1:
+        raise ValueError(f"{name} must have at least one row, got shape {tuple(W.shape)}")
+    if rows is not None and W.shape[0] != rows:
+        raise ValueError(f"{name} must have {rows} rows, got shape {tuple(W.shape)}")
+    if cols is not None and W.shape[1] != cols:
+        raise ValueError(f"{name} must have {cols} columns, got shape {tuple(W.shape)}")
+    check_finite(W, name)
+
+
+def check_vector(b: torch.Tensor, name: str, length: int) -> None:
+    """``b`` is a finite floating 1-D tensor of the given length."""
+    if not isinstance(b, torch.Tensor) or b.dim() != 1 or b.shape[0] != length:
+        shape = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+        raise ValueError(f"{name} must be a 1-D tensor of length {length}, got {shape}")
+    if not b.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {b.dtype}")
+    check_finite(b, name)
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf; expected finite values")
+
+
+def check_lmbda(lmbda: float) -> None:
+    if not isinstance(lmbda, (int, float)) or isinstance(lmbda, bool) or not math.isfinite(lmbda) or lmbda < 0:
+        raise ValueError(f"lmbda must be a finite number >= 0, got {lmbda!r}")
+
+
+def check_amount(amount: int, n: int, name: str = "amount") -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise ValueError(f"{name} must be an int (number of units to remove), got {amount!r}")
+    if amount < 0 or amount >= n:
+        raise ValueError(f"{name} must satisfy 0 <= {name} < {n} (units available), got {amount}")
+
+
+def check_same_device_dtype(tensors: dict[str, torch.Tensor | None]) -> None:
+    """All given tensors share one device and one dtype."""
+    present = {name: t for name, t in tensors.items() if t is not None}
+    devices = {str(t.device) for t in present.values()}
+    dtypes = {t.dtype for t in present.values()}
+    if len(devices) > 1:
+        detail = ", ".join(f"{k} on {t.device}" for k, t in present.items())
+        raise ValueError(f"tensors must be on one device, got {detail}")
+    if len(dtypes) > 1:
+        detail = ", ".join(f"{k} {t.dtype}" for k, t in present.items())
+        raise ValueError(f"tensors must share one dtype, got {detail}")
+
+
+def check_coefficient(value: float, name: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")

@@ -1,0 +1,196 @@
+"""Solvers for the projection coefficients Q and the projection distances (ALGORITHM.md §1-3).
+
+For a weight ``W: (n, m)`` (one row per unit), row ``i`` of ``Q: (n, n)`` holds the ridge
+coefficients that express ``w_i`` through the other rows,
+
+    q_i = (W_{-i} W_{-i}^T + λI)^{-1} W_{-i} w_i,        Q[i, i] = 0,
+
+and the projection distance is ``d_i = ||q_i^T W_{-i} - w_i||``. Three solvers compute Q and
+must agree; ``closed`` is the one every other module uses.
+
+All functions compute in float64 by default (``dtype=None``) and return tensors in the
+dtype and on the device of ``W``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from projprune._checks import check_lmbda, check_matrix
+
+__all__ = [
+    "SOLVERS",
+    "gram_inverse",
+    "projection_distances",
+    "solve_closed",
+    "solve_fast",
+    "solve_naive",
+    "solve_normal_equations",
+]
+
+
+def _compute_dtype(W: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float64
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32, torch.float64 or None, got {dtype}")
+    return dtype
+
+
+def _cholesky(A: torch.Tensor, lmbda: float, what: str) -> torch.Tensor:
+    """Lower Cholesky factor of the SPD matrix ``A``; a clear error when it is singular."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info.max() if info.dim() else info) != 0:
+        raise ValueError(
+            f"lmbda={lmbda}: the regularised Gram matrix of {what} is singular or not positive definite; "
+            "use lmbda > 0 (rows are linearly dependent, or n > m)"
+        )
+    return L
+
+
+def gram_inverse(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``P = (W W^T + λI)^{-1}`` via one Cholesky factorisation.
+
+    Args:
+        W: ``(n, m)``.
+        lmbda: ridge regulariser ``λ >= 0`` (0 only when ``W W^T`` is non-singular).
+        dtype: compute dtype (default float64).
+
+    Returns:
+        ``P: (n, n)`` symmetric positive definite, in the compute dtype.
+    """
+    check_matrix(W, "W")
+    check_lmbda(lmbda)
+    Wc = W.to(_compute_dtype(W, dtype))
+    G = Wc @ Wc.T
+    G.diagonal().add_(lmbda)
+    L = _cholesky(G, lmbda, "W")
+    return torch.cholesky_inverse(L)
+
+
+def solve_closed(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Closed form: ``Q[i, j] = -P[i, j] / P[i, i]`` (``j != i``), one Cholesky, no loop.
+
+    Args:
+        W: ``(n, m)``.
+
+    Returns:
+        ``Q: (n, n)``, zero diagonal, dtype/device of ``W``.
+    """
+    P = gram_inverse(W, lmbda, dtype)
+    Q = P / (-P.diagonal()).unsqueeze(1)
+    Q.diagonal().zero_()
+    return Q.to(W.dtype)
+
+
+def solve_fast(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The reference's "fast" solver: ``P`` once, then a rank-1 update per row.
+
+    For row ``i``, with ``P`` partitioned as ``[[a, c], [c^T, d]]`` (row/column ``i`` last),
+    ``(Ĝ_{-i,-i})^{-1} = a - c c^T / d`` and ``q_i = (a - c c^T / d) G[-i, i]``. ``n``
+    iterations of ``O(n^2)`` work with pre-allocated buffers and block copies. Less accurate
+    than :func:`solve_closed` when ``n > m`` (the update subtracts two numbers of size
+    ``~1/λ``), see ALGORITHM.md §3.
+
+    Args:
+        W: ``(n, m)``.
+
+    Returns:
+        ``Q: (n, n)``, zero diagonal, dtype/device of ``W``.
+    """
+    P = gram_inverse(W, lmbda, dtype)
+    Wc = W.to(P.dtype)
+    G = Wc @ Wc.T
+    n = W.shape[0]
+    Q = torch.zeros(n, n, dtype=P.dtype, device=P.device)
+    a = torch.empty(n - 1, n - 1, dtype=P.dtype, device=P.device)
+    c = torch.empty(n - 1, dtype=P.dtype, device=P.device)
+    g = torch.empty(n - 1, dtype=P.dtype, device=P.device)
+    for i in range(n):
+        j = i + 1
+        # a = P[-i, -i] by four block copies (no boolean masks).
+        a[:i, :i] = P[:i, :i]
+        a[:i, i:] = P[:i, j:]
+        a[i:, :i] = P[j:, :i]
+        a[i:, i:] = P[j:, j:]
+        c[:i] = P[:i, i]
+        c[i:] = P[j:, i]
+        g[:i] = G[:i, i]
+        g[i:] = G[j:, i]
+        a.addr_(c, c, alpha=-1.0 / P[i, i])
+        q = a @ g
+        Q[i, :i] = q[:i]
+        Q[i, j:] = q[i:]
+    return Q.to(W.dtype)
+
+
+def solve_naive(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-row direct ridge solve: for every ``i``, factorise ``W_{-i} W_{-i}^T + λI`` and solve.
+
+    ``n`` Cholesky factorisations of size ``n - 1``: ``O(n^4)``, for checking the others.
+
+    Args:
+        W: ``(n, m)``.
+
+    Returns:
+        ``Q: (n, n)``, zero diagonal, dtype/device of ``W``.
+    """
+    check_matrix(W, "W")
+    check_lmbda(lmbda)
+    Wc = W.to(_compute_dtype(W, dtype))
+    G = Wc @ Wc.T
+    n = W.shape[0]
+    Q = torch.zeros(n, n, dtype=Wc.dtype, device=W.device)
+    eye = torch.eye(n - 1, dtype=Wc.dtype, device=W.device)
+    for i in range(n):
+        others = torch.cat([torch.arange(i, device=W.device), torch.arange(i + 1, n, device=W.device)])
+        A = G[others][:, others] + lmbda * eye
+        L = _cholesky(A, lmbda, f"W without row {i}")
+        q = torch.cholesky_solve(G[others, i].unsqueeze(1), L).squeeze(1)
+        Q[i, others] = q
+    return Q.to(W.dtype)
+
+
+SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
+    "naive": solve_naive,
+    "fast": solve_fast,
+    "closed": solve_closed,
+}
+
+
+def solve_normal_equations(
+    W: torch.Tensor, lmbda: float = 1e-3, method: str = "closed", dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The coefficient matrix ``Q`` of ALGORITHM.md (2) by the named solver.
+
+    Args:
+        W: ``(n, m)`` weight, one row per unit (conv weights flattened with ``flatten(1)``).
+        lmbda: ridge regulariser ``λ`` (reference default 1e-3).
+        method: ``"closed"`` (one Cholesky), ``"fast"`` (reference rank-1 loop) or
+            ``"naive"`` (per-row direct solve).
+        dtype: compute dtype, float64 by default.
+
+    Returns:
+        ``Q: (n, n)`` with zero diagonal; ``Q[i]`` expresses ``w_i`` through the other rows.
+    """
+    if method not in SOLVERS:
+        raise ValueError(f"method must be one of {sorted(SOLVERS)}, got {method!r}")
+    return SOLVERS[method](W, lmbda, dtype)
+
+
+def projection_distances(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Projection distances ``d_i = ||(P W)[i]|| / P[i, i]`` without forming ``Q``.
+
+    This residual form is accurate when ``n > m`` (the ``P[i,i] - λ(P^2)[i,i]`` form cancels).
+
+    Args:
+        W: ``(n, m)``.
+
+    Returns:
+        ``d: (n,)`` non-negative, dtype/device of ``W``.
+    """
+    P = gram_inverse(W, lmbda, dtype)
+    R = P @ W.to(P.dtype)
+    return (torch.linalg.vector_norm(R, dim=1) / P.diagonal()).to(W.dtype)

@@ -1,0 +1,344 @@
+"""Module surgery: prune the hidden units between two layers in place.
+
+A *pair* is a layer that produces the units (``nn.Linear`` rows or ``nn.Conv2d`` output
+filters) and the layer that reads them (``nn.Linear`` columns or ``nn.Conv2d`` input
+channels). All inputs are checked, and every number is computed, before any module is
+modified: a bad argument raises one ``ValueError`` and leaves the modules unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from projprune._checks import check_amount, check_finite, check_lmbda
+from projprune.greedy import apply_pruning, greedy_global
+
+__all__ = [
+    "pair_matrices",
+    "prune_conv_pair",
+    "prune_linear_pair",
+    "prune_pairs_global",
+    "select_units",
+    "slice_conv_pair",
+    "slice_linear_pair",
+]
+
+# --------------------------------------------------------------------------- checks
+def _check_layer(layer: nn.Module, name: str) -> None:
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        raise ValueError(f"{name} must be nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+    weight = layer.weight
+    expected = 2 if isinstance(layer, nn.Linear) else 4
+    if weight.dim() != expected:
+        raise ValueError(
+            f"{name}.weight must be {expected}-D for {type(layer).__name__}, got shape {tuple(weight.shape)}"
+        )
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        raise ValueError(f"{name}: grouped convolutions (groups={layer.groups}) are not supported; expected groups=1")
+    check_finite(weight.detach(), f"{name}.weight")
+    if layer.bias is not None:
+        check_finite(layer.bias.detach(), f"{name}.bias")
+
+
+def _check_pair(layer1: nn.Module, layer2: nn.Module, norm: nn.Module | None, label: str = "") -> None:
+    _check_layer(layer1, f"layer1{label}")
+    _check_layer(layer2, f"layer2{label}")
+    n = layer1.weight.shape[0]
+    n_in = layer2.weight.shape[1]
+    if n != n_in:
+        raise ValueError(
+            f"layer1{label} produces {n} units but layer2{label} reads {n_in}; expected layer2's input width "
+            f"(weight.shape[1]) to equal layer1's output width (weight.shape[0])"
+        )
+    if isinstance(layer1, nn.Conv2d) != isinstance(layer2, nn.Conv2d):
+        raise ValueError(f"layer1{label} and layer2{label} must both be nn.Linear or both nn.Conv2d")
+    tensors = {"layer1.weight": layer1.weight, "layer1.bias": layer1.bias, "layer2.weight": layer2.weight,
+               "layer2.bias": layer2.bias}
+    devices = {str(t.device) for t in tensors.values() if t is not None}
+    dtypes = {t.dtype for t in tensors.values() if t is not None}
+    if len(devices) > 1 or len(dtypes) > 1:
+        detail = ", ".join(f"{k}: {t.dtype} on {t.device}" for k, t in tensors.items() if t is not None)
+        raise ValueError(f"layer1{label} and layer2{label} must share one device and dtype, got {detail}")
+    if norm is not None:
+        if not isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
+            raise ValueError(f"bn{label} must be BatchNorm1d/2d or LayerNorm, got {type(norm).__name__}")
+        width = norm.num_features if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) else norm.normalized_shape[-1]
+        if width != n:
+            raise ValueError(f"bn{label} normalises {width} features but layer1{label} produces {n}")
+
+
+def pair_matrices(layer1: nn.Module, layer2: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The pair as matrices: ``W: (n, m)``, ``b: (n,)`` or None, ``V: (k, n)``.
+
+    Conv: ``W = conv1.weight.flatten(1)``; ``V``'s column ``j`` is everything ``conv2`` reads
+    from channel ``j``, i.e. ``conv2.weight[:, j]`` flattened (``k = out * kh * kw``).
+    """
+    W = layer1.weight.detach().flatten(1)
+    b = None if layer1.bias is None else layer1.bias.detach()
+    weight2 = layer2.weight.detach()
+    V = weight2 if weight2.dim() == 2 else weight2.transpose(0, 1).flatten(1).T
+    return W, b, V
+
+
+# --------------------------------------------------------------------------- writing
+def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value.to(old.dtype).contiguous(), requires_grad=old.requires_grad))
+
+
+def _slice_norm(norm: nn.Module | None, keep: torch.Tensor) -> None:
+    if norm is None:
+        return
+    with torch.no_grad():
+        if norm.weight is not None:
+            _replace(norm, "weight", norm.weight.detach()[keep])
+        if norm.bias is not None:
+            _replace(norm, "bias", norm.bias.detach()[keep])
+        if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if norm.running_mean is not None:
+                norm.running_mean = norm.running_mean[keep].clone()
+                norm.running_var = norm.running_var[keep].clone()
+            norm.num_features = int(keep.numel())
+        else:
+            norm.normalized_shape = (int(keep.numel()),)
+
+
+def _write_pair(
+    layer1: nn.Module,
+    layer2: nn.Module,
+    W_new: torch.Tensor,
+    b_new: torch.Tensor | None,
+    V_new: torch.Tensor,
+    bias_delta: torch.Tensor | None,
+    keep: torch.Tensor,
+    norm: nn.Module | None,
+) -> None:
+    """Install the smaller tensors (``W_new: (n', m)``, ``V_new: (k, n')``) into the modules."""
+    n_new = W_new.shape[0]
+    with torch.no_grad():
+        _replace(layer1, "weight", W_new.reshape(n_new, *layer1.weight.shape[1:]))
+        if layer1.bias is not None and b_new is not None:
+            _replace(layer1, "bias", b_new)
+        if isinstance(layer2, nn.Conv2d):
+            out_c, _, kh, kw = layer2.weight.shape
+            _replace(layer2, "weight", V_new.T.reshape(n_new, out_c, kh, kw).transpose(0, 1))
+        else:
+            _replace(layer2, "weight", V_new)
+        if bias_delta is not None and layer2.bias is not None:
+            delta = bias_delta.to(layer2.bias.dtype)
+            if isinstance(layer2, nn.Conv2d):
+                # A constant input map: exact away from zero-padded borders.
+                delta = delta.reshape(layer2.weight.shape[0], -1).sum(dim=1)
+            _replace(layer2, "bias", layer2.bias.detach() + delta)
+    if isinstance(layer1, nn.Conv2d):
+        layer1.out_channels = n_new
+        layer2.in_channels = n_new
+    else:
+        layer1.out_features = n_new
+        layer2.in_features = n_new
+    _slice_norm(norm, keep)
+
+
+def _keep_mask(keep_idx: torch.Tensor | Sequence[int], n: int, device: torch.device) -> torch.Tensor:
+    idx = torch.as_tensor(keep_idx, dtype=torch.long, device=device).flatten()
+    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n or idx.unique().numel() != idx.numel():
+        raise ValueError(f"keep_idx must be distinct unit indices in [0, {n}) and not empty, got {idx.tolist()[:10]}...")
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    mask[idx] = True
+    return mask
+
+
+def _slice_pair(layer1: nn.Module, layer2: nn.Module, keep_idx, norm: nn.Module | None) -> torch.Tensor:
+    _check_pair(layer1, layer2, norm)
+    W, b, V = pair_matrices(layer1, layer2)
+    keep = _keep_mask(keep_idx, W.shape[0], W.device)
+    _write_pair(layer1, layer2, W[keep], None if b is None else b[keep], V[:, keep], None, keep, norm)
+    return torch.nonzero(keep, as_tuple=False).flatten()
+
+
+def slice_linear_pair(fc1: nn.Linear, fc2: nn.Linear, keep_idx: torch.Tensor | Sequence[int],
+                      bn: nn.Module | None = None) -> torch.Tensor:
+    """Keep only the units ``keep_idx`` of ``fc1 -> fc2`` (no redistribution); returns them sorted."""
+    return _slice_pair(fc1, fc2, keep_idx, bn)
+
+
+def slice_conv_pair(conv1: nn.Conv2d, conv2: nn.Conv2d, keep_idx: torch.Tensor | Sequence[int],
+                    bn: nn.Module | None = None) -> torch.Tensor:
+    """Keep only the filters ``keep_idx`` of ``conv1`` (and the matching input channels of ``conv2``)."""
+    return _slice_pair(conv1, conv2, keep_idx, bn)
+
+
+# --------------------------------------------------------------------------- projective surgery
+def prune_pairs_global(
+    pairs: Sequence[tuple[nn.Module, nn.Module]],
+    amount: int,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    gamma: float = 0.0,
+    lmbda: float = 1e-3,
+    solver: str = "lazy",
+    decay: bool = True,
+    output_aware: bool = False,
+    compensate: bool = False,
+    v_uses_beta: bool = False,
+    bns: Sequence[nn.Module | None] | None = None,
+    callback=None,
+) -> list[torch.Tensor]:
+    """Prune ``amount`` units in total across several pairs, chosen globally (ALGORITHM.md §4).
+
+    Args:
+        pairs: ``(layer1, layer2)`` pairs of ``nn.Linear`` or ``nn.Conv2d`` (groups=1).
+        amount: total units to remove; every pair keeps at least one.
+        bns: optional normalisation layer after each ``layer1`` (sliced with it).
+        Other arguments as :func:`prune_linear_pair`.
+
+    Returns:
+        Per pair, the sorted kept indices (int64).
+    """
+    if len(pairs) == 0:
+        raise ValueError("pairs must hold at least one (layer1, layer2) pair")
+    bns = list(bns) if bns is not None else [None] * len(pairs)
+    if len(bns) != len(pairs):
+        raise ValueError(f"bns must have one entry per pair ({len(pairs)}), got {len(bns)}")
+    for li, ((layer1, layer2), norm) in enumerate(zip(pairs, bns)):
+        _check_pair(layer1, layer2, norm, label=f"[{li}]")
+    check_lmbda(lmbda)
+    matrices = [pair_matrices(l1, l2) for l1, l2 in pairs]
+    results = greedy_global(
+        [W for W, _, _ in matrices],
+        amount,
+        solver=solver,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        lmbda=lmbda,
+        decay=decay,
+        v_uses_beta=v_uses_beta,
+        bs=[b for _, b, _ in matrices],
+        Vs=[V for _, _, V in matrices],
+        output_aware=output_aware,
+        compensate=compensate,
+        callback=callback,
+    )
+    # Everything is computed: only now touch the modules.
+    applied = [apply_pruning(W, b, V, result) for (W, b, V), result in zip(matrices, results)]
+    for (layer1, layer2), norm, result, (W_new, b_new, V_new, delta) in zip(pairs, bns, results, applied):
+        _write_pair(layer1, layer2, W_new, b_new, V_new, delta, result.keep, norm)
+    return [result.kept_indices for result in results]
+
+
+def _prune_single(layer1, layer2, amount, norm, **options) -> torch.Tensor:
+    _check_pair(layer1, layer2, norm)
+    check_amount(amount, layer1.weight.shape[0])
+    return prune_pairs_global([(layer1, layer2)], amount, bns=[norm], **options)[0]
+
+
+def prune_linear_pair(
+    fc1: nn.Linear,
+    fc2: nn.Linear,
+    amount: int,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    gamma: float = 0.0,
+    lmbda: float = 1e-3,
+    solver: str = "lazy",
+    decay: bool = True,
+    output_aware: bool = False,
+    compensate: bool = False,
+    v_uses_beta: bool = False,
+    bn: nn.Module | None = None,
+    callback=None,
+) -> torch.Tensor:
+    """Prune ``amount`` hidden units of ``fc1 -> fc2`` in place with projective pruning.
+
+    ``fc1.weight`` ``(n, m)`` loses rows, ``fc1.bias`` entries and ``fc2.weight`` ``(k, n)``
+    columns; the survivors absorb the pruned units (redistribution α/β/γ, or
+    ``compensate``). ``out_features``/``in_features`` are updated; dtype, device and
+    ``requires_grad`` are kept.
+
+    Args:
+        fc1, fc2: consecutive layers (any element-wise activation in between).
+        amount: units to remove, ``0 <= amount < n``.
+        alpha, beta, gamma: redistribution strengths for W, b, V (paper's proj550 = .5, .5, 0).
+        lmbda: ridge regulariser λ (0 allowed only for a non-singular Gram).
+        solver: ``"lazy"`` (the paper's tracking) or ``"exact"`` (rank-1 downdates).
+        decay: linearly decay the redistribution over the steps.
+        output_aware: weight each unit's distance by the norm of its column in ``V``.
+        compensate: fold pruned units into ``fc2`` by their coefficients (and its bias).
+        v_uses_beta: scale V by the β-track, as the reference's ViT/GPT-2 code does.
+        bn: optional normalisation layer on ``fc1``'s output, sliced along.
+        callback: called with the step index after every removal.
+
+    Returns:
+        Sorted indices of the kept units, int64.
+    """
+    return _prune_single(fc1, fc2, amount, bn, alpha=alpha, beta=beta, gamma=gamma, lmbda=lmbda, solver=solver,
+                         decay=decay, output_aware=output_aware, compensate=compensate, v_uses_beta=v_uses_beta,
+                         callback=callback)
+
+
+def prune_conv_pair(
+    conv1: nn.Conv2d,
+    conv2: nn.Conv2d,
+    amount: int,
+    *,
+    bn: nn.Module | None = None,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    gamma: float = 0.0,
+    lmbda: float = 1e-3,
+    solver: str = "lazy",
+    decay: bool = True,
+    output_aware: bool = False,
+    compensate: bool = False,
+    v_uses_beta: bool = False,
+    callback=None,
+) -> torch.Tensor:
+    """:func:`prune_linear_pair` for ``Conv2d -> Conv2d`` (rows = ``conv1.weight.flatten(1)``).
+
+    ``conv2``'s input channels are V's columns. With ``bn`` (BatchNorm2d after ``conv1``)
+    the norm layer is sliced too. Grouped convolutions are rejected.
+
+    Returns:
+        Sorted indices of the kept filters, int64.
+    """
+    return _prune_single(conv1, conv2, amount, bn, alpha=alpha, beta=beta, gamma=gamma, lmbda=lmbda, solver=solver,
+                         decay=decay, output_aware=output_aware, compensate=compensate, v_uses_beta=v_uses_beta,
+                         callback=callback)
+
+
+# --------------------------------------------------------------------------- baselines
+def select_units(
+    W: torch.Tensor, amount: int, method: str = "l2", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Baseline selection: remove the ``amount`` rows with the smallest norm, or random rows.
+
+    Args:
+        W: ``(n, m)``.
+        amount: ``0 <= amount < n``.
+        method: ``"l1"``, ``"l2"`` or ``"random"``.
+
+    Returns:
+        keep: ``(n,)`` bool.
+    """
+    from projprune._checks import check_matrix
+
+    check_matrix(W, "W")
+    check_amount(amount, W.shape[0])
+    n = W.shape[0]
+    if method == "random":
+        perm = torch.randperm(n, generator=generator).to(W.device)
+        removed = perm[:amount]
+    elif method in ("l1", "l2"):
+        scores = torch.linalg.vector_norm(W.double(), ord=1 if method == "l1" else 2, dim=1)
+        removed = torch.sort(scores, stable=True).indices[:amount]
+    else:
+        raise ValueError(f"method must be 'l1', 'l2' or 'random', got {method!r}")
+    keep = torch.ones(n, dtype=torch.bool, device=W.device)
+    keep[removed] = False
+    return keep
