@@ -178,7 +178,9 @@ def save_figure(fig: Any, path_stem: str | os.PathLike, formats: Iterable[str] =
 
 
 # --------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping | None = None
+) -> Path:
     """Save tensors (safetensors format) plus JSON-able ``meta`` atomically.
 
     ``meta`` should carry whatever rebuilds the model's shapes (config, per-layer widths),
@@ -198,7 +200,9 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a checkpoint written by :func:`save_checkpoint`: ``(state_dict, meta)``.
 
     Raises:
@@ -233,7 +237,9 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
-def config_parser(cls: type, description: str | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+def config_parser(
+    cls: type, description: str | None = None, parser: argparse.ArgumentParser | None = None
+) -> argparse.ArgumentParser:
     """An ``argparse`` parser generated from a dataclass.
 
     Field ``total_epochs`` becomes ``--total-epochs``; a field's ``metadata`` may give

@@ -468,7 +468,9 @@ def greedy_global(
         _validate_options(alpha, beta, gamma, lmbda, output_aware, compensate, V is not None)
     capacity = sum(W.shape[0] for W in Ws) - len(Ws)
     if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0 or amount > capacity:
-        raise ValueError(f"amount must be an int with 0 <= amount <= {capacity} (every layer keeps a unit), got {amount!r}")
+        raise ValueError(
+            f"amount must be an int with 0 <= amount <= {capacity} (every layer keeps a unit), got {amount!r}"
+        )
     if solver not in ("lazy", "exact"):
         raise ValueError(f"solver must be 'lazy' or 'exact', got {solver!r}")
     # The exact state pre-allocates room for the most units one layer can lose.

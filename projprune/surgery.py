@@ -92,6 +92,7 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
 def _slice_norm(norm: nn.Module | None, keep: torch.Tensor) -> None:
     if norm is None:
         return
+    width = int(keep.sum()) if keep.dtype == torch.bool else int(keep.numel())
     with torch.no_grad():
         if norm.weight is not None:
             _replace(norm, "weight", norm.weight.detach()[keep])
@@ -101,9 +102,9 @@ def _slice_norm(norm: nn.Module | None, keep: torch.Tensor) -> None:
             if norm.running_mean is not None:
                 norm.running_mean = norm.running_mean[keep].clone()
                 norm.running_var = norm.running_var[keep].clone()
-            norm.num_features = int(keep.numel())
+            norm.num_features = width
         else:
-            norm.normalized_shape = (int(keep.numel()),)
+            norm.normalized_shape = (width,)
 
 
 def _write_pair(
@@ -145,7 +146,7 @@ def _write_pair(
 def _keep_mask(keep_idx: torch.Tensor | Sequence[int], n: int, device: torch.device) -> torch.Tensor:
     idx = torch.as_tensor(keep_idx, dtype=torch.long, device=device).flatten()
     if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n or idx.unique().numel() != idx.numel():
-        raise ValueError(f"keep_idx must be distinct unit indices in [0, {n}) and not empty, got {idx.tolist()[:10]}...")
+        raise ValueError(f"keep_idx must be distinct unit indices in [0, {n}) and not empty, got {idx.tolist()[:10]}")
     mask = torch.zeros(n, dtype=torch.bool, device=device)
     mask[idx] = True
     return mask

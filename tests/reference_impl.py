@@ -1,0 +1,115 @@
+"""Plain, obviously-correct float64 implementations used as references by the tests.
+
+Written line by line from ALGORITHM.md, with no attention to speed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def ridge_q(W: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """Q by a direct ridge solve per row (ALGORITHM.md (2)), float64."""
+    W = W.double()
+    n = W.shape[0]
+    Q = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        Wo = W[others]
+        A = Wo @ Wo.T + lmbda * torch.eye(n - 1, dtype=torch.float64)
+        Q[i, others] = torch.linalg.solve(A, Wo @ W[i])
+    return Q
+
+
+def brute_distances(W: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """``d_i = ||q_i^T W_{-i} - w_i||`` from the per-row solve."""
+    W = W.double()
+    return torch.linalg.vector_norm(ridge_q(W, lmbda) @ W - W, dim=1)
+
+
+def plain_lazy(Ws, bs, Vs, amount, alpha, beta, gamma, lmbda, decay, v_uses_beta):
+    """ALGORITHM.md §4, line by line, single (one layer) or global mode.
+
+    Returns per layer ``(keep, Ua, Ub, Ug, W', b', V')``.
+    """
+    layers = []
+    for W in Ws:
+        n = W.shape[0]
+        layers.append(
+            {
+                "M": torch.ones(n, dtype=torch.bool),
+                "Q": ridge_q(W, lmbda),
+                "Ua": torch.ones(n, dtype=torch.float64),
+                "Ub": torch.ones(n, dtype=torch.float64),
+                "Ug": torch.ones(n, dtype=torch.float64),
+                "W": W.double().clone(),
+            }
+        )
+    for a in range(amount):
+        r = 1 - a / amount if decay else 1.0
+        best = None
+        for li, s in enumerate(layers):
+            M = s["M"]
+            if int(M.sum()) <= 1:
+                continue
+            remaining = torch.nonzero(M).flatten()
+            D = torch.linalg.vector_norm(s["Q"][M] @ s["W"] - s["W"][M], dim=1)
+            if len(layers) > 1:
+                D = D / D.sum()
+            k = int(torch.argmin(D))
+            if best is None or float(D[k]) < best[0]:
+                best = (float(D[k]), li, int(remaining[k]))
+        _, li, i = best
+        s = layers[li]
+        s["W"][i] = 0
+        s["M"][i] = False
+        s["Q"][:, i] = 0
+        s["Q"][s["M"]] = s["Q"][s["M"]] / (1 + alpha * r * s["Q"][i])
+        s["Ua"] = s["Ua"] * (1 + alpha * r * s["Q"][i])
+        s["Ub"] = s["Ub"] * (1 + beta * r * s["Q"][i])
+        s["Ug"] = s["Ug"] * (1 + gamma * r * s["Q"][i])
+    out = []
+    for s, W, b, V in zip(layers, Ws, bs, Vs):
+        M = s["M"]
+        Uv = s["Ub"] if v_uses_beta else s["Ug"]
+        out.append(
+            (
+                M,
+                s["Ua"],
+                s["Ub"],
+                s["Ug"],
+                W.double()[M] * s["Ua"][M, None],
+                b.double()[M] * s["Ub"][M],
+                V.double()[:, M] * Uv[M],
+            )
+        )
+    return out
+
+
+def brute_exact(W, amount, alpha, beta, gamma, lmbda, decay):
+    """Exact greedy by recomputing every distance from scratch after each removal.
+
+    The remaining rows are taken with their current α-scale; returns ``(keep, order, U)``
+    with ``U`` the ``(3, n)`` tracks for W, b and V (γ).
+    """
+    W = W.double()
+    n = W.shape[0]
+    alive = torch.ones(n, dtype=torch.bool)
+    U = torch.ones(3, n, dtype=torch.float64)
+    phi = torch.tensor([alpha, beta, gamma], dtype=torch.float64)[:, None]
+    order = []
+    for a in range(amount):
+        r = 1 - a / amount if decay else 1.0
+        idx = torch.nonzero(alive).flatten()
+        current = W[idx] * U[0, idx, None]
+        Qc = ridge_q(current, lmbda)
+        D = torch.linalg.vector_norm(Qc @ current - current, dim=1)
+        k = int(torch.argmin(D))
+        i = int(idx[k])
+        q = torch.zeros(n, dtype=torch.float64)
+        q[idx] = Qc[k]
+        q[i] = 0
+        U = U * (1 + r * phi * q[None, :])
+        alive[i] = False
+        order.append(i)
+    return alive, order, U
