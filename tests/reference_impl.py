@@ -5,7 +5,11 @@ Written line by line from ALGORITHM.md, with no attention to speed.
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+#: Devices for the agreement tests; CUDA is skipped, with the reason, where it is absent.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 
 
 def ridge_q(W: torch.Tensor, lmbda: float) -> torch.Tensor:

@@ -4,9 +4,7 @@ import pytest
 import torch
 
 import projprune as pp
-from tests.reference_impl import brute_exact, plain_lazy
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from tests.reference_impl import DEVICES, brute_exact, plain_lazy
 
 
 def layer(n, m, k, seed):

@@ -6,10 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import projprune as pp
-from tests.reference_impl import brute_distances, ridge_q
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-CUDA_REASON = "CUDA not available on this machine"
+from tests.reference_impl import DEVICES, brute_distances, ridge_q
 
 
 def rel_err(Q, Q_ref):

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 import projprune as pp
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from tests.reference_impl import DEVICES
 
 
 def linear_pair(n=16, m=20, k=6, seed=0, dtype=torch.float64):

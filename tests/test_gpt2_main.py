@@ -1,0 +1,90 @@
+"""gpt2/main.py and gpt2/parse.py end to end on a tiny GPT-2 trained for a few steps on a generated corpus."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from engine.harness import read_csv
+from gpt2 import main as gpt2_main
+from gpt2 import parse as gpt2_parse
+
+WORDS = ("return the value of a node when the list is empty raise an error for each item in the "
+         "buffer close the file and flush data to the stream parse the header of a message").split()
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for i in range(200):
+        sentences = [" ".join(rng.choice(WORDS) for _ in range(12)).capitalize() + "." for _ in range(4)]
+        (root / f"mod{i}.py").write_text(f'"""{sentences[0]}\n\n{sentences[1]}"""\n# {sentences[2]}\n'
+                                         f'def f():\n    """{sentences[3]}"""\n')
+    return root
+
+
+def _tiny_args(corpus_dir, out, *extra):
+    return ["--tiny-steps", "3", "--tiny-layers", "1", "--tiny-embd", "64", "--tiny-vocab", "300",
+            "--tiny-corpus-dir", str(corpus_dir), "--output-dir", str(out), "--max-blocks", "3",
+            "--batch-size", "3", *extra]
+
+
+def test_tiny_runs_prune_and_parse(corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    row = gpt2_main.main(_tiny_args(corpus_dir, out, "--method", "proj", "--rate", "0.2"))
+    run_dir = out / "gpt2" / "stdlib-proj-0.20-tiny"
+    assert read_csv(run_dir / "result.csv")[0]["perplexity"] == row["perplexity"]
+    assert math.isfinite(float(row["perplexity"])) and float(row["perplexity"]) > 1
+    assert int(row["params"]) < int(row["params_before"])
+    log = (run_dir / "stdlib-proj-0.20-tiny.txt").read_text()
+    assert log.splitlines()[0].endswith("INFO: model: tiny")
+    assert "QK dims per head: [26]" in log  # 2 heads of 32: 32 - round(0.2 * 32)
+    assert "Tiny step 2/3" in log
+
+    gpt2_main.main(_tiny_args(corpus_dir, out, "--method", "none"))
+    assert "Tiny GPT-2 loaded from" in (out / "gpt2" / "stdlib-none-0.00-tiny" / "stdlib-none-0.00-tiny.txt").read_text()
+    mlp_row = gpt2_main.main(_tiny_args(corpus_dir, out, "--method", "norm", "--rate", "0.1",
+                                        "--mlp-rate", "0.25", "--mlp-method", "exact"))
+    assert mlp_row["mlp_method"] == "exact"
+
+    markdown = gpt2_parse.main(["--output-dir", str(out)])
+    assert markdown.splitlines()[0] == "| model | dataset | none | norm .1/.2 | proj .1/.2 |"
+    assert "| tiny | stdlib |" in markdown and "MLP exact 0.25" in markdown
+    for name in ("table.csv", "table.md", "table.tex", "ppl_vs_rate.png", "ppl_vs_rate.pdf"):
+        assert (out / "gpt2" / name).is_file()
+    table = read_csv(out / "gpt2" / "table.csv")
+    plain = next(r for r in table if r["mlp"] == "")
+    assert float(plain["proj@0.2"]) == pytest.approx(float(row["perplexity"]))
+
+
+def test_same_seed_same_result_and_text_file(corpus_dir, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("Return the value of the node. Close the file and flush the stream.\n" * 30)
+    rows = [gpt2_main.main(_tiny_args(corpus_dir, tmp_path / f"r{i}", "--text-file", str(text),
+                                      "--method", "proj_coef", "--rate", "0.1")) for i in range(2)]
+    assert rows[0]["dataset"] == "text"
+    assert rows[0]["perplexity"] == rows[1]["perplexity"]
+    assert (tmp_path / "r0" / "gpt2" / "text-proj_coef-0.10-tiny" / "result.csv").is_file()
+
+
+@pytest.mark.parametrize("extra, error, match", [
+    (["--rate", "1.5", "--method", "proj"], ValueError, "rate"),
+    (["--method", "none", "--rate", "0.1"], ValueError, "none"),
+    (["--mlp-method", "nope"], ValueError, "mlp-method"),
+    (["--text-file", "/nonexistent/x.txt"], FileNotFoundError, "x.txt"),
+    (["--dataset", "text"], ValueError, "text-file"),
+    (["--model", "not-a-model"], ValueError, "--model"),
+])
+def test_bad_arguments_fail_before_writing(tmp_path, extra, error, match):
+    out = tmp_path / "run"
+    with pytest.raises(error, match=match):
+        gpt2_main.main(["--output-dir", str(out), *extra])
+    assert not out.exists()
+
+
+def test_parse_without_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no GPT-2 runs"):
+        gpt2_parse.main(["--output-dir", str(tmp_path)])

@@ -1,0 +1,185 @@
+"""scripts/parse_logs.py on logs written here in the published format (REPRODUCTION.md)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from scripts import parse_logs
+
+
+def write_log(
+    root: Path, dataset: str, method: str, speed_up: float, model: str, *, sl_accs=(), finetune_accs=(),
+    prune: tuple | None = (0.86, 0.57, 127.12, 63.32, 0.9401, 0.1410), finished: bool = True,
+    scope: str = "global", extra_lines=(),
+) -> Path:
+    """A log exactly as main.py (and the paper's runs) write it."""
+    name = f"{dataset}-{scope}-{method}-{float(speed_up)}-{model}"
+    path = root / dataset / "prune" / name / f"{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = "[02/21 07:24:04]"
+    lines = [f"{stamp} {name} INFO: {key}: {value}" for key, value in
+             (("mode", "prune"), ("model", model), ("method", method), ("speed_up", speed_up), ("reg", 1e-05))]
+    if sl_accs:  # main.py's sparsity-learning phase ends with its own "Best Acc=" line
+        lines.append(f"{stamp} {name} INFO: Regularizing...")
+        for i, acc in enumerate(sl_accs):
+            lines.append(f"{stamp} {name} INFO: Epoch {i}/{len(sl_accs)}, Acc={acc:.4f}, Val Loss=0.2954, lr=0.0100")
+        lines.append(f"{stamp} {name} INFO: Best Acc={max(sl_accs):.4f}")
+    if prune is not None:
+        lines.append(f"{stamp} {name} INFO: Pruning...")
+    if prune is not None:
+        p0, p1, f0, f1, before, after = prune
+        lines += [
+            f"{stamp} {name} INFO: Params: {p0:.2f} M => {p1:.2f} M ({100 * p1 / p0:.2f}%)",
+            f"{stamp} {name} INFO: FLOPs: {f0:.2f} M => {f1:.2f} M ({100 * f1 / f0:.2f}%, {f0 / f1:.2f}X )",
+            f"{stamp} {name} INFO: Acc: {before:.4f} => {after:.4f}",
+            f"{stamp} {name} INFO: Val Loss: 0.3120 => 5.5544",
+        ]
+    for i, acc in enumerate(finetune_accs):
+        lines.append(f"{stamp} {name} INFO: Epoch {i}/{len(finetune_accs)}, Acc={acc:.4f}, Val Loss=0.31, lr=0.0100")
+    lines += list(extra_lines)
+    if finished:
+        lines.append(f"{stamp} {name} INFO: Best Acc={max(finetune_accs):.4f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def by_method(rows: list[dict]) -> dict[str, dict]:
+    return {(r["dataset"], r["method"], float(r["speed_up"])): r for r in rows}
+
+
+@pytest.fixture()
+def run_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "run"
+    # sparsity learning whose regularisation phase (unpruned) beats the fine-tuned model
+    write_log(root, "cifar100", "proj_sl", 3, "resnet56", sl_accs=(0.70, 0.7242, 0.71),
+              finetune_accs=(0.60, 0.6894, 0.68))
+    write_log(root, "cifar100", "l2", 3, "resnet56", finetune_accs=(0.65, 0.69, 0.6900))
+    write_log(root, "cifar100", "random", 3, "resnet56", finetune_accs=(0.60, 0.6708),
+              prune=(0.86, 0.40, 127.12, 42.0, 0.7300, 0.0500))
+    write_log(root, "cifar100", "group_sl", 3, "resnet56", sl_accs=(0.72,), finetune_accs=(0.6700, 0.6800))
+    write_log(root, "cifar10", "l2", 2, "resnet56", finetune_accs=(0.90, 0.9346))
+    write_log(root, "cifar10", "proj_sl", 2, "resnet56", sl_accs=(0.93,), finetune_accs=(0.92, 0.9401))
+    # problems: truncated (running) log, unknown method, a stray file, an empty log
+    write_log(root, "cifar10", "random", 2, "resnet56", finetune_accs=(0.5,), finished=False)
+    write_log(root, "cifar10", "magic", 2, "resnet56", finetune_accs=(0.99,))
+    write_log(root, "cifar10", "slim", 2, "resnet56", sl_accs=(0.95,), prune=None, finished=False)  # killed
+    (root / "notes.txt").write_text("not a log\n")
+    empty = root / "cifar10" / "prune" / "cifar10-global-lamp-2.0-resnet56" / "cifar10-global-lamp-2.0-resnet56.txt"
+    empty.parent.mkdir(parents=True)
+    empty.write_text("")
+    return root
+
+
+def test_runs_csv_separates_paper_from_best_pruned(run_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert parse_logs.main(["--runs", str(run_tree), "--out", str(out), "--quiet"]) == 0
+    runs = by_method(read(out / "runs.csv"))
+    proj = runs[("cifar100", "proj_sl", 3.0)]
+    assert float(proj["paper"]) == pytest.approx(0.7242)  # from the regularisation phase
+    assert float(proj["best_pruned"]) == pytest.approx(0.6894)  # only after the prune lines
+    assert float(proj["one_shot"]) == pytest.approx(0.1410)
+    assert float(proj["acc_before"]) == pytest.approx(0.9401)
+    assert float(proj["params_before"]) == pytest.approx(0.86) and float(proj["params_after"]) == pytest.approx(0.57)
+    assert float(proj["flops_after"]) == pytest.approx(63.32)
+    assert float(proj["speed_up_reached"]) == pytest.approx(2.01)
+    assert int(proj["sl_epochs"]) == 3 and int(proj["finetune_epochs"]) == 3
+    l2 = runs[("cifar100", "l2", 3.0)]
+    assert float(l2["paper"]) == float(l2["best_pruned"]) == pytest.approx(0.69)
+    assert runs[("cifar10", "random", 2.0)]["status"] == "incomplete"
+    assert ("cifar10", "magic", 2.0) not in runs
+    slim = runs[("cifar10", "slim", 2.0)]  # its sparsity-learning "Best Acc=" does not finish the run
+    assert slim["status"] == "incomplete" and float(slim["paper"]) == pytest.approx(0.95)
+    assert math.isnan(float(slim["best_pruned"]))
+    skipped = {Path(r["log"]).name: r["reason"] for r in read(out / "skipped.csv")}
+    assert "unknown method 'magic'" in skipped["cifar10-global-magic-2.0-resnet56.txt"]
+    assert "incomplete" in skipped["cifar10-global-random-2.0-resnet56.txt"]
+    assert "not <dataset>" in skipped["notes.txt"]
+    assert "no epoch" in skipped["cifar10-global-lamp-2.0-resnet56.txt"]
+    raw = read(out / "raw.csv")
+    proj_raw = [r for r in raw if r["run"] == "cifar100-global-proj_sl-3.0-resnet56"]
+    assert [r["phase"] for r in proj_raw] == ["sl"] * 3 + ["finetune"] * 3
+    assert [float(r["acc"]) for r in proj_raw] == [0.70, 0.7242, 0.71, 0.60, 0.6894, 0.68]
+
+
+def test_tables_mark_best_and_second_per_column(run_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    parse_logs.main(["--runs", str(run_tree), "--out", str(out), "--quiet", "--metric", "best_pruned,paper"])
+    md = (out / "table_best_pruned.md").read_text().splitlines()
+    assert md[0] == "| method | C10 RN56 2× | C100 RN56 3× |"
+    labels = [line.split("|")[1].strip() for line in md[2:]]
+    assert labels == ["Random", "MagnitudeL2", "DepGraph-SL", "Projective (ours)"]  # paper order, incomplete dropped
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md[2:]}
+    # C100 RN56 3x best_pruned: l2 .6900 best, proj_sl .6894 second, group_sl .6800, random .6708
+    assert rows["MagnitudeL2"][1] == "**.6900**"
+    assert rows["Projective (ours)"][1] == "<ins>.6894</ins>"
+    assert rows["DepGraph-SL"][1] == ".6800" and rows["Random"][1] == ".6708"
+    assert rows["Projective (ours)"][0] == "**.9401**" and rows["MagnitudeL2"][0] == "<ins>.9346</ins>"
+    assert rows["Random"][0] == "–"  # its C10 run is still running
+    paper = {line.split("|")[1].strip(): line for line in (out / "table_paper.md").read_text().splitlines()[2:]}
+    assert "**.7242**" in paper["Projective (ours)"]  # the published-table view ranks differently
+    tex = (out / "table_best_pruned.tex").read_text()
+    assert "\\textbf{.6900}" in tex and "\\underline{.6894}" in tex and "2$\\times$" in tex
+    table = read(out / "table_best_pruned.csv")
+    assert [r["method"] for r in table] == labels
+    assert float(table[1]["C100 RN56 3x"]) == pytest.approx(0.69)
+    for stem in ("accuracy_vs_speedup", "finetune_curves"):
+        for ext in ("png", "pdf"):
+            assert (out / f"{stem}.{ext}").stat().st_size > 1000
+
+
+def test_ties_share_rank_and_lower_is_better_metric() -> None:
+    column = ("d", "m", 2.0)
+    values = {("a", column): 0.9, ("b", column): 0.9, ("c", column): 0.8, ("e", column): 0.7}
+    assert parse_logs.ranks(values, ["a", "b", "c", "e"], column, True) == {"a": 1, "b": 1, "c": 2, "e": 0}
+    assert parse_logs.ranks(values, ["a", "b", "c", "e"], column, False) == {"a": 0, "b": 0, "c": 2, "e": 1}
+
+
+def test_restarted_run_keeps_resumed_finetuning(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    name = "digits-global-proj_sl-2.0-resnet20"
+    path = write_log(root, "digits", "proj_sl", 2, "resnet20", sl_accs=(0.9, 0.95), finetune_accs=(0.5, 0.6),
+                     finished=False)
+    stamp = "[02/21 07:24:04]"
+    resumed = [f"{stamp} {name} INFO: mode: prune",
+               f"{stamp} {name} INFO: Epoch 2/4, Acc=0.7000, Val Loss=0.3, lr=0.0100",
+               f"{stamp} {name} INFO: Epoch 3/4, Acc=0.8000, Val Loss=0.3, lr=0.0100",
+               f"{stamp} {name} INFO: Best Acc=0.8000"]
+    path.write_text(path.read_text() + "\n".join(resumed) + "\n")
+    run = parse_logs.parse_log(path)
+    assert not isinstance(run, str) and run.complete
+    assert [e.phase for e in run.epochs] == ["sl", "sl", "finetune", "finetune", "finetune", "finetune"]
+    summary = run.summary()
+    assert summary["best_pruned"] == pytest.approx(0.8) and summary["paper"] == pytest.approx(0.95)
+
+
+def test_truncated_mid_line_and_missing_folder(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    path = write_log(root, "digits", "l2", 2, "resnet20", finetune_accs=(0.5, 0.6), finished=False)
+    path.write_text(path.read_text() + "[02/21 07:24:04] x INFO: Epoch 2/4, Acc=0.7")  # killed mid-write
+    run = parse_logs.parse_log(path)
+    assert not isinstance(run, str) and not run.complete and len(run.epochs) == 2
+    assert math.isnan(run.final_best)
+    with pytest.raises(FileNotFoundError, match="--runs"):
+        parse_logs.main(["--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="--metric"):
+        parse_logs.main(["--runs", str(root), "--out", str(tmp_path / "o"), "--metric", "top5"])
+    assert not (tmp_path / "o").exists()  # bad arguments write nothing
+
+
+def test_labels_and_sparsity_flags_match_the_registry() -> None:
+    registry = pytest.importorskip("registry")
+    from scripts import grid
+
+    for name, spec in registry.METHODS.items():
+        assert parse_logs.METHOD_LABELS[name] == spec.label
+        assert grid.METHODS[name] == spec.sparsity_learning
+    assert list(grid.TABLE1_METHODS) == list(registry.TABLE1_METHODS)
