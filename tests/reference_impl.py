@@ -9,7 +9,8 @@ import pytest
 import torch
 
 #: Devices for the agreement tests; CUDA is skipped, with the reason, where it is absent.
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=_NO_CUDA)]
 
 
 def ridge_q(W: torch.Tensor, lmbda: float) -> torch.Tensor:
