@@ -225,10 +225,11 @@ def prune_pairs_global(
         compensate=compensate,
         callback=callback,
     )
-    # Everything is computed: only now touch the modules.
-    applied = [apply_pruning(W, b, V, result) for (W, b, V), result in zip(matrices, results)]
-    for (layer1, layer2), norm, result, (W_new, b_new, V_new, delta) in zip(pairs, bns, results, applied):
-        _write_pair(layer1, layer2, W_new, b_new, V_new, delta, result.keep, norm)
+    # Everything is computed: only now touch the modules. Each pair is re-read just before it is
+    # written: in a chain ((fc1, fc2), (fc2, fc3)) writing one pair shrinks the next pair's W columns.
+    for (layer1, layer2), norm, result in zip(pairs, bns, results):
+        W, b, V = pair_matrices(layer1, layer2)
+        _write_pair(layer1, layer2, *apply_pruning(W, b, V, result), result.keep, norm)
     return [result.kept_indices for result in results]
 
 

@@ -194,3 +194,14 @@ def test_global_pairs_share_the_budget():
     for (fc1, fc2), k, (o1, _) in zip(pairs, kept, originals):
         assert fc1.out_features == len(k) == fc2.in_features
         assert fc1.weight.shape[1] == o1.weight.shape[1]
+
+
+@pytest.mark.parametrize("method", ["exact_oac", "proj550", "l2"])
+def test_global_chain_of_pairs(method):
+    # (fc1, fc2), (fc2, fc3): fc2 is the reader of the first pair and the producer of the second
+    torch.manual_seed(15)
+    fc1, fc2, fc3 = nn.Linear(10, 16), nn.Linear(16, 12), nn.Linear(12, 4)
+    kept = pp.prune_pairs([(fc1, fc2), (fc2, fc3)], 10, method)
+    assert fc2.weight.shape == (len(kept[1]), len(kept[0])) and fc3.in_features == len(kept[1])
+    assert len(kept[0]) + len(kept[1]) == 28 - 10
+    fc3(torch.relu(fc2(torch.relu(fc1(torch.randn(2, 10))))))
