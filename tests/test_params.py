@@ -167,6 +167,12 @@ def test_lambda_zero_with_singular_gram_is_recorded_not_nan():
     summary, _ = analysis.summarise([comp], {variant.key: [result, result]}, [100, 80, 60], 0.95, 0.05)
     assert [r["n_failed"] for r in summary] == [0, 2, 2]
     assert "mean" not in summary[1]  # no NaN: the cell is empty and counted as failed
+    cfg = analysis.ParamsConfig(dataset="digits", num_models=2)
+    report = analysis.markdown_summary(cfg, "t", [comp], summary, [], (0.5, 0.1),
+                                       {variant.key: "2/2 models; pruning failed: singular"})
+    assert "| lambda=0 | 0.0 ± " not in report and "| failed | failed |" in report
+    assert "**lambda=0** failed on some models: 2/2 models; pruning failed: singular" in report
+    assert "nan" not in report.lower()
 
 
 # --------------------------------------------------------------------------- data

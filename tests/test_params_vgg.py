@@ -71,3 +71,31 @@ def test_vgg_ablation_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="--methods"):
         main(["--dataset", "digits", "--output-dir", str(tmp_path / "bad"), "--methods", "l2,nope"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_recalibrate_batchnorm_matches_batch_statistics():
+    from params.analysis import recalibrate_batchnorm
+
+    torch.manual_seed(1)
+    model = VGG16(input_size=8, width_divisor=16).eval()
+    x = torch.rand(48, 1, 8, 8)
+    recalibrate_batchnorm(model, x, batch_size=64)  # one batch: running stats = that batch's stats
+    feats = model.convs[0](x).double()  # (48, 4, 8, 8): what the first BatchNorm normalises
+    mean = feats.mean(dim=(0, 2, 3))
+    var = ((feats - mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3)) / (feats.numel() / feats.shape[1] - 1)
+    torch.testing.assert_close(model.norms[0].running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.norms[0].running_var.double(), var, rtol=1e-4, atol=1e-6)
+    assert not model.training and model.norms[0].momentum == 0.1  # modes and momentum restored
+
+
+def test_vgg_bn_recalibration_run_reuses_models(tmp_path):
+    args = ["--dataset", "digits", "--output-dir", str(tmp_path), "--num-models", "1", "--epochs", "1",
+            "--stages", "2", "--width-divisor", "16", "--methods", "l2", "--scopes", "conv"]
+    plain = main(args)
+    recal = main([*args, "--bn-recalibrate"])
+    assert recal["output_dir"].name == "vgg16-bnrecal"
+    assert len(list((tmp_path / "digits" / "vgg16" / "models").glob("*.safetensors"))) == 1
+    acc = {r["kept_percent"]: r["accuracy"] for r in plain["results"]}
+    acc_recal = {r["kept_percent"]: r["accuracy"] for r in recal["results"]}
+    assert acc[100] == acc_recal[100]  # same cached model, unpruned
+    assert "bn_recalibrate: True" in (recal["output_dir"] / "params-vgg16-digits.txt").read_text()
