@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,8 @@ SPARSITY = {"slim", "group_sl", "proj_sl"}
 
 
 def launch(script: str, *args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHON": PY, "GRID_BACKEND": "bash", **(env or {})}
-    for key in gridrun.ENV_OVERRIDES.values():
-        full_env.pop(key, None) if key not in (env or {}) else None
+    full_env = {key: value for key, value in os.environ.items() if key not in gridrun.ENV_OVERRIDES.values()}
+    full_env.update({"PYTHON": PY, "GRID_BACKEND": "bash", **(env or {})})
     return subprocess.run(["bash", str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=120)
 
@@ -77,10 +78,11 @@ def test_digits_dry_run_and_subset_flags() -> None:
         "--lr-decay-milestones 20,25 --batch-size 64 --output-dir /tmp/o",
         f"{base} --mode prune --dataset digits --model resnet20 --restore /tmp/o/digits/pretrain/digits_resnet20.pth "
         "--finetune --global-pruning --speed-up 2 --method l2 --total-epochs 1 --lr 0.01 --lr-decay-milestones 4 "
-        "--batch-size 64 --output-dir /tmp/o",
+        "--batch-size 64 --iterative-steps 100 --output-dir /tmp/o",
         f"{base} --mode prune --dataset digits --model resnet20 --restore /tmp/o/digits/pretrain/digits_resnet20.pth "
         "--finetune --global-pruning --reg 1e-05 --speed-up 2 --method proj_sl --total-epochs 1 --lr 0.01 "
-        "--lr-decay-milestones 4 --batch-size 64 --sl-total-epochs 1 --sl-lr-decay-milestones 3 --output-dir /tmp/o",
+        "--lr-decay-milestones 4 --batch-size 64 --iterative-steps 100 --sl-total-epochs 1 --sl-lr-decay-milestones 3 "
+        "--output-dir /tmp/o",
     ]
     bad = launch("digits.sh", "--dry-run", "--methods", "l2,nonsense")
     assert bad.returncode != 0 and "method 'nonsense'" in bad.stderr
@@ -212,44 +214,80 @@ def test_imagenet_dry_run_uses_torchrun() -> None:
     assert out.stdout.splitlines() == [
         f"{run} --mode pretrain --dataset imagenet --model resnet50 {settings} --dataroot /data/ilsvrc",
         f"{run} --mode prune --dataset imagenet --model resnet50 --restore run/imagenet/pretrain/imagenet_resnet50.pth "
-        f"--finetune --global-pruning --reg 1e-05 --speed-up 2 --method proj_sl {settings} --dataroot /data/ilsvrc",
+        f"--finetune --global-pruning --reg 1e-05 --speed-up 2 --method proj_sl {settings} --target-flops 2 "
+        "--dataroot /data/ilsvrc",
     ]
 
 
 # --------------------------------------------------------------------------- the real digits grid
+# A small digits grid (scripts/digits.sh: pretraining, then l2 and proj_sl with 1 epoch), run under bash once
+# per test session; tests/test_slurm.py reuses its pretraining.
+GRID_METHODS = ("l2", "proj_sl")
+GRID_ARGS = ("--methods", ",".join(GRID_METHODS), "--pretrain-epochs", "2", "--finetune-epochs", "1",
+             "--sl-epochs", "1")
+
+
+@dataclass(frozen=True)
+class DigitsGrid:
+    folder: Path
+    first: subprocess.CompletedProcess
+    second: subprocess.CompletedProcess
+
+    @property
+    def runs(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def results(self) -> Path:
+        return self.folder / "results"
+
+
+_CACHE: list[DigitsGrid] = []
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "PROJPRUNE_NO_TQDM": "1", **extra}
+    for key in ("GRID_BACKEND", "SLURM_JOB_ID"):
+        env.pop(key, None)
+    return env
+
+
+def small_digits_grid(factory: pytest.TempPathFactory) -> DigitsGrid:
+    """Run the grid (twice: the second run must skip everything) the first time it is asked for."""
+    if not _CACHE:
+        folder = factory.mktemp("digits_grid")
+        args = [*GRID_ARGS, "--output-dir", str(folder / "run"), "--results", str(folder / "results"),
+                "--task-log-dir", str(folder / "out"), "--log-dir", str(folder)]
+        command = ["bash", str(ROOT / "scripts" / "digits.sh"), *args]
+        first = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=400)
+        second = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=120)
+        _CACHE.append(DigitsGrid(folder, first, second))
+    return _CACHE[0]
+
+
 @pytest.fixture(scope="module")
-def digits_grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess, ...]:
-    """scripts/digits.sh under bash on a small grid (2 methods, 1 epoch), run twice."""
-    tmp = tmp_path_factory.mktemp("digits")
-    args = ["--methods", "l2,proj_sl", "--pretrain-epochs", "2", "--finetune-epochs", "1", "--sl-epochs", "1",
-            "--output-dir", str(tmp / "run"), "--results", str(tmp / "results"), "--task-log-dir", str(tmp / "out"),
-            "--log-dir", str(tmp)]
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    first = subprocess.run(["bash", str(ROOT / "scripts" / "digits.sh"), *args], capture_output=True, text=True,
-                           env={**os.environ, "PYTHON": PY, **env}, timeout=300)
-    second = subprocess.run(["bash", str(ROOT / "scripts" / "digits.sh"), *args], capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": PY, **env}, timeout=120)
-    return tmp, first, second
+def digits_grid(tmp_path_factory: pytest.TempPathFactory) -> DigitsGrid:
+    return small_digits_grid(tmp_path_factory)
 
 
-def test_digits_grid_runs_under_bash_and_resumes(digits_grid) -> None:
-    tmp, first, second = digits_grid
+def test_digits_grid_runs_under_bash_and_resumes(digits_grid: DigitsGrid) -> None:
+    first, second = digits_grid.first, digits_grid.second
     assert first.returncode == 0, f"{first.stdout}\n{first.stderr}"
     for name in ("digits-global-l2-2.0-resnet20", "digits-global-proj_sl-2.0-resnet20"):
-        assert "Best Acc=" in (tmp / "run" / "digits" / "prune" / name / f"{name}.txt").read_text()
-        assert (tmp / "out" / f"{name}.out").exists()  # per-run console output
+        assert "Best Acc=" in (digits_grid.runs / "digits" / "prune" / name / f"{name}.txt").read_text()
+        assert (digits_grid.folder / "out" / f"{name}.out").exists()  # per-run console output
     assert "| method | Digits RN20 2× |" in first.stdout  # the table printed at the end
     assert second.returncode == 0 and second.stderr.count("already done, skipped") == 3, second.stderr
     assert ": running" not in second.stderr
 
 
-def test_parse_logs_reads_the_digits_grid(digits_grid) -> None:
+def test_parse_logs_reads_the_digits_grid(digits_grid: DigitsGrid) -> None:
     from scripts import parse_logs
 
-    tmp, first, _ = digits_grid
-    assert first.returncode == 0, first.stderr
-    results = tmp / "results"
-    rows = {r["method"]: r for r in parse_logs_rows(results / "runs.csv")}
+    assert digits_grid.first.returncode == 0, digits_grid.first.stderr
+    results = digits_grid.results
+    rows = {r["method"]: r for r in read_rows(results / "runs.csv")}
     assert set(rows) == {"l2", "proj_sl"}
     for row in rows.values():
         assert row["status"] == "complete" and row["dataset"] == "digits" and row["model"] == "resnet20"
@@ -259,18 +297,16 @@ def test_parse_logs_reads_the_digits_grid(digits_grid) -> None:
         assert float(row["best_pruned"]) == pytest.approx(float(row["final_best"]), abs=1e-4)
         assert float(row["paper"]) >= float(row["best_pruned"])
     assert int(rows["proj_sl"]["sl_epochs"]) == 1 and int(rows["l2"]["sl_epochs"]) == 0
-    pretrain = parse_logs_rows(results / "pretrain.csv")
+    pretrain = read_rows(results / "pretrain.csv")
     assert len(pretrain) == 1 and pretrain[0]["status"] == "complete" and pretrain[0]["epochs"] == "2"
-    phases = [r["phase"] for r in parse_logs_rows(results / "raw.csv") if r["method"] == "proj_sl"]
+    phases = [r["phase"] for r in read_rows(results / "raw.csv") if r["method"] == "proj_sl"]
     assert phases == ["sl", "finetune"]
     for stem in ("accuracy_vs_speedup", "finetune_curves"):
         assert (results / f"{stem}.png").exists() and (results / f"{stem}.pdf").exists()
     assert parse_logs.METHOD_LABELS["proj_sl"] in (results / "table_best_pruned.md").read_text()
 
 
-def parse_logs_rows(path: Path) -> list[dict]:
-    import csv
-
+def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 

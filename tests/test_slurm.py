@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from scripts import gridrun
+from tests.test_launchers import GRID_ARGS, GRID_METHODS, small_digits_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -98,25 +99,35 @@ def test_arrays_chain_and_report_failures(slurm_env: dict[str, str], tmp_path: P
     assert f"after afterok:{first}" in out.stderr  # the second array waited for the first
 
 
-def test_digits_grid_as_job_arrays(slurm_env: dict[str, str], tmp_path: Path) -> None:
+def test_digits_grid_as_job_array(slurm_env: dict[str, str], tmp_path: Path,
+                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The pretraining comes from the bash run of the same grid (tests/test_launchers.py), so its stage is
+    # found done and only the pruning array is submitted; arrays with a pretraining stage and a dependency
+    # are covered by test_arrays_chain_and_report_failures.
+    shared = small_digits_grid(tmp_path_factory)
+    assert shared.first.returncode == 0, shared.first.stderr
     runs, results = tmp_path / "run", tmp_path / "results"
-    args = ["--backend", "slurm", "--methods", "l2,proj_sl", "--pretrain-epochs", "2", "--finetune-epochs", "1",
-            "--sl-epochs", "1", "--output-dir", str(runs), "--results", str(results), "--log-dir", str(tmp_path),
-            "--timeout", "150"]
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "digits.sh"), *args], env=slurm_env, capture_output=True,
-                         text=True, timeout=200)
+    shutil.copytree(shared.runs / "digits" / "pretrain", runs / "digits" / "pretrain")
+    args = ["--backend", "slurm", *GRID_ARGS, "--output-dir", str(runs), "--results", str(results),
+            "--log-dir", str(tmp_path), "--timeout", "200"]
+    command = ["bash", str(ROOT / "scripts" / "digits.sh"), *args]
+    out = subprocess.run(command, env=slurm_env, capture_output=True, text=True, timeout=260)
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    assert "stage pretrain: all 1 task(s) done, nothing to submit" in out.stderr
     states = _states(out.stderr)
-    assert len(states) == 3 and all(s == "COMPLETED ExitCode=0:0" for s in states.values()), out.stderr
-    job_logs = sorted(Path(slurm_env["SBATCH_OUTPUT"]).parent.glob("*-digits-*.out"))
-    assert len(job_logs) == 3 and all(": done" in p.read_text() for p in job_logs)
-    for method in ("l2", "proj_sl"):
+    assert len(states) == len(GRID_METHODS), out.stderr
+    assert all(s == "COMPLETED ExitCode=0:0" for s in states.values()), out.stderr
+    job_logs = sorted(Path(slurm_env["SBATCH_OUTPUT"]).parent.glob("*-digits-prune.out"))
+    assert len(job_logs) == len(GRID_METHODS) and all(": done" in p.read_text() for p in job_logs)
+    for method in GRID_METHODS:
         name = f"digits-global-{method}-2.0-resnet20"
-        assert "Best Acc=" in (runs / "digits" / "prune" / name / f"{name}.txt").read_text()
+        log = (runs / "digits" / "prune" / name / f"{name}.txt").read_text()
+        assert "Best Acc=" in log and f"method: {method}" in log
+        assert f"{name}: done" in "".join(p.read_text() for p in job_logs)
     table = (results / "table_best_pruned.md").read_text()
     assert "| MagnitudeL2 |" in table and "| Projective (ours) |" in table
     assert "Digits RN20 2×" in out.stdout  # the table is printed at the end
-    # a second submission finds everything done and submits nothing
-    again = subprocess.run(["bash", str(ROOT / "scripts" / "digits.sh"), *args], env=slurm_env, capture_output=True,
-                           text=True, timeout=120)
-    assert again.returncode == 0 and "nothing to submit" in again.stderr and "submitted" not in again.stderr
+    # submitting again finds everything done and submits nothing
+    again = subprocess.run(command, env=slurm_env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "submitted" not in again.stderr, again.stderr
+    assert "stage prune: all 2 task(s) done, nothing to submit" in again.stderr

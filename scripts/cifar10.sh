@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=cifar10
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=2-00:00:00
+#SBATCH --output=logs/%A_%a-%x.out
+# Table 1 grid on CIFAR-10: VGG-19, ResNet-56, MobileNetV2
+# (REPRODUCTION.md §1): pretraining, then every method at 2x and 3x with fine-tuning, seed 1.
+#
+#   bash scripts/cifar10.sh [--dry-run] [--methods l2,proj_sl] [--models resnet56] [--backend bash|slurm] ...
+#
+# With a SLURM controller reachable: one array for pretraining, one for pruning (afterok on the first);
+# otherwise (or inside an allocation: sbatch scripts/cifar10.sh) the runs go one after another here.
+# Finished runs are skipped, so running it again resumes. #SBATCH values above are defaults:
+# SBATCH_PARTITION, SBATCH_GRES (none on GPU-less nodes), SBATCH_TIMELIMIT, SBATCH_OUTPUT override them.
+# More flags: python -m scripts.grid --help
+set -euo pipefail
+ROOT=${PROJPRUNE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+if [[ ! -f $ROOT/main.py && -n ${SLURM_JOB_ID:-} ]]; then  # sbatch runs a spooled copy: find the original
+  ROOT=$(cd "$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")/.." && pwd)
+fi
+[[ -f $ROOT/main.py ]] || { echo "$0: cannot find the repository (main.py); set PROJPRUNE_ROOT" >&2; exit 2; }
+cd "$ROOT"
+exec "${PYTHON:-python}" -m scripts.grid --dataset cifar10 --headers-from scripts/cifar10.sh "$@"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=digits
+#SBATCH --gres=none
+#SBATCH --cpus-per-task=1
+#SBATCH --time=00:30:00
+#SBATCH --output=logs/%A_%a-%x.out
+# Table 1 in miniature on the embedded digits data (no download, CPU): pretrain one small ResNet,
+# prune it to 2x FLOPs with all eleven methods, fine-tune briefly, then print the table.
+#
+#   bash scripts/digits.sh [--dry-run] [--methods l2,proj_sl] [--finetune-epochs 2] [--output-dir run]
+#
+# Runs sequentially here (per-run output in logs/digits/), or, with GRID_BACKEND=slurm (or --backend
+# slurm), as two SLURM job arrays that it waits for. Finished runs are skipped; tables and figures go
+# to scripts/results/digits/ (scripts/parse_logs.py).
+set -euo pipefail
+ROOT=${PROJPRUNE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+if [[ ! -f $ROOT/main.py && -n ${SLURM_JOB_ID:-} ]]; then  # sbatch runs a spooled copy: find the original
+  ROOT=$(cd "$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")/.." && pwd)
+fi
+[[ -f $ROOT/main.py ]] || { echo "$0: cannot find the repository (main.py); set PROJPRUNE_ROOT" >&2; exit 2; }
+cd "$ROOT"
+export PROJPRUNE_NO_TQDM=${PROJPRUNE_NO_TQDM:-1}
+# one thread: the models are tiny, and extra threads only fight over the cores (8x slower on a busy 2-core box)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+exec "${PYTHON:-python}" -m scripts.grid --dataset digits --headers-from scripts/digits.sh \
+  --backend "${GRID_BACKEND:-bash}" --task-log-dir logs/digits --wait --timeout 1800 --parse "$@"

@@ -1,0 +1,533 @@
+"""Turn ``main.py`` run logs into the paper's Table 1: CSVs, Markdown/LaTeX tables and figures.
+
+Reads every ``*.txt`` log under ``--runs`` (REPRODUCTION.md's layout and log lines; the
+published logs of the original study use the same format) and writes into ``--out``:
+
+- ``raw.csv``: one row per ``Epoch`` line (run, phase ``pretrain``/``sl``/``finetune``, epoch,
+  accuracy, validation loss, learning rate);
+- ``runs.csv``: one row per pruning run: ``dataset, model, method, speed_up``, ``paper`` (max
+  accuracy over every epoch line, which is what the published tables report), ``best_pruned``
+  (best accuracy after pruning: the honest headline), ``one_shot`` (accuracy right after
+  pruning, before fine-tuning), ``acc_before``, ``final_best`` (the log's ``Best Acc=``),
+  parameters and FLOPs before/after, the speed-up reached, epoch counts, ``status``;
+- ``pretrain.csv``: best accuracy of every pretraining log;
+- ``table_<metric>.{csv,md,tex}``: methods (the paper's order and labels) against
+  dataset-model-speed-up columns; in Markdown and LaTeX the best value of a column is bold and
+  the second underlined;
+- ``accuracy_vs_speedup.{png,pdf}`` and ``finetune_curves.{png,pdf}`` (one setting);
+- ``skipped.csv``: logs that were not used and why (truncated or still running, unreadable,
+  unknown method or name). Nothing here raises on a bad log; every file is written atomically.
+
+Usage::
+
+    python scripts/parse_logs.py [--runs run] [--out scripts/results] [--metric best_pruned]
+        [--datasets digits,cifar10] [--scope global] [--curves digits-resnet20-2.0] [--quiet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.harness import atomic_write_csv, atomic_write_text, save_figure
+
+# CLI method name -> table label (the same labels as registry.METHODS), in the paper's row order
+# (REPRODUCTION.md §1); l1, proj and growing_reg are not in the published table, so they come last.
+METHOD_LABELS: dict[str, str] = {
+    "random": "Random",
+    "l2": "MagnitudeL2",
+    "slim": "Slimming",
+    "fpgm": "FPGM",
+    "obdc": "EigenDamage",
+    "lamp": "LAMP",
+    "group_norm": "DepGraph",
+    "group_sl": "DepGraph-SL",
+    "proj_sl": "Projective (ours)",
+    "l1": "L1",
+    "proj": "Projective",
+    "growing_reg": "GrowingReg",
+}
+DATASET_LABELS = {"cifar10": "C10", "cifar100": "C100", "modelnet40": "MN40", "imagenet": "ImageNet",
+                  "digits": "Digits"}
+MODEL_LABELS = {"vgg19": "VGG19", "resnet56": "RN56", "mobilenetv2": "MNv2", "pointnet": "PointNet",
+                "dgcnn": "DGCNN", "resnet50": "RN50", "resnet20": "RN20"}
+# metric -> True when larger is better
+METRICS: dict[str, bool] = {
+    "best_pruned": True,
+    "paper": True,
+    "one_shot": True,
+    "final_best": True,
+    "acc_before": True,
+    "speed_up_reached": True,
+    "params_after": False,
+    "flops_after": False,
+}
+ACCURACY_METRICS = {"best_pruned", "paper", "one_shot", "final_best", "acc_before"}
+
+# One regex for run names: <dataset>-<scope>-<method>-<speed_up>-<model> (STYLE.md §8).
+RUN_NAME_RE = re.compile(
+    r"^(?P<dataset>[A-Za-z0-9_]+)-(?P<scope>global|local)-(?P<method>[A-Za-z0-9_]+)-"
+    r"(?P<speed_up>\d+(?:\.\d+)?)-(?P<model>[A-Za-z0-9_.]+)$"
+)
+PRETRAIN_NAME_RE = re.compile(r"^(?P<dataset>[A-Za-z0-9_]+)-(?P<model>[A-Za-z0-9_.]+)$")
+LINE_RE = re.compile(r"^\[(?P<time>[^\]]*)\]\s+(?P<logger>\S+)\s+(?P<level>[A-Z]+):\s?(?P<msg>.*?)\s*$")
+_NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))"
+EPOCH_RE = re.compile(rf"^Epoch (\d+)/(\d+), Acc={_NUM}, Val Loss={_NUM}, lr={_NUM}")
+PARAMS_RE = re.compile(rf"^Params: {_NUM} ?([KMG]?) => {_NUM} ?([KMG]?) \({_NUM}%\)")
+FLOPS_RE = re.compile(rf"^FLOPs: {_NUM} ?([KMG]?) => {_NUM} ?([KMG]?) \({_NUM}%, {_NUM}X ?\)")
+ACC_RE = re.compile(rf"^Acc: {_NUM} => {_NUM}")
+LOSS_RE = re.compile(rf"^Val Loss: {_NUM} => {_NUM}")
+BEST_RE = re.compile(rf"^Best Acc={_NUM}")
+CONFIG_RE = re.compile(r"^([A-Za-z_]\w*): (.*)$")
+RESUME_FINETUNE_RE = re.compile(r"^Found .*: resuming the fine-tuning$")  # engine/table1.py, after a restart
+_UNIT = {"": 1.0, "K": 1e-3, "M": 1.0, "G": 1e3}  # -> millions
+
+
+@dataclasses.dataclass
+class EpochLine:
+    """One ``Epoch i/n`` line of a log."""
+
+    line: int
+    epoch: int
+    total: int
+    acc: float
+    val_loss: float
+    lr: float
+    phase: str = ""
+    attempt: int = 0
+
+
+@dataclasses.dataclass
+class RunLog:
+    """Everything a log says about one run (pretraining or pruning)."""
+
+    path: Path
+    kind: str  # "prune" or "pretrain"
+    dataset: str
+    model: str
+    method: str = ""
+    scope: str = ""
+    speed_up: float = math.nan
+    epochs: list[EpochLine] = dataclasses.field(default_factory=list)
+    config: dict[str, str] = dataclasses.field(default_factory=dict)
+    acc_before: float = math.nan
+    one_shot: float = math.nan
+    loss_before: float = math.nan
+    loss_after: float = math.nan
+    params_before: float = math.nan
+    params_after: float = math.nan
+    params_kept_pct: float = math.nan
+    flops_before: float = math.nan
+    flops_after: float = math.nan
+    flops_kept_pct: float = math.nan
+    speed_up_reached: float = math.nan
+    final_best: float = math.nan
+
+    @property
+    def complete(self) -> bool:
+        return not math.isnan(self.final_best)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def setting(self) -> tuple[str, str, float]:
+        return (self.dataset, self.model, self.speed_up)
+
+    def phase_accs(self, *phases: str) -> list[float]:
+        return [e.acc for e in self.epochs if e.phase in phases and not math.isnan(e.acc)]
+
+    def summary(self) -> dict:
+        """The ``runs.csv`` row."""
+        finetune = self.phase_accs("finetune")
+        every = [e.acc for e in self.epochs if not math.isnan(e.acc)]
+        return {
+            "dataset": self.dataset, "model": self.model, "method": self.method,
+            "label": METHOD_LABELS.get(self.method, self.method), "scope": self.scope, "speed_up": self.speed_up,
+            "status": "complete" if self.complete else "incomplete",
+            "paper": max(every) if every else math.nan,
+            "best_pruned": max(finetune) if finetune else math.nan,
+            "one_shot": self.one_shot, "acc_before": self.acc_before, "final_best": self.final_best,
+            "params_before": self.params_before, "params_after": self.params_after,
+            "params_kept_pct": self.params_kept_pct, "flops_before": self.flops_before,
+            "flops_after": self.flops_after, "flops_kept_pct": self.flops_kept_pct,
+            "speed_up_reached": self.speed_up_reached, "sl_epochs": len(self.phase_accs("sl")),
+            "finetune_epochs": len(finetune), "log": str(self.path),
+        }
+
+
+def _f(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def identify(path: Path) -> tuple[str, dict] | str:
+    """``(kind, fields)`` from a log's file name, or the reason it is not a run log."""
+    match = RUN_NAME_RE.match(path.stem)
+    if match:
+        fields = match.groupdict()
+        return "prune", {**fields, "speed_up": float(fields["speed_up"])}
+    match = PRETRAIN_NAME_RE.match(path.stem)
+    if match and path.parent.name == "pretrain":
+        return "pretrain", match.groupdict()
+    return f"file name {path.name!r} is not <dataset>-<scope>-<method>-<speed_up>-<model>.txt or a pretrain log"
+
+
+def parse_log(path: Path) -> RunLog | str:
+    """Parse one log; returns the run, or the reason it cannot be used (never raises on content)."""
+    found = identify(path)
+    if isinstance(found, str):
+        return found
+    kind, fields = found
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    run = RunLog(path=path, kind=kind, **fields)
+    attempt, in_body, pruned_in_attempt, ever_pruned = 0, False, False, False
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = LINE_RE.match(raw)
+        if line is None:
+            continue
+        msg = line.group("msg")
+        if match := EPOCH_RE.match(msg):
+            epoch = EpochLine(number, int(match[1]), int(match[2]), _f(match[3]), _f(match[4]), _f(match[5]))
+            if kind == "pretrain":
+                epoch.phase = "pretrain"
+            elif pruned_in_attempt or (ever_pruned and attempt > 0 and _continues(run.epochs, epoch)):
+                # after the prune lines; or a resumed fine-tuning that picks up where it stopped
+                epoch.phase, pruned_in_attempt = "finetune", True
+            else:
+                epoch.phase = "sl"
+            epoch.attempt = attempt
+            run.epochs.append(epoch)
+            in_body = True
+        elif match := PARAMS_RE.match(msg):
+            run.params_before = _f(match[1]) * _UNIT[match[2]]
+            run.params_after = _f(match[3]) * _UNIT[match[4]]
+            run.params_kept_pct = _f(match[5])
+            in_body = pruned_in_attempt = ever_pruned = True
+        elif match := FLOPS_RE.match(msg):
+            run.flops_before = _f(match[1]) * _UNIT[match[2]]
+            run.flops_after = _f(match[3]) * _UNIT[match[4]]
+            run.flops_kept_pct, run.speed_up_reached = _f(match[5]), _f(match[6])
+            in_body = pruned_in_attempt = ever_pruned = True
+        elif match := ACC_RE.match(msg):
+            run.acc_before, run.one_shot = _f(match[1]), _f(match[2])
+            in_body = pruned_in_attempt = ever_pruned = True
+        elif match := LOSS_RE.match(msg):
+            run.loss_before, run.loss_after = _f(match[1]), _f(match[2])
+        elif match := BEST_RE.match(msg):
+            # a sparsity-learning phase ends with its own "Best Acc=" before pruning: not the run's end
+            if kind == "pretrain" or pruned_in_attempt:
+                run.final_best = _f(match[1])
+            in_body = True
+        elif RESUME_FINETUNE_RE.match(msg):
+            in_body = pruned_in_attempt = ever_pruned = True
+        elif match := CONFIG_RE.match(msg):
+            if in_body:  # the arguments logged again: the run was restarted
+                attempt, in_body, pruned_in_attempt = attempt + 1, False, False
+                run.final_best = math.nan
+            run.config[match[1]] = match[2]
+    if not run.epochs and not ever_pruned:
+        return "no epoch or pruning lines (empty, not started, or not a main.py log)"
+    if kind == "prune" and not ever_pruned:
+        run.final_best = math.nan  # cannot be finished without having pruned
+    if math.isnan(run.speed_up_reached) and run.flops_after > 0:
+        run.speed_up_reached = run.flops_before / run.flops_after
+    return run
+
+
+def _continues(previous: list[EpochLine], epoch: EpochLine) -> bool:
+    """A restarted attempt whose first epoch follows the last fine-tuning epoch (a resume)."""
+    finetune = [e for e in previous if e.phase == "finetune"]
+    return bool(finetune) and epoch.epoch > 0 and epoch.epoch <= finetune[-1].epoch + 1
+
+
+# --------------------------------------------------------------------------- collection
+def collect(runs_dir: Path, datasets: Sequence[str] | None, scope: str) -> tuple[list[RunLog], list[dict]]:
+    """Parse every log under ``runs_dir``; returns (usable runs, skipped rows with reasons)."""
+    runs: list[RunLog] = []
+    skipped: list[dict] = []
+    for path in sorted(runs_dir.rglob("*.txt")):
+        result = parse_log(path)
+        if isinstance(result, str):
+            skipped.append({"log": str(path), "reason": result})
+            continue
+        if datasets and result.dataset not in datasets:
+            continue
+        if result.kind == "prune" and result.method not in METHOD_LABELS:
+            skipped.append({"log": str(path), "reason": f"unknown method {result.method!r}"})
+            continue
+        if result.kind == "prune" and result.scope != scope:
+            skipped.append({"log": str(path), "reason": f"scope {result.scope} (tables use {scope})"})
+            continue
+        if not result.complete:
+            skipped.append({"log": str(path), "reason": "incomplete: no 'Best Acc=' line (truncated or running)"})
+        runs.append(result)
+    return runs, skipped
+
+
+def raw_rows(runs: Sequence[RunLog]) -> list[dict]:
+    rows = []
+    for run in runs:
+        for e in run.epochs:
+            rows.append({
+                "run": run.name, "kind": run.kind, "dataset": run.dataset, "model": run.model, "method": run.method,
+                "speed_up": run.speed_up, "attempt": e.attempt, "phase": e.phase, "epoch": e.epoch,
+                "total_epochs": e.total, "acc": e.acc, "val_loss": e.val_loss, "lr": e.lr, "line": e.line,
+            })
+    return rows
+
+
+def _rank(value: str, labels: dict) -> tuple[int, str]:
+    """Sort key: the labels' order first, unknown names after them alphabetically."""
+    known = list(labels)
+    return (known.index(value) if value in known else len(known), value)
+
+
+def _order(values: Sequence, labels: dict) -> list:
+    return sorted(set(values), key=lambda v: _rank(v, labels))
+
+
+def summary_table(rows: Sequence[dict], metric: str) -> tuple[list[tuple[str, str, float]], list[str], dict]:
+    """(columns, methods, values[(method, column)]) over complete runs, in the paper's order."""
+    complete = [r for r in rows if r["status"] == "complete" and not math.isnan(r[metric])]
+    datasets = _order([r["dataset"] for r in complete], DATASET_LABELS)
+    models = _order([r["model"] for r in complete], MODEL_LABELS)
+    columns = sorted({(r["dataset"], r["model"], r["speed_up"]) for r in complete},
+                     key=lambda c: (datasets.index(c[0]), models.index(c[1]), c[2]))
+    methods = [m for m in METHOD_LABELS if any(r["method"] == m for r in complete)]
+    values = {(r["method"], (r["dataset"], r["model"], r["speed_up"])): r[metric] for r in complete}
+    return columns, methods, values
+
+
+def column_label(column: tuple[str, str, float], times: str = "×") -> str:
+    dataset, model, speed_up = column
+    return f"{DATASET_LABELS.get(dataset, dataset)} {MODEL_LABELS.get(model, model)} {speed_up:g}{times}"
+
+
+def ranks(values: dict, methods: Sequence[str], column: tuple, higher_is_better: bool) -> dict[str, int]:
+    """Per method: 1 for the best value of the column, 2 for the second (ties share), else 0."""
+    present = sorted({round(values[(m, column)], 10) for m in methods if (m, column) in values},
+                     reverse=higher_is_better)
+    out = {}
+    for method in methods:
+        if (method, column) in values:
+            position = present.index(round(values[(method, column)], 10)) + 1
+            out[method] = position if position <= 2 else 0
+    return out
+
+
+def format_value(value: float, metric: str) -> str:
+    if metric in ACCURACY_METRICS:
+        text = f"{value:.4f}"
+        return text[1:] if text.startswith("0.") else text  # the paper's ".9388"
+    return f"{value:.2f}"
+
+
+def tex_escape(text: str) -> str:
+    """Escape LaTeX's special characters in a label."""
+    return re.sub(r"([&%$#_{}])", r"\\\1", text)
+
+
+def _tex_column(column: tuple[str, str, float]) -> str:
+    return tex_escape(column_label(column, "@")).replace("@", "$\\times$")
+
+
+def render_tables(rows: Sequence[dict], metric: str) -> tuple[list[dict], str, str]:
+    """The summary table as CSV rows, Markdown and LaTeX."""
+    columns, methods, values = summary_table(rows, metric)
+    higher = METRICS[metric]
+    rank = {c: ranks(values, methods, c, higher) for c in columns}
+    csv_rows = []
+    for method in methods:
+        row = {"method": METHOD_LABELS[method]}
+        for c in columns:
+            row[column_label(c, "x")] = values.get((method, c), "")
+        csv_rows.append(row)
+    md = ["| method | " + " | ".join(column_label(c) for c in columns) + " |",
+          "|---|" + "---|" * len(columns)]
+    tex = [f"% {metric}: best bold, second underlined (needs \\usepackage{{booktabs}})",
+           "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule",
+           "Method & " + " & ".join(_tex_column(c) for c in columns) + " \\\\", "\\midrule"]
+    for method in methods:
+        md_cells, tex_cells = [], []
+        for c in columns:
+            if (method, c) not in values:
+                md_cells.append("–")
+                tex_cells.append("--")
+                continue
+            text = format_value(values[(method, c)], metric)
+            position = rank[c].get(method, 0)
+            md_cells.append({1: f"**{text}**", 2: f"<ins>{text}</ins>"}.get(position, text))
+            tex_cells.append({1: f"\\textbf{{{text}}}", 2: f"\\underline{{{text}}}"}.get(position, text))
+        md.append(f"| {METHOD_LABELS[method]} | " + " | ".join(md_cells) + " |")
+        tex.append(f"{tex_escape(METHOD_LABELS[method])} & " + " & ".join(tex_cells) + " \\\\")
+    tex += ["\\bottomrule", "\\end{tabular}"]
+    return csv_rows, "\n".join(md) + "\n", "\n".join(tex) + "\n"
+
+
+# --------------------------------------------------------------------------- figures
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+           "tab:olive", "tab:cyan", "black", "gold")
+_MARKERS = "os^vD<>pPX*h"
+
+
+def method_style(method: str) -> dict:
+    """The same colour and marker for a method in every figure."""
+    index = list(METHOD_LABELS).index(method) % len(_COLORS)
+    return {"color": _COLORS[index], "marker": _MARKERS[index], "label": METHOD_LABELS[method]}
+
+
+def plot_speedup(rows: Sequence[dict], metric: str, stem: Path) -> list[Path]:
+    """Accuracy (``metric``) against the speed-up reached, one panel per data set and model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns, methods, values = summary_table(rows, metric)
+    panels = list(dict.fromkeys((c[0], c[1]) for c in columns))
+    if not panels:
+        return []
+    reached = {(r["method"], (r["dataset"], r["model"], r["speed_up"])): r["speed_up_reached"] for r in rows}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for method in methods:
+            points = sorted(
+                (reached.get((method, c)) if not math.isnan(reached.get((method, c), math.nan)) else c[2],
+                 values[(method, c)])
+                for c in columns if c[:2] == panel and (method, c) in values
+            )
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, **method_style(method))
+        ax.set_title(f"{DATASET_LABELS.get(panel[0], panel[0])} {MODEL_LABELS.get(panel[1], panel[1])}")
+        ax.set_xlabel("FLOPs speed-up reached")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def plot_curves(runs: Sequence[RunLog], setting: tuple[str, str, float], stem: Path) -> list[Path]:
+    """Accuracy per epoch of every method of one setting: the sparsity-learning phase at negative
+    epochs, the accuracy right after pruning at 0, fine-tuning from 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = sorted((r for r in runs if r.kind == "prune" and r.setting == setting and r.complete),
+                    key=lambda r: list(METHOD_LABELS).index(r.method))
+    if not chosen:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for run in chosen:
+        sl = run.phase_accs("sl")
+        finetune = run.phase_accs("finetune")
+        xs = list(range(-len(sl), 0)) + ([0] if not math.isnan(run.one_shot) else []) + list(
+            range(1, len(finetune) + 1))
+        ys = sl + ([run.one_shot] if not math.isnan(run.one_shot) else []) + finetune
+        ax.plot(xs, ys, markersize=4, **method_style(run.method))
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("epoch (< 0: sparsity learning before pruning; 0: right after pruning)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(f"{column_label(setting)}: fine-tuning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    paths = save_figure(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def parse_setting(text: str) -> tuple[str, str, float]:
+    """``digits-resnet20-2.0`` -> ("digits", "resnet20", 2.0)."""
+    parts = text.rsplit("-", 2)
+    if len(parts) != 3:
+        raise ValueError(f"--curves {text!r}: expected <dataset>-<model>-<speed_up>, e.g. cifar10-resnet56-2.0")
+    try:
+        return parts[0], parts[1], float(parts[2])
+    except ValueError as exc:
+        raise ValueError(f"--curves {text!r}: the speed-up must be a number") from exc
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rebuild Table 1 from main.py run logs.")
+    parser.add_argument("--runs", default="run", help="run tree to read (default: run)")
+    parser.add_argument("--out", default="scripts/results", help="output folder (default: scripts/results)")
+    parser.add_argument("--metric", default="best_pruned",
+                        help=f"table metric(s), comma-separated, from: {', '.join(METRICS)}")
+    parser.add_argument("--datasets", default=None, help="comma list of data sets to keep (default: all)")
+    parser.add_argument("--scope", default="global", choices=("global", "local"), help="runs used in tables")
+    parser.add_argument("--curves", default=None, help="setting of the curve figure, e.g. digits-resnet20-2.0 "
+                        "(default: the setting with the most runs)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the tables")
+    args = parser.parse_args(argv)
+    metrics = [m for m in args.metric.split(",") if m]
+    for metric in metrics:
+        if metric not in METRICS:
+            raise ValueError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
+    curves = parse_setting(args.curves) if args.curves else None
+    runs_dir = Path(args.runs)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"--runs {runs_dir}: no such folder (expected the run tree main.py writes)")
+    datasets = [d for d in (args.datasets or "").split(",") if d]
+    out = Path(args.out)
+
+    runs, skipped = collect(runs_dir, datasets, args.scope)
+    method_order = list(METHOD_LABELS)
+    pruning = sorted((r for r in runs if r.kind == "prune"), key=lambda r: (
+        _rank(r.dataset, DATASET_LABELS), _rank(r.model, MODEL_LABELS), method_order.index(r.method), r.speed_up))
+    rows = [r.summary() for r in pruning]
+    atomic_write_csv(out / "raw.csv", raw_rows(runs), fieldnames=list(
+        ["run", "kind", "dataset", "model", "method", "speed_up", "attempt", "phase", "epoch", "total_epochs",
+         "acc", "val_loss", "lr", "line"]))
+    atomic_write_csv(out / "runs.csv", rows, fieldnames=list(RunLog(Path("x"), "prune", "", "").summary()))
+    atomic_write_csv(out / "pretrain.csv", [
+        {"dataset": r.dataset, "model": r.model, "status": "complete" if r.complete else "incomplete",
+         "best": max(r.phase_accs("pretrain"), default=math.nan), "epochs": len(r.epochs), "log": str(r.path)}
+        for r in runs if r.kind == "pretrain"], fieldnames=["dataset", "model", "status", "best", "epochs", "log"])
+    atomic_write_csv(out / "skipped.csv", skipped, fieldnames=["log", "reason"])
+    for item in skipped:
+        print(f"skipped {item['log']}: {item['reason']}", file=sys.stderr)
+
+    for metric in metrics:
+        csv_rows, markdown, latex = render_tables(rows, metric)
+        atomic_write_csv(out / f"table_{metric}.csv", csv_rows,
+                         fieldnames=list(csv_rows[0]) if csv_rows else ["method"])
+        atomic_write_text(out / f"table_{metric}.md", markdown)
+        atomic_write_text(out / f"table_{metric}.tex", latex)
+        if not args.quiet:
+            print(f"\n{metric} (complete runs; best bold, second underlined):\n\n{markdown}")
+    plot_speedup(rows, metrics[0], out / "accuracy_vs_speedup")
+    complete = [r for r in pruning if r.complete]
+    if curves is None and complete:
+        counts: dict[tuple, int] = {}
+        for run in complete:
+            counts[run.setting] = counts.get(run.setting, 0) + 1
+        curves = max(counts, key=lambda s: (counts[s], -list(counts).index(s)))
+    if curves is not None:
+        plot_curves(pruning, curves, out / "finetune_curves")
+    done = sum(1 for r in rows if r["status"] == "complete")
+    print(f"{done} complete pruning run(s), {len(rows) - done} incomplete, {len(skipped)} log(s) skipped; "
+          f"outputs in {out}/", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
