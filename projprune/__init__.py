@@ -10,6 +10,7 @@ from projprune.methods import PAIR_METHODS, PairMethod, prune_pair, prune_pairs
 from projprune.solvers import (
     SOLVERS,
     gram_inverse,
+    precision_and_residuals,
     projection_distances,
     solve_closed,
     solve_fast,
@@ -47,6 +48,7 @@ __all__ = [
     "greedy_global",
     "greedy_lazy",
     "pair_matrices",
+    "precision_and_residuals",
     "projection_distances",
     "prune_conv_pair",
     "prune_linear_pair",

@@ -33,7 +33,7 @@ from projprune._checks import (
     check_same_device_dtype,
     check_vector,
 )
-from projprune.solvers import gram_inverse, solve_closed
+from projprune.solvers import precision_and_residuals, solve_closed
 
 __all__ = ["PruneResult", "apply_pruning", "greedy_exact", "greedy_global", "greedy_lazy"]
 
@@ -71,7 +71,14 @@ class PruneResult:
 
 # --------------------------------------------------------------------------- shared state
 class _LayerState:
-    """What both trackers share: the α/β/γ tracks, the V-side options and the bookkeeping."""
+    """What both trackers share: the α/β/γ tracks, the V-side options and the bookkeeping.
+
+    Compensation is kept as a stack of rank-1 terms ``c_s q_sᵀ`` (``c_s``: the effective
+    column of the unit removed at step ``s``, ``q_s`` its coefficients), multiplied out once
+    at the end instead of updating a ``(k, n)`` matrix at every step. For ``output_aware`` the
+    squared norms of the effective columns ``a_j v_j + δ_j`` are kept from three running
+    vectors, ``‖v_j‖²``, ``v_j·δ_j`` and ``‖δ_j‖²``: one product with ``V`` per step.
+    """
 
     def __init__(
         self,
@@ -85,6 +92,7 @@ class _LayerState:
         output_aware: bool,
         compensate: bool,
         dtype: torch.dtype,
+        amount: int,
     ) -> None:
         self.n = W.shape[0]
         self.device = W.device
@@ -100,13 +108,19 @@ class _LayerState:
         self.alpha = alpha
         self.output_aware = output_aware
         self.compensate = compensate
-        self.v_delta = None
+        self.order: list[int] = []
+        if output_aware:
+            self.v_sq = (self.V * self.V).sum(dim=0)  # ‖v_j‖²
         self.bias_delta = None
         if compensate:
-            self.v_delta = torch.zeros_like(self.V)
+            k, rows = self.V.shape[0], max(amount, 1)
+            self.comp_c = torch.zeros(rows, k, dtype=dtype, device=W.device)  # effective columns removed
+            self.comp_q = torch.zeros(rows, self.n, dtype=dtype, device=W.device)  # their coefficients
+            self.n_comp = 0
+            self.cross = torch.zeros(self.n, dtype=dtype, device=W.device)  # v_j · δ_j
+            self.delta_sq = torch.zeros(self.n, dtype=dtype, device=W.device)  # ‖δ_j‖²
             if self.b is not None:
-                self.bias_delta = torch.zeros(self.V.shape[0], dtype=dtype, device=W.device)
-        self.order: list[int] = []
+                self.bias_delta = torch.zeros(k, dtype=dtype, device=W.device)
 
     # Solver-specific parts ------------------------------------------------------------
     def raw_distances(self) -> torch.Tensor:  # (n,), +inf at removed units
@@ -119,40 +133,57 @@ class _LayerState:
         raise NotImplementedError
 
     # Shared parts ----------------------------------------------------------------------
-    def effective_v(self) -> torch.Tensor:
-        """``(k, n)`` columns of ``V`` as they would be after pruning now."""
-        V = self.V * self.tracks[2]
-        if self.v_delta is not None:
-            V = V + self.v_delta
-        return V
+    def _delta_column(self, i: int) -> torch.Tensor:
+        """``δ_i``: ``(k,)`` the compensation collected so far by unit ``i``."""
+        t = self.n_comp
+        return self.comp_q[:t, i] @ self.comp_c[:t]
+
+    def v_column_norms(self) -> torch.Tensor:
+        """``(n,)`` norms of the effective columns ``U_V[j] v_j + δ_j``."""
+        a = self.tracks[2]
+        if not self.compensate:
+            return a.abs() * self.v_sq.sqrt()
+        return (a * a * self.v_sq + 2.0 * a * self.cross + self.delta_sq).clamp_min(0.0).sqrt()
 
     def distances(self) -> torch.Tensor:
         d = self.raw_distances()
         if self.output_aware:
-            d = d * torch.linalg.vector_norm(self.effective_v(), dim=0)
+            d = d * self.v_column_norms()
         return torch.where(self.alive, d, torch.full_like(d, float("inf")))
 
     def remove(self, i: int, ratio: float) -> None:
         q = self.coefficients(i)
         if self.compensate:
-            v_i = self.V[:, i] * self.tracks[2, i] + self.v_delta[:, i]
+            t = self.n_comp
+            c = self.V[:, i] * self.tracks[2, i] + self._delta_column(i)  # unit i's effective column
             if self.bias_delta is not None:
                 b_eff = self.b * self.tracks[1]
-                self.bias_delta += v_i * (b_eff[i] - q @ b_eff)
-            self.v_delta.addr_(v_i, q)
+                self.bias_delta += c * (b_eff[i] - q @ b_eff)
+            if self.output_aware:
+                # δ_j += q_j c for every j: update v_j·δ_j and ‖δ_j‖² before appending the term
+                delta_dot_c = (self.comp_c[:t] @ c) @ self.comp_q[:t]
+                self.cross += q * (c @ self.V)
+                self.delta_sq += q * (2.0 * delta_dot_c + q * (c @ c))
+            self.comp_c[t] = c
+            self.comp_q[t] = q
+            self.n_comp += 1
         self.tracks *= 1.0 + ratio * self.strengths.unsqueeze(1) * q.unsqueeze(0)
         self.alive[i] = False
         self.order.append(i)
         self.forget(i, q, ratio)
 
     def result(self, out_dtype: torch.dtype) -> PruneResult:
+        v_delta = None
+        if self.compensate:
+            t = self.n_comp
+            v_delta = (self.comp_c[:t].T @ self.comp_q[:t]).to(out_dtype)  # Σ_s c_s q_sᵀ: (k, n)
         return PruneResult(
             keep=self.alive.clone(),
             order=torch.tensor(self.order, dtype=torch.long, device=self.device),
             scale_w=self.tracks[0].to(out_dtype),
             scale_b=self.tracks[1].to(out_dtype),
             scale_v=self.tracks[2].to(out_dtype),
-            v_delta=None if self.v_delta is None else self.v_delta.to(out_dtype),
+            v_delta=v_delta,
             out_bias_delta=None if self.bias_delta is None else self.bias_delta.to(out_dtype),
         )
 
@@ -167,9 +198,9 @@ class _LazyState(_LayerState):
     are zeroed and squeezed out every few steps.
     """
 
-    def __init__(self, W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, Q):
-        super().__init__(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype)
-        self.Q0 = (solve_closed(self.W, lmbda) if Q is None else Q.to(dtype)).clone()
+    def __init__(self, W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, amount, Q):
+        super().__init__(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, amount)
+        self.Q0 = (solve_closed(self.W, lmbda, dtype) if Q is None else Q.to(dtype)).clone()
         self.Q0.diagonal().zero_()
         self.e = torch.ones(self.n, dtype=dtype, device=self.device)
         self._reset_compact()
@@ -218,10 +249,9 @@ class _ExactState(_LayerState):
 
     def __init__(self, W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, amount,
                  block: int = 32):
-        super().__init__(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype)
-        self.P0 = gram_inverse(self.W, lmbda)
-        self.R = self.P0 @ self.W  # (n, m)
-        self.C = torch.zeros(self.n, max(amount, 1), dtype=dtype, device=self.device)
+        super().__init__(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, amount)
+        self.P0, self.R, self.diag0 = precision_and_residuals(self.W, lmbda, dtype)  # (n, n), (n, m), (n,)
+        self.C = torch.zeros(max(amount, 1), self.n, dtype=dtype, device=self.device)  # row s: c_s
         self.t = 0
         self.block = block
         self.pending_c: list[torch.Tensor] = []  # (n,) factors of the pending rank-1 terms
@@ -237,8 +267,8 @@ class _ExactState(_LayerState):
             self.pending_r.clear()
         self.R[~self.alive] = 0.0
         self.sq_norms = (self.R * self.R).sum(dim=1)
-        Ct = self.C[:, : self.t]
-        self.diag = self.P0.diagonal() - (Ct * Ct).sum(dim=1)
+        Ct = self.C[: self.t]
+        self.diag = self.diag0 - (Ct * Ct).sum(dim=0)
 
     def _row(self, i: int) -> torch.Tensor:
         r = self.R[i].clone()
@@ -247,8 +277,9 @@ class _ExactState(_LayerState):
         return r
 
     def _column(self, i: int) -> torch.Tensor:
-        Ct = self.C[:, : self.t]
-        return self.P0[:, i] - Ct @ Ct[i]
+        """``P_t[:, i]`` (= row ``i``, ``P`` is symmetric) from ``P_0`` and the removed columns."""
+        Ct = self.C[: self.t]
+        return self.P0[i] - Ct[:, i] @ Ct
 
     def raw_distances(self) -> torch.Tensor:
         norms = self.sq_norms.clamp_min(0.0).sqrt()
@@ -273,7 +304,7 @@ class _ExactState(_LayerState):
         self.sq_norms += c * (c * (r_i @ r_i) - 2.0 * dots)
         self.pending_c.append(c)
         self.pending_r.append(r_i)
-        self.C[:, self.t] = p / pii.sqrt()
+        self.C[self.t] = p / pii.sqrt()
         self.t += 1
         self.diag = self.diag - p * p / pii
         self.sq_norms[i] = 0.0
@@ -332,7 +363,7 @@ def _drive(states: Sequence[_LayerState], amount: int, decay: bool, callback: St
 
 def _make_state(solver, W, b, V, amount, alpha, beta, gamma, lmbda, v_uses_beta, output_aware, compensate, dtype, Q):
     if solver == "lazy":
-        return _LazyState(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, Q)
+        return _LazyState(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, amount, Q)
     if solver == "exact":
         return _ExactState(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, amount)
     raise ValueError(f"solver must be 'lazy' or 'exact', got {solver!r}")

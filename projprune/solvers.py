@@ -23,6 +23,7 @@ from projprune._checks import check_lmbda, check_matrix
 __all__ = [
     "SOLVERS",
     "gram_inverse",
+    "precision_and_residuals",
     "projection_distances",
     "solve_closed",
     "solve_fast",
@@ -50,8 +51,61 @@ def _cholesky(A: torch.Tensor, lmbda: float, what: str) -> torch.Tensor:
     return L
 
 
+def _wide_form(W: torch.Tensor, lmbda: float) -> bool:
+    """Use the ``m x m`` form when there are more units than features (every transformer MLP)."""
+    return W.shape[0] > W.shape[1] and lmbda > 0
+
+
+def _feature_inverse(Wc: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """``K = (W^T W + λI)^{-1}``: ``(m, m)``, one Cholesky of the small side."""
+    A = Wc.T @ Wc
+    A.diagonal().add_(lmbda)
+    return torch.cholesky_inverse(_cholesky(A, lmbda, "W^T W"))
+
+
+def precision_and_residuals(
+    W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None, need_precision: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``P = (W W^T + λI)^{-1}``, ``R = P W`` and ``diag(P)``, by the cheaper of two exact forms.
+
+    With ``n <= m``: one Cholesky of ``W W^T + λI`` (``n x n``). With ``n > m`` and ``λ > 0``
+    (ALGORITHM.md §5), from ``K = (W^T W + λI)^{-1}`` (``m x m``): ``R = W K`` exactly,
+    ``P = (I - W K W^T) / λ`` and ``diag(P) = (1 - rowsum(R ⊙ W)) / λ``. The subtraction in
+    ``diag(P)`` only loses digits for units far from the span of the others (``d_j^2 >> λ``),
+    whose distances are never close to the minimum; the tests hold both forms to 1e-9.
+
+    Args:
+        W: ``(n, m)``.
+        need_precision: False skips forming the ``n x n`` matrix ``P`` where possible.
+
+    Returns:
+        ``(P (n, n) or None, R (n, m), diag(P) (n,))`` in the compute dtype (float64 default).
+    """
+    check_matrix(W, "W")
+    check_lmbda(lmbda)
+    Wc = W.to(_compute_dtype(W, dtype))
+    if _wide_form(Wc, lmbda):
+        R = Wc @ _feature_inverse(Wc, lmbda)
+        diag = (1.0 - (R * Wc).sum(dim=1)) / lmbda
+        P = None
+        if need_precision:
+            P = R @ Wc.T
+            P.mul_(-1.0 / lmbda)
+            P.diagonal().copy_(diag)
+        return P, R, diag
+    P = _row_inverse(Wc, lmbda)
+    return P, P @ Wc, P.diagonal().clone()
+
+
+def _row_inverse(Wc: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """``(W W^T + λI)^{-1}`` by one Cholesky of the ``n x n`` side."""
+    G = Wc @ Wc.T
+    G.diagonal().add_(lmbda)
+    return torch.cholesky_inverse(_cholesky(G, lmbda, "W"))
+
+
 def gram_inverse(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``P = (W W^T + λI)^{-1}`` via one Cholesky factorisation.
+    """``P = (W W^T + λI)^{-1}`` (see :func:`precision_and_residuals` for how).
 
     Args:
         W: ``(n, m)``.
@@ -61,13 +115,7 @@ def gram_inverse(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None
     Returns:
         ``P: (n, n)`` symmetric positive definite, in the compute dtype.
     """
-    check_matrix(W, "W")
-    check_lmbda(lmbda)
-    Wc = W.to(_compute_dtype(W, dtype))
-    G = Wc @ Wc.T
-    G.diagonal().add_(lmbda)
-    L = _cholesky(G, lmbda, "W")
-    return torch.cholesky_inverse(L)
+    return precision_and_residuals(W, lmbda, dtype)[0]
 
 
 def solve_closed(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -100,8 +148,10 @@ def solve_fast(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None =
     Returns:
         ``Q: (n, n)``, zero diagonal, dtype/device of ``W``.
     """
-    P = gram_inverse(W, lmbda, dtype)
-    Wc = W.to(P.dtype)
+    check_matrix(W, "W")
+    check_lmbda(lmbda)
+    Wc = W.to(_compute_dtype(W, dtype))
+    P = _row_inverse(Wc, lmbda)  # the reference's n x n inverse, also when n > m
     G = Wc @ Wc.T
     n = W.shape[0]
     Q = torch.zeros(n, n, dtype=P.dtype, device=P.device)
@@ -191,6 +241,5 @@ def projection_distances(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtyp
     Returns:
         ``d: (n,)`` non-negative, dtype/device of ``W``.
     """
-    P = gram_inverse(W, lmbda, dtype)
-    R = P @ W.to(P.dtype)
-    return (torch.linalg.vector_norm(R, dim=1) / P.diagonal()).to(W.dtype)
+    _, R, diag = precision_and_residuals(W, lmbda, dtype, need_precision=False)
+    return (torch.linalg.vector_norm(R, dim=1) / diag).to(W.dtype)

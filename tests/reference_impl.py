@@ -118,3 +118,57 @@ def brute_exact(W, amount, alpha, beta, gamma, lmbda, decay):
         alive[i] = False
         order.append(i)
     return alive, order, U
+
+
+def brute_exact_compensated(W, b, V, c, amount, lmbda, output_aware):
+    """Exact greedy with alpha = beta = gamma = 0 and compensation, all recomputed from scratch.
+
+    Returns ``(order, V_eff (k, n), c_eff (k,))``: ``V_eff`` holds every unit's effective column
+    (``v_j`` plus what it absorbed), ``c_eff`` the next layer's bias with the folded constants.
+    """
+    W, b, V, c = W.double(), b.double(), V.double().clone(), c.double().clone()
+    n = W.shape[0]
+    alive = torch.ones(n, dtype=torch.bool)
+    order = []
+    for _ in range(amount):
+        idx = torch.nonzero(alive).flatten()
+        Qc = ridge_q(W[idx], lmbda)
+        D = torch.linalg.vector_norm(Qc @ W[idx] - W[idx], dim=1)
+        if output_aware:
+            D = D * torch.linalg.vector_norm(V[:, idx], dim=0)
+        k = int(torch.argmin(D))
+        i = int(idx[k])
+        q = torch.zeros(n, dtype=torch.float64)
+        q[idx] = Qc[k]
+        q[i] = 0
+        v_i = V[:, i].clone()
+        c += v_i * (b[i] - q @ b)
+        V += torch.outer(v_i, q)
+        alive[i] = False
+        order.append(i)
+    return order, V, c
+
+
+def plain_lazy_compensated(W, b, V, c, amount, lmbda, output_aware):
+    """§4 with alpha = beta = gamma = 0 plus compensation by the lazily tracked coefficients."""
+    W, b, V, c = W.double(), b.double(), V.double().clone(), c.double().clone()
+    n = W.shape[0]
+    M = torch.ones(n, dtype=torch.bool)
+    Q = ridge_q(W, lmbda)
+    Wk = W.clone()
+    order = []
+    for _ in range(amount):
+        remaining = torch.nonzero(M).flatten()
+        D = torch.linalg.vector_norm(Q[M] @ Wk - Wk[M], dim=1)
+        if output_aware:
+            D = D * torch.linalg.vector_norm(V[:, M], dim=0)
+        i = int(remaining[int(torch.argmin(D))])
+        Wk[i] = 0
+        M[i] = False
+        Q[:, i] = 0
+        q = Q[i]
+        v_i = V[:, i].clone()
+        c += v_i * (b[i] - q @ b)
+        V += torch.outer(v_i, q)
+        order.append(i)
+    return order, V, c

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 import projprune as pp
-from tests.reference_impl import DEVICES, brute_exact, plain_lazy
+from tests.reference_impl import (
+    DEVICES,
+    brute_exact,
+    brute_exact_compensated,
+    plain_lazy,
+    plain_lazy_compensated,
+)
 
 
 def layer(n, m, k, seed):
@@ -159,3 +165,26 @@ def test_bad_shapes():
         pp.greedy_exact(W, 2, lmbda=0.0)  # 8 rows in 5 dimensions
     with pytest.raises(ValueError, match="amount"):
         pp.greedy_global([W, W], 15)
+
+
+@pytest.mark.parametrize("solver_fn", [pp.greedy_exact, pp.greedy_lazy])
+@pytest.mark.parametrize("output_aware", [False, True])
+def test_compensation_and_output_aware_match_brute_force(solver_fn, output_aware):
+    W, b, V = layer(24, 40, 6, seed=19)
+    c = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(20))
+    amount = 15
+    res = solver_fn(W, amount, alpha=0.0, beta=0.0, gamma=0.0, b=b, V=V, output_aware=output_aware, compensate=True)
+    reference = brute_exact_compensated if solver_fn is pp.greedy_exact else plain_lazy_compensated
+    order, V_eff, c_eff = reference(W, b, V, c, amount, 1e-3, output_aware)
+    assert res.order.tolist() == order
+    _, _, V2, delta = pp.apply_pruning(W, b, V, res)
+    assert close(V2, V_eff[:, res.keep], 1e-8) and close(c + delta, c_eff, 1e-8)
+
+
+@pytest.mark.parametrize("fn", [pp.greedy_lazy, pp.greedy_exact])
+def test_float32_compute_dtype(fn):
+    W, b, V = layer(20, 30, 4, seed=21)
+    res64 = fn(W, 6)
+    res32 = fn(W, 6, dtype=torch.float32)
+    assert torch.equal(res32.keep, res64.keep) and res32.scale_w.dtype == torch.float64
+    assert close(res32.scale_w, res64.scale_w, 1e-4)

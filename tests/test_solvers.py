@@ -109,3 +109,14 @@ def test_bad_lambda_and_method():
     # λ = 0 is fine when the Gram matrix is non-singular
     W = random_matrix(3, 6, seed=9)
     assert rel_err(pp.solve_closed(W, lmbda=0.0), ridge_q(W, 0.0)) < 1e-9
+
+
+@pytest.mark.parametrize("shape", [(60, 20), (20, 60)])
+def test_precision_forms_agree(shape):
+    # n > m uses the m x m form; it must match the n x n Cholesky inverse
+    W = random_matrix(*shape, seed=10)
+    P, R, diag = pp.precision_and_residuals(W, 1e-3)
+    G = W @ W.T + 1e-3 * torch.eye(shape[0], dtype=torch.float64)
+    P_ref = torch.linalg.inv(G)
+    assert rel_err(P, P_ref) < 1e-9
+    assert rel_err(R, P_ref @ W) < 1e-9 and rel_err(diag, P_ref.diagonal()) < 1e-9
