@@ -21,7 +21,7 @@ from projprune.surgery import (
     prune_pairs_global,
 )
 
-__all__ = ["PAIR_METHODS", "PairMethod", "prune_pair", "prune_pairs"]
+__all__ = ["PAIR_METHODS", "PairMethod", "prune_pair", "prune_pairs", "select_baseline_global"]
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,20 @@ def _method(name: str) -> PairMethod:
     return PAIR_METHODS[name]
 
 
-def _select_global_baseline(
+def select_baseline_global(
     Ws: Sequence[torch.Tensor], amount: int, spec: PairMethod, generator: torch.Generator | None
 ) -> list[torch.Tensor]:
-    """Keep masks for random / norm baselines over several layers (norms normalised per layer)."""
+    """Keep masks of a random or norm method over several layers, chosen globally.
+
+    Args:
+        Ws: layer weights ``(n_l, m_l)``.
+        amount: total units to remove; every layer keeps at least one.
+        spec: a ``"random"`` or ``"norm"`` entry of :data:`PAIR_METHODS`.
+
+    Returns:
+        Per layer, a ``(n_l,)`` bool keep mask. Norm scores are divided by their layer's sum,
+        as the projective global mode does with distances.
+    """
     sizes = [W.shape[0] for W in Ws]
     if spec.kind == "random":
         scores = [torch.rand(n, generator=generator, dtype=torch.float64) for n in sizes]
@@ -147,7 +157,7 @@ def prune_pairs(
     capacity = sum(W.shape[0] for W in Ws) - len(Ws)
     if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= capacity:
         raise ValueError(f"amount must be an int with 0 <= amount <= {capacity}, got {amount!r}")
-    keeps = _select_global_baseline(Ws, amount, spec, generator)
+    keeps = select_baseline_global(Ws, amount, spec, generator)
     return [_slice_pair(l1, l2, torch.nonzero(k).flatten(), norm) for (l1, l2), k, norm in zip(pairs, keeps, bns)]
 
 
