@@ -12,12 +12,14 @@ slowest layer and the parameter counts. The goal for ``exact`` + ``compensate`` 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from engine.harness import parse_config, seed_everything
+from projprune.transformers.compare import markdown_table
 
 # Named runs: a method of FFN_METHODS plus option overrides.
 RUNS: dict[str, tuple[str, dict]] = {
@@ -49,13 +51,6 @@ def build_model(cfg: BenchConfig) -> torch.nn.Module:
     return BertModel(config).eval()
 
 
-def markdown_table(rows: list[dict]) -> str:
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(row[key]) for key in head) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(BenchConfig, argv, description=__doc__.splitlines()[0])
     names = [name.strip() for name in cfg.methods.split(",") if name.strip()]
@@ -70,6 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in names:
         method, options = RUNS[name]
         model = build_model(cfg)
+        load = os.getloadavg()[0]  # other processes on the machine slow the run down
         start = time.perf_counter()
         report = prune_ffn(model, cfg.ratio, method, **options)
         seconds = time.perf_counter() - start
@@ -83,9 +79,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "FFN params": f"{report.ffn_params_before / 1e6:.2f}M -> {report.ffn_params_after / 1e6:.2f}M",
             "all params": f"{report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M",
             "threads": torch.get_num_threads(),
+            "load avg": f"{load:.1f}",
         })
         print(f"{name}: {seconds:.1f} s", flush=True)
-    print(markdown_table(rows))
+    print(markdown_table(rows), end="")
     return rows
 
 

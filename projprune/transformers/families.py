@@ -34,12 +34,17 @@ from torch import nn
 
 __all__ = [
     "FAMILIES",
+    "WIDTHS_KEY",
     "FFNBlock",
     "FFNFamily",
     "config_owners",
     "find_ffn_blocks",
     "resize_ffn_blocks",
 ]
+
+
+#: Config attribute holding per-block FFN widths when they are not uniform.
+WIDTHS_KEY = "projprune_ffn_widths"
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,7 @@ def find_ffn_blocks(model: nn.Module) -> list[FFNBlock]:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     blocks: list[FFNBlock] = []
+    seen: set[int] = set()  # layers shared between blocks (ALBERT-style weight sharing) count once
     for name, module in model.named_modules():
         for family in FAMILIES.values():
             inputs = [_get_path(module, path) for path in family.input_paths]
@@ -238,7 +244,9 @@ def find_ffn_blocks(model: nn.Module) -> list[FFNBlock]:
                     f"FFN block {name!r} ({family.describe()}): input widths {sorted(widths)} do not match "
                     f"the output projection's input size {_in_features(output, family.conv1d)}"
                 )
-            blocks.append(FFNBlock(name, family, tuple(inputs), output))
+            if id(output) not in seen:
+                seen.add(id(output))
+                blocks.append(FFNBlock(name, family, tuple(inputs), output))
             break
     if not blocks:
         looked_for = "; ".join(family.describe() for family in FAMILIES.values())

@@ -1,0 +1,90 @@
+"""Load a model whose FFN blocks were pruned to different widths per layer.
+
+Uniform widths need nothing special: :func:`projprune.transformers.prune_ffn` writes them
+to the config's width attribute and plain ``from_pretrained`` rebuilds the model. Per-layer
+widths cannot be expressed by ``transformers`` configs, so ``prune_ffn`` stores them as
+``config.projprune_ffn_widths`` (one entry per FFN block, in module order) and
+:func:`from_pretrained` loads through a subclass of the model class whose ``__init__``
+narrows the blocks right after building them. ``transformers`` then loads the checkpoint
+as usual (safetensors, sharding, dtype, meta-device initialisation), and the shapes match.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from projprune.transformers.families import WIDTHS_KEY as _WIDTHS_KEY
+from projprune.transformers.families import resize_ffn_blocks
+
+__all__ = ["from_pretrained", "with_ffn_widths"]
+
+
+_SUBCLASSES: dict[type, type] = {}
+
+
+def with_ffn_widths(model_class: type) -> type:
+    """A subclass of a ``transformers`` model class that applies ``config.projprune_ffn_widths``.
+
+    The subclass keeps the base class's name, so ``save_pretrained`` writes the usual
+    ``architectures`` entry.
+    """
+    if model_class in _SUBCLASSES:
+        return _SUBCLASSES[model_class]
+
+    def __init__(self, config, *args, **kwargs):  # noqa: N807 - becomes the subclass's __init__
+        model_class.__init__(self, config, *args, **kwargs)
+        widths = getattr(config, _WIDTHS_KEY, None)
+        if widths:
+            resize_ffn_blocks(self, [int(w) for w in widths])
+
+    subclass = type(model_class.__name__, (model_class,), {"__init__": __init__, "__module__": model_class.__module__})
+    subclass.__qualname__ = model_class.__qualname__
+    _SUBCLASSES[model_class] = subclass
+    return subclass
+
+
+def _resolve_class(model_class: Any, config: Any) -> type:
+    import transformers
+
+    if model_class is None:
+        architectures = getattr(config, "architectures", None) or []
+        if not architectures or not hasattr(transformers, architectures[0]):
+            raise ValueError(
+                f"model_class: the config names no loadable architecture ({architectures!r}); pass model_class"
+            )
+        return getattr(transformers, architectures[0])
+    mapping = getattr(model_class, "_model_mapping", None)
+    if mapping is not None:  # an Auto class: resolve it for this config
+        try:
+            return mapping[type(config)]
+        except KeyError as exc:
+            raise ValueError(f"model_class: {model_class.__name__} has no model for {type(config).__name__}") from exc
+    if not (isinstance(model_class, type) and issubclass(model_class, nn.Module)):
+        raise ValueError(f"model_class: expected a transformers model class, got {model_class!r}")
+    return model_class
+
+
+def from_pretrained(path: str | os.PathLike, model_class: Any = None, **kwargs: Any) -> nn.Module:
+    """``model_class.from_pretrained(path)`` that also restores per-layer FFN widths.
+
+    Args:
+        path: a directory written by ``save_pretrained`` (or a hub name).
+        model_class: a model class or Auto class (default: ``config.architectures[0]``).
+        **kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ...).
+
+    Raises:
+        FileNotFoundError: ``path`` is a local path that does not exist.
+        ValueError: the model class cannot be determined.
+    """
+    from transformers import AutoConfig
+
+    if (str(path).startswith((".", "/")) or os.sep in str(path)) and not os.path.exists(path):
+        raise FileNotFoundError(f"path: {path} does not exist (expected a directory written by save_pretrained)")
+    config = AutoConfig.from_pretrained(path)
+    cls = _resolve_class(model_class, config)
+    if getattr(config, _WIDTHS_KEY, None):
+        cls = with_ffn_widths(cls)
+    return cls.from_pretrained(path, **kwargs)

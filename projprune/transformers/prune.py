@@ -1,0 +1,353 @@
+"""One call to prune the FFN hidden units of any supported Hugging Face transformer.
+
+:func:`prune_ffn` finds every FFN block (:mod:`projprune.transformers.families`), chooses
+the units to keep with a named method, then edits the model in place and updates its
+config so that ``save_pretrained`` / :func:`projprune.transformers.from_pretrained` give
+back the pruned model. Every choice is computed before the first module is modified, so
+a bad argument or a failing solver leaves the model as it was.
+
+Methods are the keys of :data:`projprune.PAIR_METHODS` (``random``, ``l1``, ``l2``, the
+paper's lazy ``proj*`` variants, ``exact``, ``exact_oac``) plus ``prunenet``
+(:mod:`projprune.transformers.prunenet`). Projective options (``alpha``, ``beta``,
+``gamma``, ``lmbda``, ``decay``, ``v_uses_beta``, ``output_aware``, ``compensate``)
+override the method's row of the table.
+
+A caveat measured while testing: when the FFN is wider than the model (``n > m``, as in
+every transformer), every unit's row lies in the span of the others, the projection
+distances are set by the ridge term λ alone, and exact duplicate units are *not* reliably
+removed first (random 64 x 32 blocks with five duplicate pairs: in most runs some of
+the five removed units were not duplicates). With ``n <= m`` every projective method removes duplicates first
+(tested), and ``exact_oac`` then leaves the model's output unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from projprune.greedy import apply_pruning, greedy_exact, greedy_global, greedy_lazy
+from projprune.methods import PAIR_METHODS, PairMethod, select_baseline_global
+from projprune.surgery import select_units
+from projprune.transformers.families import WIDTHS_KEY, FFNBlock, config_owners, find_ffn_blocks
+from projprune.transformers.prunenet import PruneNetPolicy, kept_width, load_policy, train_policy
+
+__all__ = ["FFN_METHODS", "WIDTHS_KEY", "LayerReport", "PruneReport", "prune_ffn"]
+
+
+PRUNENET_METHOD = PairMethod("prunenet", description="PruneNet (ICLR 2025): learned policy, KS spectrum reward")
+#: Every method :func:`prune_ffn` accepts: the core table plus PruneNet.
+FFN_METHODS: dict[str, PairMethod] = {**PAIR_METHODS, "prunenet": PRUNENET_METHOD}
+
+_PROJECTIVE_OPTIONS = frozenset(
+    {"alpha", "beta", "gamma", "lmbda", "decay", "v_uses_beta", "output_aware", "compensate", "dtype"}
+)
+_OPTIONS_BY_KIND: dict[str, frozenset[str]] = {
+    "random": frozenset({"seed"}),
+    "norm": frozenset(),
+    "lazy": _PROJECTIVE_OPTIONS,
+    "exact": _PROJECTIVE_OPTIONS,
+    "prunenet": frozenset({"policy", "episodes", "lr", "weight_decay", "discount", "seed", "draw_seed",
+                           "show_progress"}),
+}
+
+
+@dataclass
+class LayerReport:
+    """What happened to one FFN block.
+
+    Attributes:
+        name: qualified module name of the block's owner.
+        family: family name (``bert``, ``gpt2``, ``fc``, ``gated``).
+        width_before / width_after: hidden units before and after.
+        kept: sorted indices (into the original units) that stay, int64.
+        seconds: selection time for this layer (None in global mode, where layers are chosen together).
+    """
+
+    name: str
+    family: str
+    width_before: int
+    width_after: int
+    kept: torch.Tensor
+    seconds: float | None = None
+
+
+@dataclass
+class PruneReport:
+    """The outcome of :func:`prune_ffn`.
+
+    ``ratio`` counts FFN hidden units only; ``params_before``/``params_after`` are the
+    model's real parameter counts (PruneNet's ratio is FFN width too: compare these).
+    """
+
+    method: str
+    ratio: float
+    global_mode: bool
+    layers: list[LayerReport]
+    params_before: int
+    params_after: int
+    ffn_params_before: int
+    ffn_params_after: int
+    seconds: float
+    policy: PruneNetPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def widths(self) -> list[int]:
+        return [layer.width_after for layer in self.layers]
+
+    @property
+    def param_reduction(self) -> float:
+        """Fraction of all model parameters removed."""
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per layer (for CSVs and tables)."""
+        return [
+            {"layer": r.name, "family": r.family, "width_before": r.width_before, "width_after": r.width_after,
+             "seconds": "" if r.seconds is None else round(r.seconds, 4)}
+            for r in self.layers
+        ]
+
+
+@dataclass
+class _Plan:
+    """New tensors for one block, computed before anything is modified."""
+
+    keep: torch.Tensor  # (n,) bool
+    unit_weight: torch.Tensor | None = None  # (n', M); None = plain slicing
+    input_biases: list[torch.Tensor | None] | None = None
+    output_weight: torch.Tensor | None = None  # (k, n')
+    output_bias: torch.Tensor | None = None  # (k,)
+    seconds: float | None = None
+
+
+def _count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _work_dtype(tensor: torch.Tensor) -> torch.Tensor:
+    # Half-precision models are scored in float32 (the solvers compute in float64 anyway).
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[str, Any]) -> PairMethod:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        raise ValueError(f"ratio must be a number in [0, 1) (fraction of FFN units removed), got {ratio!r}")
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"ratio must be in [0, 1) (fraction of FFN units removed), got {ratio!r}")
+    if not isinstance(method, str) or method not in FFN_METHODS:
+        raise ValueError(f"method must be one of {sorted(FFN_METHODS)}, got {method!r}")
+    spec = FFN_METHODS[method]
+    allowed = _OPTIONS_BY_KIND[spec.kind]
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"method {method!r} does not take option(s) {unknown}; it takes {sorted(allowed) or 'none'}")
+    if global_mode and spec.kind == "prunenet":
+        raise ValueError("global_mode: PruneNet prunes every layer at the same ratio; use global_mode=False")
+    return spec
+
+
+# --------------------------------------------------------------------------- planners
+def _projective_inputs(block: FFNBlock) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    W = _work_dtype(block.unit_weight())
+    V = _work_dtype(block.output_weight()).to(W.dtype)
+    b = block.unit_bias()
+    # The core's bias compensation needs one bias per unit and a bias downstream to absorb it.
+    b_core = b if (len(block.inputs) == 1 and b is not None and block.output_bias() is not None) else None
+    return W, None if b_core is None else _work_dtype(b_core).to(W.dtype), V
+
+
+def _plan_from_result(block: FFNBlock, W: torch.Tensor, V: torch.Tensor, result, seconds: float | None) -> _Plan:
+    W_new, _, V_new, bias_delta = apply_pruning(W, None, V, result)
+    keep = result.keep
+    scale_b = result.scale_b[keep]
+    biases = []
+    for layer in block.inputs:
+        bias = getattr(layer, "bias", None)
+        biases.append(None if bias is None else _work_dtype(bias.detach())[keep] * scale_b.to(W.dtype))
+    out_bias = block.output_bias()
+    new_out_bias = None
+    if bias_delta is not None and out_bias is not None:
+        new_out_bias = _work_dtype(out_bias) + bias_delta.to(W.dtype)
+    return _Plan(keep, W_new, biases, V_new, new_out_bias, seconds)
+
+
+_GREEDY = {"exact": greedy_exact, "lazy": greedy_lazy}
+
+
+def _plan_projective(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
+    solver_options = {**spec.options, **options}
+    inputs = [_projective_inputs(block) for block in blocks]
+    if global_mode:
+        total = sum(block.width for block in blocks)
+        amount = int(round(ratio * total))
+        results = greedy_global([W for W, _, _ in inputs], amount, solver=spec.kind, bs=[b for _, b, _ in inputs],
+                                Vs=[V for _, _, V in inputs], **solver_options)
+        return [_plan_from_result(block, W, V, r, None) for block, (W, _, V), r in zip(blocks, inputs, results)], {}
+    solver = _GREEDY[spec.kind]
+    plans = []
+    for block, (W, b, V) in zip(blocks, inputs):
+        start = time.perf_counter()
+        result = solver(W, block.width - kept_width(block.width, ratio), b=b, V=V, **solver_options)
+        plans.append(_plan_from_result(block, W, V, result, time.perf_counter() - start))
+    return plans, {}
+
+
+def _plan_baseline(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
+    generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
+    Ws = [_work_dtype(block.unit_weight()) for block in blocks]
+    if global_mode:
+        amount = int(round(ratio * sum(W.shape[0] for W in Ws)))
+        keeps = select_baseline_global(Ws, amount, spec, generator)
+        return [_Plan(keep.cpu()) for keep in keeps], {}
+    name = "random" if spec.kind == "random" else f"l{spec.p}"
+    plans = []
+    for W in Ws:
+        start = time.perf_counter()
+        keep = select_units(W, W.shape[0] - kept_width(W.shape[0], ratio), method=name, generator=generator)
+        plans.append(_Plan(keep.cpu(), seconds=time.perf_counter() - start))
+    return plans, {}
+
+
+def _plan_prunenet(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
+    weights = [_work_dtype(block.policy_weight()) for block in blocks]
+    policy = options.get("policy")
+    if isinstance(policy, (str, os.PathLike)):
+        policy = load_policy(policy)
+    if policy is None:
+        train_options = {key: options[key] for key in ("episodes", "lr", "weight_decay", "discount", "seed",
+                                                       "show_progress") if key in options}
+        policy = train_policy(weights, ratio, **train_options)
+    if not isinstance(policy, PruneNetPolicy):
+        raise ValueError(f"policy: expected a PruneNetPolicy or a checkpoint path, got {type(policy).__name__}")
+    generator = torch.Generator().manual_seed(int(options.get("draw_seed", 42)))  # the reference's final draw
+    plans = []
+    for W in weights:
+        start = time.perf_counter()
+        kept = policy.select(W, ratio, generator)
+        keep = torch.zeros(W.shape[0], dtype=torch.bool)
+        keep[kept.cpu()] = True
+        plans.append(_Plan(keep, seconds=time.perf_counter() - start))
+    return plans, {"policy": policy}
+
+
+_PLANNERS: dict[str, Callable[..., tuple[list[_Plan], dict]]] = {
+    "random": _plan_baseline,
+    "norm": _plan_baseline,
+    "lazy": _plan_projective,
+    "exact": _plan_projective,
+    "prunenet": _plan_prunenet,
+}
+
+
+# --------------------------------------------------------------------------- config
+def _update_configs(model: nn.Module, blocks: Sequence[FFNBlock]) -> None:
+    """Record the new widths in every owning ``PreTrainedModel``'s config.
+
+    Uniform widths go to the family's width attribute (``intermediate_size``, ``n_inner``,
+    ``ffn_dim``), so plain ``from_pretrained`` rebuilds the model; otherwise the list goes to
+    ``config.projprune_ffn_widths`` and :func:`projprune.transformers.from_pretrained`
+    resizes the blocks before loading the weights.
+    """
+    for owner, indices in config_owners(model, blocks):
+        config = getattr(owner, "config", None)
+        if config is None:
+            continue
+        widths = [blocks[i].width for i in indices]
+        families = {blocks[i].family.name for i in indices}
+        key = None
+        if len(families) == 1:
+            key = next((k for k in blocks[indices[0]].family.width_keys if hasattr(config, k)), None)
+        if len(set(widths)) == 1 and key is not None:
+            setattr(config, key, widths[0])
+            if hasattr(config, WIDTHS_KEY):
+                delattr(config, WIDTHS_KEY)
+        else:
+            setattr(config, WIDTHS_KEY, widths)
+
+
+# --------------------------------------------------------------------------- entry point
+def prune_ffn(
+    model: nn.Module,
+    ratio: float,
+    method: str = "exact",
+    *,
+    global_mode: bool = False,
+    **options: Any,
+) -> PruneReport:
+    """Prune ``ratio`` of the hidden units of every FFN block of ``model`` in place.
+
+    Args:
+        model: a ``transformers`` model (BERT-style, GPT-2, OPT/Phi, LLaMA-style gated) or
+            any module holding one (e.g. a sentence-transformers style wrapper).
+        ratio: fraction of FFN units removed, ``0 <= ratio < 1``; each layer keeps
+            ``n - round(ratio * n)`` units (global mode: ``round(ratio * total)`` removed
+            overall). ``0`` changes nothing.
+        method: a key of :data:`FFN_METHODS`.
+        global_mode: choose the per-layer widths across layers (projective methods: the
+            global greedy with per-layer normalised distances; l1/l2/random: per-layer
+            normalised scores). Not available for ``prunenet``.
+        **options: method options: projective ``alpha``, ``beta``, ``gamma``, ``lmbda``,
+            ``decay``, ``v_uses_beta``, ``output_aware``, ``compensate``, ``dtype``;
+            ``random``: ``seed``; ``prunenet``: ``policy`` (a trained
+            :class:`PruneNetPolicy` or a checkpoint path; trained here when absent),
+            ``episodes``, ``lr``, ``weight_decay``, ``discount``, ``seed``, ``draw_seed``,
+            ``show_progress``.
+
+    Returns:
+        :class:`PruneReport` with one :class:`LayerReport` per block.
+
+    Raises:
+        ValueError: bad ``ratio``, unknown ``method`` or option, unsupported architecture
+            (raised before the model is modified).
+    """
+    spec = _check_arguments(ratio, method, global_mode, options)
+    ratio = float(ratio)
+    blocks = find_ffn_blocks(model)
+    widths_before = [block.width for block in blocks]
+    if not global_mode:
+        too_small = [(b.name, b.width) for b in blocks if kept_width(b.width, ratio) < 1]
+        if too_small:
+            raise ValueError(f"ratio {ratio} would remove every unit of blocks {too_small}; use a smaller ratio")
+    params_before = _count_parameters(model)
+    ffn_before = sum(block.num_parameters() for block in blocks)
+    start = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if ratio == 0.0:
+        plans = [_Plan(torch.ones(block.width, dtype=torch.bool), seconds=0.0) for block in blocks]
+    else:
+        with torch.no_grad():
+            plans, extra = _PLANNERS[spec.kind](blocks, ratio, spec, global_mode, options)
+        # Everything is decided: only now is the model modified.
+        with torch.no_grad():
+            for block, plan in zip(blocks, plans):
+                if plan.unit_weight is None:
+                    block.slice_units(torch.nonzero(plan.keep).flatten())
+                else:
+                    block.set_weights(plan.unit_weight, plan.input_biases, plan.output_weight, plan.output_bias)
+        _update_configs(model, blocks)
+    seconds = time.perf_counter() - start
+    layers = [
+        LayerReport(block.name, block.family.name, before, block.width, torch.nonzero(plan.keep).flatten(),
+                    plan.seconds)
+        for block, before, plan in zip(blocks, widths_before, plans)
+    ]
+    return PruneReport(
+        method=method,
+        ratio=ratio,
+        global_mode=bool(global_mode),
+        layers=layers,
+        params_before=params_before,
+        params_after=_count_parameters(model),
+        ffn_params_before=ffn_before,
+        ffn_params_after=sum(block.num_parameters() for block in blocks),
+        seconds=seconds,
+        policy=extra.get("policy"),
+    )
