@@ -115,3 +115,17 @@ def test_tokenizer_round_trips_text():
     ids = encode(tokenizer, text)
     assert ids.dtype == torch.long and 0 < ids.numel() < len(text)
     assert tokenizer.decode(ids.tolist()) == text
+
+
+def test_transformers_tokenizer_gives_the_same_ids(monkeypatch, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from gpt2.model import load_hf_tokenizer
+
+    text = "Close the stream. Flush the buffer before closing the stream.\n\n" * 10
+    tokenizer = train_tokenizer(text, 280)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+    assert torch.equal(encode(wrapped, text), encode(tokenizer, text))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="gpt2-not-a-real-model"):
+        load_hf_tokenizer("gpt2-not-a-real-model", cache_dir=tmp_path)
