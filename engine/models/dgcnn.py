@@ -1,7 +1,7 @@
 """DGCNN classifier (Wang et al. 2019): dynamic-graph edge convolutions on ``(B, 3, N)`` points.
 
 Edge features ``[x_j - x_i, x_i]`` over the ``k`` nearest neighbours (recomputed in each
-layer's feature space) go through 1x1 ``Conv2d`` + BN + LeakyReLU and a max over
+layer's feature space) go through a shared linear map + BN + LeakyReLU and a max over
 neighbours; the four edge-conv outputs are concatenated, embedded, max- and mean-pooled.
 """
 
@@ -19,15 +19,36 @@ def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
         return neg_dist.topk(k=k, dim=-1).indices
 
 
-def edge_features(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``x: (B, C, N) -> (B, 2C, N, k)`` edge features ``[x_j - x_i, x_i]``."""
-    batch, channels, points = x.shape
-    idx = knn_indices(x, min(k, points))
-    offsets = torch.arange(batch, device=x.device).view(-1, 1, 1) * points
-    flat = x.transpose(1, 2).reshape(batch * points, channels)
-    neighbours = flat[(idx + offsets).reshape(-1)].view(batch, points, -1, channels)
-    center = x.transpose(1, 2).unsqueeze(2).expand_as(neighbours)
-    return torch.cat([neighbours - center, center], dim=3).permute(0, 3, 1, 2)
+def gather_neighbours(feat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``feat: (B, C, N)``, ``idx: (B, N, k)`` -> ``(B, C, N, k)`` features of each point's neighbours."""
+    batch, channels, points = feat.shape
+    offsets = torch.arange(batch, device=feat.device).view(-1, 1, 1) * points
+    flat = feat.transpose(1, 2).reshape(batch * points, channels)
+    return flat[(idx + offsets).reshape(-1)].view(batch, points, -1, channels).permute(0, 3, 1, 2)
+
+
+class EdgeConv(nn.Module):
+    """``h(x_i, x_j) = W [x_j - x_i, x_i]`` + BN + LeakyReLU, max over the k neighbours.
+
+    Written as ``A x_j + B x_i`` with ``A = W_1`` and ``B = W_2 - W_1`` (two 1x1 convs on the
+    points, then a gather): the same function without concatenating a tensor with itself,
+    which keeps Torch-Pruning's dependency graph exact and saves the k-fold wide input.
+    """
+
+    def __init__(self, cin: int, cout: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.neighbour = nn.Conv2d(cin, cout, 1, bias=False)
+        self.center = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = knn_indices(x, min(self.k, x.shape[-1]))
+        x4 = x.unsqueeze(-1)
+        neighbours = gather_neighbours(self.neighbour(x4).squeeze(-1), idx)
+        out = neighbours + self.center(x4)
+        return self.act(self.bn(out)).amax(dim=-1)
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -50,10 +71,10 @@ class DGCNN(nn.Module):
         super().__init__()
         w = [max(4, round(c * width_mult)) for c in (64, 64, 128, 256, emb_dims, 512, 256)]
         self.k = k
-        self.edge1 = _conv_block(2 * in_channels, w[0])
-        self.edge2 = _conv_block(2 * w[0], w[1])
-        self.edge3 = _conv_block(2 * w[1], w[2])
-        self.edge4 = _conv_block(2 * w[2], w[3])
+        self.edge1 = EdgeConv(in_channels, w[0], k)
+        self.edge2 = EdgeConv(w[0], w[1], k)
+        self.edge3 = EdgeConv(w[1], w[2], k)
+        self.edge4 = EdgeConv(w[2], w[3], k)
         self.embed = _conv_block(w[0] + w[1] + w[2] + w[3], w[4])
         self.head = nn.Sequential(nn.Linear(2 * w[4], w[5], bias=False), nn.BatchNorm1d(w[5]), nn.LeakyReLU(0.2),
                                   nn.Dropout(dropout), nn.Linear(w[5], w[6]), nn.BatchNorm1d(w[6]),
@@ -63,7 +84,7 @@ class DGCNN(nn.Module):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         feats, x = [], points
         for edge in (self.edge1, self.edge2, self.edge3, self.edge4):
-            x = edge(edge_features(x, self.k)).amax(dim=-1)
+            x = edge(x)
             feats.append(x)
         emb = self.embed(torch.cat(feats, dim=1).unsqueeze(-1)).squeeze(-1)
         pooled = torch.cat([emb.amax(dim=-1), emb.mean(dim=-1)], dim=1)

@@ -1,0 +1,257 @@
+"""The Table 1 experiment behind ``main.py``: pretrain, prune (+ sparsity learning and
+fine-tuning) and test modes, with the paper's run layout and log lines.
+
+    run/<dataset>/pretrain/<dataset>-<model>.txt   and   <dataset>_<model>.pth
+    run/<dataset>/prune/<dataset>-<scope>-<method>-<speed_up>-<model>/<same>.txt
+    run/<dataset>/test/<dataset>-<model>.txt
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, RandomSampler
+
+import registry
+from engine.cnn import count_flops_params, progressive_pruning
+from engine.datasets import DatasetBundle
+from engine.harness import close_logger, config_to_dict, default_device, get_logger, log_config, seed_everything
+from engine.train import (
+    DistInfo,
+    cleanup_distributed,
+    evaluate,
+    init_distributed,
+    load_model,
+    make_loader,
+    save_model,
+    train_model,
+)
+
+# Arguments that do not change what a fine-tuning computes (a resumed run may differ in them).
+_RESUME_IGNORED = {"verbose", "workers", "restore", "sl_restore", "output_dir", "dataroot"}
+MODES = ("pretrain", "prune", "test")
+
+
+@dataclass
+class Context:
+    """What every mode needs: config, data, model, loaders, logger, device and rank layout."""
+
+    cfg: Any
+    bundle: DatasetBundle
+    model: nn.Module
+    train_loader: Any
+    test_loader: Any
+    logger: logging.Logger
+    device: torch.device
+    dist: DistInfo
+    run_dir: Path
+    run_name: str
+
+    @property
+    def example_inputs(self) -> torch.Tensor:
+        return self.bundle.example_inputs(1).to(self.device)
+
+
+def run_name(cfg: Any) -> str:
+    """The paper's run name: ``<dataset>-<model>`` or ``<dataset>-<scope>-<method>-<speed_up>-<model>``."""
+    if cfg.mode == "prune":
+        scope = "global" if cfg.global_pruning else "local"
+        return f"{cfg.dataset}-{scope}-{cfg.method}-{float(cfg.speed_up)}-{cfg.model}"
+    return f"{cfg.dataset}-{cfg.model}"
+
+
+def validate(cfg: Any) -> None:
+    """Reject bad arguments before anything is created or written."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    registry.model_spec(cfg.model)
+    if cfg.dataset not in registry.DATASET_NAMES:
+        raise ValueError(f"unknown --dataset {cfg.dataset!r}; valid: {', '.join(registry.DATASET_NAMES)}")
+    if cfg.mode == "prune":
+        if cfg.method is None:
+            raise ValueError(f"--mode prune needs --method, one of {', '.join(sorted(registry.METHODS))}")
+        registry.get_method(cfg.method)
+        if cfg.speed_up < 1:
+            raise ValueError(f"--speed-up must be >= 1, got {cfg.speed_up}")
+    if cfg.mode == "test" and not cfg.restore:
+        raise ValueError("--mode test needs --restore <checkpoint>")
+    for name in ("restore", "sl_restore"):
+        path = getattr(cfg, name)
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such checkpoint file")
+    if cfg.batch_size < 1 or cfg.total_epochs < 0 or cfg.iterative_steps < 1:
+        raise ValueError("--batch-size and --iterative-steps must be >= 1 and --total-epochs >= 0")
+
+
+def build_context(cfg: Any) -> Context:
+    """Seed, load data, build the model and open the run's logger."""
+    validate(cfg)
+    dist_info = init_distributed()
+    seed_everything(_seed(cfg))
+    device = default_device() if not dist_info.enabled or not torch.cuda.is_available() else \
+        torch.device("cuda", dist_info.local_rank)
+    spec = registry.model_spec(cfg.model)
+    bundle = registry.get_dataset(cfg.dataset, cfg.dataroot, input_kind=spec.input_kind,
+                                  num_points=cfg.num_points, image_size=cfg.image_size)
+    model = registry.get_model(cfg.model, bundle.num_classes, bundle.in_channels, cfg.width_mult, bundle.input_size)
+    name = run_name(cfg)
+    base = Path(cfg.output_dir) / cfg.dataset / cfg.mode
+    run_dir = base / name if cfg.mode == "prune" else base
+    logger = get_logger(name, run_dir / f"{name}.txt" if dist_info.is_main else None, console=dist_info.is_main)
+    log_config(logger, cfg)
+    train_loader = make_loader(bundle.train, cfg.batch_size, True, _seed(cfg), cfg.workers)
+    test_loader = make_loader(bundle.test, cfg.batch_size, False, _seed(cfg), cfg.workers)
+    return Context(cfg, bundle, model.to(device), train_loader, test_loader, logger, device, dist_info, run_dir, name)
+
+
+def _saver(path: Path, meta: dict):
+    def save(model: nn.Module, acc: float) -> None:
+        save_model(path, model, {**meta, "acc": acc})
+    return save
+
+
+def _meta(ctx: Context) -> dict:
+    return {"model": ctx.cfg.model, "dataset": ctx.cfg.dataset, "num_classes": ctx.bundle.num_classes,
+            "config": config_to_dict(ctx.cfg)}
+
+
+def _resume_signature(cfg: Any, phase: str) -> dict:
+    return {"phase": phase, **{k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_IGNORED}}
+
+
+def run_pretrain(ctx: Context) -> dict:
+    """Train from scratch; the best epoch is kept as ``<dataset>_<model>.pth``."""
+    cfg = ctx.cfg
+    if cfg.restore:
+        load_model(cfg.restore, ctx.model, ctx.device)
+    ckpt = ctx.run_dir / f"{cfg.dataset}_{cfg.model}.pth"
+    best = train_model(ctx.model, ctx.train_loader, ctx.test_loader, epochs=cfg.total_epochs, lr=cfg.lr,
+                       milestones=cfg.lr_decay_milestones, gamma=cfg.lr_decay_gamma, weight_decay=cfg.weight_decay,
+                       logger=ctx.logger, device=ctx.device, on_best=_saver(ckpt, _meta(ctx)),
+                       resume_path=ctx.run_dir / f"{cfg.dataset}_{cfg.model}_last.pth",
+                       resume_meta=_resume_signature(cfg, "pretrain"), verbose=cfg.verbose, desc="pretrain")
+    return {"best_acc": best, "checkpoint": str(ckpt)}
+
+
+def _sparsity_learning(ctx: Context, pruner) -> None:
+    cfg = ctx.cfg
+    if cfg.sl_restore:
+        ctx.logger.info(f"Loading the sparse model from {cfg.sl_restore}...")
+        load_model(cfg.sl_restore, ctx.model, ctx.device)
+        return
+    reg_path = ctx.run_dir / f"reg_{cfg.dataset}_{cfg.model}_{cfg.method}_{cfg.reg}.pth"
+    ctx.logger.info("Regularizing...")
+    train_model(ctx.model, ctx.train_loader, ctx.test_loader, epochs=cfg.sl_total_epochs, lr=cfg.sl_lr,
+                milestones=cfg.sl_lr_decay_milestones, gamma=cfg.lr_decay_gamma, weight_decay=cfg.weight_decay,
+                logger=ctx.logger, device=ctx.device, regularizer=pruner, reg_warmup=cfg.sl_reg_warmup,
+                on_best=_saver(reg_path, _meta(ctx)), resume_path=ctx.run_dir / f"{reg_path.stem}_last.pth",
+                resume_meta=_resume_signature(cfg, "sparsity_learning"), verbose=cfg.verbose,
+                desc="sparsity learning")
+    if ctx.dist.enabled:
+        torch.distributed.barrier()  # rank 0 wrote the best sparse model
+    if reg_path.is_file():
+        ctx.logger.info(f"Loading the sparse model from {reg_path}...")
+        load_model(reg_path, ctx.model, ctx.device)
+
+
+def _fisher_batches(ctx: Context, count: int = 10):
+    """EigenDamage's 10 training batches per pruning step, the same on every rank (unsharded)."""
+    generator = torch.Generator().manual_seed(_seed(ctx.cfg))
+    loader = DataLoader(ctx.bundle.train, batch_size=ctx.cfg.batch_size, num_workers=ctx.cfg.workers,
+                        sampler=RandomSampler(ctx.bundle.train, generator=generator))
+
+    def batches():
+        for i, (inputs, _) in enumerate(loader):
+            if i >= count:
+                break
+            yield inputs
+    return batches
+
+
+def _seed(cfg: Any) -> int:
+    return cfg.seed if cfg.seed is not None else 0
+
+
+def run_prune(ctx: Context) -> dict:
+    """(Sparsity learning) -> progressive pruning to the FLOPs target -> (fine-tuning)."""
+    cfg, logger = ctx.cfg, ctx.logger
+    ft_last = ctx.run_dir / f"{ctx.run_name}_last.pth"
+    final = ctx.run_dir / f"{cfg.dataset}_{cfg.model}_{cfg.method}.pth"
+    signature = _resume_signature(cfg, "finetune")
+    result: dict = {}
+    if cfg.finetune and ft_last.is_file():
+        logger.info(f"Found {ft_last}: resuming the fine-tuning")
+    else:
+        if cfg.restore:
+            load_model(cfg.restore, ctx.model, ctx.device)
+        pruner = registry.build_pruner(
+            ctx.model, ctx.example_inputs, cfg.method, ctx.bundle.num_classes, iterative_steps=cfg.iterative_steps,
+            max_pruning_ratio=cfg.max_pruning_ratio, global_pruning=cfg.global_pruning, reg=cfg.reg,
+            delta_reg=cfg.delta_reg)
+        if registry.get_method(cfg.method).sparsity_learning:
+            _sparsity_learning(ctx, pruner)
+            pruner.update_regularizer()
+        ctx.model.eval()
+        ori_flops, ori_params = count_flops_params(ctx.model, ctx.example_inputs)
+        ori_acc, ori_loss = evaluate(ctx.model, ctx.test_loader, ctx.device)
+        logger.info("Pruning...")
+        target = cfg.target_flops * 1e9 if cfg.target_flops > 0 else None
+        torch.manual_seed(_seed(cfg))  # every rank draws the same random scores/Fisher labels
+        progressive_pruning(pruner, ctx.model, cfg.speed_up, ctx.example_inputs, target_flops=target,
+                            fisher_batches=_fisher_batches(ctx), device=ctx.device)
+        del pruner
+        if cfg.verbose:
+            logger.info(ctx.model)
+        flops, params = count_flops_params(ctx.model, ctx.example_inputs)
+        acc, loss = evaluate(ctx.model, ctx.test_loader, ctx.device)
+        logger.info(f"Params: {ori_params / 1e6:.2f} M => {params / 1e6:.2f} M ({params / ori_params * 100:.2f}%)")
+        logger.info(f"FLOPs: {ori_flops / 1e6:.2f} M => {flops / 1e6:.2f} M ({flops / ori_flops * 100:.2f}%, "
+                    f"{ori_flops / flops:.2f}X )")
+        logger.info(f"Acc: {ori_acc:.4f} => {acc:.4f}")
+        logger.info(f"Val Loss: {ori_loss:.4f} => {loss:.4f}")
+        result = {"ori_acc": ori_acc, "pruned_acc": acc, "ori_flops": ori_flops, "flops": flops,
+                  "ori_params": ori_params, "params": params, "speed_up": ori_flops / flops}
+        if ctx.dist.is_main:
+            save_model(final, ctx.model, {**_meta(ctx), "acc": acc, "pruned": True})
+    if cfg.finetune:
+        logger.info("Finetuning...")
+        result["best_acc"] = train_model(
+            ctx.model, ctx.train_loader, ctx.test_loader, epochs=cfg.total_epochs, lr=cfg.lr,
+            milestones=cfg.lr_decay_milestones, gamma=cfg.lr_decay_gamma, weight_decay=cfg.weight_decay,
+            logger=logger, device=ctx.device, on_best=_saver(final, {**_meta(ctx), "pruned": True}),
+            resume_path=ft_last, resume_meta=signature, verbose=cfg.verbose, desc="finetune")
+    result["checkpoint"] = str(final)
+    return result
+
+
+def run_test(ctx: Context) -> dict:
+    """Evaluate ``--restore`` (pruned or not): params, FLOPs, accuracy and loss."""
+    load_model(ctx.cfg.restore, ctx.model, ctx.device)
+    flops, params = count_flops_params(ctx.model, ctx.example_inputs)
+    ctx.logger.info(f"Params: {params / 1e6:.2f} M")
+    ctx.logger.info(f"ops: {flops / 1e6:.2f} M")
+    acc, loss = evaluate(ctx.model, ctx.test_loader, ctx.device)
+    ctx.logger.info(f"Acc: {acc:.4f} Val Loss: {loss:.4f}")
+    return {"acc": acc, "loss": loss, "flops": flops, "params": params}
+
+
+RUNNERS = {"pretrain": run_pretrain, "prune": run_prune, "test": run_test}
+
+
+def run(cfg: Any) -> dict:
+    """Run ``cfg.mode``; returns the run's numbers plus ``model`` (the final model, for tests)."""
+    ctx = build_context(cfg)
+    try:
+        result = RUNNERS[cfg.mode](ctx)
+        result["model"] = ctx.model
+        result["run_dir"] = str(ctx.run_dir)
+        result["log"] = str(ctx.run_dir / f"{ctx.run_name}.txt")
+        return result
+    finally:
+        close_logger(ctx.logger)
+        cleanup_distributed()

@@ -1,0 +1,288 @@
+"""Shared classifier training/evaluation loops, the SGD schedule, sparsity learning and
+DistributedDataParallel helpers (CPU gloo or CUDA nccl under ``torchrun``).
+
+:func:`train_model` logs one ``Epoch e/E, Acc=..., Val Loss=..., lr=...`` line per epoch
+and ``Best Acc=...`` at the end (the format the log parser reads), calls ``on_best``
+whenever the accuracy improves, and - given ``resume_path`` - writes an atomic checkpoint
+after every epoch from which a killed run continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from engine.cnn import adapt_to_shapes, tensor_shapes
+from engine.harness import load_checkpoint, progress, save_checkpoint
+
+
+# --------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank layout of this process (``world_size == 1``: not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``).
+
+    gloo on CPU, nccl on CUDA; a no-op (``world_size=1``) outside ``torchrun``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world_size, local_rank)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+# --------------------------------------------------------------------------- data
+def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, workers: int = 0) -> DataLoader:
+    """A loader that shuffles reproducibly (``set_loader_epoch`` reseeds it each epoch) and shards
+    across ranks when a process group is active."""
+    if _distributed():
+        sampler = DistributedSampler(dataset, shuffle=train, seed=seed)
+    elif train:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = None
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        drop_last=False, persistent_workers=False)
+    loader.base_seed = seed  # type: ignore[attr-defined]
+    return loader
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Make epoch ``epoch``'s shuffle a function of (seed, epoch) only, so resumed runs match."""
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
+        sampler.generator.manual_seed(getattr(loader, "base_seed", 0) * 1000003 + epoch)
+
+
+# --------------------------------------------------------------------------- loops
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy over ``loader`` (summed over ranks when distributed)."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device), targets.to(device)
+        logits = model(inputs)
+        totals[0] += (logits.argmax(1) == targets).sum().item()
+        totals[1] += F.cross_entropy(logits, targets, reduction="sum").item()
+        totals[2] += targets.numel()
+    if _distributed():
+        dist.all_reduce(totals)
+    count = max(totals[2].item(), 1.0)
+    return totals[0].item() / count, totals[1].item() / count
+
+
+def parse_milestones(text: str | list[int]) -> list[int]:
+    """``"60,80"`` -> ``[60, 80]`` (empty string: no decay)."""
+    if isinstance(text, list):
+        return text
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValueError(f"lr decay milestones must be comma-separated epochs like '60,80', got {text!r}") from exc
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, param in enumerate(params):
+        buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+        if buffer is not None:
+            out[f"optim.{i}.momentum_buffer"] = buffer
+    return out
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                            tensors: dict[str, torch.Tensor]) -> None:
+    for i, param in enumerate(params):
+        key = f"optim.{i}.momentum_buffer"
+        if key in tensors:
+            optimizer.state[param]["momentum_buffer"] = tensors[key].to(param.device, param.dtype)
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, meta: dict | None = None,
+               extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Atomic safetensors checkpoint of ``model`` whose metadata carries every tensor shape."""
+    state = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
+    state.update(extra or {})
+    return save_checkpoint(path, state, {**(meta or {}), "shapes": tensor_shapes(unwrap(model))})
+
+
+def load_model(path: str | os.PathLike, model: nn.Module, device: torch.device | str = "cpu") -> dict:
+    """Load a checkpoint into ``model``, first resizing its layers to the stored (pruned) shapes.
+
+    Also reads plain state dicts saved with ``torch.save`` (loaded with ``weights_only=True``).
+
+    Returns:
+        The checkpoint's metadata.
+
+    Raises:
+        FileNotFoundError: ``path`` is missing.
+        ValueError: the file is corrupt or its tensors do not fit the model.
+    """
+    try:
+        tensors, meta = load_checkpoint(path, device)
+    except ValueError:
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint of this project: {exc}") from exc
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"checkpoint {path} does not hold a state dict of tensors") from None
+        tensors, meta = {f"model.{k}": v for k, v in state.items()}, {}
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    adapt_to_shapes(model, meta.get("shapes") or {k: list(v.shape) for k, v in state.items()})
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not fit model {type(model).__name__}: {exc}") from exc
+    model.to(device)
+    meta["_tensors"] = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    return meta
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _regularize(regularizer, model: nn.Module) -> None:
+    if regularizer is not None:
+        regularizer.regularize(model)
+
+
+def train_model(
+    model: nn.Module,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    *,
+    epochs: int,
+    lr: float,
+    milestones: str | list[int],
+    gamma: float = 0.1,
+    weight_decay: float = 5e-4,
+    logger: logging.Logger,
+    device: torch.device | str = "cpu",
+    regularizer=None,
+    reg_warmup: int = 0,
+    on_best: Callable[[nn.Module, float], None] | None = None,
+    resume_path: str | os.PathLike | None = None,
+    resume_meta: dict | None = None,
+    verbose: bool = False,
+    desc: str = "epochs",
+) -> float:
+    """SGD (momentum 0.9) with a multi-step schedule; returns the best test accuracy.
+
+    Args:
+        regularizer: a Torch-Pruning pruner whose ``regularize(model)`` adds the sparsity
+            penalty's gradient (sparsity learning); weight decay is then off, as in the paper.
+        reg_warmup: epochs over which the regulariser strength ramps linearly up to its value.
+        on_best: called with the (unwrapped) model and accuracy when the accuracy improves
+            (rank 0 only).
+        resume_path: per-epoch checkpoint; if it exists and its ``resume_meta`` matches, training
+            continues after its last epoch. Deleted when training completes.
+    """
+    milestones = parse_milestones(milestones)
+    resume_meta = dict(resume_meta or {})
+    is_main = not _distributed() or dist.get_rank() == 0
+    start_epoch, best_acc, restored = 0, -1.0, None
+    if resume_path is not None and Path(resume_path).is_file():
+        meta = load_model(resume_path, model, device)
+        if meta.get("resume") == resume_meta:
+            start_epoch, best_acc, restored = meta["epoch"] + 1, meta["best_acc"], meta["_tensors"]
+            logger.info(f"Resuming from {resume_path} after epoch {meta['epoch']}")
+        else:
+            raise ValueError(f"{resume_path} was written by a run with other arguments; delete it to start over")
+    model.to(device)
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay if regularizer is None else 0)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
+    if restored is not None:
+        _load_optimizer_tensors(optimizer, params, restored)
+        if "rng.cpu" in restored:
+            torch.set_rng_state(restored["rng.cpu"])
+        with warnings.catch_warnings():  # fast-forwarding the schedule, no optimizer step is due
+            warnings.simplefilter("ignore")
+            for _ in range(start_epoch):
+                scheduler.step()
+    net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
+    base_reg = getattr(regularizer, "reg", None)
+    bar_kwargs = {} if is_main else {"disable": True}
+    for epoch in progress(range(start_epoch, epochs), desc=desc, **bar_kwargs):
+        if regularizer is not None and reg_warmup > 0 and isinstance(base_reg, float):
+            regularizer.reg = base_reg * min(1.0, (epoch + 1) / reg_warmup)
+        set_loader_epoch(train_loader, epoch)
+        net.train()
+        for step, (inputs, targets) in enumerate(train_loader):
+            inputs, targets = inputs.to(device), targets.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(inputs), targets)
+            loss.backward()
+            _regularize(regularizer, model)
+            optimizer.step()
+            if verbose and step % 10 == 0:
+                logger.info(f"Epoch {epoch}/{epochs}, iter {step}/{len(train_loader)}, loss={loss.item():.4f}, "
+                            f"lr={optimizer.param_groups[0]['lr']:.4f}")
+        if hasattr(regularizer, "update_reg"):
+            regularizer.update_reg()  # growing regularisation
+        acc, val_loss = evaluate(net, test_loader, device)
+        logger.info(f"Epoch {epoch}/{epochs}, Acc={acc:.4f}, Val Loss={val_loss:.4f}, "
+                    f"lr={optimizer.param_groups[0]['lr']:.4f}")
+        if acc > best_acc:
+            best_acc = acc
+            if on_best is not None and is_main:
+                on_best(model, acc)
+        scheduler.step()
+        if resume_path is not None and is_main:
+            extra = {**_optimizer_tensors(optimizer, params), "rng.cpu": torch.get_rng_state()}
+            save_model(resume_path, model, {"resume": resume_meta, "epoch": epoch, "best_acc": best_acc}, extra)
+    if regularizer is not None and isinstance(base_reg, float):
+        regularizer.reg = base_reg
+    logger.info(f"Best Acc={best_acc:.4f}")
+    if resume_path is not None and is_main and Path(resume_path).exists():
+        Path(resume_path).unlink()
+    if _distributed():
+        dist.barrier()
+    return best_acc
