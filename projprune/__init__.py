@@ -36,11 +36,21 @@ VARIANTS: dict[str, tuple[float, float, float]] = {
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The Torch-Pruning plug-in is imported on first use, so the core does not import torch_pruning.
+    if name == "ProjectiveImportance":
+        from projprune.importance import ProjectiveImportance
+
+        return ProjectiveImportance
+    raise AttributeError(f"module 'projprune' has no attribute {name!r}")
+
 __all__ = [
     "PAIR_METHODS",
     "SOLVERS",
     "VARIANTS",
     "PairMethod",
+    "ProjectiveImportance",
     "PruneResult",
     "apply_pruning",
     "gram_inverse",
