@@ -1,0 +1,191 @@
+"""vit/methods.py: every registered method prunes a tiny ViT, which still runs with the expected shapes;
+the Torch-Pruning and SVD baselines agree with plain float64 computations written here."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.models.vision_transformer import VisionTransformer
+
+from projprune import prune_pair
+from vit.methods import VIT_METHODS, PruneContext, _fisher_diagonals, get_method, svd_rank_for
+from vit.metrics import count_macs, count_nonzero_params, count_params
+from vit.models import mlp_pairs
+
+AMOUNTS = {0: 5, 1: 9}
+
+
+def tiny_vit(seed: int = 0) -> VisionTransformer:
+    torch.manual_seed(seed)
+    model = VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=10)
+    with torch.no_grad():  # torchvision initialises MLP biases at ~1e-6; give them scale
+        for fc1, fc2 in mlp_pairs(model):
+            fc1.bias.normal_(0, 0.1)
+            fc2.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(6, 3, 8, 8, generator=generator), torch.randint(0, 10, (6,), generator=generator)
+
+
+@pytest.mark.parametrize("name", sorted(VIT_METHODS))
+def test_every_method_prunes_and_the_model_runs(name, batch):
+    model = tiny_vit()
+    method = get_method(name)
+    method.prune(model, AMOUNTS, PruneContext(seed=1, calibration=[batch]))
+    out = model(batch[0])
+    assert out.shape == (6, 10) and torch.isfinite(out).all()
+    for layer, amount in AMOUNTS.items():
+        mlp = model.encoder.layers[layer].mlp
+        if method.family in ("projprune", "torch_pruning"):
+            assert mlp[0].weight.shape == (64 - amount, 32)
+            assert mlp[0].bias.shape == (64 - amount,)
+            assert mlp[3].weight.shape == (32, 64 - amount)
+        elif method.family == "svd":
+            rank = svd_rank_for(64, 32, 32, amount)
+            assert [m.weight.shape for m in mlp[0]] == [(rank, 32), (64, rank)]
+            assert [m.weight.shape for m in mlp[3]] == [(rank, 64), (32, rank)]
+        else:
+            zeros = int((mlp[0].weight == 0).sum())
+            assert zeros == amount * 32  # the same number of weights as `amount` rows
+            if name.endswith("structured"):
+                assert int((mlp[0].weight.abs().sum(dim=1) == 0).sum()) == amount
+    if method.shrinks:
+        assert count_params(model) < count_params(tiny_vit())
+    else:  # masks: nothing gets smaller but the nonzero count
+        assert count_params(model) == count_params(tiny_vit())
+        assert count_macs(model, batch[0][:1]) == count_macs(tiny_vit(), batch[0][:1])
+        assert count_nonzero_params(model) == count_nonzero_params(tiny_vit()) - sum(a * 32 for a in AMOUNTS.values())
+
+
+def test_unknown_method_and_bad_amounts():
+    with pytest.raises(ValueError, match="method must be one of"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="layer index"):
+        get_method("l2").prune(tiny_vit(), {5: 1}, PruneContext())
+    with pytest.raises(ValueError, match="non-negative int"):
+        get_method("l2").prune(tiny_vit(), {0: -1}, PruneContext())
+
+
+def test_core_methods_are_the_core_prune_pair():
+    ours, direct = tiny_vit(), tiny_vit()
+    get_method("exact").prune(ours, {1: 7}, PruneContext())
+    fc1, fc2 = mlp_pairs(direct)[1]
+    prune_pair(fc1, fc2, 7, "exact", lmbda=1e-3)
+    for (a1, a2), (b1, b2) in zip(mlp_pairs(ours), mlp_pairs(direct)):
+        torch.testing.assert_close(a1.weight, b1.weight)
+        torch.testing.assert_close(a1.bias, b1.bias)
+        torch.testing.assert_close(a2.weight, b2.weight)
+
+
+def _kept_after(name: str, model: VisionTransformer, layer: int, amount: int, ctx: PruneContext) -> set[tuple]:
+    """Rows of W that survive, as tuples (slicing keeps rows unchanged for these methods)."""
+    get_method(name).prune(model, {layer: amount}, ctx)
+    return {tuple(row.tolist()) for row in mlp_pairs(model)[layer][0].weight}
+
+
+def _rows_of(model, layer, indices) -> set[tuple]:
+    W = mlp_pairs(model)[layer][0].weight
+    return {tuple(W[i].tolist()) for i in indices}
+
+
+@pytest.mark.parametrize("name", ["group_norm", "lamp"])
+def test_magnitude_baselines_remove_smallest_group_norm(name):
+    model = tiny_vit(3)
+    fc1, fc2 = mlp_pairs(model)[0]
+    W, V = fc1.weight.detach().double(), fc2.weight.detach().double()
+    # group L2 magnitude: mean over the group of squared row norms of W and column norms of V
+    score = (W.pow(2).sum(1) + V.pow(2).sum(0)) / 2
+    expected_keep = torch.argsort(score, stable=True)[11:].tolist()
+    assert _kept_after(name, copy.deepcopy(model), 0, 11, PruneContext()) == _rows_of(model, 0, expected_keep)
+
+
+def test_obdc_fisher_and_scores_match_per_token_gradients(batch):
+    model = tiny_vit(4)
+    fc1 = mlp_pairs(model)[1][0]
+    x, y = batch
+    # Plain reference: per-token gradient of W, g_t x_tᵀ, squared and summed, times batch size².
+    saved = {}
+    fc1.register_forward_hook(lambda m, i, o: saved.__setitem__("x", i[0].detach()))
+    fc1.register_full_backward_hook(lambda m, gi, go: saved.__setitem__("g", go[0].detach()))
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    fc1._forward_hooks.clear()
+    fc1._backward_hooks.clear()
+    xs = saved["x"].reshape(-1, 32).double()
+    gs = saved["g"].reshape(-1, 64).double() * x.shape[0]
+    reference = torch.zeros(64, 32, dtype=torch.float64)
+    for t in range(xs.shape[0]):
+        reference += torch.outer(gs[t], xs[t]) ** 2
+    model.zero_grad(set_to_none=True)
+    fisher = _fisher_diagonals(model, [1], [batch])[fc1]
+    torch.testing.assert_close(fisher.double(), reference, rtol=1e-4, atol=1e-10)
+    score = (fc1.weight.detach().double() ** 2 * (reference + 1e-10)).sum(1)
+    expected_keep = torch.argsort(score, stable=True)[13:].tolist()
+    kept = _kept_after("obdc", copy.deepcopy(model), 1, 13, PruneContext(calibration=[batch]))
+    assert kept == _rows_of(model, 1, expected_keep)
+
+
+def test_obdc_needs_calibration():
+    with pytest.raises(ValueError, match="calibration"):
+        get_method("obdc").prune(tiny_vit(), {0: 3}, PruneContext())
+
+
+def test_svd3_is_a_truncated_svd_within_the_pruned_budget():
+    model = tiny_vit(5)
+    fc1, fc2 = (m.weight.detach().double().clone() for m in mlp_pairs(model)[0])
+    get_method("svd3").prune(model, {0: 20}, PruneContext())
+    mlp = model.encoder.layers[0].mlp
+    rank = svd_rank_for(64, 32, 32, 20)
+    for factorised, W in ((mlp[0], fc1), (mlp[3], fc2)):
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        product = factorised[1].weight.double() @ factorised[0].weight.double()
+        torch.testing.assert_close(product, U[:, :rank] @ torch.diag(S[:rank]) @ Vh[:rank], rtol=1e-5, atol=1e-5)
+    factorised_params = sum(p.numel() for p in mlp.parameters())
+    pruned_params = (64 - 20) * (32 + 1) + 32 * (64 - 20) + 32
+    assert factorised_params <= pruned_params
+    assert rank == (pruned_params - 32 - 64) // (32 + 2 * 64 + 32)
+    with pytest.raises(ValueError, match="already factorised"):
+        get_method("svd3").prune(model, {0: 1}, PruneContext())
+
+
+def test_random_methods_are_seeded():
+    runs = []
+    for _ in range(2):
+        model = tiny_vit()
+        get_method("random").prune(model, {0: 10}, PruneContext(seed=7))
+        get_method("mask_random_structured").prune(model, {1: 10}, PruneContext(seed=7))
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b)
+
+
+def test_layers_pruned_in_parallel_match_sequential(monkeypatch):
+    import concurrent.futures
+
+    import vit.methods as methods
+
+    pools = []
+
+    class SpyPool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(methods, "ThreadPoolExecutor", SpyPool)
+    results = []
+    for workers in (1, 2):
+        monkeypatch.setattr(methods, "_layer_workers", lambda workers=workers: workers)
+        model = tiny_vit(6)
+        get_method("exact_oac").prune(model, {0: 9, 1: 17}, PruneContext())
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert pools == [2]  # only the second run went parallel
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -1,0 +1,138 @@
+"""The embedded default: a small torchvision ``VisionTransformer`` trained on ``digits`` on CPU.
+
+Same class, same ``encoder.layers[i].mlp`` layout as ViT-B/16, so every experiment runs on it
+through the same code path. Its MLP keeps ViT-B's 4x expansion (hidden 64 -> 256 units), so the
+MLP weight ``W`` is wide (``n > m``) as in the paper's models. Trained once per seed and
+configuration, then cached under the run directory as a safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.vision_transformer import VisionTransformer
+
+from engine.digits import digits_tensors
+from engine.harness import load_checkpoint, progress, save_checkpoint, seed_everything
+
+from .data import digits_to_rgb
+from .metrics import evaluate
+
+__all__ = ["SmallViTConfig", "build_small_vit", "load_or_train_small_vit", "small_vit_checkpoint", "train_classifier"]
+
+
+@dataclass(frozen=True)
+class SmallViTConfig:
+    """Architecture and training of the digits ViT (trains in about a minute on 2 CPU cores)."""
+
+    image_size: int = 8
+    patch_size: int = 2  # 16 patches + class token
+    num_layers: int = 4
+    num_heads: int = 4
+    hidden_dim: int = 64
+    mlp_dim: int = 256  # ViT-B's 4x expansion
+    num_classes: int = 10
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+
+
+def build_small_vit(cfg: SmallViTConfig) -> VisionTransformer:
+    """An untrained torchvision ``VisionTransformer`` with ``cfg``'s shape (3-channel input)."""
+    return VisionTransformer(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        hidden_dim=cfg.hidden_dim,
+        mlp_dim=cfg.mlp_dim,
+        num_classes=cfg.num_classes,
+    )
+
+
+def train_classifier(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    seed: int = 1,
+) -> torch.nn.Module:
+    """AdamW with cosine decay on in-memory tensors ``x (N, ...)``, ``y (N,)``; seeded shuffling."""
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * ((len(y) + batch_size - 1) // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    model.train()
+    for _ in progress(range(epochs), desc="train small ViT", leave=False):
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), batch_size):
+            index = order[start : start + batch_size]
+            loss = F.cross_entropy(model(x[index]), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    model.eval()
+    return model
+
+
+def small_vit_checkpoint(output_dir: str | os.PathLike, seed: int) -> Path:
+    """``<output_dir>/vit/small/pretrain/small_vit_digits_seed<seed>.safetensors``."""
+    return Path(output_dir) / "vit" / "small" / "pretrain" / f"small_vit_digits_seed{seed}.safetensors"
+
+
+def load_or_train_small_vit(
+    output_dir: str | os.PathLike,
+    seed: int = 1,
+    cfg: SmallViTConfig | None = None,
+    logger: logging.Logger | None = None,
+) -> VisionTransformer:
+    """The trained digits ViT: from its cached checkpoint, or trained now and cached.
+
+    A cached checkpoint whose stored configuration differs from ``cfg`` is retrained (and replaced).
+    """
+    cfg = cfg or SmallViTConfig()
+    path = small_vit_checkpoint(output_dir, seed)
+    wanted = {"config": dataclasses.asdict(cfg), "seed": seed}
+    model = build_small_vit(cfg)
+    if path.is_file():
+        state, meta = load_checkpoint(path)
+        if {key: meta.get(key) for key in wanted} == wanted:
+            model.load_state_dict(state)
+            model.eval()
+            if logger:
+                logger.info(f"Loaded small ViT from {path}")
+            return model
+        if logger:
+            logger.info(f"Cached small ViT {path} has another configuration; retraining")
+    seed_everything(seed)
+    model = build_small_vit(cfg)
+    x_train, y_train, x_test, y_test = digits_tensors()
+    train_classifier(
+        model,
+        digits_to_rgb(x_train),
+        y_train,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+    )
+    test = evaluate(model, [(digits_to_rgb(x_test), y_test)])
+    save_checkpoint(path, model.state_dict(), {**wanted, "test_top1": test["top1"]})
+    if logger:
+        logger.info(f"Trained small ViT: test top-1 {test['top1']:.4f}; saved {path}")
+    return model
