@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> str:
     times: dict[tuple, float] = {}
     for dtype, n, method in progress(jobs, desc="solvers"):
         W = torch.randn(n, m, dtype=torch.float64)
-        times[(dtype, n, method)] = timed(lambda: pp.solve_normal_equations(W, 1e-3, method, dtype=dtype))
+        def solve(W=W, method=method, dtype=dtype) -> None:
+            pp.solve_normal_equations(W, 1e-3, method, dtype=dtype)
+
+        times[(dtype, n, method)] = timed(solve)
     for dtype, n, method in jobs:
         t = times[(dtype, n, method)]
         fast = times[(dtype, n, "fast")]

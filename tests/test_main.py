@@ -18,14 +18,6 @@ STAMP = r"\[\d\d/\d\d \d\d:\d\d:\d\d\] "
 SMALL = ["--dataset", "digits", "--model", "resnet20", "--width-mult", "0.25", "--seed", "1", "--batch-size", "64"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: extra intra-op threads only fight over a busy machine's cores (8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _pretrain(out: Path, epochs: int = 2) -> Path:
     main_module.main(["--mode", "pretrain", *SMALL, "--total-epochs", str(epochs), "--lr", "0.1",
@@ -45,11 +37,8 @@ def _lines(path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run")
     _pretrain(out)
-    torch.set_num_threads(threads)
     return out
 
 

@@ -17,14 +17,6 @@ FAMILIES = {"resnet20": 0.25, "vgg11": 0.125, "mobilenetv2": 0.25, "pointnet": 0
             "resnet50": 0.125}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: extra intra-op threads only fight over a busy machine's cores (8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _inputs(name: str, batch: int = 4) -> tuple[torch.Tensor, int, int]:
     if registry.model_spec(name).input_kind == "points":

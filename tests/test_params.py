@@ -30,15 +30,6 @@ from params.main import main
 from params.models import LeNetParams
 
 
-@pytest.fixture(autouse=True)
-def _quiet_single_thread(monkeypatch):
-    monkeypatch.setenv("PROJPRUNE_NO_TQDM", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only add contention on a shared CI machine
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- statistics
 def test_mean_ci_known_numbers():
     values = [1.0, 2.0, 3.0, 4.0, 5.0]

@@ -11,15 +11,6 @@ from params.models import LeNetParams
 from params.vgg import VGG16, main
 
 
-@pytest.fixture(autouse=True)
-def _quiet_single_thread(monkeypatch):
-    monkeypatch.setenv("PROJPRUNE_NO_TQDM", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only add contention on a shared CI machine
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("size", [8, 28])
 def test_lenet_shapes(size):
     model = LeNetParams(input_size=size).eval()

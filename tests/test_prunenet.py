@@ -26,14 +26,6 @@ from projprune.transformers.prunenet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _learnable_weights(seed: int, m: int = 64, d: int = 32, layers: int = 3) -> list[torch.Tensor]:
     """FFN input weights where 30 % of the units are dead (near-zero rows) and the rest share a
     mean direction: keeping the live rows preserves the spectrum, and a linear score can find them."""

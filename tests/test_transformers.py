@@ -22,14 +22,6 @@ from projprune.transformers import (
 VOCAB = 100
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices: thread start-up costs more than it saves on a shared 2-core CI box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _configs(hidden: int = 32, ffn: int = 64) -> dict[str, tuple[type, object, str]]:
     """family -> (model class, config, config attribute holding the FFN width)."""

@@ -13,14 +13,6 @@ from projprune.transformers.compare import main, markdown_table
 TEXT = "Projective pruning removes the units that the others can represent. " * 40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("PROJPRUNE_NO_TQDM", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def local_models(tmp_path_factory):
