@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import projprune as pp
+from engine.classify import evaluate_accuracy, train_classifier
 from engine.digits import digits_tensors
 from engine.harness import atomic_write_csv, atomic_write_text, parse_config, progress, seed_everything
 
@@ -38,23 +39,6 @@ def make_mlp(hidden: int) -> nn.Sequential:
                          nn.Linear(hidden, 10))
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(dim=1) == y).float().mean())
-
-
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in progress(range(epochs), desc="train MLP on digits"):
-        for idx in torch.randperm(len(x), generator=generator).split(64):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-
-
 def run(cfg: DemoConfig) -> list[dict]:
     """Train once, prune a copy per method; returns one row per method."""
     if not 0.0 <= cfg.ratio < 1.0:
@@ -66,8 +50,9 @@ def run(cfg: DemoConfig) -> list[dict]:
     seed_everything(cfg.seed)
     x_tr, y_tr, x_te, y_te = digits_tensors(seed=0)
     model = make_mlp(cfg.hidden)
-    train(model, x_tr, y_tr, cfg.epochs, cfg.seed)
-    base = accuracy(model, x_te, y_te)
+    train_classifier(model, x_tr, y_tr, epochs=cfg.epochs, lr=1e-3, batch_size=64, seed=cfg.seed,
+                     desc="train MLP on digits")
+    base = evaluate_accuracy(model, x_te, y_te)
     amount = int(round(cfg.ratio * cfg.hidden))
     rows = []
     for method in progress(methods, desc="prune"):
@@ -80,7 +65,7 @@ def run(cfg: DemoConfig) -> list[dict]:
         seconds = time.perf_counter() - start
         params = sum(p.numel() for p in pruned.parameters())
         rows.append({"method": method, "description": pp.PAIR_METHODS[method].description,
-                     "acc_before": round(base, 4), "acc_after": round(accuracy(pruned, x_te, y_te), 4),
+                     "acc_before": round(base, 4), "acc_after": round(evaluate_accuracy(pruned, x_te, y_te), 4),
                      "params": params, "seconds": round(seconds, 3)})
     return rows
 

@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 from torch import nn  # noqa: E402
 
+from engine.classify import evaluate_accuracy, train_classifier  # noqa: E402
 from engine.harness import (  # noqa: E402
     atomic_write_csv,
     atomic_write_json,
@@ -58,7 +59,6 @@ from engine.harness import (  # noqa: E402
 )
 from params.data import DATASETS, draw_split, load_dataset, resolve_split_sizes  # noqa: E402
 from params.models import HIDDEN_WIDTHS, LeNetParams  # noqa: E402
-from params.train import evaluate_accuracy, train_classifier  # noqa: E402
 
 MODES = ("layer", "global")
 SWEEP_VALUES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the paper's alpha = beta and gamma grids

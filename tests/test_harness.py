@@ -103,3 +103,23 @@ def test_demo_end_to_end(tmp_path):
     assert [r["acc_after"] for r in again] == [r["acc_after"] for r in rows]  # seeded
     with pytest.raises(ValueError, match="unknown"):
         demo.main(["--methods", "magic", "--output-dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("options", [{}, {"optimizer": "adamw", "weight_decay": 1e-4, "cosine": True}])
+def test_train_classifier_learns_and_is_seeded(options):
+    from engine.classify import evaluate_accuracy, train_classifier
+
+    x, y, _, _ = digits_tensors(seed=0)
+
+    def run():
+        torch.manual_seed(0)
+        model = demo.make_mlp(16)
+        losses = train_classifier(model, x, y, epochs=3, lr=3e-3, batch_size=64, seed=1, **options)
+        return model, losses
+
+    model, losses = run()
+    again, losses_again = run()
+    assert losses[-1] < losses[0] and losses == losses_again
+    assert evaluate_accuracy(model, x, y) == evaluate_accuracy(again, x, y) > 0.5
+    with pytest.raises(ValueError, match="optimizer"):
+        train_classifier(model, x, y, epochs=1, lr=1e-3, batch_size=8, seed=0, optimizer="sgd")

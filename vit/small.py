@@ -14,17 +14,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer
 
+from engine.classify import train_classifier
 from engine.digits import digits_tensors
-from engine.harness import load_checkpoint, progress, save_checkpoint, seed_everything
+from engine.harness import load_checkpoint, save_checkpoint, seed_everything
 
 from .data import digits_to_rgb
 from .metrics import evaluate
 
-__all__ = ["SmallViTConfig", "build_small_vit", "load_or_train_small_vit", "small_vit_checkpoint", "train_classifier"]
+__all__ = ["SmallViTConfig", "build_small_vit", "load_or_train_small_vit", "small_vit_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -55,38 +54,6 @@ def build_small_vit(cfg: SmallViTConfig) -> VisionTransformer:
         mlp_dim=cfg.mlp_dim,
         num_classes=cfg.num_classes,
     )
-
-
-def train_classifier(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float = 0.0,
-    seed: int = 1,
-) -> torch.nn.Module:
-    """AdamW with cosine decay on in-memory tensors ``x (N, ...)``, ``y (N,)``; seeded shuffling."""
-    if epochs < 0 or batch_size < 1:
-        raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * ((len(y) + batch_size - 1) // batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    model.train()
-    for _ in progress(range(epochs), desc="train small ViT", leave=False):
-        order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), batch_size):
-            index = order[start : start + batch_size]
-            loss = F.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    model.eval()
-    return model
 
 
 def small_vit_checkpoint(output_dir: str | os.PathLike, seed: int) -> Path:
@@ -128,8 +95,11 @@ def load_or_train_small_vit(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
         seed=seed,
+        optimizer="adamw",
+        weight_decay=cfg.weight_decay,
+        cosine=True,
+        desc="train small ViT",
     )
     test = evaluate(model, [(digits_to_rgb(x_test), y_test)])
     save_checkpoint(path, model.state_dict(), {**wanted, "test_top1": test["top1"]})

@@ -1,9 +1,17 @@
-"""A small, deterministic classifier train/evaluate loop (reusable by any experiment on tensors)."""
+"""Train and evaluate a classifier on in-memory tensors: the one loop the small embedded models share.
+
+Used by the digits demo (``engine.demo``), the hyper-parameter analysis (``params/``) and the
+digits ViT (``vit/small.py``). Loader-based training for the Table 1 models is ``engine.train``.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from engine.harness import progress
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 def train_classifier(
@@ -15,37 +23,51 @@ def train_classifier(
     lr: float,
     batch_size: int,
     seed: int,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    cosine: bool = False,
+    desc: str = "train",
 ) -> list[float]:
-    """Train ``model`` in place with Adam and cross-entropy on in-memory tensors.
+    """Train ``model`` in place with cross-entropy, seeded shuffling, then leave it in eval mode.
 
     Args:
         model: any classifier ``(B, ...) -> (B, C)``.
-        x: inputs (N, ...); y: labels (N,) int64.
-        epochs, lr, batch_size: the usual; the paper uses 10, 3e-3, 64.
+        x: inputs ``(N, ...)``; y: labels ``(N,)`` int64.
+        epochs, lr, batch_size: the usual.
         seed: seeds the shuffling and dropout, so the same seed gives the same weights on CPU.
+        optimizer: ``"adam"`` or ``"adamw"`` (with ``weight_decay``).
+        cosine: cosine learning-rate decay over all steps.
+        desc: label of the progress bar.
 
     Returns:
         The mean training loss of each epoch.
     """
     if epochs < 0 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global generator
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    extra = {"weight_decay": weight_decay} if optimizer == "adamw" else {}
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, **extra)
+    steps = epochs * ((len(y) + batch_size - 1) // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1)) if cosine else None
     loss_fn = nn.CrossEntropyLoss()
     losses = []
     model.train()
-    for _ in range(epochs):
+    for _ in progress(range(epochs), desc=desc, leave=False):
         order = torch.randperm(len(x), generator=generator)
         total, count = 0.0, 0
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
             if len(idx) == 1 and len(x) > 1:
                 continue  # a lone sample breaks BatchNorm's batch statistics; it is reshuffled next epoch
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
-            optimizer.step()
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         losses.append(total / max(count, 1))
@@ -55,7 +77,7 @@ def train_classifier(
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``x`` (N, ...) with labels ``y`` (N,)."""
+    """Top-1 accuracy of ``model`` (in eval mode) on ``x`` ``(N, ...)`` with labels ``y`` ``(N,)``."""
     was_training = model.training
     model.eval()
     correct = 0
