@@ -287,7 +287,7 @@ class _ExactState(_LayerState):
 
     def coefficients(self, i: int) -> torch.Tensor:
         p = self._column(i) * self.alive
-        self._p = p  # reused by forget()
+        self._p = p  # P_t[:, i]: forget(i) applies the downdate with it (remove() calls the two in turn)
         q = -(p / p[i]) * (self.tracks[0, i] / self.tracks[0])
         q = q * self.alive
         q[i] = 0.0

@@ -51,6 +51,13 @@ def _cholesky(A: torch.Tensor, lmbda: float, what: str) -> torch.Tensor:
     return L
 
 
+def _prepare(W: torch.Tensor, lmbda: float, dtype: torch.dtype | None) -> torch.Tensor:
+    """Check ``W`` and ``lmbda``; return ``W`` in the compute dtype."""
+    check_matrix(W, "W")
+    check_lmbda(lmbda)
+    return W.to(_compute_dtype(W, dtype))
+
+
 def _wide_form(W: torch.Tensor, lmbda: float) -> bool:
     """Use the ``m x m`` form when there are more units than features (every transformer MLP)."""
     return W.shape[0] > W.shape[1] and lmbda > 0
@@ -81,9 +88,7 @@ def precision_and_residuals(
     Returns:
         ``(P (n, n) or None, R (n, m), diag(P) (n,))`` in the compute dtype (float64 default).
     """
-    check_matrix(W, "W")
-    check_lmbda(lmbda)
-    Wc = W.to(_compute_dtype(W, dtype))
+    Wc = _prepare(W, lmbda, dtype)
     if _wide_form(Wc, lmbda):
         R = Wc @ _feature_inverse(Wc, lmbda)
         diag = (1.0 - (R * Wc).sum(dim=1)) / lmbda
@@ -93,15 +98,15 @@ def precision_and_residuals(
             P.mul_(-1.0 / lmbda)
             P.diagonal().copy_(diag)
         return P, R, diag
-    P = _row_inverse(Wc, lmbda)
+    P = _regularised_inverse(Wc @ Wc.T, lmbda)
     return P, P @ Wc, P.diagonal().clone()
 
 
-def _row_inverse(Wc: torch.Tensor, lmbda: float) -> torch.Tensor:
-    """``(W W^T + λI)^{-1}`` by one Cholesky of the ``n x n`` side."""
-    G = Wc @ Wc.T
-    G.diagonal().add_(lmbda)
-    return torch.cholesky_inverse(_cholesky(G, lmbda, "W"))
+def _regularised_inverse(G: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """``(G + λI)^{-1}`` for the Gram matrix ``G = W W^T`` by one Cholesky (``G`` is not modified)."""
+    A = G.clone()
+    A.diagonal().add_(lmbda)
+    return torch.cholesky_inverse(_cholesky(A, lmbda, "W"))
 
 
 def gram_inverse(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -148,11 +153,9 @@ def solve_fast(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None =
     Returns:
         ``Q: (n, n)``, zero diagonal, dtype/device of ``W``.
     """
-    check_matrix(W, "W")
-    check_lmbda(lmbda)
-    Wc = W.to(_compute_dtype(W, dtype))
-    P = _row_inverse(Wc, lmbda)  # the reference's n x n inverse, also when n > m
+    Wc = _prepare(W, lmbda, dtype)
     G = Wc @ Wc.T
+    P = _regularised_inverse(G, lmbda)  # the reference's n x n inverse, also when n > m
     n = W.shape[0]
     Q = torch.zeros(n, n, dtype=P.dtype, device=P.device)
     a = torch.empty(n - 1, n - 1, dtype=P.dtype, device=P.device)
@@ -187,9 +190,7 @@ def solve_naive(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None 
     Returns:
         ``Q: (n, n)``, zero diagonal, dtype/device of ``W``.
     """
-    check_matrix(W, "W")
-    check_lmbda(lmbda)
-    Wc = W.to(_compute_dtype(W, dtype))
+    Wc = _prepare(W, lmbda, dtype)
     G = Wc @ Wc.T
     n = W.shape[0]
     Q = torch.zeros(n, n, dtype=Wc.dtype, device=W.device)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from projprune._checks import check_amount, check_finite, check_lmbda
+from projprune._checks import check_amount, check_finite, check_lmbda, check_matrix
 from projprune.greedy import apply_pruning, greedy_global
 
 __all__ = [
@@ -328,8 +328,6 @@ def select_units(
     Returns:
         keep: ``(n,)`` bool.
     """
-    from projprune._checks import check_matrix
-
     check_matrix(W, "W")
     check_amount(amount, W.shape[0])
     n = W.shape[0]
