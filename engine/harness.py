@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import tempfile
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -251,13 +252,14 @@ def config_parser(
     ``bool`` fields default False become ``store_true`` switches; others take a value.
     """
     parser = parser or argparse.ArgumentParser(description=description)
+    hints = typing.get_type_hints(cls)  # resolves string annotations (``from __future__ import annotations``)
     for field in dataclasses.fields(cls):
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": f"{help_text} (default: {default})"}
-        ftype = field.type if isinstance(field.type, type) else eval(field.type, vars(sys.modules[cls.__module__]))  # noqa: S307
-        if ftype is bool or ftype == "bool":
+        ftype = hints[field.name]
+        if ftype is bool:
             if default is False:
                 kwargs["action"] = "store_true"
             else:
