@@ -5,19 +5,31 @@ paper's lazy tracking or exact rank-1 downdates, and in-place surgery on layer p
 See ``projprune/IMPLEMENTATION.md`` for the derivations.
 """
 
-from projprune.greedy import PruneResult, apply_pruning, greedy_exact, greedy_global, greedy_lazy
+from projprune._version import __version__
+from projprune.calibration import ActivationStats, collect_activation_stats
+from projprune.greedy import (
+    PruneResult,
+    apply_pruning,
+    greedy_exact,
+    greedy_global,
+    greedy_lazy,
+    refit_next_layer,
+)
 from projprune.methods import PAIR_METHODS, PairMethod, prune_pair, prune_pairs
+from projprune.options import ProjectionOptions
 from projprune.solvers import (
     SOLVERS,
     gram_inverse,
     precision_and_residuals,
     projection_distances,
+    regularised_inverse,
     solve_closed,
     solve_fast,
     solve_naive,
     solve_normal_equations,
 )
 from projprune.surgery import (
+    install_results,
     pair_matrices,
     prune_conv_pair,
     prune_linear_pair,
@@ -29,12 +41,10 @@ from projprune.surgery import (
 
 #: The paper's named redistribution variants: name -> (alpha, beta, gamma).
 VARIANTS: dict[str, tuple[float, float, float]] = {
-    name: (spec.options["alpha"], spec.options["beta"], spec.options["gamma"])
+    name: (spec.options.alpha, spec.options.beta, spec.options.gamma)
     for name, spec in PAIR_METHODS.items()
     if spec.kind == "lazy"
 }
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):
@@ -47,6 +57,13 @@ def __getattr__(name: str):
 
 __all__ = [
     "PAIR_METHODS",
+    "ActivationStats",
+    "ProjectionOptions",
+    "__version__",
+    "collect_activation_stats",
+    "refit_next_layer",
+    "regularised_inverse",
+    "install_results",
     "SOLVERS",
     "VARIANTS",
     "PairMethod",

@@ -7,6 +7,7 @@ callers run all checks before modifying anything.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -48,11 +49,16 @@ def check_lmbda(lmbda: float) -> None:
         raise ValueError(f"lmbda must be a finite number >= 0, got {lmbda!r}")
 
 
-def check_amount(amount: int, n: int, name: str = "amount") -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int):
+def check_amount(amount: int, n: int, name: str = "amount") -> int:
+    """``amount`` as a Python int in ``[0, n)``; any integral type (``numpy.int64``, 0-d int tensor) is accepted."""
+    if isinstance(amount, torch.Tensor) and amount.dim() == 0 and not amount.is_floating_point():
+        amount = int(amount)
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Integral):
         raise ValueError(f"{name} must be an int (number of units to remove), got {amount!r}")
+    amount = int(amount)
     if amount < 0 or amount >= n:
         raise ValueError(f"{name} must satisfy 0 <= {name} < {n} (units available), got {amount}")
+    return amount
 
 
 def check_same_device_dtype(tensors: dict[str, torch.Tensor | None]) -> None:
@@ -66,8 +72,3 @@ def check_same_device_dtype(tensors: dict[str, torch.Tensor | None]) -> None:
     if len(dtypes) > 1:
         detail = ", ".join(f"{k} {t.dtype}" for k, t in present.items())
         raise ValueError(f"tensors must share one dtype, got {detail}")
-
-
-def check_coefficient(value: float, name: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")

@@ -25,17 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from projprune._checks import (
-    check_amount,
-    check_coefficient,
-    check_lmbda,
-    check_matrix,
-    check_same_device_dtype,
-    check_vector,
-)
-from projprune.solvers import precision_and_residuals, solve_closed
+from projprune._checks import check_amount, check_matrix, check_same_device_dtype, check_vector
+from projprune.calibration import ActivationStats
+from projprune.options import ProjectionOptions, resolve_options
+from projprune.solvers import precision_and_residuals, regularised_inverse, solve_closed
 
-__all__ = ["PruneResult", "apply_pruning", "greedy_exact", "greedy_global", "greedy_lazy"]
+__all__ = ["PruneResult", "apply_pruning", "greedy_exact", "greedy_global", "greedy_lazy", "refit_next_layer"]
 
 StepCallback = Callable[[int], None]
 
@@ -78,51 +73,43 @@ class _LayerState:
     at the end instead of updating a ``(k, n)`` matrix at every step. For ``output_aware`` the
     squared norms of the effective columns ``a_j v_j + δ_j`` are kept from three running
     vectors, ``‖v_j‖²``, ``v_j·δ_j`` and ``‖δ_j‖²``: one product with ``V`` per step.
+
+    ``bias_source`` (``(n,)`` or None) drives the next layer's bias correction: the removed
+    unit's value minus its reconstruction, ``c (s_i - q·s)``, with ``s`` the activation means
+    (calibrated mean correction) or, data-free, the bias ``b`` (exact only for an identity
+    activation, so used only when the caller says so).
     """
 
-    def __init__(
-        self,
-        W: torch.Tensor,
-        b: torch.Tensor | None,
-        V: torch.Tensor | None,
-        alpha: float,
-        beta: float,
-        gamma: float,
-        v_uses_beta: bool,
-        output_aware: bool,
-        compensate: bool,
-        dtype: torch.dtype,
-        amount: int,
-    ) -> None:
+    def __init__(self, W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | None, opts: ProjectionOptions,
+                 dtype: torch.dtype, amount: int, bias_source: torch.Tensor | None) -> None:
         self.n = W.shape[0]
         self.device = W.device
         self.dtype = dtype
         self.W = W.to(dtype)
-        self.b = None if b is None else b.to(dtype)
         self.V = None if V is None else V.to(dtype)
         self.alive = torch.ones(self.n, dtype=torch.bool, device=W.device)
         # tracks: row 0 = U_α (W rows), 1 = U_β (bias), 2 = the track used for V's columns
         self.tracks = torch.ones(3, self.n, dtype=dtype, device=W.device)
-        v_strength = beta if v_uses_beta else gamma
-        self.strengths = torch.tensor([alpha, beta, v_strength], dtype=dtype, device=W.device)
-        self.alpha = alpha
-        self.output_aware = output_aware
-        self.compensate = compensate
+        v_strength = opts.beta if opts.v_uses_beta else opts.gamma
+        self.strengths = torch.tensor([opts.alpha, opts.beta, v_strength], dtype=dtype, device=W.device)
+        self.alpha = opts.alpha
+        self.output_aware = opts.output_aware
+        self.compensate = opts.compensate
         self.order: list[int] = []
-        if output_aware:
+        if self.output_aware:
             self.v_sq = (self.V * self.V).sum(dim=0)  # ‖v_j‖²
-        self.bias_delta = None
-        if compensate:
-            k, rows = self.V.shape[0], max(amount, 1)
+        self.bias_source = None if bias_source is None else bias_source.to(device=W.device, dtype=dtype)
+        k = 0 if self.V is None else self.V.shape[0]
+        self.bias_delta = None if self.bias_source is None else torch.zeros(k, dtype=dtype, device=W.device)
+        if self.compensate:
+            rows = max(amount, 1)
             self.comp_c = torch.zeros(rows, k, dtype=dtype, device=W.device)  # effective columns removed
             self.comp_q = torch.zeros(rows, self.n, dtype=dtype, device=W.device)  # their coefficients
             self.n_comp = 0
             self.cross = torch.zeros(self.n, dtype=dtype, device=W.device)  # v_j · δ_j
             self.delta_sq = torch.zeros(self.n, dtype=dtype, device=W.device)  # ‖δ_j‖²
-            if self.b is not None:
-                self.bias_delta = torch.zeros(k, dtype=dtype, device=W.device)
 
-    # Solver-specific parts ------------------------------------------------------------
+    # Tracking-specific parts ------------------------------------------------------------
     def raw_distances(self) -> torch.Tensor:  # (n,), +inf at removed units
         raise NotImplementedError
 
@@ -151,14 +138,19 @@ class _LayerState:
             d = d * self.v_column_norms()
         return torch.where(self.alive, d, torch.full_like(d, float("inf")))
 
+    def _effective_column(self, i: int) -> torch.Tensor:
+        c = self.V[:, i] * self.tracks[2, i]
+        return c + self._delta_column(i) if self.compensate else c
+
     def remove(self, i: int, ratio: float) -> None:
         q = self.coefficients(i)
+        c = self._effective_column(i) if (self.compensate or self.bias_delta is not None) else None
+        if self.bias_delta is not None:
+            source = self.bias_source * self.tracks[1]
+            reconstruction = q @ source if self.compensate else 0.0
+            self.bias_delta += c * (source[i] - reconstruction)
         if self.compensate:
             t = self.n_comp
-            c = self.V[:, i] * self.tracks[2, i] + self._delta_column(i)  # unit i's effective column
-            if self.bias_delta is not None:
-                b_eff = self.b * self.tracks[1]
-                self.bias_delta += c * (b_eff[i] - q @ b_eff)
             if self.output_aware:
                 # δ_j += q_j c for every j: update v_j·δ_j and ‖δ_j‖² before appending the term
                 delta_dot_c = (self.comp_c[:t] @ c) @ self.comp_q[:t]
@@ -198,8 +190,8 @@ class _LazyState(_LayerState):
     are zeroed and squeezed out every few steps.
     """
 
-    def __init__(self, W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, amount, Q):
-        super().__init__(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, amount)
+    def __init__(self, W, b, V, opts, dtype, amount, bias_source, lmbda, Q=None):
+        super().__init__(W, b, V, opts, dtype, amount, bias_source)
         self.Q0 = (solve_closed(self.W, lmbda, dtype) if Q is None else Q.to(dtype)).clone()
         self.Q0.diagonal().zero_()
         self.e = torch.ones(self.n, dtype=dtype, device=self.device)
@@ -247,9 +239,8 @@ class _ExactState(_LayerState):
     are applied with one matrix product and the norms recomputed from scratch.
     """
 
-    def __init__(self, W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, amount,
-                 block: int = 32):
-        super().__init__(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, amount)
+    def __init__(self, W, b, V, opts, dtype, amount, bias_source, lmbda, block: int = 32):
+        super().__init__(W, b, V, opts, dtype, amount, bias_source)
         self.P0, self.R, self.diag0 = precision_and_residuals(self.W, lmbda, dtype)  # (n, n), (n, m), (n,)
         self.C = torch.zeros(max(amount, 1), self.n, dtype=dtype, device=self.device)  # row s: c_s
         self.t = 0
@@ -312,10 +303,114 @@ class _ExactState(_LayerState):
             self._flush()
 
 
+class _CalibratedExactState(_LayerState):
+    """Exact greedy on activation statistics (docs/algorithm.md §8): greedy structured OBS.
+
+    ``P_t = (C_KK + λI)^{-1}`` over the kept set ``K`` (zero elsewhere) is kept as
+    ``P_0 - Σ_s c_s c_sᵀ``; the distance of unit ``j`` is ``d_j² = (P C P)[j, j] / P[j, j]²``
+    with ``(P C P)[j, j] = P[j, j] - λ (P²)[j, j]``. ``diag(P²)`` is downdated with
+    ``P_t p = P_0 p - Σ_s c_s (c_sᵀ p)`` and ``P_0 p = (P_0²)[:, i] - Σ_s (P_0 c_s) c_s[i]``, so
+    a step costs ``O(n t)`` and no ``n × n`` matrix is rewritten.
+    """
+
+    def __init__(self, W, b, V, opts, dtype, amount, bias_source, C: torch.Tensor, lam: float):
+        super().__init__(W, b, V, opts, dtype, amount, bias_source)
+        self.lam = lam
+        self.P0 = regularised_inverse(C.to(device=self.device, dtype=dtype), lam, "the calibration covariance")
+        self.S0 = self.P0 @ self.P0
+        self.diag = self.P0.diagonal().clone()
+        self.diag2 = self.S0.diagonal().clone()
+        rows = max(amount, 1)
+        self.Cf = torch.zeros(rows, self.n, dtype=dtype, device=self.device)  # c_s
+        self.Ef = torch.zeros(rows, self.n, dtype=dtype, device=self.device)  # P_0 c_s
+        self.t = 0
+
+    def raw_distances(self) -> torch.Tensor:
+        d2 = (self.diag - self.lam * self.diag2).clamp_min(0.0) / (self.diag * self.diag)
+        return d2.sqrt()
+
+    def coefficients(self, i: int) -> torch.Tensor:
+        t = self.t
+        p = (self.P0[i] - self.Cf[:t, i] @ self.Cf[:t]) * self.alive
+        self._p = p
+        q = -(p / p[i])
+        q[i] = 0.0
+        return q * self.alive
+
+    def forget(self, i: int, q: torch.Tensor, ratio: float) -> None:
+        t, p = self.t, self._p
+        pii = p[i]
+        P0p = self.S0[i] - self.Cf[:t, i] @ self.Ef[:t]
+        Ptp = P0p - (self.Cf[:t] @ p) @ self.Cf[:t]
+        self.diag -= p * p / pii
+        self.diag2 += p * (p * ((p @ p) / (pii * pii)) - 2.0 * Ptp / pii)
+        root = pii.sqrt()
+        self.Cf[t] = p / root
+        self.Ef[t] = P0p / root
+        self.t += 1
+        self.diag[i] = 1.0  # unit i is gone; keeps the distance formula finite
+        self.diag2[i] = 0.0
+
+
+# --------------------------------------------------------------------------- calibration helpers
+def _calibration(stats: ActivationStats, lmbda: float, device: torch.device, dtype: torch.dtype):
+    """``(C, μ, λ)`` from statistics: covariance ``(n, n)``, means ``(n,)``, absolute λ (relative × trace/n)."""
+    C = stats.covariance().to(device=device, dtype=dtype)
+    mu = stats.mean.to(device=device, dtype=dtype)
+    energy = float(C.diagonal().sum()) / C.shape[0]
+    lam = lmbda * energy if energy > 0 else lmbda
+    return C, mu, lam
+
+
+def _activation_factor(C: torch.Tensor) -> torch.Tensor:
+    """``F: (n, n)`` with ``F Fᵀ = C`` (eigen-decomposition; negative rounding clipped)."""
+    s, U = torch.linalg.eigh(C)
+    return U * s.clamp_min(0.0).sqrt()
+
+
+def refit_next_layer(
+    V: torch.Tensor,
+    stats: ActivationStats,
+    keep: torch.Tensor,
+    lmbda: float = 1e-3,
+    mean_correction: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Least-squares next layer on the kept units (docs/algorithm.md §8).
+
+    ``V' = V C[:, K] (C[K, K] + λI)^{-1}`` (``λ = lmbda · trace(C)/n``) minimises the
+    output error ``‖V Hc - V' Hc_K‖²`` on the calibration activations.
+
+    Args:
+        V: ``(k, n)`` the next layer's weight.
+        stats: statistics of the ``n`` units.
+        keep: ``(n,)`` bool.
+        mean_correction: also return the bias change ``V μ - V' μ_K``.
+
+    Returns:
+        ``V': (k, n')`` and the bias change ``(k,)`` (None without mean correction), in ``V``'s dtype.
+    """
+    C, mu, lam = _calibration(stats, lmbda, V.device, torch.float64)
+    K = torch.nonzero(keep, as_tuple=False).flatten()
+    Vd = V.to(torch.float64)
+    P = regularised_inverse(C[K][:, K], lam, "the kept units' calibration covariance")
+    V_new = (Vd @ C[:, K]) @ P
+    delta = Vd @ mu - V_new @ mu[K] if mean_correction else None
+    return V_new.to(V.dtype), None if delta is None else delta.to(V.dtype)
+
+
+def apply_refit(result: PruneResult, V: torch.Tensor, stats: ActivationStats, opts: ProjectionOptions) -> None:
+    """Replace ``result``'s next-layer update by the least-squares refit on its kept units (in place)."""
+    V_new, delta = refit_next_layer(V, stats, result.keep, opts.lmbda, opts.mean_correction)
+    v_delta = torch.zeros_like(V)
+    v_delta[:, result.keep] = V_new - V[:, result.keep]
+    result.scale_v = torch.ones_like(result.scale_v)
+    result.v_delta = v_delta
+    result.out_bias_delta = delta
+
+
 # --------------------------------------------------------------------------- validation
-def _validate_layer(
-    W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | None, name: str = ""
-) -> None:
+def _validate_layer(W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | None,
+                    stats: ActivationStats | None, opts: ProjectionOptions, name: str = "") -> None:
     check_matrix(W, f"W{name}")
     n = W.shape[0]
     if b is not None:
@@ -323,14 +418,22 @@ def _validate_layer(
     if V is not None:
         check_matrix(V, f"V{name}", cols=n)
     check_same_device_dtype({f"W{name}": W, f"b{name}": b, f"V{name}": V})
-
-
-def _validate_options(alpha, beta, gamma, lmbda, output_aware, compensate, V_present: bool) -> None:
-    for value, label in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma")):
-        check_coefficient(value, label)
-    check_lmbda(lmbda)
-    if (output_aware or compensate) and not V_present:
+    if (opts.output_aware or opts.compensate) and V is None:
         raise ValueError("output_aware and compensate need V (the next layer's weight, shape (k, n))")
+    if stats is None:
+        if opts.refit:
+            raise ValueError("refit needs calibration statistics (stats=...)")
+        return
+    if not isinstance(stats, ActivationStats):
+        raise ValueError(f"stats{name} must be an ActivationStats, got {type(stats).__name__}")
+    if stats.n != n:
+        raise ValueError(f"stats{name} describe {stats.n} units but W{name} has {n} rows; expected the statistics "
+                         "of what the next layer reads from these units")
+    if stats.count == 0:
+        raise ValueError(f"stats{name} hold no samples; expected at least one calibration batch")
+    opts.check_calibrated()
+    if (opts.mean_correction or opts.refit) and V is None:
+        raise ValueError("mean_correction and refit need V (the next layer's weight, shape (k, n))")
 
 
 def _step_ratio(step: int, amount: int, decay: bool) -> float:
@@ -361,118 +464,120 @@ def _drive(states: Sequence[_LayerState], amount: int, decay: bool, callback: St
             callback(step)
 
 
-def _make_state(solver, W, b, V, amount, alpha, beta, gamma, lmbda, v_uses_beta, output_aware, compensate, dtype, Q):
-    if solver == "lazy":
-        return _LazyState(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, amount, Q)
-    if solver == "exact":
-        return _ExactState(W, b, V, alpha, beta, gamma, v_uses_beta, output_aware, compensate, dtype, lmbda, amount)
-    raise ValueError(f"solver must be 'lazy' or 'exact', got {solver!r}")
+def _make_state(opts: ProjectionOptions, W, b, V, stats, amount: int, dtype: torch.dtype, Q=None) -> _LayerState:
+    if stats is None:
+        bias_source = b if (opts.compensate and opts.identity_activation and b is not None) else None
+        state_cls = _LazyState if opts.tracking == "lazy" else _ExactState
+        extra = {"Q": Q} if opts.tracking == "lazy" else {}
+        return state_cls(W, b, V, opts, dtype, amount, bias_source, opts.lmbda, **extra)
+    C, mu, lam = _calibration(stats, opts.lmbda, W.device, dtype)
+    bias_source = mu if opts.mean_correction else None
+    if opts.tracking == "exact":
+        return _CalibratedExactState(W, b, V, opts, dtype, amount, bias_source, C, lam)
+    # lazy tracking on activations: the paper's loop on any factor F with F Fᵀ = C
+    return _LazyState(_activation_factor(C), b, V, opts, dtype, amount, bias_source, lam)
 
 
-def _greedy_single(solver: str, W, amount, *, alpha, beta, gamma, lmbda, decay, v_uses_beta, b, V, output_aware,
-                   compensate, dtype, callback, Q=None) -> PruneResult:
-    _validate_layer(W, b, V)
-    check_amount(amount, W.shape[0])
-    _validate_options(alpha, beta, gamma, lmbda, output_aware, compensate, V is not None)
-    state = _make_state(solver, W, b, V, amount, alpha, beta, gamma, lmbda, v_uses_beta, output_aware, compensate,
-                        dtype or torch.float64, Q)
-    _drive([state], amount, decay, callback)
-    return state.result(W.dtype)
+def _finish(state: _LayerState, W: torch.Tensor, V, stats, opts: ProjectionOptions) -> PruneResult:
+    result = state.result(W.dtype)
+    if stats is not None and opts.refit:
+        apply_refit(result, V, stats, opts)
+    return result
+
+
+def _greedy_single(W, amount, options, overrides, *, b, V, stats, dtype, callback, Q=None) -> PruneResult:
+    opts = resolve_options(options, overrides)
+    _validate_layer(W, b, V, stats, opts)
+    amount = check_amount(amount, W.shape[0])
+    if Q is not None and stats is not None:
+        raise ValueError("Q and stats are exclusive: Q is computed from the statistics")
+    state = _make_state(opts, W, b, V, stats, amount, dtype or torch.float64, Q)
+    _drive([state], amount, opts.decay, callback)
+    return _finish(state, W, V, stats, opts)
 
 
 def greedy_lazy(
     W: torch.Tensor,
     amount: int,
+    options: ProjectionOptions | None = None,
     *,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 0.0,
-    lmbda: float = 1e-3,
-    decay: bool = True,
-    v_uses_beta: bool = False,
     b: torch.Tensor | None = None,
     V: torch.Tensor | None = None,
-    output_aware: bool = False,
-    compensate: bool = False,
+    stats: ActivationStats | None = None,
     Q: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
     callback: StepCallback | None = None,
+    **overrides,
 ) -> PruneResult:
-    """The paper's greedy pruning with lazy coefficient tracking (ALGORITHM.md §4).
+    """The paper's greedy pruning with lazy coefficient tracking (docs/algorithm.md §4).
 
     Args:
         W: ``(n, m)`` the layer's weight, one row per unit.
         amount: number of units to remove, ``0 <= amount < n``.
-        alpha, beta, gamma: redistribution strengths for ``W``, ``b`` and ``V``.
-        lmbda: ridge regulariser λ.
-        decay: scale the strengths by ``1 - step / amount`` (the reference's ``fast_minimal``).
-        v_uses_beta: scale ``V`` by the β-track (the reference's ViT/GPT-2 code) instead of γ.
-        b: ``(n,)`` bias, needed only for bias compensation.
-        V: ``(k, n)`` next layer's weight, needed for ``output_aware`` and ``compensate``.
-        output_aware: multiply each distance by the norm of the unit's effective column of ``V``.
-        compensate: fold each pruned unit into ``V`` by its coefficients (``v_j += q_ij v_i``).
+        options: :class:`ProjectionOptions` (``tracking`` is forced to ``"lazy"``).
+        b: ``(n,)`` bias (redistributed by β; data-free bias correction with ``identity_activation``).
+        V: ``(k, n)`` next layer's weight, needed for ``output_aware``, ``compensate`` and calibration.
+        stats: calibration statistics of the ``n`` units (docs/algorithm.md §8): the greedy then
+            runs on the activations instead of ``W``.
         Q: a precomputed ``(n, n)`` coefficient matrix (default: the closed-form solver).
         dtype: compute dtype (default float64).
         callback: called with the step index after every removal (progress bars).
+        **overrides: :class:`ProjectionOptions` fields (``alpha=...``, ``lmbda=...``).
 
     Returns:
         :class:`PruneResult` with tracks in ``W``'s dtype.
     """
-    return _greedy_single("lazy", W, amount, alpha=alpha, beta=beta, gamma=gamma, lmbda=lmbda, decay=decay,
-                          v_uses_beta=v_uses_beta, b=b, V=V, output_aware=output_aware, compensate=compensate,
+    return _greedy_single(W, amount, options, {**overrides, "tracking": "lazy"}, b=b, V=V, stats=stats,
                           dtype=dtype, callback=callback, Q=Q)
 
 
 def greedy_exact(
     W: torch.Tensor,
     amount: int,
+    options: ProjectionOptions | None = None,
     *,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 0.0,
-    lmbda: float = 1e-3,
-    decay: bool = True,
-    v_uses_beta: bool = False,
     b: torch.Tensor | None = None,
     V: torch.Tensor | None = None,
-    output_aware: bool = False,
-    compensate: bool = False,
+    stats: ActivationStats | None = None,
     dtype: torch.dtype | None = None,
     callback: StepCallback | None = None,
+    **overrides,
 ) -> PruneResult:
-    """Exact greedy pruning with rank-1 downdates of the precision matrix (ALGORITHM.md §5).
+    """Exact greedy pruning with rank-1 downdates of the precision matrix (docs/algorithm.md §5).
 
     Every step prunes the remaining unit with the smallest projection distance among the
     remaining (redistributed) rows and redistributes it with exact ridge coefficients
-    ``q_ij = -(P[i, j] / P[i, i]) · U_α[i] / U_α[j]``. Arguments as :func:`greedy_lazy`.
+    ``q_ij = -(P[i, j] / P[i, i]) · U_α[i] / U_α[j]``. With ``stats`` the same runs on the
+    activations' covariance: greedy structured optimal-brain-surgeon (docs/algorithm.md §8).
+    Arguments as :func:`greedy_lazy` (``tracking`` is forced to ``"exact"``).
 
     Returns:
         :class:`PruneResult` with tracks in ``W``'s dtype.
     """
-    return _greedy_single("exact", W, amount, alpha=alpha, beta=beta, gamma=gamma, lmbda=lmbda, decay=decay,
-                          v_uses_beta=v_uses_beta, b=b, V=V, output_aware=output_aware, compensate=compensate,
+    return _greedy_single(W, amount, options, {**overrides, "tracking": "exact"}, b=b, V=V, stats=stats,
                           dtype=dtype, callback=callback)
+
+
+def _per_layer(values, count: int, name: str) -> list:
+    values = list(values) if values is not None else [None] * count
+    if len(values) != count:
+        raise ValueError(f"{name} must have one entry per layer ({count}), got {len(values)}")
+    return values
 
 
 def greedy_global(
     Ws: Sequence[torch.Tensor],
     amount: int,
+    options: ProjectionOptions | None = None,
     *,
-    solver: str = "lazy",
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 0.0,
-    lmbda: float = 1e-3,
-    decay: bool = True,
-    v_uses_beta: bool = False,
     bs: Sequence[torch.Tensor | None] | None = None,
     Vs: Sequence[torch.Tensor | None] | None = None,
-    output_aware: bool = False,
-    compensate: bool = False,
+    stats: Sequence[ActivationStats | None] | None = None,
     dtype: torch.dtype | None = None,
     callback: StepCallback | None = None,
+    **overrides,
 ) -> list[PruneResult]:
-    """Global greedy over several layers (ALGORITHM.md §4, "global mode").
+    """Global greedy over several layers (docs/algorithm.md §4, "global mode").
 
     Each step normalises every layer's remaining distances by their sum, takes each layer's
     minimum and prunes in the layer whose minimum is smallest; decay runs over the global
@@ -481,37 +586,29 @@ def greedy_global(
     Args:
         Ws: layer weights ``(n_l, m_l)``.
         amount: total number of units to remove, ``0 <= amount <= sum(n_l) - len(Ws)``.
-        solver: ``"lazy"`` or ``"exact"``.
+        options: :class:`ProjectionOptions`; ``tracking`` picks lazy or exact.
         bs, Vs: per-layer biases ``(n_l,)`` and next-layer weights ``(k_l, n_l)`` (or None).
+        stats: per-layer calibration statistics (all or none).
         Other arguments as :func:`greedy_lazy`.
 
     Returns:
         One :class:`PruneResult` per layer.
     """
+    opts = resolve_options(options, overrides)
     if len(Ws) == 0:
         raise ValueError("Ws must hold at least one weight matrix")
-    bs = list(bs) if bs is not None else [None] * len(Ws)
-    Vs = list(Vs) if Vs is not None else [None] * len(Ws)
-    if len(bs) != len(Ws) or len(Vs) != len(Ws):
-        raise ValueError(f"bs and Vs must have one entry per layer ({len(Ws)}), got {len(bs)} and {len(Vs)}")
-    for li, (W, b, V) in enumerate(zip(Ws, bs, Vs)):
-        _validate_layer(W, b, V, name=f"[{li}]")
-        _validate_options(alpha, beta, gamma, lmbda, output_aware, compensate, V is not None)
+    bs, Vs, stats = (_per_layer(v, len(Ws), name) for v, name in ((bs, "bs"), (Vs, "Vs"), (stats, "stats")))
+    if any(s is None for s in stats) and any(s is not None for s in stats):
+        raise ValueError("stats must be given for every layer or for none")
+    for li, (W, b, V, st) in enumerate(zip(Ws, bs, Vs, stats)):
+        _validate_layer(W, b, V, st, opts, name=f"[{li}]")
     capacity = sum(W.shape[0] for W in Ws) - len(Ws)
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0 or amount > capacity:
-        raise ValueError(
-            f"amount must be an int with 0 <= amount <= {capacity} (every layer keeps a unit), got {amount!r}"
-        )
-    if solver not in ("lazy", "exact"):
-        raise ValueError(f"solver must be 'lazy' or 'exact', got {solver!r}")
+    amount = check_amount(amount, capacity + 1)
     # The exact state pre-allocates room for the most units one layer can lose.
-    states = [
-        _make_state(solver, W, b, V, min(amount, W.shape[0] - 1), alpha, beta, gamma, lmbda, v_uses_beta,
-                    output_aware, compensate, dtype or torch.float64, None)
-        for W, b, V in zip(Ws, bs, Vs)
-    ]
-    _drive(states, amount, decay, callback)
-    return [state.result(W.dtype) for state, W in zip(states, Ws)]
+    states = [_make_state(opts, W, b, V, st, min(amount, W.shape[0] - 1), dtype or torch.float64)
+              for W, b, V, st in zip(Ws, bs, Vs, stats)]
+    _drive(states, amount, opts.decay, callback)
+    return [_finish(state, W, V, st, opts) for state, W, V, st in zip(states, Ws, Vs, stats)]
 
 
 def apply_pruning(

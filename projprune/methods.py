@@ -14,14 +14,21 @@ import torch
 from torch import nn
 
 from projprune._checks import check_amount
+from projprune.calibration import ActivationStats
+from projprune.greedy import PruneResult, StepCallback, _validate_layer, apply_refit
+from projprune.options import ProjectionOptions, resolve_options
 from projprune.surgery import (
     _check_pair,
+    _check_pairs,
     _slice_pair,
+    _transaction,
+    install_results,
     pair_matrices,
     prune_pairs_global,
 )
 
-__all__ = ["PAIR_METHODS", "PairMethod", "prune_pair", "prune_pairs", "select_baseline_global"]
+__all__ = ["CALIB_LMBDA", "PAIR_METHODS", "PairMethod", "baseline_scores", "prune_pair", "prune_pairs",
+           "select_baseline_global"]
 
 
 @dataclass(frozen=True)
@@ -29,25 +36,32 @@ class PairMethod:
     """How a named method selects and redistributes.
 
     Attributes:
-        kind: ``"random"``, ``"norm"`` (smallest row norm first), ``"lazy"`` or ``"exact"``.
+        kind: ``"random"``, ``"norm"`` (smallest row norm first), ``"lazy"`` or ``"exact"``
+            (projective greedy with that tracking), or ``"act_norm"`` (smallest centred
+            activation norm times next-layer column norm, then a least-squares refit).
         p: the norm's order for ``kind="norm"``.
-        options: keyword arguments for :func:`projprune.prune_pairs_global`.
+        options: :class:`ProjectionOptions` for the projective kinds and ``act_norm``.
         description: one line for tables and ``--help``.
+        needs_stats: the method runs on calibration statistics (``stats=`` is required).
     """
 
     kind: str
     p: int | None = None
-    options: dict = field(default_factory=dict)
+    options: ProjectionOptions = field(default_factory=ProjectionOptions)
     description: str = ""
+    needs_stats: bool = False
 
 
 def _proj(alpha: float, beta: float, gamma: float) -> PairMethod:
     return PairMethod(
         "lazy",
-        options={"alpha": alpha, "beta": beta, "gamma": gamma},
+        options=ProjectionOptions(alpha=alpha, beta=beta, gamma=gamma, tracking="lazy"),
         description=f"projective, lazy tracking, (α, β, γ) = ({alpha}, {beta}, {gamma})",
     )
 
+
+#: Relative ridge λ of the calibrated methods (λ = CALIB_LMBDA · trace(C) / n).
+CALIB_LMBDA = 1e-3
 
 PAIR_METHODS: dict[str, PairMethod] = {
     "random": PairMethod("random", description="uniformly random units"),
@@ -60,55 +74,93 @@ PAIR_METHODS: dict[str, PairMethod] = {
     "proj555": _proj(0.5, 0.5, 0.5),
     "exact": PairMethod(
         "exact",
-        options={"alpha": 0.5, "beta": 0.5, "gamma": 0.0},
+        options=ProjectionOptions(alpha=0.5, beta=0.5, gamma=0.0, tracking="exact"),
         description="projective, exact greedy (rank-1 downdates), (α, β, γ) = (0.5, 0.5, 0)",
     ),
     "exact_oac": PairMethod(
         "exact",
-        options={"alpha": 0.0, "beta": 0.0, "gamma": 0.0, "output_aware": True, "compensate": True},
-        description="projective, exact greedy, output-aware scores, compensation into the next layer",
+        options=ProjectionOptions(alpha=0.0, beta=0.0, gamma=0.0, tracking="exact", output_aware=True,
+                                  compensate=True),
+        description="projective, exact greedy, output-aware scores, compensation into the next layer's weight",
+    ),
+    "calib": PairMethod(
+        "exact",
+        options=ProjectionOptions(alpha=0.0, beta=0.0, gamma=0.0, lmbda=CALIB_LMBDA, tracking="exact",
+                                  output_aware=True, compensate=True, mean_correction=True),
+        description="calibrated projective: exact greedy on activations, output-aware, compensated, "
+                    "mean-corrected (greedy structured OBS)",
+        needs_stats=True,
+    ),
+    "act_norm": PairMethod(
+        "act_norm",
+        options=ProjectionOptions(alpha=0.0, beta=0.0, gamma=0.0, lmbda=CALIB_LMBDA, refit=True,
+                                  mean_correction=True),
+        description="data-aware baseline: smallest ‖h_i − μ_i‖·‖v_i‖, least-squares refit, mean correction",
+        needs_stats=True,
     ),
 }
 
 
 def _method(name: str) -> PairMethod:
-    if name not in PAIR_METHODS:
+    if not isinstance(name, str) or name not in PAIR_METHODS:
         raise ValueError(f"method must be one of {sorted(PAIR_METHODS)}, got {name!r}")
     return PAIR_METHODS[name]
 
 
-def select_baseline_global(
-    Ws: Sequence[torch.Tensor], amount: int, spec: PairMethod, generator: torch.Generator | None
+def baseline_scores(
+    Ws: Sequence[torch.Tensor],
+    spec: PairMethod,
+    generator: torch.Generator | None = None,
+    Vs: Sequence[torch.Tensor] | None = None,
+    stats: Sequence[ActivationStats] | None = None,
 ) -> list[torch.Tensor]:
-    """Keep masks of a random or norm method over several layers, chosen globally.
+    """Per-layer scores of a one-shot method (lowest pruned first), float64 on the CPU.
+
+    ``random``: uniform; ``norm``: row norms; ``act_norm``: ``sqrt(C[i, i]) · ‖v_i‖``. Norm
+    scores are divided by their layer's sum, as the projective global mode does with distances.
+    """
+    sizes = [W.shape[0] for W in Ws]
+    if spec.kind == "random":
+        return [torch.rand(n, generator=generator, dtype=torch.float64) for n in sizes]
+    if spec.kind == "norm":
+        raw = [torch.linalg.vector_norm(W.double().cpu(), ord=spec.p, dim=1) for W in Ws]
+    elif spec.kind == "act_norm":
+        raw = [st.covariance().diagonal().clamp_min(0.0).sqrt().cpu()
+               * torch.linalg.vector_norm(V.double().cpu(), dim=0) for V, st in zip(Vs, stats)]
+    else:
+        raise ValueError(f"baseline_scores: kind {spec.kind!r} is not a one-shot method")
+    return [s / s.sum() if s.sum() > 0 else s for s in raw]
+
+
+def select_baseline_global(
+    Ws: Sequence[torch.Tensor],
+    amount: int,
+    spec: PairMethod,
+    generator: torch.Generator | None,
+    Vs: Sequence[torch.Tensor] | None = None,
+    stats: Sequence[ActivationStats] | None = None,
+) -> list[torch.Tensor]:
+    """Keep masks of a one-shot method (random, norm, act_norm) over several layers, chosen globally.
 
     Args:
         Ws: layer weights ``(n_l, m_l)``.
         amount: total units to remove; every layer keeps at least one.
-        spec: a ``"random"`` or ``"norm"`` entry of :data:`PAIR_METHODS`.
+        spec: a ``"random"``, ``"norm"`` or ``"act_norm"`` entry of :data:`PAIR_METHODS`.
+        Vs, stats: next-layer weights and calibration statistics (``act_norm`` only).
 
     Returns:
-        Per layer, a ``(n_l,)`` bool keep mask. Norm scores are divided by their layer's sum,
-        as the projective global mode does with distances.
+        Per layer, a ``(n_l,)`` bool keep mask.
     """
     sizes = [W.shape[0] for W in Ws]
-    if spec.kind == "random":
-        scores = [torch.rand(n, generator=generator, dtype=torch.float64) for n in sizes]
-    else:
-        scores = []
-        for W in Ws:
-            s = torch.linalg.vector_norm(W.double().cpu(), ord=spec.p, dim=1)
-            scores.append(s / s.sum() if s.sum() > 0 else s)
-    flat = torch.cat(scores)
+    flat = torch.cat(baseline_scores(Ws, spec, generator, Vs, stats))
     layer_of = torch.cat([torch.full((n,), li) for li, n in enumerate(sizes)])
-    order = torch.sort(flat, stable=True).indices
-    removed_per_layer = [0] * len(Ws)
-    keep = [torch.ones(n, dtype=torch.bool) for n in sizes]
     offsets = [0]
     for n in sizes[:-1]:
         offsets.append(offsets[-1] + n)
+    removed_per_layer = [0] * len(Ws)
+    keep = [torch.ones(n, dtype=torch.bool) for n in sizes]
     taken = 0
-    for flat_idx in order.tolist():
+    for flat_idx in torch.sort(flat, stable=True).indices.tolist():
         if taken == amount:
             break
         li = int(layer_of[flat_idx])
@@ -120,6 +172,17 @@ def select_baseline_global(
     return [k.to(W.device) for k, W in zip(keep, Ws)]
 
 
+def _refit_results(matrices, keeps, stats, opts: ProjectionOptions) -> list[PruneResult]:
+    results = []
+    for (W, _, V), keep, st in zip(matrices, keeps, stats):
+        ones = torch.ones(W.shape[0], dtype=W.dtype, device=W.device)
+        result = PruneResult(keep=keep, order=torch.nonzero(~keep).flatten(), scale_w=ones, scale_b=ones,
+                             scale_v=ones)
+        apply_refit(result, V, st, opts)
+        results.append(result)
+    return results
+
+
 def prune_pairs(
     pairs: Sequence[tuple[nn.Module, nn.Module]],
     amount: int,
@@ -127,6 +190,8 @@ def prune_pairs(
     *,
     generator: torch.Generator | None = None,
     bns: Sequence[nn.Module | None] | None = None,
+    stats: Sequence[ActivationStats] | None = None,
+    callback: StepCallback | None = None,
     **overrides,
 ) -> list[torch.Tensor]:
     """Prune ``amount`` units in total over ``pairs`` with a named method, chosen globally.
@@ -137,28 +202,41 @@ def prune_pairs(
         method: a key of :data:`PAIR_METHODS`.
         generator: randomness for ``"random"``.
         bns: optional norm layers after each ``layer1``.
-        **overrides: replace the method's options (e.g. ``lmbda=1e-2``, ``decay=False``).
+        stats: calibration statistics per pair (required by methods with ``needs_stats``,
+            refused by the others).
+        callback: step callback of the projective greedy.
+        **overrides: :class:`ProjectionOptions` fields replacing the method's (e.g. ``lmbda=1e-2``).
 
     Returns:
         Per pair, the sorted kept indices.
     """
     spec = _method(method)
-    bns = list(bns) if bns is not None else [None] * len(pairs)
+    if spec.needs_stats and stats is None:
+        raise ValueError(f"method {method!r} runs on calibration statistics: pass stats= (one ActivationStats "
+                         "per pair, from projprune.collect_activation_stats)")
+    if not spec.needs_stats and stats is not None:
+        raise ValueError(f"method {method!r} is data-free and takes no stats; expected stats=None "
+                         "(calibrated methods: " + ", ".join(k for k, v in PAIR_METHODS.items() if v.needs_stats) + ")")
     if spec.kind in ("lazy", "exact"):
-        options = {**spec.options, **overrides}
-        return prune_pairs_global(pairs, amount, solver=spec.kind, bns=bns, **options)
-    if overrides:
+        return prune_pairs_global(pairs, amount, spec.options, bns=bns, stats=stats, callback=callback,
+                                  **overrides)
+    opts = resolve_options(spec.options, overrides)
+    if overrides and spec.kind in ("random", "norm"):
         raise ValueError(f"method {method!r} takes no options, got {sorted(overrides)}")
-    if len(pairs) == 0 or len(bns) != len(pairs):
-        raise ValueError("pairs must be non-empty and bns must have one entry per pair")
-    for li, ((layer1, layer2), norm) in enumerate(zip(pairs, bns)):
-        _check_pair(layer1, layer2, norm, label=f"[{li}]")
-    Ws = [pair_matrices(l1, l2)[0] for l1, l2 in pairs]
+    bns, stats = _check_pairs(pairs, bns, stats)
+    matrices = [pair_matrices(l1, l2) for l1, l2 in pairs]
+    Ws = [W for W, _, _ in matrices]
     capacity = sum(W.shape[0] for W in Ws) - len(Ws)
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= capacity:
-        raise ValueError(f"amount must be an int with 0 <= amount <= {capacity}, got {amount!r}")
-    keeps = select_baseline_global(Ws, amount, spec, generator)
-    return [_slice_pair(l1, l2, torch.nonzero(k).flatten(), norm) for (l1, l2), k, norm in zip(pairs, keeps, bns)]
+    amount = check_amount(amount, capacity + 1)
+    if spec.kind == "act_norm":
+        for li, ((W, _, V), st) in enumerate(zip(matrices, stats)):
+            _validate_layer(W, None, V, st, opts, name=f"[{li}]")
+    keeps = select_baseline_global(Ws, amount, spec, generator, [V for _, _, V in matrices], stats)
+    if spec.kind == "act_norm":
+        install_results(pairs, bns, _refit_results(matrices, keeps, stats, opts))
+        return [torch.nonzero(k).flatten() for k in keeps]
+    with _transaction([m for pair in pairs for m in pair] + list(bns)):
+        return [_slice_pair(l1, l2, torch.nonzero(k).flatten(), norm) for (l1, l2), k, norm in zip(pairs, keeps, bns)]
 
 
 def prune_pair(
@@ -169,6 +247,8 @@ def prune_pair(
     *,
     generator: torch.Generator | None = None,
     bn: nn.Module | None = None,
+    stats: ActivationStats | None = None,
+    callback: StepCallback | None = None,
     **overrides,
 ) -> torch.Tensor:
     """Prune ``amount`` units of one pair with a named method (see :data:`PAIR_METHODS`).
@@ -178,5 +258,6 @@ def prune_pair(
     """
     _method(method)
     _check_pair(layer1, layer2, bn)
-    check_amount(amount, layer1.weight.shape[0])
-    return prune_pairs([(layer1, layer2)], amount, method, generator=generator, bns=[bn], **overrides)[0]
+    amount = check_amount(amount, layer1.weight.shape[0])
+    return prune_pairs([(layer1, layer2)], amount, method, generator=generator, bns=[bn],
+                       stats=None if stats is None else [stats], callback=callback, **overrides)[0]

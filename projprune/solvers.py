@@ -25,6 +25,7 @@ __all__ = [
     "gram_inverse",
     "precision_and_residuals",
     "projection_distances",
+    "regularised_inverse",
     "solve_closed",
     "solve_fast",
     "solve_naive",
@@ -41,9 +42,18 @@ def _compute_dtype(W: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
 
 
 def _cholesky(A: torch.Tensor, lmbda: float, what: str) -> torch.Tensor:
-    """Lower Cholesky factor of the SPD matrix ``A``; a clear error when it is singular."""
+    """Lower Cholesky factor of the SPD matrix ``A``; a clear error when it is singular.
+
+    With ``lmbda = 0`` a singular Gram matrix sometimes factors anyway, rounding leaving a
+    tiny positive pivot; pivots below ``n · eps`` of the largest are treated as singular, so
+    the outcome does not depend on rounding.
+    """
     L, info = torch.linalg.cholesky_ex(A)
-    if int(info.max() if info.dim() else info) != 0:
+    singular = int(info.max() if info.dim() else info) != 0
+    if not singular and lmbda == 0:
+        pivots = L.diagonal() ** 2
+        singular = bool(pivots.min() <= pivots.max() * A.shape[0] * torch.finfo(A.dtype).eps * 16)
+    if singular:
         raise ValueError(
             f"lmbda={lmbda}: the regularised Gram matrix of {what} is singular or not positive definite; "
             "use lmbda > 0 (rows are linearly dependent, or n > m)"
@@ -98,15 +108,18 @@ def precision_and_residuals(
             P.mul_(-1.0 / lmbda)
             P.diagonal().copy_(diag)
         return P, R, diag
-    P = _regularised_inverse(Wc @ Wc.T, lmbda)
+    P = regularised_inverse(Wc @ Wc.T, lmbda)
     return P, P @ Wc, P.diagonal().clone()
 
 
-def _regularised_inverse(G: torch.Tensor, lmbda: float) -> torch.Tensor:
-    """``(G + λI)^{-1}`` for the Gram matrix ``G = W W^T`` by one Cholesky (``G`` is not modified)."""
+def regularised_inverse(G: torch.Tensor, lmbda: float, what: str = "W") -> torch.Tensor:
+    """``(G + λI)^{-1}`` for a symmetric PSD ``G: (n, n)`` by one Cholesky (``G`` is not modified).
+
+    Raises ``ValueError`` naming ``what`` when ``G + λI`` is singular.
+    """
     A = G.clone()
     A.diagonal().add_(lmbda)
-    return torch.cholesky_inverse(_cholesky(A, lmbda, "W"))
+    return torch.cholesky_inverse(_cholesky(A, lmbda, what))
 
 
 def gram_inverse(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -155,7 +168,7 @@ def solve_fast(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None =
     """
     Wc = _prepare(W, lmbda, dtype)
     G = Wc @ Wc.T
-    P = _regularised_inverse(G, lmbda)  # the reference's n x n inverse, also when n > m
+    P = regularised_inverse(G, lmbda)  # the reference's n x n inverse, also when n > m
     n = W.shape[0]
     Q = torch.zeros(n, n, dtype=P.dtype, device=P.device)
     a = torch.empty(n - 1, n - 1, dtype=P.dtype, device=P.device)

@@ -9,14 +9,19 @@ modified: a bad argument raises one ``ValueError`` and leaves the modules unchan
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from projprune._checks import check_amount, check_finite, check_lmbda, check_matrix
-from projprune.greedy import apply_pruning, greedy_global
+from projprune._checks import check_amount, check_finite, check_matrix
+from projprune.calibration import ActivationStats
+from projprune.greedy import PruneResult, StepCallback, apply_pruning, greedy_global
+from projprune.options import ProjectionOptions, resolve_options
 
 __all__ = [
+    "install_results",
     "pair_matrices",
     "prune_conv_pair",
     "prune_linear_pair",
@@ -35,6 +40,12 @@ def _check_layer(layer: nn.Module, name: str) -> None:
     if weight.dim() != expected:
         raise ValueError(
             f"{name}.weight must be {expected}-D for {type(layer).__name__}, got shape {tuple(weight.shape)}"
+        )
+    if parametrize.is_parametrized(layer):
+        raise ValueError(
+            f"{name} ({type(layer).__name__}) has a parametrization (e.g. weight_norm) on "
+            f"{sorted(layer.parametrizations.keys())}; expected plain parameters: remove it first with "
+            "torch.nn.utils.parametrize.remove_parametrizations"
         )
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         raise ValueError(f"{name}: grouped convolutions (groups={layer.groups}) are not supported; expected groups=1")
@@ -65,6 +76,11 @@ def _check_pair(layer1: nn.Module, layer2: nn.Module, norm: nn.Module | None, la
     if norm is not None:
         if not isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
             raise ValueError(f"bn{label} must be BatchNorm1d/2d or LayerNorm, got {type(norm).__name__}")
+        if isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) != 1:
+            raise ValueError(f"bn{label}: a LayerNorm over the units must have a 1-D normalized_shape, "
+                             f"got {tuple(norm.normalized_shape)}")
+        if parametrize.is_parametrized(norm):
+            raise ValueError(f"bn{label} has a parametrization; expected plain parameters")
         width = norm.num_features if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) else norm.normalized_shape[-1]
         if width != n:
             raise ValueError(f"bn{label} normalises {width} features but layer1{label} produces {n}")
@@ -128,11 +144,13 @@ def _write_pair(
             _replace(layer2, "weight", V_new.T.reshape(n_new, out_c, kh, kw).transpose(0, 1))
         else:
             _replace(layer2, "weight", V_new)
-        if bias_delta is not None and layer2.bias is not None:
-            delta = bias_delta.to(layer2.bias.dtype)
+        if bias_delta is not None:
+            delta = bias_delta.to(layer2.weight.dtype)
             if isinstance(layer2, nn.Conv2d):
                 # A constant input map: exact away from zero-padded borders.
                 delta = delta.reshape(layer2.weight.shape[0], -1).sum(dim=1)
+            if layer2.bias is None:  # mean correction needs somewhere to go
+                layer2.bias = nn.Parameter(torch.zeros_like(delta), requires_grad=layer2.weight.requires_grad)
             _replace(layer2, "bias", layer2.bias.detach() + delta)
     if isinstance(layer1, nn.Conv2d):
         layer1.out_channels = n_new
@@ -141,6 +159,41 @@ def _write_pair(
         layer1.out_features = n_new
         layer2.in_features = n_new
     _slice_norm(norm, keep)
+
+
+_SHAPE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "num_features", "normalized_shape")
+
+
+@contextmanager
+def _transaction(modules: Sequence[nn.Module | None]):
+    """Restore every module's parameters, buffers and shape attributes if the block raises.
+
+    Writes replace whole ``Parameter`` objects, so keeping the old dictionaries is enough to
+    undo them: a failure half-way through never leaves one layer cut and the next not.
+    """
+    saved = []
+    for module in {id(m): m for m in modules if m is not None}.values():
+        attrs = {a: getattr(module, a) for a in _SHAPE_ATTRS if hasattr(module, a)}
+        saved.append((module, dict(module._parameters), dict(module._buffers), attrs))
+    try:
+        yield
+    except BaseException:
+        for module, params, buffers, attrs in saved:
+            module._parameters.clear()
+            module._parameters.update(params)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+            for name, value in attrs.items():
+                setattr(module, name, value)
+        raise
+
+
+def _check_written(tensors: Sequence[torch.Tensor | None], dtype: torch.dtype, label: str) -> None:
+    """The new tensors are finite in the modules' dtype (float32 overflows long before float64)."""
+    for t in tensors:
+        if t is not None and not bool(torch.isfinite(t.to(dtype)).all()):
+            raise ValueError(f"pruning pair{label} produced NaN or Inf weights (redistribution strengths alpha/beta/"
+                             "gamma too large?); expected finite results: the modules were left unchanged")
 
 
 def _keep_mask(keep_idx: torch.Tensor | Sequence[int], n: int, device: torch.device) -> torch.Tensor:
@@ -156,7 +209,8 @@ def _slice_pair(layer1: nn.Module, layer2: nn.Module, keep_idx, norm: nn.Module 
     _check_pair(layer1, layer2, norm)
     W, b, V = pair_matrices(layer1, layer2)
     keep = _keep_mask(keep_idx, W.shape[0], W.device)
-    _write_pair(layer1, layer2, W[keep], None if b is None else b[keep], V[:, keep], None, keep, norm)
+    with _transaction([layer1, layer2, norm]):
+        _write_pair(layer1, layer2, W[keep], None if b is None else b[keep], V[:, keep], None, keep, norm)
     return torch.nonzero(keep, as_tuple=False).flatten()
 
 
@@ -173,145 +227,132 @@ def slice_conv_pair(conv1: nn.Conv2d, conv2: nn.Conv2d, keep_idx: torch.Tensor |
 
 
 # --------------------------------------------------------------------------- projective surgery
-def prune_pairs_global(
-    pairs: Sequence[tuple[nn.Module, nn.Module]],
-    amount: int,
-    *,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 0.0,
-    lmbda: float = 1e-3,
-    solver: str = "lazy",
-    decay: bool = True,
-    output_aware: bool = False,
-    compensate: bool = False,
-    v_uses_beta: bool = False,
-    bns: Sequence[nn.Module | None] | None = None,
-    callback=None,
-) -> list[torch.Tensor]:
-    """Prune ``amount`` units in total across several pairs, chosen globally (ALGORITHM.md §4).
-
-    Args:
-        pairs: ``(layer1, layer2)`` pairs of ``nn.Linear`` or ``nn.Conv2d`` (groups=1).
-        amount: total units to remove; every pair keeps at least one.
-        bns: optional normalisation layer after each ``layer1`` (sliced with it).
-        Other arguments as :func:`prune_linear_pair`.
-
-    Returns:
-        Per pair, the sorted kept indices (int64).
-    """
+def _check_pairs(pairs, bns, stats) -> tuple[list, list]:
     if len(pairs) == 0:
         raise ValueError("pairs must hold at least one (layer1, layer2) pair")
     bns = list(bns) if bns is not None else [None] * len(pairs)
     if len(bns) != len(pairs):
         raise ValueError(f"bns must have one entry per pair ({len(pairs)}), got {len(bns)}")
+    stats = list(stats) if stats is not None else [None] * len(pairs)
+    if len(stats) != len(pairs):
+        raise ValueError(f"stats must have one entry per pair ({len(pairs)}), got {len(stats)}")
     for li, ((layer1, layer2), norm) in enumerate(zip(pairs, bns)):
         _check_pair(layer1, layer2, norm, label=f"[{li}]")
-    check_lmbda(lmbda)
+    return bns, stats
+
+
+def install_results(pairs, bns, results: Sequence[PruneResult]) -> None:
+    """Write greedy results into the modules, all or nothing.
+
+    Each pair is re-read just before it is written: in a chain ``((fc1, fc2), (fc2, fc3))``
+    writing one pair shrinks the next pair's ``W`` columns.
+    """
+    with _transaction([m for pair in pairs for m in pair] + list(bns)):
+        for li, ((layer1, layer2), norm, result) in enumerate(zip(pairs, bns, results)):
+            W, b, V = pair_matrices(layer1, layer2)
+            new = apply_pruning(W, b, V, result)
+            _check_written(new, layer1.weight.dtype, f"[{li}]")
+            _write_pair(layer1, layer2, *new, result.keep, norm)
+
+
+def prune_pairs_global(
+    pairs: Sequence[tuple[nn.Module, nn.Module]],
+    amount: int,
+    options: ProjectionOptions | None = None,
+    *,
+    bns: Sequence[nn.Module | None] | None = None,
+    stats: Sequence[ActivationStats | None] | None = None,
+    callback: StepCallback | None = None,
+    **overrides,
+) -> list[torch.Tensor]:
+    """Prune ``amount`` units in total across several pairs, chosen globally (docs/algorithm.md §4).
+
+    Args:
+        pairs: ``(layer1, layer2)`` pairs of ``nn.Linear`` or ``nn.Conv2d`` (groups=1).
+        amount: total units to remove; every pair keeps at least one.
+        options: :class:`ProjectionOptions` (``tracking``, strengths, ``compensate``, ...).
+        bns: optional normalisation layer after each ``layer1`` (sliced with it).
+        stats: calibration statistics of each pair's units (what ``layer2`` reads), from
+            :func:`projprune.collect_activation_stats`; all pairs or none.
+        callback: called with the step index after every removal.
+        **overrides: :class:`ProjectionOptions` fields.
+
+    Returns:
+        Per pair, the sorted kept indices (int64).
+    """
+    opts = resolve_options(options, overrides)
+    bns, stats = _check_pairs(pairs, bns, stats)
     matrices = [pair_matrices(l1, l2) for l1, l2 in pairs]
-    results = greedy_global(
-        [W for W, _, _ in matrices],
-        amount,
-        solver=solver,
-        alpha=alpha,
-        beta=beta,
-        gamma=gamma,
-        lmbda=lmbda,
-        decay=decay,
-        v_uses_beta=v_uses_beta,
-        bs=[b for _, b, _ in matrices],
-        Vs=[V for _, _, V in matrices],
-        output_aware=output_aware,
-        compensate=compensate,
-        callback=callback,
-    )
-    # Everything is computed: only now touch the modules. Each pair is re-read just before it is
-    # written: in a chain ((fc1, fc2), (fc2, fc3)) writing one pair shrinks the next pair's W columns.
-    for (layer1, layer2), norm, result in zip(pairs, bns, results):
-        W, b, V = pair_matrices(layer1, layer2)
-        _write_pair(layer1, layer2, *apply_pruning(W, b, V, result), result.keep, norm)
+    results = greedy_global([W for W, _, _ in matrices], amount, opts, bs=[b for _, b, _ in matrices],
+                            Vs=[V for _, _, V in matrices], stats=stats, callback=callback)
+    install_results(pairs, bns, results)  # everything is computed: only now touch the modules
     return [result.kept_indices for result in results]
 
 
-def _prune_single(layer1, layer2, amount, norm, **options) -> torch.Tensor:
+def _prune_single(layer1, layer2, amount, norm, options, stats, callback, overrides) -> torch.Tensor:
     _check_pair(layer1, layer2, norm)
-    check_amount(amount, layer1.weight.shape[0])
-    return prune_pairs_global([(layer1, layer2)], amount, bns=[norm], **options)[0]
+    amount = check_amount(amount, layer1.weight.shape[0])
+    return prune_pairs_global([(layer1, layer2)], amount, options, bns=[norm], stats=[stats], callback=callback,
+                              **overrides)[0]
 
 
 def prune_linear_pair(
     fc1: nn.Linear,
     fc2: nn.Linear,
     amount: int,
+    options: ProjectionOptions | None = None,
     *,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 0.0,
-    lmbda: float = 1e-3,
-    solver: str = "lazy",
-    decay: bool = True,
-    output_aware: bool = False,
-    compensate: bool = False,
-    v_uses_beta: bool = False,
     bn: nn.Module | None = None,
-    callback=None,
+    stats: ActivationStats | None = None,
+    callback: StepCallback | None = None,
+    **overrides,
 ) -> torch.Tensor:
     """Prune ``amount`` hidden units of ``fc1 -> fc2`` in place with projective pruning.
 
     ``fc1.weight`` ``(n, m)`` loses rows, ``fc1.bias`` entries and ``fc2.weight`` ``(k, n)``
     columns; the survivors absorb the pruned units (redistribution α/β/γ, or
     ``compensate``). ``out_features``/``in_features`` are updated; dtype, device and
-    ``requires_grad`` are kept.
+    ``requires_grad`` are kept. With ``stats`` (what ``fc2`` reads, from
+    :func:`projprune.collect_activation_stats`) selection and compensation run on the
+    activations, and the mean correction goes into ``fc2.bias`` (created if absent).
 
     Args:
         fc1, fc2: consecutive layers (any element-wise activation in between).
         amount: units to remove, ``0 <= amount < n``.
-        alpha, beta, gamma: redistribution strengths for W, b, V (paper's proj550 = .5, .5, 0).
-        lmbda: ridge regulariser λ (0 allowed only for a non-singular Gram).
-        solver: ``"lazy"`` (the paper's tracking) or ``"exact"`` (rank-1 downdates).
-        decay: linearly decay the redistribution over the steps.
-        output_aware: weight each unit's distance by the norm of its column in ``V``.
-        compensate: fold pruned units into ``fc2`` by their coefficients (and its bias).
-        v_uses_beta: scale V by the β-track, as the reference's ViT/GPT-2 code does.
+        options: :class:`ProjectionOptions`; its fields may also be given as keywords
+            (``alpha=.5, beta=.5, gamma=0, tracking="exact", compensate=True, ...``).
         bn: optional normalisation layer on ``fc1``'s output, sliced along.
+        stats: calibration statistics of the ``n`` units.
         callback: called with the step index after every removal.
 
     Returns:
         Sorted indices of the kept units, int64.
     """
-    return _prune_single(fc1, fc2, amount, bn, alpha=alpha, beta=beta, gamma=gamma, lmbda=lmbda, solver=solver,
-                         decay=decay, output_aware=output_aware, compensate=compensate, v_uses_beta=v_uses_beta,
-                         callback=callback)
+    return _prune_single(fc1, fc2, amount, bn, options, stats, callback, overrides)
 
 
 def prune_conv_pair(
     conv1: nn.Conv2d,
     conv2: nn.Conv2d,
     amount: int,
+    options: ProjectionOptions | None = None,
     *,
     bn: nn.Module | None = None,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 0.0,
-    lmbda: float = 1e-3,
-    solver: str = "lazy",
-    decay: bool = True,
-    output_aware: bool = False,
-    compensate: bool = False,
-    v_uses_beta: bool = False,
-    callback=None,
+    stats: ActivationStats | None = None,
+    callback: StepCallback | None = None,
+    **overrides,
 ) -> torch.Tensor:
     """:func:`prune_linear_pair` for ``Conv2d -> Conv2d`` (rows = ``conv1.weight.flatten(1)``).
 
     ``conv2``'s input channels are V's columns. With ``bn`` (BatchNorm2d after ``conv1``)
-    the norm layer is sliced too. Grouped convolutions are rejected.
+    the norm layer is sliced too. With ``stats`` every pixel of every calibration image is a
+    sample; the mean correction is folded into ``conv2``'s bias as a constant input map (exact
+    away from zero-padded borders). Grouped convolutions are rejected.
 
     Returns:
         Sorted indices of the kept filters, int64.
     """
-    return _prune_single(conv1, conv2, amount, bn, alpha=alpha, beta=beta, gamma=gamma, lmbda=lmbda, solver=solver,
-                         decay=decay, output_aware=output_aware, compensate=compensate, v_uses_beta=v_uses_beta,
-                         callback=callback)
+    return _prune_single(conv1, conv2, amount, bn, options, stats, callback, overrides)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -329,7 +370,7 @@ def select_units(
         keep: ``(n,)`` bool.
     """
     check_matrix(W, "W")
-    check_amount(amount, W.shape[0])
+    amount = check_amount(amount, W.shape[0])
     n = W.shape[0]
     if method == "random":
         perm = torch.randperm(n, generator=generator).to(W.device)

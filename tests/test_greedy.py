@@ -49,7 +49,7 @@ def test_lazy_global_matches_plain(decay, v_uses_beta):
     layers = [layer(20, 30, 5, 1), layer(12, 9, 4, 2), layer(16, 16, 3, 3)]
     Ws, bs, Vs = zip(*layers)
     amount = 25
-    results = pp.greedy_global(list(Ws), amount, solver="lazy", alpha=0.5, beta=0.5, gamma=0.5, decay=decay,
+    results = pp.greedy_global(list(Ws), amount, tracking="lazy", alpha=0.5, beta=0.5, gamma=0.5, decay=decay,
                                v_uses_beta=v_uses_beta)
     refs = plain_lazy(Ws, bs, Vs, amount, 0.5, 0.5, 0.5, 1e-3, decay, v_uses_beta)
     assert sum(int((~r.keep).sum()) for r in results) == amount
@@ -95,7 +95,7 @@ def test_exact_long_run_crosses_block_flushes():
 
 def test_exact_global_prunes_amount_and_keeps_a_unit():
     Ws = [layer(10, 20, 3, s)[0] for s in range(3)]
-    results = pp.greedy_global(Ws, 27, solver="exact")
+    results = pp.greedy_global(Ws, 27, tracking="exact")
     assert [int(r.keep.sum()) for r in results] == [1, 1, 1]
 
 
@@ -173,7 +173,8 @@ def test_compensation_and_output_aware_match_brute_force(solver_fn, output_aware
     W, b, V = layer(24, 40, 6, seed=19)
     c = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(20))
     amount = 15
-    res = solver_fn(W, amount, alpha=0.0, beta=0.0, gamma=0.0, b=b, V=V, output_aware=output_aware, compensate=True)
+    res = solver_fn(W, amount, alpha=0.0, beta=0.0, gamma=0.0, b=b, V=V, output_aware=output_aware, compensate=True,
+                    identity_activation=True)
     reference = brute_exact_compensated if solver_fn is pp.greedy_exact else plain_lazy_compensated
     order, V_eff, c_eff = reference(W, b, V, c, amount, 1e-3, output_aware)
     assert res.order.tolist() == order

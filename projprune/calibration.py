@@ -1,0 +1,230 @@
+"""Calibration statistics: what the next layer reads, summarised without storing it (docs/algorithm.md §8).
+
+The calibrated method runs the projective machinery on the activations ``H: (n, T)`` a
+layer reads (one row per unit, one column per token, pixel position or sample) instead of
+on the producing layer's weight. Only ``Σ h hᵀ``, ``Σ h`` and the count are needed;
+:class:`ActivationStats` accumulates them batch by batch in float64, and
+:func:`collect_activation_stats` fills one accumulator per layer with forward hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ActivationStats", "collect_activation_stats"]
+
+
+class ActivationStats:
+    """Streaming second moments of ``n`` activations.
+
+    Batch products are formed in the activations' own dtype (float32 or float64) and
+    accumulated in float64.
+
+    Args:
+        n: number of units (the width the next layer reads).
+        device: where the accumulators live (default CPU; moved to the data on first update).
+    """
+
+    def __init__(self, n: int, device: torch.device | str | None = None) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int (number of units), got {n!r}")
+        self.n = n
+        self.sum_outer = torch.zeros(n, n, dtype=torch.float64, device=device)  # Σ h hᵀ
+        self.sum = torch.zeros(n, dtype=torch.float64, device=device)  # Σ h
+        self.count = 0
+
+    def update(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add samples.
+
+        Args:
+            h: ``(..., n)`` activations; every leading position is a sample.
+            mask: ``(...)`` bool (or 0/1), the samples to use (e.g. non-padding tokens).
+        """
+        if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.dim() < 1 or h.shape[-1] != self.n:
+            shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise ValueError(f"h must be a floating tensor of shape (..., {self.n}), got {shape}")
+        rows = h.reshape(-1, self.n)
+        if mask is not None:
+            if tuple(mask.shape) != tuple(h.shape[:-1]):
+                raise ValueError(f"mask must have shape {tuple(h.shape[:-1])} (h without its last dim), "
+                                 f"got {tuple(mask.shape)}")
+            rows = rows[mask.reshape(-1).to(device=rows.device, dtype=torch.bool)]
+        if rows.shape[0] == 0:
+            return
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError("h contains NaN or Inf; expected finite activations")
+        if rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.float()
+        if self.sum.device != rows.device:
+            self.sum_outer = self.sum_outer.to(rows.device)
+            self.sum = self.sum.to(rows.device)
+        self.sum_outer += (rows.T @ rows).to(torch.float64)
+        self.sum += rows.sum(dim=0, dtype=torch.float64)
+        self.count += rows.shape[0]
+
+    def merge(self, other: ActivationStats) -> ActivationStats:
+        """Add another accumulator of the same width (e.g. from another process); returns self."""
+        if not isinstance(other, ActivationStats) or other.n != self.n:
+            raise ValueError(f"other must be an ActivationStats of width {self.n}")
+        self.sum_outer += other.sum_outer.to(self.sum_outer.device)
+        self.sum += other.sum.to(self.sum.device)
+        self.count += other.count
+        return self
+
+    def _require_samples(self) -> None:
+        if self.count == 0:
+            raise ValueError("these ActivationStats hold no samples; expected at least one update")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``μ: (n,)`` float64."""
+        self._require_samples()
+        return self.sum / self.count
+
+    def covariance(self) -> torch.Tensor:
+        """``C = Hc Hcᵀ / T: (n, n)`` float64, ``Hc`` the centred activations."""
+        mu = self.mean
+        C = self.sum_outer / self.count - torch.outer(mu, mu)
+        return (C + C.T) * 0.5
+
+    def to(self, device: torch.device | str) -> ActivationStats:
+        """A copy on ``device``."""
+        out = ActivationStats(self.n, device=device)
+        out.sum_outer.copy_(self.sum_outer)
+        out.sum.copy_(self.sum)
+        out.count = self.count
+        return out
+
+
+def _reading_width(layer: nn.Module) -> int | None:
+    """How many units ``layer`` reads: Linear/Conv in-width, HF ``Conv1D`` rows; None if unknown."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.in_channels
+    weight = getattr(layer, "weight", None)
+    if type(layer).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return weight.shape[0]  # transformers' Conv1D stores (in, out)
+    return None
+
+
+def _samples(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(..., n)``: channels last for convolutions."""
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return x.movedim(1, -1)
+    return x
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if isinstance(batch, torch.Tensor):
+        return model(batch.to(device))
+    if isinstance(batch, Mapping):
+        return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return model(batch[0].to(device))
+    raise ValueError(
+        "batches must yield tensors, mappings of tensors (e.g. tokenizer outputs) or (inputs, targets) "
+        f"tuples, got {type(batch).__name__}"
+    )
+
+
+def collect_activation_stats(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    batches: Iterable[Any],
+    *,
+    max_batches: int | None = None,
+    callback: Callable[[int], None] | None = None,
+) -> list[ActivationStats]:
+    """Statistics of what each of ``layers`` reads while ``model`` runs on ``batches``.
+
+    Give the *second* layer of each pair: its input is the hidden units. Runs in eval mode
+    under ``torch.no_grad()``; the training flag is restored and the hooks removed afterwards.
+
+    Args:
+        model: any ``nn.Module`` containing ``layers``.
+        layers: the consumers (``nn.Linear``, ``nn.Conv2d``, transformers' ``Conv1D``, ...).
+        batches: tensors (``model(x)``), mappings (``model(**batch)``; an ``attention_mask``
+            excludes padding positions wherever a hooked input has the mask's leading shape) or
+            ``(inputs, targets)`` tuples (``model(inputs)``).
+        max_batches: stop after this many batches.
+        callback: called with the batch index after every batch (progress bars).
+
+    Returns:
+        One :class:`ActivationStats` per layer, in order.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    layers = list(layers)
+    if not layers or not all(isinstance(layer, nn.Module) for layer in layers):
+        raise ValueError("layers must be a non-empty sequence of nn.Module")
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    stats: list[ActivationStats | None] = [
+        None if _reading_width(layer) is None else ActivationStats(_reading_width(layer)) for layer in layers
+    ]
+    current_mask: list[torch.Tensor | None] = [None]
+
+    def make_hook(index: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            h = _samples(module, args[0].detach())
+            if stats[index] is None:
+                stats[index] = ActivationStats(h.shape[-1])
+            mask = current_mask[0]
+            use_mask = mask is not None and tuple(mask.shape) == tuple(h.shape[:-1])
+            try:
+                stats[index].update(h, mask if use_mask else None)
+            except ValueError as err:
+                raise ValueError(f"layers[{index}] ({type(module).__name__}): {err}") from None
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    was_training = model.training
+    seen = 0
+    try:
+        model.eval()
+        with torch.no_grad():
+            for index, batch in enumerate(batches):
+                if max_batches is not None and index >= max_batches:
+                    break
+                try:
+                    current_mask[0] = _mask_of(batch)
+                    _call(model, batch)
+                except ValueError as err:
+                    if str(err).startswith(("layers[", "batches must")):
+                        raise
+                    raise ValueError(f"batches: the model's forward failed on batch {index}: {err}") from err
+                except Exception as err:  # noqa: BLE001 - any failing forward becomes one clear error
+                    raise ValueError(
+                        f"batches: the model's forward failed on batch {index}: {type(err).__name__}: {err}"
+                    ) from err
+                seen += 1
+                if callback is not None:
+                    callback(index)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("batches yielded no batch; expected at least one calibration batch")
+    for i, s in enumerate(stats):
+        if s is None or s.count == 0:
+            raise ValueError(f"layers[{i}] ({type(layers[i]).__name__}) saw no activations during calibration; "
+                             "expected a layer that the model's forward calls")
+    return stats  # type: ignore[return-value]
+
+
+def _mask_of(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+        return mask if isinstance(mask, torch.Tensor) else None
+    return None
