@@ -57,13 +57,13 @@ class ActivationStats:
             return
         if not bool(torch.isfinite(rows).all()):
             raise ValueError("h contains NaN or Inf; expected finite activations")
-        if rows.dtype not in (torch.float32, torch.float64):
-            rows = rows.float()
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
-        self.sum_outer += (rows.T @ rows).to(torch.float64)
         self.sum += rows.sum(dim=0, dtype=torch.float64)
+        if rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.float()  # half precision: the product in float32 (CPU matmuls round to the input dtype)
+        self.sum_outer += (rows.T @ rows).to(torch.float64)
         self.count += rows.shape[0]
 
     def merge(self, other: ActivationStats) -> ActivationStats:

@@ -311,3 +311,4 @@ def test_options_object_and_deprecated_solver_keyword():
     with pytest.warns(DeprecationWarning, match="tracking"):
         legacy = pp.greedy_global([W], 3, solver="exact")
     assert torch.equal(legacy[0].keep, pp.greedy_global([W], 3, opts.replace(alpha=0.5))[0].keep)
+
