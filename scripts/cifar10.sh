@@ -15,10 +15,7 @@
 # SBATCH_PARTITION, SBATCH_GRES (none on GPU-less nodes), SBATCH_TIMELIMIT, SBATCH_OUTPUT override them.
 # More flags: python -m scripts.grid --help
 set -euo pipefail
-ROOT=${PROJPRUNE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-if [[ ! -f $ROOT/main.py && -n ${SLURM_JOB_ID:-} ]]; then  # sbatch runs a spooled copy: find the original
-  ROOT=$(cd "$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")/.." && pwd)
-fi
-[[ -f $ROOT/main.py ]] || { echo "$0: cannot find the repository (main.py); set PROJPRUNE_ROOT" >&2; exit 2; }
-cd "$ROOT"
+src=${BASH_SOURCE[0]}  # sbatch runs a spooled copy: then the original's path comes from scontrol
+[[ -f $(dirname "$src")/../main.py || -z ${SLURM_JOB_ID:-} ]] || src=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+cd "${PROJPRUNE_ROOT:-$(dirname "$src")/..}" && [[ -f main.py ]] || { echo "$0: no repository (main.py) here; set PROJPRUNE_ROOT" >&2; exit 2; }
 exec "${PYTHON:-python}" -m scripts.grid --dataset cifar10 --headers-from scripts/cifar10.sh "$@"

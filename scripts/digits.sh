@@ -13,12 +13,9 @@
 # slurm), as two SLURM job arrays that it waits for. Finished runs are skipped; tables and figures go
 # to scripts/results/digits/ (scripts/parse_logs.py).
 set -euo pipefail
-ROOT=${PROJPRUNE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-if [[ ! -f $ROOT/main.py && -n ${SLURM_JOB_ID:-} ]]; then  # sbatch runs a spooled copy: find the original
-  ROOT=$(cd "$(dirname "$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')")/.." && pwd)
-fi
-[[ -f $ROOT/main.py ]] || { echo "$0: cannot find the repository (main.py); set PROJPRUNE_ROOT" >&2; exit 2; }
-cd "$ROOT"
+src=${BASH_SOURCE[0]}  # sbatch runs a spooled copy: then the original's path comes from scontrol
+[[ -f $(dirname "$src")/../main.py || -z ${SLURM_JOB_ID:-} ]] || src=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+cd "${PROJPRUNE_ROOT:-$(dirname "$src")/..}" && [[ -f main.py ]] || { echo "$0: no repository (main.py) here; set PROJPRUNE_ROOT" >&2; exit 2; }
 export PROJPRUNE_NO_TQDM=${PROJPRUNE_NO_TQDM:-1}
 # one thread: the models are tiny, and extra threads only fight over the cores (8x slower on a busy 2-core box)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
