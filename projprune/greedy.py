@@ -531,31 +531,22 @@ def greedy_lazy(
                           dtype=dtype, callback=callback, Q=Q)
 
 
-def greedy_exact(
-    W: torch.Tensor,
-    amount: int,
-    options: ProjectionOptions | None = None,
-    *,
-    b: torch.Tensor | None = None,
-    V: torch.Tensor | None = None,
-    stats: ActivationStats | None = None,
-    dtype: torch.dtype | None = None,
-    callback: StepCallback | None = None,
-    **overrides,
-) -> PruneResult:
+def greedy_exact(W: torch.Tensor, amount: int, options: ProjectionOptions | None = None, **keywords) -> PruneResult:
     """Exact greedy pruning with rank-1 downdates of the precision matrix (docs/algorithm.md §5).
 
     Every step prunes the remaining unit with the smallest projection distance among the
     remaining (redistributed) rows and redistributes it with exact ridge coefficients
     ``q_ij = -(P[i, j] / P[i, i]) · U_α[i] / U_α[j]``. With ``stats`` the same runs on the
     activations' covariance: greedy structured optimal-brain-surgeon (docs/algorithm.md §8).
-    Arguments as :func:`greedy_lazy` (``tracking`` is forced to ``"exact"``).
+    Keywords as :func:`greedy_lazy` except ``Q`` (``tracking`` is forced to ``"exact"``).
 
     Returns:
         :class:`PruneResult` with tracks in ``W``'s dtype.
     """
-    return _greedy_single(W, amount, options, {**overrides, "tracking": "exact"}, b=b, V=V, stats=stats,
-                          dtype=dtype, callback=callback)
+    if "Q" in keywords:
+        raise ValueError("Q is only used by the lazy tracking (greedy_lazy); the exact greedy solves its own")
+    fixed = {name: keywords.pop(name, None) for name in ("b", "V", "stats", "dtype", "callback")}
+    return _greedy_single(W, amount, options, {**keywords, "tracking": "exact"}, **fixed)
 
 
 def _per_layer(values, count: int, name: str) -> list:

@@ -196,12 +196,7 @@ def solve_naive(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None 
     """Per-row direct ridge solve: for every ``i``, factorise ``W_{-i} W_{-i}^T + λI`` and solve.
 
     ``n`` Cholesky factorisations of size ``n - 1``: ``O(n^4)``, for checking the others.
-
-    Args:
-        W: ``(n, m)``.
-
-    Returns:
-        ``Q: (n, n)``, zero diagonal, dtype/device of ``W``.
+    ``W: (n, m)`` in, ``Q: (n, n)`` out (zero diagonal, dtype/device of ``W``).
     """
     Wc = _prepare(W, lmbda, dtype)
     G = Wc @ Wc.T

@@ -332,17 +332,9 @@ def prune_linear_pair(
 
 
 def prune_conv_pair(
-    conv1: nn.Conv2d,
-    conv2: nn.Conv2d,
-    amount: int,
-    options: ProjectionOptions | None = None,
-    *,
-    bn: nn.Module | None = None,
-    stats: ActivationStats | None = None,
-    callback: StepCallback | None = None,
-    **overrides,
+    conv1: nn.Conv2d, conv2: nn.Conv2d, amount: int, options: ProjectionOptions | None = None, **keywords
 ) -> torch.Tensor:
-    """:func:`prune_linear_pair` for ``Conv2d -> Conv2d`` (rows = ``conv1.weight.flatten(1)``).
+    """:func:`prune_linear_pair` for ``Conv2d -> Conv2d`` (rows = ``conv1.weight.flatten(1)``); same keywords.
 
     ``conv2``'s input channels are V's columns. With ``bn`` (BatchNorm2d after ``conv1``)
     the norm layer is sliced too. With ``stats`` every pixel of every calibration image is a
@@ -352,7 +344,7 @@ def prune_conv_pair(
     Returns:
         Sorted indices of the kept filters, int64.
     """
-    return _prune_single(conv1, conv2, amount, bn, options, stats, callback, overrides)
+    return prune_linear_pair(conv1, conv2, amount, options, **keywords)
 
 
 # --------------------------------------------------------------------------- baselines
