@@ -312,3 +312,10 @@ def test_options_object_and_deprecated_solver_keyword():
         legacy = pp.greedy_global([W], 3, solver="exact")
     assert torch.equal(legacy[0].keep, pp.greedy_global([W], 3, opts.replace(alpha=0.5))[0].keep)
 
+
+
+def test_blocked_gram_of_a_wide_layer_matches_the_plain_product():
+    h = torch.randn(300, 1100, dtype=torch.float64, generator=torch.Generator().manual_seed(16))  # 2 blocks
+    s = pp.ActivationStats(1100)
+    s.update(h)
+    assert torch.allclose(s.sum_outer, h.T @ h, atol=1e-9, rtol=0)
