@@ -309,27 +309,12 @@ def prune_chain_global(
 ) -> None:
     """Remove ``amount`` units in total from chained Linear pairs ``(fc1, fc2), (fc2, fc3), ...``, globally.
 
-    The core's ``prune_pairs`` writes every pair from matrices read before the first write, which
-    fails when a pair's next layer is the following pair's layer (``fc2`` above). Selection and
-    redistribution here are still the core's (``greedy_global``, ``apply_pruning`` with the method's
-    ``PAIR_METHODS`` options); only the write is local: pair by pair, each re-read after the previous
-    pair changed its input columns. Baselines (random, l1, l2) go straight to ``prune_pairs``, which
-    slices pair by pair and is chain-safe.
+    The core's ``prune_pairs`` is chain-safe: it decides everything from the matrices read before
+    the first write, then re-reads each pair just before writing it.
     """
-    from projprune import PAIR_METHODS, apply_pruning, greedy_global, pair_matrices, prune_pairs
+    from projprune import prune_pairs
 
-    spec = PAIR_METHODS[method]
-    if spec.kind not in ("lazy", "exact"):
-        prune_pairs(pairs, amount, method, generator=generator, **overrides)
-        return
-    matrices = [pair_matrices(fc1, fc2) for fc1, fc2 in pairs]
-    results = greedy_global(
-        [W for W, _, _ in matrices], amount, solver=spec.kind, bs=[b for _, b, _ in matrices],
-        Vs=[V for _, _, V in matrices], **{**spec.options, **overrides},
-    )
-    for (fc1, fc2), result in zip(pairs, results):
-        W, b, V = pair_matrices(fc1, fc2)  # re-read: the previous pair rewrote fc1's input columns
-        _install_linear_pair(fc1, fc2, *apply_pruning(W, b, V, result))
+    prune_pairs(pairs, amount, method, generator=generator, **overrides)
 
 
 def _prune_stage(model: nn.Module, targets: Sequence[int], variant: Variant, generator: torch.Generator) -> None:

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from projprune.greedy import apply_pruning, greedy_exact, greedy_global, greedy_lazy
+from projprune.greedy import apply_pruning, greedy_global
 from projprune.methods import PAIR_METHODS, PairMethod, select_baseline_global
+from projprune.options import resolve_options
 from projprune.surgery import select_units
 from projprune.transformers.families import WIDTHS_KEY, FFNBlock, config_owners, find_ffn_blocks
 from projprune.transformers.prunenet import PruneNetPolicy, kept_width, load_policy, train_policy
@@ -179,23 +180,22 @@ def _plan_from_result(block: FFNBlock, W: torch.Tensor, V: torch.Tensor, result,
     return _Plan(keep, W_new, biases, V_new, new_out_bias, seconds)
 
 
-_GREEDY = {"exact": greedy_exact, "lazy": greedy_lazy}
-
-
 def _plan_projective(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
-    solver_options = {**spec.options, **options}
+    overrides = {key: value for key, value in options.items() if key != "dtype"}
+    opts = resolve_options(spec.options, overrides)
+    dtype = options.get("dtype")
     inputs = [_projective_inputs(block) for block in blocks]
     if global_mode:
         total = sum(block.width for block in blocks)
         amount = int(round(ratio * total))
-        results = greedy_global([W for W, _, _ in inputs], amount, solver=spec.kind, bs=[b for _, b, _ in inputs],
-                                Vs=[V for _, _, V in inputs], **solver_options)
+        results = greedy_global([W for W, _, _ in inputs], amount, opts, bs=[b for _, b, _ in inputs],
+                                Vs=[V for _, _, V in inputs], dtype=dtype)
         return [_plan_from_result(block, W, V, r, None) for block, (W, _, V), r in zip(blocks, inputs, results)], {}
-    solver = _GREEDY[spec.kind]
     plans = []
     for block, (W, b, V) in zip(blocks, inputs):
         start = time.perf_counter()
-        result = solver(W, block.width - kept_width(block.width, ratio), b=b, V=V, **solver_options)
+        result = greedy_global([W], block.width - kept_width(block.width, ratio), opts, bs=[b], Vs=[V],
+                               dtype=dtype)[0]
         plans.append(_plan_from_result(block, W, V, result, time.perf_counter() - start))
     return plans, {}
 
