@@ -28,7 +28,7 @@ def launch(script: str, *args: str, env: dict | None = None, cwd: Path = ROOT) -
 
 
 def paper_commands(dataset: str, models: list[str], pretrain: str, finetune: str) -> list[str]:
-    """REPRODUCTION.md's command lines, written out by hand."""
+    """docs/reproduction.md's command lines, written out by hand."""
     lines = [f"{PY} main.py --seed 1 --mode pretrain --dataset {dataset} --model {m} {pretrain}" for m in models]
     for model in models:
         for method in ALL_METHODS:
