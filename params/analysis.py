@@ -1,7 +1,11 @@
 """The hyper-parameter analysis (paper §4.3): staged pruning of N small models, statistics, figures.
 
 Every number comes from an importable function; ``params/main.py`` only parses flags and calls
-:func:`run_analysis`. The pieces:
+:func:`run_analysis`. This module runs a study; the pieces live by concern (and are re-exported
+here, so ``from params.analysis import ...`` keeps working): ``params.config`` (settings),
+``params.comparisons`` (variants, comparisons), ``params.stages`` (staged pruning),
+``params.training`` (train-or-load cache), ``params.significance`` (statistics),
+``params.report`` (summaries, figures, ``SUMMARY.md``).
 
 * :func:`stage_percents` / :func:`stage_schedule`: keep 100 %, 90 %, ..., 10 % of each hidden layer.
 * :data:`COMPARISONS`: named groups of :class:`Variant` (a core ``PAIR_METHODS`` name plus keyword
@@ -26,7 +30,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from engine.harness import (  # noqa: E402
     atomic_write_csv,
@@ -108,6 +113,80 @@ def run_analysis(cfg: ParamsConfig) -> dict[str, Any]:
                      f"Hyper-parameter analysis on {cfg.dataset}")
 
 
+def _prune_every_variant(
+    cfg: Any, comparisons: Sequence[Comparison], models: Sequence[tuple[nn.Module, Any]],
+    data: tuple[torch.Tensor, ...], percents: Sequence[int],
+) -> tuple[dict[str, list[list[StageResult]]], dict[str, Variant]]:
+    """Staged pruning of every model with every distinct variant: ``(results by variant key, variants by key)``."""
+    unique = {v.key: v for comp in comparisons for v in comp.variants}
+    x_test, y_test = data[2], data[3]
+    results: dict[str, list[list[StageResult]]] = {key: [] for key in unique}
+    jobs = [(i, model, v) for i, (model, _) in enumerate(models) for v in unique.values()]
+    n_train, n_val = resolve_split_sizes(cfg.dataset, len(data[0]), cfg.train_size, cfg.val_size)
+    for index, model, variant in progress(jobs, desc="pruning"):
+        after_stage = None
+        if getattr(cfg, "bn_recalibrate", False):
+            x_own = draw_split(data, n_train, n_val, split_seed=cfg.seed * 1000 + index).x_train
+            after_stage = partial(recalibrate_batchnorm, x=x_own)
+        stages = prune_in_stages(model, variant, percents, x_test, y_test,
+                                 _variant_seed(cfg.seed, index, variant), after_stage)
+        results[variant.key].append(stages)
+    return results, unique
+
+
+def _failures(results: Mapping[str, Sequence[Sequence[StageResult]]], unique: Mapping[str, Variant]) -> dict[str, str]:
+    """Per variant key with failed stages: ``"<models failed>/<models>; <reasons>"``."""
+    failures: dict[str, str] = {}
+    for key, per_model in results.items():
+        reasons = sorted({s.reason for stages in per_model for s in stages if s.status == FAILED})
+        if reasons:
+            count = sum(any(s.status == FAILED for s in stages) for stages in per_model)
+            failures[key] = f"{count}/{len(per_model)} models; " + " | ".join(reasons)
+    return failures
+
+
+def _result_rows(comparisons: Sequence[Comparison],
+                 results: Mapping[str, Sequence[Sequence[StageResult]]]) -> list[dict[str, Any]]:
+    """One CSV row per comparison, variant, model and stage."""
+    rows = []
+    for comp in comparisons:
+        for variant in comp.variants:
+            for index, stages in enumerate(results[variant.key]):
+                for stage in stages:
+                    rows.append({
+                        "comparison": comp.name, "variant": variant.label, "method": variant.method,
+                        "overrides": json.dumps(dict(variant.overrides)), "mode": variant.mode,
+                        "scope": variant.scope, "model": index, "kept_percent": stage.percent,
+                        "widths": "/".join(map(str, stage.widths)), "accuracy": stage.accuracy,
+                        "status": stage.status, "reason": stage.reason,
+                    })
+    return rows
+
+
+def _write_figures(cfg: Any, model_name: str, comparisons: Sequence[Comparison],
+                   summary: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """``figures/<comparison>`` for each comparison and ``figures/overview`` with all of them."""
+    figures = []
+    for comp in comparisons:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        plot_comparison(ax, comp, summary)
+        figures += save_figure(fig, out_dir / "figures" / comp.name)
+        plt.close(fig)
+    cols = min(3, len(comparisons))
+    n_rows = math.ceil(len(comparisons) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5.5 * cols, 4 * n_rows), squeeze=False)
+    for ax, comp in zip(axes.flat, comparisons):
+        plot_comparison(ax, comp, summary)
+    for ax in list(axes.flat)[len(comparisons):]:
+        ax.axis("off")
+    fig.suptitle(f"{cfg.dataset}, {model_name}: {cfg.num_models} models, mean and "
+                 f"{100 * cfg.confidence:g} % CI")
+    fig.tight_layout()
+    figures += save_figure(fig, out_dir / "figures" / "overview")
+    plt.close(fig)
+    return figures
+
+
 def run_study(
     cfg: Any,
     factory: ModelFactory,
@@ -143,42 +222,13 @@ def run_study(
         logger.info(f"Models ready in {time.perf_counter() - start:.1f} s")
 
         percents = stage_percents(cfg.stages)
-        unique = {v.key: v for comp in comparisons for v in comp.variants}
-        x_test, y_test = data[2], data[3]
-        results: dict[str, list[list[StageResult]]] = {key: [] for key in unique}
         start = time.perf_counter()
-        jobs = [(i, model, v) for i, (model, _) in enumerate(models) for v in unique.values()]
-        n_train, n_val = resolve_split_sizes(cfg.dataset, len(data[0]), cfg.train_size, cfg.val_size)
-        for index, model, variant in progress(jobs, desc="pruning"):
-            after_stage = None
-            if getattr(cfg, "bn_recalibrate", False):
-                x_own = draw_split(data, n_train, n_val, split_seed=cfg.seed * 1000 + index).x_train
-                after_stage = partial(recalibrate_batchnorm, x=x_own)
-            stages = prune_in_stages(model, variant, percents, x_test, y_test,
-                                     _variant_seed(cfg.seed, index, variant), after_stage)
-            results[variant.key].append(stages)
+        results, unique = _prune_every_variant(cfg, comparisons, models, data, percents)
         logger.info(f"Pruned {len(unique)} variants x {len(models)} models in {time.perf_counter() - start:.1f} s")
-
-        failures: dict[str, str] = {}
-        for key, per_model in results.items():
-            reasons = sorted({s.reason for stages in per_model for s in stages if s.status == FAILED})
-            if reasons:
-                count = sum(any(s.status == FAILED for s in stages) for stages in per_model)
-                failures[key] = f"{count}/{len(per_model)} models; " + " | ".join(reasons)
-                logger.info(f"Variant {unique[key].label}: {failures[key]}")
-
-        rows = []
-        for comp in comparisons:
-            for variant in comp.variants:
-                for index, stages in enumerate(results[variant.key]):
-                    for stage in stages:
-                        rows.append({
-                            "comparison": comp.name, "variant": variant.label, "method": variant.method,
-                            "overrides": json.dumps(dict(variant.overrides)), "mode": variant.mode,
-                            "scope": variant.scope, "model": index, "kept_percent": stage.percent,
-                            "widths": "/".join(map(str, stage.widths)), "accuracy": stage.accuracy,
-                            "status": stage.status, "reason": stage.reason,
-                        })
+        failures = _failures(results, unique)
+        for key, text in failures.items():
+            logger.info(f"Variant {unique[key].label}: {text}")
+        rows = _result_rows(comparisons, results)
         summary, tests = summarise(comparisons, results, percents, cfg.confidence, cfg.alpha_level)
         atomic_write_csv(out_dir / "results.csv", rows)
         atomic_write_csv(out_dir / "summary.csv", [{k: _fmt(v, 6) for k, v in r.items()} for r in summary],
@@ -188,25 +238,7 @@ def run_study(
                          ["comparison", "variant", "reference", "kept_percent", "n_pairs", "mean_diff", "p", "p_holm",
                           "significant"])
 
-        figures = []
-        for comp in comparisons:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            plot_comparison(ax, comp, summary)
-            figures += save_figure(fig, out_dir / "figures" / comp.name)
-            plt.close(fig)
-        cols = min(3, len(comparisons))
-        n_rows = math.ceil(len(comparisons) / cols)
-        fig, axes = plt.subplots(n_rows, cols, figsize=(5.5 * cols, 4 * n_rows), squeeze=False)
-        for ax, comp in zip(axes.flat, comparisons):
-            plot_comparison(ax, comp, summary)
-        for ax in list(axes.flat)[len(comparisons):]:
-            ax.axis("off")
-        fig.suptitle(f"{cfg.dataset}, {factory.name}: {cfg.num_models} models, mean and "
-                     f"{100 * cfg.confidence:g} % CI")
-        fig.tight_layout()
-        figures += save_figure(fig, out_dir / "figures" / "overview")
-        plt.close(fig)
-
+        figures = _write_figures(cfg, factory.name, comparisons, summary, out_dir)
         base = mean_ci([stages[0].accuracy for stages in next(iter(results.values()))], cfg.confidence)
         report = markdown_summary(cfg, heading, comparisons, summary, tests, base, failures)
         atomic_write_text(out_dir / "SUMMARY.md", report)

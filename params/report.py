@@ -105,6 +105,70 @@ def plot_comparison(ax: Any, comp: Comparison, summary: Sequence[Mapping[str, An
     ax.legend(fontsize=6, ncol=2)
 
 
+def _accuracy_table(comp: Comparison, rows: Sequence[Mapping[str, Any]], percents: Sequence[int]) -> list[str]:
+    """Markdown lines: one row per variant, mean ± CI half-width (%) per kept percentage."""
+    lines = ["| variant | " + " | ".join(f"{p} %" for p in percents) + " |", "|---|" + "---|" * len(percents)]
+    for variant in comp.variants:
+        cells = []
+        for r in rows:
+            if r["variant"] != variant.label:
+                continue
+            if r.get("mean") is None:
+                cells.append("failed")
+                continue
+            hw = f" ± {100 * r['half_width']:.1f}" if r.get("half_width") is not None else ""
+            note = f" ({r['n_failed']} failed)" if r["n_failed"] else ""
+            cells.append(f"{100 * r['mean']:.1f}{hw}{note}")
+        lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _differences(cfg: Any, comp: Comparison, comp_tests: Sequence[Mapping[str, Any]], percents: Sequence[int],
+                 failures: Mapping[str, str]) -> list[str]:
+    """Markdown lines: paired differences to the reference, the significant ones, and failures."""
+    lines: list[str] = []
+    tested = [p for p in percents if p != 100]
+    lines += [
+        "Paired differences to the reference (accuracy points; `**` Holm-adjusted p < "
+        f"{cfg.alpha_level:g}, `*` unadjusted p < {cfg.alpha_level:g} only):",
+        "",
+        "| variant vs reference | " + " | ".join(f"{p} %" for p in tested) + " |",
+        "|---|" + "---|" * len(tested),
+    ]
+    significant = []
+    for label, reference in comp.tests:
+        cells = []
+        for t in comp_tests:
+            if t["variant"] != label or t["reference"] != reference:
+                continue
+            if t.get("mean_diff") is None:
+                cells.append("n/a")
+                continue
+            mark = "**" if t.get("significant") else "*" if (t.get("p") or 1.0) < cfg.alpha_level else ""
+            cells.append(f"{100 * t['mean_diff']:+.1f}{mark}")
+            if t.get("significant"):
+                significant.append(t)
+        lines.append(f"| {label} vs {reference} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for label, reference in comp.tests:
+        mine = [t for t in significant if t["variant"] == label and t["reference"] == reference]
+        parts = [
+            f"{word} at " + ", ".join(f"{t['kept_percent']} % ({100 * t['mean_diff']:+.1f})" for t in group)
+            for word, group in (("better", [t for t in mine if t["mean_diff"] > 0]),
+                                ("worse", [t for t in mine if t["mean_diff"] < 0])) if group
+        ]
+        if parts:
+            lines.append(f"- **{label}** vs {reference}, significant after Holm: " + "; ".join(parts))
+    if not significant:
+        lines.append(f"- No difference to the reference is significant after Holm adjustment "
+                     f"(level {cfg.alpha_level:g}).")
+    for variant in comp.variants:
+        if variant.key in failures:
+            lines.append(f"- **{variant.label}** failed on some models: {failures[variant.key]}")
+    return lines
+
+
 def markdown_summary(
     cfg: Any,
     heading: str,
@@ -130,59 +194,7 @@ def markdown_summary(
         rows = [r for r in summary if r["comparison"] == comp.name]
         percents = list(dict.fromkeys(r["kept_percent"] for r in rows))
         lines += [f"## {comp.title} (`{comp.name}`)", "", f"![{comp.name}](figures/{comp.name}.png)", ""]
-        lines.append("| variant | " + " | ".join(f"{p} %" for p in percents) + " |")
-        lines.append("|---|" + "---|" * len(percents))
-        for variant in comp.variants:
-            cells = []
-            for r in rows:
-                if r["variant"] != variant.label:
-                    continue
-                if r.get("mean") is None:
-                    cells.append("failed")
-                    continue
-                hw = f" ± {100 * r['half_width']:.1f}" if r.get("half_width") is not None else ""
-                note = f" ({r['n_failed']} failed)" if r["n_failed"] else ""
-                cells.append(f"{100 * r['mean']:.1f}{hw}{note}")
-            lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
-        lines.append("")
-        comp_tests = [t for t in tests if t["comparison"] == comp.name]
-        tested = [p for p in percents if p != 100]
-        lines += [
-            "Paired differences to the reference (accuracy points; `**` Holm-adjusted p < "
-            f"{cfg.alpha_level:g}, `*` unadjusted p < {cfg.alpha_level:g} only):",
-            "",
-            "| variant vs reference | " + " | ".join(f"{p} %" for p in tested) + " |",
-            "|---|" + "---|" * len(tested),
-        ]
-        significant = []
-        for label, reference in comp.tests:
-            cells = []
-            for t in comp_tests:
-                if t["variant"] != label or t["reference"] != reference:
-                    continue
-                if t.get("mean_diff") is None:
-                    cells.append("n/a")
-                    continue
-                mark = "**" if t.get("significant") else "*" if (t.get("p") or 1.0) < cfg.alpha_level else ""
-                cells.append(f"{100 * t['mean_diff']:+.1f}{mark}")
-                if t.get("significant"):
-                    significant.append(t)
-            lines.append(f"| {label} vs {reference} | " + " | ".join(cells) + " |")
-        lines.append("")
-        for label, reference in comp.tests:
-            mine = [t for t in significant if t["variant"] == label and t["reference"] == reference]
-            parts = [
-                f"{word} at " + ", ".join(f"{t['kept_percent']} % ({100 * t['mean_diff']:+.1f})" for t in group)
-                for word, group in (("better", [t for t in mine if t["mean_diff"] > 0]),
-                                    ("worse", [t for t in mine if t["mean_diff"] < 0])) if group
-            ]
-            if parts:
-                lines.append(f"- **{label}** vs {reference}, significant after Holm: " + "; ".join(parts))
-        if not significant:
-            lines.append(f"- No difference to the reference is significant after Holm adjustment "
-                         f"(level {cfg.alpha_level:g}).")
-        for variant in comp.variants:
-            if variant.key in failures:
-                lines.append(f"- **{variant.label}** failed on some models: {failures[variant.key]}")
+        lines += _accuracy_table(comp, rows, percents)
+        lines += _differences(cfg, comp, [t for t in tests if t["comparison"] == comp.name], percents, failures)
         lines.append("")
     return "\n".join(lines)
