@@ -3,7 +3,7 @@
 Times, in one run on this machine: ``naive``, ``fast`` and ``closed`` at n in {256, 512,
 1024, 3072} with m = 768 (``naive`` up to 1024), in float64 and float32; then the lazy and
 exact greedy on a 3072 x 768 layer at 30 % next to the plain line-by-line implementation of
-ALGORITHM.md §4 used by the tests. Prints a Markdown table (time and ratio to ``fast``) and
+docs/algorithm.md §4 used by the tests. Prints a Markdown table (time and ratio to ``fast``) and
 writes it to ``benchmarks/results/solvers.md``.
 
     python -m benchmarks.solvers                  # the full run (about 25 min on 2 cores)
@@ -38,7 +38,7 @@ def timed(fn: Callable[[], object], repeats: int = 3) -> float:
 
 
 def plain_lazy_steps(W: torch.Tensor, Q: torch.Tensor, amount: int, steps: int, alpha: float = 0.5) -> None:
-    """ALGORITHM.md §4 line by line (boolean masks, the full Q), as the reference code does it."""
+    """docs/algorithm.md §4 line by line (boolean masks, the full Q), as the reference code does it."""
     n = W.shape[0]
     M = torch.ones(n, dtype=torch.bool)
     Q = Q.clone()

@@ -2,7 +2,7 @@
 
 Pure tensor code: solvers for the projection coefficients, greedy selection with the
 paper's lazy tracking or exact rank-1 downdates, and in-place surgery on layer pairs.
-See ``projprune/IMPLEMENTATION.md`` for the derivations.
+See ``docs/algorithm.md`` for the derivations.
 """
 
 from projprune._version import __version__

@@ -1,4 +1,4 @@
-"""Greedy selection and redistribution (ALGORITHM.md §2, §4, §5).
+"""Greedy selection and redistribution (docs/algorithm.md §2, §4, §5).
 
 Two ways of tracking the coefficients while units leave:
 
@@ -181,7 +181,7 @@ class _LayerState:
 
 
 class _LazyState(_LayerState):
-    """The reference's lazy tracking (ALGORITHM.md §4).
+    """The reference's lazy tracking (docs/algorithm.md §4).
 
     The reference divides the remaining rows of ``Q`` by ``1 + α' Q[i]`` at every step: a
     scaling of ``Q``'s columns. We keep the original ``Q0`` and the cumulative column scale
@@ -229,7 +229,7 @@ class _LazyState(_LayerState):
 
 
 class _ExactState(_LayerState):
-    """Exact greedy with rank-1 downdates of the precision matrix (ALGORITHM.md §5).
+    """Exact greedy with rank-1 downdates of the precision matrix (docs/algorithm.md §5).
 
     ``P_t = P_0 - C C^T`` where column ``s`` of ``C`` is ``P_s[:, s] / sqrt(P_s[s, s])`` for
     the unit removed at step ``s``; only the column ``P_t[:, i]`` of the unit being removed
@@ -605,7 +605,7 @@ def greedy_global(
 def apply_pruning(
     W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | None, result: PruneResult
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Apply a :class:`PruneResult` (ALGORITHM.md (8-10)).
+    """Apply a :class:`PruneResult` (docs/algorithm.md §4).
 
     Args:
         W: ``(n, m)``; b: ``(n,)`` or None; V: ``(k, n)`` or None.

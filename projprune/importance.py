@@ -1,4 +1,4 @@
-"""Projective importance for Torch-Pruning's dependency-graph pruners (ALGORITHM.md §6).
+"""Projective importance for Torch-Pruning's dependency-graph pruners (docs/algorithm.md §6).
 
 A Torch-Pruning importance is called with a dependency group and returns one score per
 channel of the group. :class:`ProjectiveImportance` scores every conv/linear member of the
@@ -47,7 +47,7 @@ class ProjectiveImportance(tp.importance.GroupMagnitudeImportance):
     """Per-channel projection-distance importance of a Torch-Pruning group.
 
     Args:
-        lmbda: ridge regulariser of the projection (ALGORITHM.md §1), default ``1e-3``.
+        lmbda: ridge regulariser of the projection (docs/algorithm.md §1), default ``1e-3``.
         group_reduction: how member scores are combined per channel (``"mean"`` as the paper).
         normalizer: ``"mean"`` for ``proj``, ``"max"`` for ``proj_sl`` (any Torch-Pruning
             normaliser name or a callable).

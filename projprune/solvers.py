@@ -1,4 +1,4 @@
-"""Solvers for the projection coefficients Q and the projection distances (ALGORITHM.md §1-3).
+"""Solvers for the projection coefficients Q and the projection distances (docs/algorithm.md §1-3).
 
 For a weight ``W: (n, m)`` (one row per unit), row ``i`` of ``Q: (n, n)`` holds the ridge
 coefficients that express ``w_i`` through the other rows,
@@ -86,7 +86,7 @@ def precision_and_residuals(
     """``P = (W W^T + λI)^{-1}``, ``R = P W`` and ``diag(P)``, by the cheaper of two exact forms.
 
     With ``n <= m``: one Cholesky of ``W W^T + λI`` (``n x n``). With ``n > m`` and ``λ > 0``
-    (ALGORITHM.md §5), from ``K = (W^T W + λI)^{-1}`` (``m x m``): ``R = W K`` exactly,
+    (docs/algorithm.md §5), from ``K = (W^T W + λI)^{-1}`` (``m x m``): ``R = W K`` exactly,
     ``P = (I - W K W^T) / λ`` and ``diag(P) = (1 - rowsum(R ⊙ W)) / λ``. The subtraction in
     ``diag(P)`` only loses digits for units far from the span of the others (``d_j^2 >> λ``),
     whose distances are never close to the minimum; the tests hold both forms to 1e-9.
@@ -158,7 +158,7 @@ def solve_fast(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None =
     ``(Ĝ_{-i,-i})^{-1} = a - c c^T / d`` and ``q_i = (a - c c^T / d) G[-i, i]``. ``n``
     iterations of ``O(n^2)`` work with pre-allocated buffers and block copies. Less accurate
     than :func:`solve_closed` when ``n > m`` (the update subtracts two numbers of size
-    ``~1/λ``), see ALGORITHM.md §3.
+    ``~1/λ``), see docs/algorithm.md §3.
 
     Args:
         W: ``(n, m)``.
@@ -222,7 +222,7 @@ SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
 def solve_normal_equations(
     W: torch.Tensor, lmbda: float = 1e-3, method: str = "closed", dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """The coefficient matrix ``Q`` of ALGORITHM.md (2) by the named solver.
+    """The coefficient matrix ``Q`` of docs/algorithm.md §1 by the named solver.
 
     Args:
         W: ``(n, m)`` weight, one row per unit (conv weights flattened with ``flatten(1)``).

@@ -1,6 +1,6 @@
 """Plain, obviously-correct float64 implementations used as references by the tests.
 
-Written line by line from ALGORITHM.md, with no attention to speed.
+Written line by line from docs/algorithm.md, with no attention to speed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=_NO_CUDA)]
 
 
 def ridge_q(W: torch.Tensor, lmbda: float) -> torch.Tensor:
-    """Q by a direct ridge solve per row (ALGORITHM.md (2)), float64."""
+    """Q by a direct ridge solve per row (docs/algorithm.md §1), float64."""
     W = W.double()
     n = W.shape[0]
     Q = torch.zeros(n, n, dtype=torch.float64)
@@ -33,7 +33,7 @@ def brute_distances(W: torch.Tensor, lmbda: float) -> torch.Tensor:
 
 
 def plain_lazy(Ws, bs, Vs, amount, alpha, beta, gamma, lmbda, decay, v_uses_beta):
-    """ALGORITHM.md §4, line by line, single (one layer) or global mode.
+    """docs/algorithm.md §4, line by line, single (one layer) or global mode.
 
     Returns per layer ``(keep, Ua, Ub, Ug, W', b', V')``.
     """

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -56,6 +57,7 @@ def _spawn(argv: list[str], out: Path) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
+@pytest.mark.slow
 def test_ddp_pretrain_then_prune_two_cpu_ranks(tmp_path):
     data = tmp_path / "imagenet"
     _write_image_folder(data)

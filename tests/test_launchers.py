@@ -28,7 +28,7 @@ def launch(script: str, *args: str, env: dict | None = None, cwd: Path = ROOT) -
 
 
 def paper_commands(dataset: str, models: list[str], pretrain: str, finetune: str) -> list[str]:
-    """REPRODUCTION.md's command lines, written out by hand."""
+    """docs/reproduction.md's command lines, written out by hand."""
     lines = [f"{PY} main.py --seed 1 --mode pretrain --dataset {dataset} --model {m} {pretrain}" for m in models]
     for model in models:
         for method in ALL_METHODS:
@@ -271,6 +271,7 @@ def digits_grid(tmp_path_factory: pytest.TempPathFactory) -> DigitsGrid:
     return small_digits_grid(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_digits_grid_runs_under_bash_and_resumes(digits_grid: DigitsGrid) -> None:
     first, second = digits_grid.first, digits_grid.second
     assert first.returncode == 0, f"{first.stdout}\n{first.stderr}"
@@ -282,6 +283,7 @@ def test_digits_grid_runs_under_bash_and_resumes(digits_grid: DigitsGrid) -> Non
     assert ": running" not in second.stderr
 
 
+@pytest.mark.slow
 def test_parse_logs_reads_the_digits_grid(digits_grid: DigitsGrid) -> None:
     from scripts import parse_logs
 

@@ -227,6 +227,7 @@ def _run(tmp_path: Path, name: str, *extra: str) -> dict:
                  "--stages", "4", "--comparisons", "gamma", "--seed", "7", *extra])
 
 
+@pytest.mark.slow
 def test_small_sweep_end_to_end_and_reproducible(tmp_path):
     first = _run(tmp_path, "a")
     out = first["output_dir"]

@@ -47,6 +47,7 @@ def test_vgg16_conv_stages_keep_bn_in_step():
     assert result[-1].status == "ok"
 
 
+@pytest.mark.slow
 def test_vgg_ablation_end_to_end(tmp_path):
     out = main(["--dataset", "digits", "--output-dir", str(tmp_path), "--num-models", "2", "--epochs", "1",
                 "--stages", "2", "--width-divisor", "16", "--methods", "l2,proj550"])

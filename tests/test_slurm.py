@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged", "mungekey")
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _free_port_pair() -> int:

@@ -37,7 +37,7 @@ def test_fast_solver_accuracy(device):
     # n <= m: as accurate as the others.
     W = random_matrix(24, 40, seed=1)
     assert rel_err(pp.solve_fast(W.to(device)), ridge_q(W, 1e-3)) < 1e-9
-    # n > m: G + λI is conditioned like ||G||/λ and the rank-1 update cancels; ALGORITHM.md §3
+    # n > m: G + λI is conditioned like ||G||/λ and the rank-1 update cancels; docs/algorithm.md §3
     # measured 7e-8 (64x48) and 6e-7 (200x50) absolute. We allow 1e-5 relative.
     W = random_matrix(64, 48, seed=2)
     assert rel_err(pp.solve_fast(W.to(device)), ridge_q(W, 1e-3)) < 1e-5
