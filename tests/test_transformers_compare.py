@@ -32,9 +32,7 @@ def _args(root, model, out, *extra):
 
 
 def test_compare_every_method_on_a_language_model(local_models, tmp_path):
-    calibration = tmp_path / "calibration.txt"  # text apart from the evaluation text
-    calibration.write_text(" ".join(reversed(TEXT.split())), encoding="utf-8")
-    rows = main(_args(local_models, "llama", tmp_path, "--ratio", "0.25", "--calibration-file", str(calibration)))
+    rows = main(_args(local_models, "llama", tmp_path, "--ratio", "0.25"))
     assert [r["method"] for r in rows] == ["dense", *FFN_METHODS]
     run_dir = tmp_path / "compare-local-0.25-llama"
     csv_rows = read_csv(run_dir / "results.csv")
@@ -50,19 +48,7 @@ def test_compare_every_method_on_a_language_model(local_models, tmp_path):
     assert table.count("\n|") >= len(rows) and "exact_oac" in table and "prunenet" in table
     log = (run_dir / "compare-local-0.25-llama.txt").read_text()
     assert "ratio: 0.25" in log and "Params:" in log and "PPL:" in log
-    assert f"Calibration text: {calibration}" in log
     assert (run_dir / "fidelity.png").is_file() and (run_dir / "fidelity.pdf").is_file()
-
-
-def test_compare_without_calibration_text_runs_the_data_free_methods_only(local_models, tmp_path):
-    rows = main(_args(local_models, "bert", tmp_path, "--ratio", "0.25", "--methods", "all"))
-    methods = [r["method"] for r in rows]
-    assert "l2" in methods and "calib" not in methods and "act_norm" not in methods
-    with pytest.raises(ValueError, match="--calibration-file"):
-        main(_args(local_models, "bert", tmp_path, "--methods", "calib,l2"))
-    with pytest.raises(ValueError, match="apart from the evaluation text"):
-        main(_args(local_models, "bert", tmp_path, "--methods", "calib", "--calibration-file",
-                   str(local_models / "text.txt")))
 
 
 def test_compare_encoder_global_mode_and_reproducibility(local_models, tmp_path):

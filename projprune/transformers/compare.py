@@ -45,10 +45,7 @@ __all__ = ["CompareConfig", "evaluate_fidelity", "main", "markdown_table"]
 class CompareConfig:
     model: str = field(default="", metadata={"help": "model directory written by save_pretrained, or a hub name"})
     ratio: float = field(default=0.3, metadata={"help": "fraction of FFN hidden units removed (FFN width only)"})
-    text_file: str = field(default="", metadata={"help": "UTF-8 text to measure fidelity on (evaluation)"})
-    calibration_file: str = field(default="", metadata={
-        "help": "UTF-8 text for the calibrated methods (calib, act_norm); must differ from --text-file"})
-    calib_chunks: int = field(default=16, metadata={"help": "calibration chunks of --seq-len tokens"})
+    text_file: str = field(default="", metadata={"help": "UTF-8 text to measure fidelity on"})
     methods: str = field(default="all", metadata={"help": "comma-separated methods of FFN_METHODS, or 'all'"})
     global_mode: bool = field(default=False, metadata={"flag": "--global", "help": "choose widths across layers"})
     seq_len: int = field(default=128, metadata={"help": "tokens per evaluation chunk"})
@@ -103,21 +100,6 @@ def _check_config(cfg: CompareConfig) -> list[str]:
     unknown = [m for m in methods if m not in FFN_METHODS]
     if unknown or not methods:
         raise ValueError(f"--methods: expected 'all' or names from {sorted(FFN_METHODS)}, got {cfg.methods!r}")
-    calibrated = [m for m in methods if FFN_METHODS[m].needs_stats]
-    if cfg.calibration_file:
-        if not Path(cfg.calibration_file).is_file():
-            raise FileNotFoundError(f"--calibration-file: file {cfg.calibration_file!r} does not exist "
-                                    "(expected UTF-8 text)")
-        if Path(cfg.calibration_file).resolve() == Path(cfg.text_file).resolve():
-            raise ValueError("--calibration-file: expected text kept apart from the evaluation text, got the same "
-                             f"file as --text-file ({cfg.text_file})")
-    elif calibrated:
-        if cfg.methods != "all":
-            raise ValueError(f"--methods: {calibrated} run on activations; give --calibration-file (text apart "
-                             "from --text-file) or drop them")
-        methods = [m for m in methods if m not in calibrated]
-    if cfg.calib_chunks < 1:
-        raise ValueError(f"--calib-chunks: expected a positive integer, got {cfg.calib_chunks}")
     if cfg.global_mode and "prunenet" in methods:
         if cfg.methods != "all":
             raise ValueError("--methods: prunenet has no global mode; drop it or --global")
@@ -128,16 +110,11 @@ def _check_config(cfg: CompareConfig) -> list[str]:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 
 
-def _token_ids(cfg: CompareConfig, vocab_size: int, logger, path: str = "", flag: str = "--text-file",
-               max_chunks: int = 0) -> torch.Tensor:
-    """``(chunks, seq_len)`` token ids of a text file (default: ``--text-file``)."""
-    path = path or cfg.text_file
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{flag}: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+def _token_ids(cfg: CompareConfig, vocab_size: int, logger) -> torch.Tensor:
+    """``(chunks, seq_len)`` token ids of the text file."""
+    text = Path(cfg.text_file).read_text(encoding="utf-8")
     if not text.strip():
-        raise ValueError(f"{flag}: {path} is empty")
+        raise ValueError(f"--text-file: {cfg.text_file} is empty")
     ids: list[int] = []
     source = cfg.tokenizer or cfg.model
     local_files = Path(source).is_dir() and any((Path(source) / name).is_file() for name in _TOKENIZER_FILES)
@@ -159,7 +136,7 @@ def _token_ids(cfg: CompareConfig, vocab_size: int, logger, path: str = "", flag
     if len(ids) < seq_len:
         seq_len = len(ids)
         logger.info(f"Text shorter than --seq-len: one chunk of {seq_len} tokens")
-    chunks = min(max_chunks or cfg.max_chunks, len(ids) // seq_len)
+    chunks = min(cfg.max_chunks, len(ids) // seq_len)
     return torch.tensor(ids[: chunks * seq_len], dtype=torch.long).view(chunks, seq_len)
 
 
@@ -280,14 +257,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         original = _load_model(cfg)
         input_ids = _token_ids(cfg, int(original.config.vocab_size), logger)
         logger.info(f"Text: {input_ids.shape[0]} chunks of {input_ids.shape[1]} tokens")
-        calibration = None
-        if cfg.calibration_file:
-            calib_ids = _token_ids(cfg, int(original.config.vocab_size), logger, cfg.calibration_file,
-                                   "--calibration-file", cfg.calib_chunks)
-            calibration = [{"input_ids": calib_ids[i : i + cfg.batch_size]}
-                           for i in range(0, calib_ids.shape[0], cfg.batch_size)]
-            logger.info(f"Calibration text: {cfg.calibration_file} ({calib_ids.shape[0]} chunks); evaluation text: "
-                        f"{cfg.text_file}")
         reference, dense_ppl, _ = evaluate_fidelity(original, input_ids, batch_size=cfg.batch_size)
         dense_params = sum(p.numel() for p in original.parameters())
         results = ResultsCSV(run_dir / "results.csv")
@@ -303,8 +272,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 report = _run_prunenet(model, cfg, logger)
             else:
                 options = {"seed": cfg.seed} if method == "random" else {}
-                if FFN_METHODS[method].needs_stats:
-                    options["calibration"] = calibration
                 report = prune_ffn(model, cfg.ratio, method, global_mode=cfg.global_mode, **options)
             _, ppl, cosine = evaluate_fidelity(model, input_ids, reference, batch_size=cfg.batch_size)
             widths = report.widths

@@ -25,15 +25,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from projprune.calibration import ActivationStats, collect_activation_stats
-from projprune.greedy import PruneResult, apply_pruning, apply_refit, greedy_global
+from projprune.greedy import apply_pruning, greedy_global
 from projprune.methods import PAIR_METHODS, PairMethod, select_baseline_global
 from projprune.options import resolve_options
 from projprune.surgery import select_units
@@ -48,15 +47,13 @@ PRUNENET_METHOD = PairMethod("prunenet", description="PruneNet (ICLR 2025): lear
 FFN_METHODS: dict[str, PairMethod] = {**PAIR_METHODS, "prunenet": PRUNENET_METHOD}
 
 _PROJECTIVE_OPTIONS = frozenset(
-    {"alpha", "beta", "gamma", "lmbda", "decay", "v_uses_beta", "output_aware", "compensate", "dtype",
-     "mean_correction", "refit"}
+    {"alpha", "beta", "gamma", "lmbda", "decay", "v_uses_beta", "output_aware", "compensate", "dtype"}
 )
 _OPTIONS_BY_KIND: dict[str, frozenset[str]] = {
     "random": frozenset({"seed"}),
     "norm": frozenset(),
     "lazy": _PROJECTIVE_OPTIONS,
     "exact": _PROJECTIVE_OPTIONS,
-    "act_norm": frozenset({"lmbda", "mean_correction"}),
     "prunenet": frozenset({"policy", "episodes", "lr", "weight_decay", "discount", "seed", "draw_seed",
                            "show_progress"}),
 }
@@ -141,8 +138,7 @@ def _work_dtype(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
-def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[str, Any],
-                     calibration: Any = None) -> PairMethod:
+def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[str, Any]) -> PairMethod:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         raise ValueError(f"ratio must be a number in [0, 1) (fraction of FFN units removed), got {ratio!r}")
     if not 0.0 <= float(ratio) < 1.0:
@@ -156,17 +152,6 @@ def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[st
         raise ValueError(f"method {method!r} does not take option(s) {unknown}; it takes {sorted(allowed) or 'none'}")
     if global_mode and spec.kind == "prunenet":
         raise ValueError("global_mode: PruneNet prunes every layer at the same ratio; use global_mode=False")
-    calibrated = [name for name, m in FFN_METHODS.items() if m.needs_stats]
-    if spec.needs_stats and calibration is None:
-        raise ValueError(f"method {method!r} runs on activations: pass calibration= (an iterable of model inputs, "
-                         "e.g. tokenizer outputs, from text kept apart from the evaluation text)")
-    if not spec.needs_stats and calibration is not None:
-        raise ValueError(f"calibration: method {method!r} is data-free and takes no calibration data; expected "
-                         f"calibration=None (calibrated methods: {calibrated})")
-    if calibration is not None and (isinstance(calibration, (torch.Tensor, str, bytes))
-                                    or not isinstance(calibration, Iterable)):
-        raise ValueError("calibration must be an iterable of model inputs (a list of tensors or of dicts such as "
-                         f"tokenizer outputs), got {type(calibration).__name__}")
     return spec
 
 
@@ -195,75 +180,27 @@ def _plan_from_result(block: FFNBlock, W: torch.Tensor, V: torch.Tensor, result,
     return _Plan(keep, W_new, biases, V_new, new_out_bias, seconds)
 
 
-def _layer_options(opts, block: FFNBlock, stats):
-    # A block without an output bias (LLaMA's down_proj) has nowhere to put the mean correction;
-    # adding a bias would not survive save_pretrained / from_pretrained, so it is left out there.
-    if stats is not None and opts.mean_correction and block.output_bias() is None:
-        return opts.replace(mean_correction=False)
-    return opts
-
-
-def _plan_projective(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
+def _plan_projective(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
     overrides = {key: value for key, value in options.items() if key != "dtype"}
     opts = resolve_options(spec.options, overrides)
     dtype = options.get("dtype")
     inputs = [_projective_inputs(block) for block in blocks]
-    if stats is not None:  # calibrated: no weight-space bias term, the mean correction replaces it
-        inputs = [(W, None, V) for W, _, V in inputs]
     if global_mode:
         total = sum(block.width for block in blocks)
         amount = int(round(ratio * total))
-        if stats is not None and any(block.output_bias() is None for block in blocks):
-            opts = opts.replace(mean_correction=False)  # one option set for the global greedy
-        with _progress(amount, "global greedy", progress) as bar:
-            results = greedy_global([W for W, _, _ in inputs], amount, opts, bs=[b for _, b, _ in inputs],
-                                    Vs=[V for _, _, V in inputs], stats=stats, dtype=dtype,
-                                    callback=lambda _: bar.update())
+        results = greedy_global([W for W, _, _ in inputs], amount, opts, bs=[b for _, b, _ in inputs],
+                                Vs=[V for _, _, V in inputs], dtype=dtype)
         return [_plan_from_result(block, W, V, r, None) for block, (W, _, V), r in zip(blocks, inputs, results)], {}
     plans = []
-    for li, (block, (W, b, V)) in enumerate(_iterate(list(zip(blocks, inputs)), "FFN layers", progress)):
+    for block, (W, b, V) in zip(blocks, inputs):
         start = time.perf_counter()
-        st = None if stats is None else [stats[li]]
-        result = greedy_global([W], block.width - kept_width(block.width, ratio),
-                               _layer_options(opts, block, st and st[0]), bs=[b], Vs=[V], stats=st, dtype=dtype)[0]
+        result = greedy_global([W], block.width - kept_width(block.width, ratio), opts, bs=[b], Vs=[V],
+                               dtype=dtype)[0]
         plans.append(_plan_from_result(block, W, V, result, time.perf_counter() - start))
     return plans, {}
 
 
-def _plan_act_norm(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
-    opts = resolve_options(spec.options, options)
-    inputs = [_projective_inputs(block) for block in blocks]
-    Ws, Vs = [W for W, _, _ in inputs], [V for _, _, V in inputs]
-    start = time.perf_counter()
-    if global_mode:
-        keeps = select_baseline_global(Ws, int(round(ratio * sum(W.shape[0] for W in Ws))), spec, None, Vs, stats)
-    else:
-        keeps = [select_baseline_global([W], W.shape[0] - kept_width(W.shape[0], ratio), spec, None, [V], [st])[0]
-                 for W, V, st in zip(Ws, Vs, stats)]
-    plans = []
-    for block, W, V, keep, st in _iterate(list(zip(blocks, Ws, Vs, keeps, stats)), "FFN layers", progress):
-        ones = torch.ones(W.shape[0], dtype=W.dtype, device=W.device)
-        result = PruneResult(keep=keep, order=torch.nonzero(~keep).flatten(), scale_w=ones, scale_b=ones,
-                             scale_v=ones)
-        apply_refit(result, V, st, _layer_options(opts, block, st))
-        plans.append(_plan_from_result(block, W, V, result, None if global_mode else time.perf_counter() - start))
-        start = time.perf_counter()
-    return plans, {}
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
-def _iterate(items: list, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, disable=not enabled, leave=False)
-
-
-def _plan_baseline(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
+def _plan_baseline(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
     generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
     Ws = [_work_dtype(block.unit_weight()) for block in blocks]
     if global_mode:
@@ -279,7 +216,7 @@ def _plan_baseline(blocks, ratio, spec, global_mode, options, stats=None, progre
     return plans, {}
 
 
-def _plan_prunenet(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
+def _plan_prunenet(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
     weights = [_work_dtype(block.policy_weight()) for block in blocks]
     policy = options.get("policy")
     if isinstance(policy, (str, os.PathLike)):
@@ -306,7 +243,6 @@ _PLANNERS: dict[str, Callable[..., tuple[list[_Plan], dict]]] = {
     "norm": _plan_baseline,
     "lazy": _plan_projective,
     "exact": _plan_projective,
-    "act_norm": _plan_act_norm,
     "prunenet": _plan_prunenet,
 }
 
@@ -344,8 +280,6 @@ def prune_ffn(
     method: str = "exact",
     *,
     global_mode: bool = False,
-    calibration: Iterable[Any] | None = None,
-    progress: bool = False,
     **options: Any,
 ) -> PruneReport:
     """Prune ``ratio`` of the hidden units of every FFN block of ``model`` in place.
@@ -359,14 +293,7 @@ def prune_ffn(
         method: a key of :data:`FFN_METHODS`.
         global_mode: choose the per-layer widths across layers (projective methods: the
             global greedy with per-layer normalised distances; l1/l2/random: per-layer
-            normalised scores; ``calib``: the global greedy on the calibrated scores).
-            Not available for ``prunenet``.
-        calibration: model inputs for the calibrated methods (``calib``, ``act_norm``): an
-            iterable of tensors or of dicts such as tokenizer outputs (``attention_mask``
-            excludes padding). Keep it apart from the text you evaluate on. Blocks without an
-            output bias (LLaMA-style) get no mean correction (a new bias would not survive
-            ``save_pretrained``).
-        progress: show tqdm bars for calibration and per-layer selection.
+            normalised scores). Not available for ``prunenet``.
         **options: method options: projective ``alpha``, ``beta``, ``gamma``, ``lmbda``,
             ``decay``, ``v_uses_beta``, ``output_aware``, ``compensate``, ``dtype``;
             ``random``: ``seed``; ``prunenet``: ``policy`` (a trained
@@ -381,7 +308,7 @@ def prune_ffn(
         ValueError: bad ``ratio``, unknown ``method`` or option, unsupported architecture
             (raised before the model is modified).
     """
-    spec = _check_arguments(ratio, method, global_mode, options, calibration)
+    spec = _check_arguments(ratio, method, global_mode, options)
     ratio = float(ratio)
     blocks = find_ffn_blocks(model)
     widths_before = [block.width for block in blocks]
@@ -393,22 +320,11 @@ def prune_ffn(
     ffn_before = sum(block.num_parameters() for block in blocks)
     start = time.perf_counter()
     extra: dict[str, Any] = {}
-    stats: list[ActivationStats] | None = None
-    if spec.needs_stats and ratio != 0.0:
-        batches = calibration
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(calibration, desc="calibration", leave=False)
-        try:
-            stats = collect_activation_stats(model, [block.output for block in blocks], batches)
-        except ValueError as err:
-            raise ValueError(f"calibration: {err}") from err
     if ratio == 0.0:
         plans = [_Plan(torch.ones(block.width, dtype=torch.bool), seconds=0.0) for block in blocks]
     else:
         with torch.no_grad():
-            plans, extra = _PLANNERS[spec.kind](blocks, ratio, spec, global_mode, options, stats, progress)
+            plans, extra = _PLANNERS[spec.kind](blocks, ratio, spec, global_mode, options)
         # Everything is decided: only now is the model modified.
         with torch.no_grad():
             for block, plan in zip(blocks, plans):
