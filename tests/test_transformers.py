@@ -41,6 +41,7 @@ def _configs(hidden: int = 32, ffn: int = 64) -> dict[str, tuple[type, object, s
 
 FAMILY_OF = {"bert": "bert", "gpt2": "gpt2", "opt": "fc", "phi": "fc", "llama": "gated"}
 IDS = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+CALIB_IDS = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
 
 
 def _build(name: str, hidden: int = 32, ffn: int = 64, seed: int = 0) -> nn.Module:
@@ -104,8 +105,11 @@ def test_prune_every_family_and_method(name, method):
     model = _build(name)
     n_params = sum(p.numel() for p in model.parameters())
     options = {"episodes": 2, "show_progress": False} if method == "prunenet" else {}
+    if FFN_METHODS[method].needs_stats:
+        options["calibration"] = [CALIB_IDS[:2], CALIB_IDS[2:]]
     report = prune_ffn(model, 0.3, method, **options)
     kept = 64 - round(0.3 * 64)
+    bias_before = name != "llama" or not FFN_METHODS[method].needs_stats
     assert report.widths == [kept, kept]
     for block, layer in zip(find_ffn_blocks(model), report.layers):
         assert block.width == kept and layer.width_before == 64 and layer.kept.numel() == kept
@@ -115,15 +119,19 @@ def test_prune_every_family_and_method(name, method):
             dims = (linear.nx, linear.nf) if name == "gpt2" else (linear.in_features, linear.out_features)
             assert tuple(linear.weight.shape) == ((32, kept) if name == "gpt2" else (kept, 32))
             assert dims == (32, kept)
-    # every removed unit costs its input row(s) and bias entries, and one output column
-    per_unit = 0
+    # every removed unit costs its input row(s) and bias entries, and one output column; mean correction
+    # gives a bias-free (LLaMA) block biases: an output bias and zero input biases (config.mlp_bias)
+    per_unit, created = 0, 0
     for block in find_ffn_blocks(model):
         for linear in block.inputs:
-            per_unit += block.unit_weight().shape[1] // len(block.inputs) + (linear.bias is not None)
+            per_unit += block.unit_weight().shape[1] // len(block.inputs) + (bias_before and linear.bias is not None)
+            created += 0 if bias_before else kept
         per_unit += block.output_weight().shape[0]
+        created += 0 if bias_before else block.output_weight().shape[0]
     assert report.params_before == n_params
     assert report.params_after == sum(p.numel() for p in model.parameters())
-    assert report.params_before - report.params_after == per_unit * (64 - kept)
+    assert report.params_before - report.params_after == per_unit * (64 - kept) - created
+    assert bias_before or (FFN_METHODS[method].needs_stats and model.config.mlp_bias)
     assert getattr(model.config, _configs()[name][2]) == kept
     out = _final_hidden(model)
     assert out.shape == (2, 9, 32) and torch.isfinite(out).all()
@@ -201,7 +209,8 @@ PROJECTIVE = [name for name, spec in PAIR_METHODS.items() if spec.kind in ("lazy
 def test_projective_methods_remove_duplicates_first(name, method):
     base, pairs = _with_duplicates(name)
     model = copy.deepcopy(base)
-    report = prune_ffn(model, len(pairs) / 24, method)
+    calibration = [CALIB_IDS] if PAIR_METHODS[method].needs_stats else None
+    report = prune_ffn(model, len(pairs) / 24, method, calibration=calibration)
     for layer in report.layers:
         removed = set(range(24)) - set(layer.kept.tolist())
         assert len(removed) == len(pairs)

@@ -11,6 +11,7 @@ from projprune.transformers import FFN_METHODS
 from projprune.transformers.compare import main, markdown_table
 
 TEXT = "Projective pruning removes the units that the others can represent. " * 40
+CALIB_TEXT = "Calibration sentences are read once to estimate what every output layer sees. " * 40
 
 
 
@@ -23,6 +24,7 @@ def local_models(tmp_path_factory):
     hf.BertModel(hf.BertConfig(hidden_size=32, intermediate_size=64, **common)).save_pretrained(root / "bert")
     text = root / "text.txt"
     text.write_text(TEXT, encoding="utf-8")
+    (root / "calib.txt").write_text(CALIB_TEXT, encoding="utf-8")
     return root
 
 
@@ -32,7 +34,8 @@ def _args(root, model, out, *extra):
 
 
 def test_compare_every_method_on_a_language_model(local_models, tmp_path):
-    rows = main(_args(local_models, "llama", tmp_path, "--ratio", "0.25"))
+    rows = main(_args(local_models, "llama", tmp_path, "--ratio", "0.25", "--calibration-file",
+                      str(local_models / "calib.txt")))
     assert [r["method"] for r in rows] == ["dense", *FFN_METHODS]
     run_dir = tmp_path / "compare-local-0.25-llama"
     csv_rows = read_csv(run_dir / "results.csv")
@@ -48,6 +51,7 @@ def test_compare_every_method_on_a_language_model(local_models, tmp_path):
     assert table.count("\n|") >= len(rows) and "exact_oac" in table and "prunenet" in table
     log = (run_dir / "compare-local-0.25-llama.txt").read_text()
     assert "ratio: 0.25" in log and "Params:" in log and "PPL:" in log
+    assert "Calibration text (--calibration-file" in log and "Evaluation text (--text-file" in log
     assert (run_dir / "fidelity.png").is_file() and (run_dir / "fidelity.pdf").is_file()
 
 
@@ -80,9 +84,14 @@ def test_compare_reuses_a_saved_prunenet_policy(local_models, tmp_path):
         (["--methods", "proj,l2"], ValueError, "--methods"),
         (["--ratio", "1.5"], ValueError, "--ratio"),
         (["--seq-len", "0"], ValueError, "--seq-len"),
+        (["--methods", "calib"], ValueError, "--calibration-file"),
+        (["--methods", "calib", "--calibration-file", "SAME"], ValueError, "identical to --text-file"),
+        (["--methods", "calib", "--calibration-file", "MISSING"], FileNotFoundError, "--calibration-file"),
     ],
 )
 def test_compare_bad_arguments_write_nothing(local_models, tmp_path, extra, error, match):
+    extra = [{"SAME": str(local_models / "text.txt"), "MISSING": str(local_models / "none.txt")}.get(a, a)
+             for a in extra]
     with pytest.raises(error, match=match):
         main(_args(local_models, "llama", tmp_path, *extra))
     assert list(tmp_path.iterdir()) == []
@@ -131,4 +140,4 @@ def test_compare_tokenizers_local_files_or_bytes(local_models, tmp_path):
                       str(gpt2 / "text.txt"), "--seq-len", "16"))
     log = (tmp_path / "out2" / "compare-local-0.3-gpt2" / "compare-local-0.3-gpt2.txt").read_text()
     assert "UTF-8 bytes" not in log and f"from {gpt2}" in log
-    assert "Text: 4 chunks of 16 tokens" in log and float(rows[1]["ppl"]) > 1
+    assert "Evaluation text (--text-file" in log and "4 chunks of 16 tokens" in log and float(rows[1]["ppl"]) > 1

@@ -46,6 +46,9 @@ class CompareConfig:
     model: str = field(default="", metadata={"help": "model directory written by save_pretrained, or a hub name"})
     ratio: float = field(default=0.3, metadata={"help": "fraction of FFN hidden units removed (FFN width only)"})
     text_file: str = field(default="", metadata={"help": "UTF-8 text to measure fidelity on"})
+    calibration_file: str = field(default="", metadata={
+        "help": "UTF-8 text the calibrated methods (calib, act_norm) read; must differ from --text-file"})
+    calibration_chunks: int = field(default=16, metadata={"help": "calibration chunks taken from that text"})
     methods: str = field(default="all", metadata={"help": "comma-separated methods of FFN_METHODS, or 'all'"})
     global_mode: bool = field(default=False, metadata={"flag": "--global", "help": "choose widths across layers"})
     seq_len: int = field(default=128, metadata={"help": "tokens per evaluation chunk"})
@@ -92,7 +95,15 @@ def _check_config(cfg: CompareConfig) -> list[str]:
         raise ValueError(f"--ratio: expected a fraction in [0, 1), got {cfg.ratio}")
     if cfg.policy_ratio != -1.0 and not 0.0 < cfg.policy_ratio < 1.0:
         raise ValueError(f"--policy-ratio: expected a fraction in (0, 1) or -1 (use --ratio), got {cfg.policy_ratio}")
-    for name, value in (("--seq-len", cfg.seq_len), ("--max-chunks", cfg.max_chunks),
+    if cfg.calibration_file:
+        if not Path(cfg.calibration_file).is_file():
+            raise FileNotFoundError(f"--calibration-file: file {cfg.calibration_file!r} does not exist")
+        same_path = Path(cfg.calibration_file).resolve() == Path(cfg.text_file).resolve()
+        if same_path or Path(cfg.calibration_file).read_bytes() == Path(cfg.text_file).read_bytes():
+            raise ValueError(f"--calibration-file: {cfg.calibration_file} is identical to --text-file "
+                             f"{cfg.text_file}; calibration text must be disjoint from the evaluation text")
+    for name, value in (("--calibration-chunks", cfg.calibration_chunks),
+                        ("--seq-len", cfg.seq_len), ("--max-chunks", cfg.max_chunks),
                         ("--batch-size", cfg.batch_size), ("--prunenet-episodes", cfg.prunenet_episodes)):
         if value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value}")
@@ -100,6 +111,13 @@ def _check_config(cfg: CompareConfig) -> list[str]:
     unknown = [m for m in methods if m not in FFN_METHODS]
     if unknown or not methods:
         raise ValueError(f"--methods: expected 'all' or names from {sorted(FFN_METHODS)}, got {cfg.methods!r}")
+    from projprune.transformers.prune import FFN_METHODS as _ALL
+
+    calibrated = [m for m in methods if _ALL[m].needs_stats]
+    if calibrated and not cfg.calibration_file:
+        if cfg.methods != "all":
+            raise ValueError(f"--methods: {calibrated} need --calibration-file (text disjoint from --text-file)")
+        methods = [m for m in methods if m not in calibrated]
     if cfg.global_mode and "prunenet" in methods:
         if cfg.methods != "all":
             raise ValueError("--methods: prunenet has no global mode; drop it or --global")
@@ -110,11 +128,16 @@ def _check_config(cfg: CompareConfig) -> list[str]:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 
 
-def _token_ids(cfg: CompareConfig, vocab_size: int, logger) -> torch.Tensor:
-    """``(chunks, seq_len)`` token ids of the text file."""
-    text = Path(cfg.text_file).read_text(encoding="utf-8")
+def _token_ids(cfg: CompareConfig, vocab_size: int, logger, path: str = "", flag: str = "--text-file",
+               max_chunks: int = 0) -> torch.Tensor:
+    """``(chunks, seq_len)`` token ids of the text file (``path``: another file, e.g. calibration)."""
+    path = path or cfg.text_file
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{flag}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not text.strip():
-        raise ValueError(f"--text-file: {cfg.text_file} is empty")
+        raise ValueError(f"{flag}: {path} is empty")
     ids: list[int] = []
     source = cfg.tokenizer or cfg.model
     local_files = Path(source).is_dir() and any((Path(source) / name).is_file() for name in _TOKENIZER_FILES)
@@ -136,7 +159,7 @@ def _token_ids(cfg: CompareConfig, vocab_size: int, logger) -> torch.Tensor:
     if len(ids) < seq_len:
         seq_len = len(ids)
         logger.info(f"Text shorter than --seq-len: one chunk of {seq_len} tokens")
-    chunks = min(cfg.max_chunks, len(ids) // seq_len)
+    chunks = min(max_chunks or cfg.max_chunks, len(ids) // seq_len)
     return torch.tensor(ids[: chunks * seq_len], dtype=torch.long).view(chunks, seq_len)
 
 
@@ -256,7 +279,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         log_config(logger, cfg)
         original = _load_model(cfg)
         input_ids = _token_ids(cfg, int(original.config.vocab_size), logger)
-        logger.info(f"Text: {input_ids.shape[0]} chunks of {input_ids.shape[1]} tokens")
+        logger.info(f"Evaluation text (--text-file {cfg.text_file}): {input_ids.shape[0]} chunks of "
+                    f"{input_ids.shape[1]} tokens")
+        calibration = None
+        if cfg.calibration_file:
+            calib_ids = _token_ids(cfg, int(original.config.vocab_size), logger, cfg.calibration_file,
+                                   "--calibration-file", cfg.calibration_chunks)
+            calibration = list(calib_ids.split(cfg.batch_size))
+            logger.info(f"Calibration text (--calibration-file {cfg.calibration_file}, disjoint from the "
+                        f"evaluation text): {calib_ids.shape[0]} chunks of {calib_ids.shape[1]} tokens")
         reference, dense_ppl, _ = evaluate_fidelity(original, input_ids, batch_size=cfg.batch_size)
         dense_params = sum(p.numel() for p in original.parameters())
         results = ResultsCSV(run_dir / "results.csv")
@@ -271,8 +302,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             if method == "prunenet":
                 report = _run_prunenet(model, cfg, logger)
             else:
-                options = {"seed": cfg.seed} if method == "random" else {}
-                report = prune_ffn(model, cfg.ratio, method, global_mode=cfg.global_mode, **options)
+                options: dict[str, Any] = {"seed": cfg.seed} if method == "random" else {}
+                if FFN_METHODS[method].needs_stats:
+                    options["calibration"] = calibration
+                report = prune_ffn(model, cfg.ratio, method, global_mode=cfg.global_mode, progress=True, **options)
             _, ppl, cosine = evaluate_fidelity(model, input_ids, reference, batch_size=cfg.batch_size)
             widths = report.widths
             row = {

@@ -156,9 +156,12 @@ class FFNBlock:
         layer.weight = nn.Parameter(
             new_weight.to(dtype=weight.dtype, device=weight.device).contiguous(), requires_grad=weight.requires_grad
         )
-        if getattr(layer, "bias", None) is not None:
+        if getattr(layer, "bias", None) is not None or bias is not None:
             if bias is None:
                 raise AssertionError("a projection with a bias must receive new bias values")
+            if getattr(layer, "bias", None) is None:  # created (e.g. zeros when the config gains mlp_bias)
+                layer.bias = nn.Parameter(torch.zeros(bias.shape, dtype=weight.dtype, device=weight.device),
+                                          requires_grad=weight.requires_grad)
             layer.bias = nn.Parameter(
                 bias.to(dtype=layer.bias.dtype, device=layer.bias.device).contiguous(),
                 requires_grad=layer.bias.requires_grad,
@@ -182,7 +185,7 @@ class FFNBlock:
             unit_weight: ``(n', sum of input dims)``, split back over the input projections.
             input_biases: one ``(n',)`` tensor (or None) per input projection.
             output_weight: ``V': (k, n')``.
-            output_bias: ``(k,)`` new output bias (None keeps the current one).
+            output_bias: ``(k,)`` new output bias (None keeps the current one; created if absent).
         """
         dims = [_in_features(layer, self.family.conv1d) for layer in self.inputs]
         for layer, rows, bias in zip(self.inputs, torch.split(unit_weight, dims, dim=1), input_biases):
@@ -194,6 +197,9 @@ class FFNBlock:
             new_weight.to(dtype=weight.dtype, device=weight.device).contiguous(), requires_grad=weight.requires_grad
         )
         if output_bias is not None:
+            if out.bias is None:  # mean correction needs somewhere to go
+                out.bias = nn.Parameter(torch.zeros(output_bias.shape, dtype=weight.dtype, device=weight.device),
+                                        requires_grad=weight.requires_grad)
             out.bias = nn.Parameter(
                 output_bias.to(dtype=out.bias.dtype, device=out.bias.device).contiguous(),
                 requires_grad=out.bias.requires_grad,

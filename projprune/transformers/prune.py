@@ -22,17 +22,20 @@ the five removed units were not duplicates). With ``n <= m`` every projective me
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from projprune.greedy import apply_pruning, greedy_global
+from projprune.calibration import ActivationStats, collect_activation_stats
+from projprune.greedy import PruneResult, apply_pruning, apply_refit, greedy_global
 from projprune.methods import PAIR_METHODS, PairMethod, select_baseline_global
 from projprune.options import resolve_options
 from projprune.surgery import select_units
@@ -47,13 +50,15 @@ PRUNENET_METHOD = PairMethod("prunenet", description="PruneNet (ICLR 2025): lear
 FFN_METHODS: dict[str, PairMethod] = {**PAIR_METHODS, "prunenet": PRUNENET_METHOD}
 
 _PROJECTIVE_OPTIONS = frozenset(
-    {"alpha", "beta", "gamma", "lmbda", "decay", "v_uses_beta", "output_aware", "compensate", "dtype"}
+    {"alpha", "beta", "gamma", "lmbda", "decay", "v_uses_beta", "output_aware", "compensate", "dtype",
+     "identity_activation", "mean_correction", "refit"}
 )
 _OPTIONS_BY_KIND: dict[str, frozenset[str]] = {
     "random": frozenset({"seed"}),
     "norm": frozenset(),
     "lazy": _PROJECTIVE_OPTIONS,
     "exact": _PROJECTIVE_OPTIONS,
+    "act_norm": frozenset({"lmbda", "mean_correction"}),
     "prunenet": frozenset({"policy", "episodes", "lr", "weight_decay", "discount", "seed", "draw_seed",
                            "show_progress"}),
 }
@@ -175,32 +180,73 @@ def _plan_from_result(block: FFNBlock, W: torch.Tensor, V: torch.Tensor, result,
         biases.append(None if bias is None else _work_dtype(bias.detach())[keep] * scale_b.to(W.dtype))
     out_bias = block.output_bias()
     new_out_bias = None
-    if bias_delta is not None and out_bias is not None:
-        new_out_bias = _work_dtype(out_bias) + bias_delta.to(W.dtype)
+    if bias_delta is not None:
+        # mean correction creates the output bias when the block has none (see _bias_owner)
+        base = torch.zeros_like(bias_delta, dtype=W.dtype) if out_bias is None else _work_dtype(out_bias)
+        new_out_bias = base + bias_delta.to(W.dtype)
     return _Plan(keep, W_new, biases, V_new, new_out_bias, seconds)
 
 
-def _plan_projective(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def _plan_projective(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
     overrides = {key: value for key, value in options.items() if key != "dtype"}
     opts = resolve_options(spec.options, overrides)
     dtype = options.get("dtype")
     inputs = [_projective_inputs(block) for block in blocks]
+    if stats is not None:  # on activations: the data-free bias term does not apply
+        inputs = [(W, None, V) for W, _, V in inputs]
+    per_layer = [None] * len(blocks) if stats is None else list(stats)
     if global_mode:
         total = sum(block.width for block in blocks)
         amount = int(round(ratio * total))
-        results = greedy_global([W for W, _, _ in inputs], amount, opts, bs=[b for _, b, _ in inputs],
-                                Vs=[V for _, _, V in inputs], dtype=dtype)
+        with _bar(amount, "global greedy", progress) as bar:
+            results = greedy_global([W for W, _, _ in inputs], amount, opts, bs=[b for _, b, _ in inputs],
+                                    Vs=[V for _, _, V in inputs], stats=None if stats is None else per_layer,
+                                    dtype=dtype, callback=lambda _step: bar.update(1))
         return [_plan_from_result(block, W, V, r, None) for block, (W, _, V), r in zip(blocks, inputs, results)], {}
     plans = []
-    for block, (W, b, V) in zip(blocks, inputs):
+    for block, (W, b, V), st in zip(_progress(blocks, "FFN layers", progress), inputs, per_layer):
         start = time.perf_counter()
         result = greedy_global([W], block.width - kept_width(block.width, ratio), opts, bs=[b], Vs=[V],
-                               dtype=dtype)[0]
+                               stats=None if st is None else [st], dtype=dtype)[0]
         plans.append(_plan_from_result(block, W, V, result, time.perf_counter() - start))
     return plans, {}
 
 
-def _plan_baseline(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
+def _progress(items: Sequence, desc: str, enabled: bool) -> Iterator:
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(items, desc=desc, disable=not enabled, leave=False))
+
+
+def _plan_act_norm(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
+    """Smallest ``‖h_i − μ_i‖·‖v_i‖`` units, then the least-squares refit of the output layer."""
+    opts = resolve_options(spec.options, dict(options))
+    Ws = [_work_dtype(block.unit_weight()) for block in blocks]
+    Vs = [_work_dtype(block.output_weight()).to(W.dtype) for block, W in zip(blocks, Ws)]
+    if global_mode:
+        amount = int(round(ratio * sum(W.shape[0] for W in Ws)))
+        keeps = select_baseline_global(Ws, amount, spec, None, Vs, stats)
+    else:
+        keeps = [select_baseline_global([W], W.shape[0] - kept_width(W.shape[0], ratio), spec, None, [V], [st])[0]
+                 for W, V, st in zip(Ws, Vs, stats)]
+    plans = []
+    for block, W, V, keep, st in zip(_progress(blocks, "FFN refit", progress), Ws, Vs, keeps, stats):
+        start = time.perf_counter()
+        ones = torch.ones(W.shape[0], dtype=W.dtype)
+        result = PruneResult(keep=keep.cpu(), order=torch.nonzero(~keep.cpu()).flatten(), scale_w=ones,
+                             scale_b=ones, scale_v=ones)
+        apply_refit(result, V, st, opts)
+        plans.append(_plan_from_result(block, W, V, result, None if global_mode else time.perf_counter() - start))
+    return plans, {}
+
+
+def _plan_baseline(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
     generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
     Ws = [_work_dtype(block.unit_weight()) for block in blocks]
     if global_mode:
@@ -216,7 +262,7 @@ def _plan_baseline(blocks, ratio, spec, global_mode, options) -> tuple[list[_Pla
     return plans, {}
 
 
-def _plan_prunenet(blocks, ratio, spec, global_mode, options) -> tuple[list[_Plan], dict]:
+def _plan_prunenet(blocks, ratio, spec, global_mode, options, stats=None, progress=False) -> tuple[list[_Plan], dict]:
     weights = [_work_dtype(block.policy_weight()) for block in blocks]
     policy = options.get("policy")
     if isinstance(policy, (str, os.PathLike)):
@@ -243,6 +289,7 @@ _PLANNERS: dict[str, Callable[..., tuple[list[_Plan], dict]]] = {
     "norm": _plan_baseline,
     "lazy": _plan_projective,
     "exact": _plan_projective,
+    "act_norm": _plan_act_norm,
     "prunenet": _plan_prunenet,
 }
 
@@ -273,6 +320,116 @@ def _update_configs(model: nn.Module, blocks: Sequence[FFNBlock]) -> None:
             setattr(config, WIDTHS_KEY, widths)
 
 
+# --------------------------------------------------------------------------- checks and rollback
+def _check_blocks(model: nn.Module, blocks: Sequence[FFNBlock]) -> None:
+    """Refuse what a write could not handle: parametrized, tied or non-finite projections."""
+    counts: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        counts.setdefault(id(param), []).append(name)
+    for block in blocks:
+        for layer in (*block.inputs, block.output):
+            if parametrize.is_parametrized(layer):
+                raise ValueError(f"model: FFN block {block.name!r} has a parametrized projection "
+                                 f"({type(layer).__name__}, {sorted(layer.parametrizations.keys())}); expected plain "
+                                 "parameters: remove it with "
+                                 "torch.nn.utils.parametrize.remove_parametrizations first")
+            for kind in ("weight", "bias"):
+                param = getattr(layer, kind, None)
+                if param is None:
+                    continue
+                names = counts.get(id(param), [])
+                if len(names) > 1:
+                    raise ValueError(f"model: FFN block {block.name!r} shares its {kind} with {names}; pruning would "
+                                     "untie it silently: expected untied FFN projections")
+                if not bool(torch.isfinite(param.detach()).all()):
+                    raise ValueError(f"model: FFN block {block.name!r} has NaN or Inf in a projection's {kind}; "
+                                     "expected finite weights")
+
+
+def _check_plans(blocks: Sequence[FFNBlock], plans: Sequence[_Plan]) -> None:
+    for block, plan in zip(blocks, plans):
+        dtype = block.output.weight.dtype
+        tensors = [plan.unit_weight, plan.output_weight, plan.output_bias, *(plan.input_biases or [])]
+        if any(t is not None and not bool(torch.isfinite(t.to(dtype)).all()) for t in tensors):
+            raise ValueError(f"pruning FFN block {block.name!r} produced NaN or Inf weights (strengths alpha/beta/"
+                             "gamma too large?); expected finite results: the model was left unchanged")
+
+
+def _bias_owner(model: nn.Module, blocks: Sequence[FFNBlock], plans: Sequence[_Plan]) -> list:
+    """Configs that must learn ``mlp_bias=True`` because mean correction creates output biases.
+
+    A block without an output bias (LLaMA-style ``down_proj``) gets one, and its input
+    projections get zero biases, so that ``mlp_bias=True`` rebuilds it; a family whose config
+    cannot say so is refused (pass ``mean_correction=False``).
+    """
+    created = [i for i, (b, p) in enumerate(zip(blocks, plans))
+               if p.output_bias is not None and b.output_bias() is None]
+    if not created:
+        return []
+    owners = config_owners(model, blocks)
+    configs = []
+    for index in created:
+        config = next((getattr(o, "config", None) for o, idx in owners if index in idx), None)
+        if config is None or not hasattr(config, "mlp_bias"):
+            raise ValueError(f"mean correction needs an output bias on FFN block {blocks[index].name!r}, which has "
+                             "none and whose config cannot hold one (no mlp_bias); pass mean_correction=False")
+        plan = plans[index]
+        plan.input_biases = [torch.zeros(plan.unit_weight.shape[0], dtype=plan.unit_weight.dtype) if b is None else b
+                             for b in plan.input_biases]
+        configs.append(config)
+    return list({id(c): c for c in configs}.values())
+
+
+@contextlib.contextmanager
+def _restore_on_failure(model: nn.Module, blocks: Sequence[FFNBlock]):
+    """Put every projection and config back if a write fails half-way (all blocks or none)."""
+    layers = {id(layer): layer for block in blocks for layer in (*block.inputs, block.output)}.values()
+    attrs = ("in_features", "out_features", "nf", "nx")
+    saved = [(layer, dict(layer._parameters), {a: getattr(layer, a) for a in attrs if hasattr(layer, a)})
+             for layer in layers]
+    configs = [(o.config, dict(vars(o.config))) for o, _ in config_owners(model, blocks) if hasattr(o, "config")]
+    try:
+        yield
+    except BaseException:
+        for layer, params, values in saved:
+            layer._parameters.clear()
+            layer._parameters.update(params)
+            for name, value in values.items():
+                setattr(layer, name, value)
+        for config, values in configs:
+            vars(config).clear()
+            vars(config).update(values)
+        raise
+
+
+def _check_calibration(method: str, spec: PairMethod, calibration: Any) -> None:
+    calibrated = sorted(k for k, v in FFN_METHODS.items() if v.needs_stats)
+    if spec.needs_stats and calibration is None:
+        raise ValueError(f"calibration: method {method!r} runs on activations; pass calibration= an iterable of "
+                         "model inputs (tensors of token ids or tokenizer outputs with attention_mask)")
+    if not spec.needs_stats and calibration is not None:
+        raise ValueError(f"calibration: method {method!r} is data-free and takes no calibration data; expected "
+                         f"calibration=None (calibrated methods: {', '.join(calibrated)})")
+    if calibration is not None and (isinstance(calibration, (torch.Tensor, Mapping, str, bytes))
+                                    or not isinstance(calibration, Iterable)):
+        raise ValueError("calibration: expected an iterable of batches (e.g. a list of tensors or tokenizer "
+                         f"outputs), got a single {type(calibration).__name__}; wrap one batch in a list")
+
+
+def _collect(model, blocks, calibration, max_batches, progress) -> list[ActivationStats]:
+    from tqdm.auto import tqdm
+
+    total = len(calibration) if hasattr(calibration, "__len__") else None
+    with tqdm(total=total, desc="calibration batches", disable=not progress, leave=False) as bar:
+        stats = collect_activation_stats(model, [block.output for block in blocks], calibration,
+                                         max_batches=max_batches, callback=lambda _i: bar.update(1))
+    for block, st in zip(blocks, stats):
+        if st.n != block.width:
+            raise ValueError(f"calibration: FFN block {block.name!r} has {block.width} units but its output "
+                             f"projection read {st.n} features; expected the hidden units")
+    return stats
+
+
 # --------------------------------------------------------------------------- entry point
 def prune_ffn(
     model: nn.Module,
@@ -280,6 +437,9 @@ def prune_ffn(
     method: str = "exact",
     *,
     global_mode: bool = False,
+    calibration: Iterable[Any] | None = None,
+    max_batches: int | None = None,
+    progress: bool = False,
     **options: Any,
 ) -> PruneReport:
     """Prune ``ratio`` of the hidden units of every FFN block of ``model`` in place.
@@ -294,6 +454,12 @@ def prune_ffn(
         global_mode: choose the per-layer widths across layers (projective methods: the
             global greedy with per-layer normalised distances; l1/l2/random: per-layer
             normalised scores). Not available for ``prunenet``.
+        calibration: model inputs for the calibrated methods (``calib``, ``act_norm``;
+            refused by the data-free ones): an iterable of ``(batch, seq)`` token-id tensors or
+            tokenizer outputs (an ``attention_mask`` excludes padding). The statistics are what
+            each block's output projection reads (for gated blocks ``act(gate) * up``).
+        max_batches: use at most this many calibration batches.
+        progress: tqdm bars for calibration batches and per-layer selection.
         **options: method options: projective ``alpha``, ``beta``, ``gamma``, ``lmbda``,
             ``decay``, ``v_uses_beta``, ``output_aware``, ``compensate``, ``dtype``;
             ``random``: ``seed``; ``prunenet``: ``policy`` (a trained
@@ -305,12 +471,15 @@ def prune_ffn(
         :class:`PruneReport` with one :class:`LayerReport` per block.
 
     Raises:
-        ValueError: bad ``ratio``, unknown ``method`` or option, unsupported architecture
-            (raised before the model is modified).
+        ValueError: bad ``ratio``, unknown ``method`` or option, unsupported architecture,
+            missing/unwanted/bad ``calibration``, parametrized, tied or non-finite projections
+            (raised before the model is modified; a write failing half-way restores every block).
     """
     spec = _check_arguments(ratio, method, global_mode, options)
+    _check_calibration(method, spec, calibration)
     ratio = float(ratio)
     blocks = find_ffn_blocks(model)
+    _check_blocks(model, blocks)
     widths_before = [block.width for block in blocks]
     if not global_mode:
         too_small = [(b.name, b.width) for b in blocks if kept_width(b.width, ratio) < 1]
@@ -323,16 +492,21 @@ def prune_ffn(
     if ratio == 0.0:
         plans = [_Plan(torch.ones(block.width, dtype=torch.bool), seconds=0.0) for block in blocks]
     else:
+        stats = _collect(model, blocks, calibration, max_batches, progress) if spec.needs_stats else None
         with torch.no_grad():
-            plans, extra = _PLANNERS[spec.kind](blocks, ratio, spec, global_mode, options)
-        # Everything is decided: only now is the model modified.
-        with torch.no_grad():
+            plans, extra = _PLANNERS[spec.kind](blocks, ratio, spec, global_mode, options, stats, progress)
+        _check_plans(blocks, plans)
+        bias_configs = _bias_owner(model, blocks, plans)
+        # Everything is decided: only now is the model modified (and restored if a write fails).
+        with _restore_on_failure(model, blocks), torch.no_grad():
             for block, plan in zip(blocks, plans):
                 if plan.unit_weight is None:
                     block.slice_units(torch.nonzero(plan.keep).flatten())
                 else:
                     block.set_weights(plan.unit_weight, plan.input_biases, plan.output_weight, plan.output_bias)
-        _update_configs(model, blocks)
+            for config in bias_configs:
+                config.mlp_bias = True
+            _update_configs(model, blocks)
     seconds = time.perf_counter() - start
     layers = [
         LayerReport(block.name, block.family.name, before, block.width, torch.nonzero(plan.keep).flatten(),
