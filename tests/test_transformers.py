@@ -388,3 +388,13 @@ def test_report_rows_and_times():
     assert all(r["family"] == "gpt2" and r["width_after"] == 45 for r in rows)
     assert all(layer.seconds is not None and layer.seconds >= 0 for layer in report.layers)
     assert 0 < report.param_reduction < 0.3 and report.ffn_params_after < report.ffn_params_before
+
+
+def test_importing_the_library_does_not_import_the_experiment_harness():
+    import subprocess
+    import sys
+
+    code = ("import sys, projprune, projprune.transformers, projprune.transformers.prunenet, "
+            "projprune.transformers.compare; print(sorted(m for m in sys.modules if m.split('.')[0] == 'engine'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

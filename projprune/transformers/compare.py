@@ -9,6 +9,10 @@ ratio counts FFN width only) and the time pruning took (PruneNet: training inclu
 unless a saved policy is reused). Outputs go to ``<output-dir>/<run name>/``: the log
 ``<run name>.txt``, ``results.csv``, ``results.md`` and a figure.
 
+The calibrated methods (``calib``, ``act_norm``) run only with ``--calibration-file``: text
+that must differ from ``--text-file`` (an identical file is refused); the log says which
+file calibrates and which evaluates.
+
 Without a tokenizer beside the model (``--tokenizer`` or the model directory) the text is
 read as UTF-8 bytes (ids ``byte % vocab_size``), which is enough to measure fidelity.
 """
@@ -25,18 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from engine.harness import (
-    ResultsCSV,
-    atomic_write_text,
-    close_logger,
-    get_logger,
-    log_config,
-    parse_config,
-    progress,
-    save_figure,
-    seed_everything,
-)
 
 __all__ = ["CompareConfig", "evaluate_fidelity", "main", "markdown_table"]
 
@@ -244,6 +236,8 @@ def _run_prunenet(model: torch.nn.Module, cfg: CompareConfig, logger):
 def _figure(rows: list[dict[str, Any]], path_stem: Path) -> None:
     import matplotlib
 
+    from engine.harness import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -262,7 +256,22 @@ def _figure(rows: list[dict[str, Any]], path_stem: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Run the comparison; returns the table rows (also written as CSV and Markdown)."""
+    """Run the comparison; returns the table rows (also written as CSV and Markdown).
+
+    The experiment harness (logging, CSV, config parsing) is imported here, by the CLI only:
+    importing :mod:`projprune` never imports ``engine``.
+    """
+    from engine.harness import (
+        ResultsCSV,
+        atomic_write_text,
+        close_logger,
+        get_logger,
+        log_config,
+        parse_config,
+        progress,
+        seed_everything,
+    )
+
     cfg = parse_config(CompareConfig, argv, description=__doc__.splitlines()[0])
     methods = _check_config(cfg)
     from projprune.transformers import FFN_METHODS, find_ffn_blocks, prune_ffn

@@ -224,7 +224,7 @@ def train_policy(
         raise ValueError(f"ratio must be in (0, 1), got {ratio!r}")
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes!r}")
-    from engine.harness import progress
+    from tqdm.auto import tqdm
 
     start = time.perf_counter()
     m, d = next(iter(shapes))
@@ -236,8 +236,7 @@ def train_policy(
     generator = torch.Generator().manual_seed(seed)
     policy = PruneNetPolicy(predictor, ratio)
     best_state = copy.deepcopy(predictor.state_dict())
-    bar_options = {} if show_progress else {"disable": True}
-    for episode in progress(range(episodes), desc="prunenet episodes", **bar_options):
+    for episode in tqdm(range(episodes), desc="prunenet episodes", disable=not show_progress, leave=False):
         actions, rewards = [], []
         with torch.no_grad():
             for W, s in zip(states, singular_values):
@@ -273,8 +272,8 @@ def policy_filename(model_name: str, ratio: float) -> str:
 
 
 def save_policy(path: str | os.PathLike, policy: PruneNetPolicy) -> None:
-    """Write the policy atomically (safetensors + JSON meta via the harness, never pickle)."""
-    from engine.harness import save_checkpoint
+    """Write the policy atomically (safetensors + JSON meta, never pickle)."""
+    from projprune._io import save_tensors
 
     meta = {
         "format": "prunenet-policy",
@@ -285,7 +284,7 @@ def save_policy(path: str | os.PathLike, policy: PruneNetPolicy) -> None:
         "best_reward": policy.best_reward,
         "seconds": policy.seconds,
     }
-    save_checkpoint(path, policy.predictor.state_dict(), meta)
+    save_tensors(path, policy.predictor.state_dict(), meta)
 
 
 def load_policy(path: str | os.PathLike) -> PruneNetPolicy:
@@ -295,9 +294,9 @@ def load_policy(path: str | os.PathLike) -> PruneNetPolicy:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a PruneNet policy checkpoint.
     """
-    from engine.harness import load_checkpoint
+    from projprune._io import load_tensors
 
-    state, meta = load_checkpoint(path)
+    state, meta = load_tensors(path)
     if meta.get("format") != "prunenet-policy":
         raise ValueError(f"path: {path} is not a PruneNet policy checkpoint (meta format {meta.get('format')!r})")
     predictor = SparsityPredictor(int(meta["hidden_size"]), int(meta["intermediate_size"]))
