@@ -7,7 +7,8 @@ back the pruned model. Every choice is computed before the first module is modif
 a bad argument or a failing solver leaves the model as it was.
 
 Methods are the keys of :data:`projprune.PAIR_METHODS` (``random``, ``l1``, ``l2``, the
-paper's lazy ``proj*`` variants, ``exact``, ``exact_oac``) plus ``prunenet``
+paper's lazy ``proj*`` variants, ``exact``, ``exact_oac``, and the calibrated ``calib`` and
+``act_norm`` of docs/algorithm.md §8, which need ``calibration=`` batches) plus ``prunenet``
 (:mod:`projprune.transformers.prunenet`). Projective options (``alpha``, ``beta``,
 ``gamma``, ``lmbda``, ``decay``, ``v_uses_beta``, ``output_aware``, ``compensate``)
 override the method's row of the table.
