@@ -272,8 +272,11 @@ def test_per_layer_widths_round_trip(name, tmp_path):
     again = from_pretrained(tmp_path / "again").eval()
     torch.testing.assert_close(_final_hidden(again), expected, rtol=0, atol=0)
     # plain transformers cannot express per-layer widths: it must not load silently
-    with pytest.raises(Exception):  # noqa: B017 - transformers' own size-mismatch error type
-        type(model).from_pretrained(tmp_path)
+    for loader in (type(model), hf.AutoModel):
+        with pytest.raises(Exception, match="projprune.transformers.from_pretrained"):  # transformers' own type
+            loader.from_pretrained(tmp_path)
+    with pytest.raises(Exception, match="projprune.transformers.from_pretrained"):
+        type(model).from_pretrained(tmp_path / "again")
 
 
 def test_from_pretrained_missing_path(tmp_path):

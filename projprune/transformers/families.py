@@ -37,14 +37,45 @@ __all__ = [
     "WIDTHS_KEY",
     "FFNBlock",
     "FFNFamily",
+    "PER_LAYER_NOTE",
     "config_owners",
     "find_ffn_blocks",
+    "guard_config",
     "resize_ffn_blocks",
 ]
 
 
 #: Config attribute holding per-block FFN widths when they are not uniform.
 WIDTHS_KEY = "projprune_ffn_widths"
+
+#: What a saved config holds in its width attribute when the widths differ per layer: stock
+#: loaders (``AutoModel``, ``SentenceTransformer``) then refuse it with this text.
+PER_LAYER_NOTE = "per-layer widths in projprune_ffn_widths: load with projprune.transformers.from_pretrained"
+
+_GUARDED: dict[type, type] = {}
+
+
+def guard_config(config, keys: Sequence[str]) -> None:
+    """Make ``config`` save ``PER_LAYER_NOTE`` instead of the ints in ``keys`` (in memory they stay ints).
+
+    The config's class becomes a cached subclass whose ``to_dict`` writes the note, so a stock
+    loader fails with a message naming :func:`projprune.transformers.from_pretrained`.
+    """
+    base = type(config)
+    if base in _GUARDED.values():
+        return
+    if base not in _GUARDED:
+        def to_dict(self):
+            out = base.to_dict(self)
+            for key in getattr(self, "_projprune_guarded", ()) if out.get(WIDTHS_KEY) else ():
+                if key in out:
+                    out[key] = PER_LAYER_NOTE
+            out.pop("_projprune_guarded", None)
+            return out
+
+        _GUARDED[base] = type(base.__name__, (base,), {"to_dict": to_dict, "__module__": base.__module__})
+    object.__setattr__(config, "_projprune_guarded", tuple(keys))
+    config.__class__ = _GUARDED[base]
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ from typing import Any
 
 from torch import nn
 
+from projprune.transformers.families import FAMILIES, PER_LAYER_NOTE, guard_config, resize_ffn_blocks
 from projprune.transformers.families import WIDTHS_KEY as _WIDTHS_KEY
-from projprune.transformers.families import resize_ffn_blocks
+
+_WIDTH_KEYS = tuple(dict.fromkeys(k for family in FAMILIES.values() for k in family.width_keys))
 
 __all__ = ["from_pretrained", "with_ffn_widths"]
 
@@ -39,6 +41,8 @@ def with_ffn_widths(model_class: type) -> type:
         widths = getattr(config, _WIDTHS_KEY, None)
         if widths:
             resize_ffn_blocks(self, [int(w) for w in widths])
+            keys = [k for k in _WIDTH_KEYS if isinstance(getattr(config, k, None), int)]
+            guard_config(config, keys)  # saving again keeps stock loaders refusing it
 
     subclass = type(model_class.__name__, (model_class,), {"__init__": __init__, "__module__": model_class.__module__})
     subclass.__qualname__ = model_class.__qualname__
@@ -79,12 +83,19 @@ def from_pretrained(path: str | os.PathLike, model_class: Any = None, **kwargs: 
         FileNotFoundError: ``path`` is a local path that does not exist.
         ValueError: the model class cannot be determined.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig, PretrainedConfig
 
     if (str(path).startswith((".", "/")) or os.sep in str(path)) and not os.path.exists(path):
         raise FileNotFoundError(f"path: {path} does not exist (expected a directory written by save_pretrained)")
-    config = AutoConfig.from_pretrained(path)
+    raw, _ = PretrainedConfig.get_config_dict(path)
+    widths = raw.get(_WIDTHS_KEY)
+    if widths:  # the width attributes hold PER_LAYER_NOTE (stock loaders refuse it): build at the widest
+        fixed = {k: (max(int(w) for w in widths) if v == PER_LAYER_NOTE else v) for k, v in raw.items()}
+        config = AutoConfig.for_model(**fixed)
+    else:
+        config = AutoConfig.from_pretrained(path)
     cls = _resolve_class(model_class, config)
-    if getattr(config, _WIDTHS_KEY, None):
+    if widths:
         cls = with_ffn_widths(cls)
+        kwargs.setdefault("config", config)
     return cls.from_pretrained(path, **kwargs)

@@ -40,7 +40,7 @@ from projprune.greedy import PruneResult, apply_pruning, apply_refit, greedy_glo
 from projprune.methods import PAIR_METHODS, PairMethod, select_baseline_global
 from projprune.options import resolve_options
 from projprune.surgery import select_units
-from projprune.transformers.families import WIDTHS_KEY, FFNBlock, config_owners, find_ffn_blocks
+from projprune.transformers.families import WIDTHS_KEY, FFNBlock, config_owners, find_ffn_blocks, guard_config
 from projprune.transformers.prunenet import PruneNetPolicy, kept_width, load_policy, train_policy
 
 __all__ = ["FFN_METHODS", "WIDTHS_KEY", "LayerReport", "PruneReport", "prune_ffn"]
@@ -319,6 +319,7 @@ def _update_configs(model: nn.Module, blocks: Sequence[FFNBlock]) -> None:
                 delattr(config, WIDTHS_KEY)
         else:
             setattr(config, WIDTHS_KEY, widths)
+            guard_config(config, [k for i in indices for k in blocks[i].family.width_keys if hasattr(config, k)])
 
 
 # --------------------------------------------------------------------------- checks and rollback
