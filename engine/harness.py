@@ -257,7 +257,9 @@ def config_parser(
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": f"{help_text} (default: {default})"}
+        # argparse %-formats help strings: a literal "%" must be doubled.
+        help_line = f"{help_text} (default: {default})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_line}
         ftype = hints[field.name]
         if ftype is bool:
             if default is False:
