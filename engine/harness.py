@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -242,6 +243,17 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def _finite_float(text: str) -> float:
+    """``float(text)``, refusing NaN and infinities (no flag of a run means anything with them)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def config_parser(
     cls: type, description: str | None = None, parser: argparse.ArgumentParser | None = None
 ) -> argparse.ArgumentParser:
@@ -266,12 +278,14 @@ def config_parser(
                 kwargs["action"] = "store_true"
             else:
                 kwargs["type"] = _parse_bool
-        elif ftype in (int, float, str):
+        elif ftype in (int, str):
             kwargs["type"] = ftype
+        elif ftype is float:
+            kwargs["type"] = _finite_float
         else:
             # Optional[...] and friends: take the first concrete scalar type mentioned.
             text = str(ftype)
-            kwargs["type"] = int if "int" in text and "float" not in text else float if "float" in text else str
+            kwargs["type"] = int if "int" in text and "float" not in text else _finite_float if "float" in text else str
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
         parser.add_argument(flag, **kwargs)

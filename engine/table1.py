@@ -76,16 +76,45 @@ def validate(cfg: Any) -> None:
         if cfg.method is None:
             raise ValueError(f"--mode prune needs --method, one of {', '.join(sorted(registry.METHODS))}")
         registry.get_method(cfg.method)
-        if cfg.speed_up < 1:
-            raise ValueError(f"--speed-up must be >= 1, got {cfg.speed_up}")
     if cfg.mode == "test" and not cfg.restore:
         raise ValueError("--mode test needs --restore <checkpoint>")
     for name in ("restore", "sl_restore"):
         path = getattr(cfg, name)
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such checkpoint file")
-    if cfg.batch_size < 1 or cfg.total_epochs < 0 or cfg.iterative_steps < 1:
-        raise ValueError("--batch-size and --iterative-steps must be >= 1 and --total-epochs >= 0")
+    _check_numbers(cfg)
+
+
+def _check_numbers(cfg: Any) -> None:
+    """Ranges of the numeric flags (NaN and infinities are refused by the parser already)."""
+    def need(ok: bool, flag: str, expected: str, value: Any) -> None:
+        if not ok:
+            raise ValueError(f"{flag} must be {expected}, got {value}")
+
+    for flag in ("batch_size", "iterative_steps", "num_points", "image_size"):
+        need(getattr(cfg, flag) >= 1, "--" + flag.replace("_", "-"), ">= 1", getattr(cfg, flag))
+    for flag in ("lr", "sl_lr", "lr_decay_gamma", "width_mult"):
+        need(getattr(cfg, flag) > 0, "--" + flag.replace("_", "-"), "> 0", getattr(cfg, flag))
+    for flag in ("weight_decay", "reg", "delta_reg", "target_flops", "sl_reg_warmup", "workers"):
+        need(getattr(cfg, flag) >= 0, "--" + flag.replace("_", "-") if flag != "delta_reg" else "--delta_reg",
+             ">= 0", getattr(cfg, flag))
+    need(0 < cfg.max_pruning_ratio <= 1, "--max-pruning-ratio", "in (0, 1]", cfg.max_pruning_ratio)
+    need(cfg.total_epochs >= 0, "--total-epochs", ">= 1 (0 only to prune without --finetune)", cfg.total_epochs)
+    need(cfg.sl_total_epochs >= 0, "--sl-total-epochs", ">= 1", cfg.sl_total_epochs)
+    from engine.train import parse_milestones
+
+    parse_milestones(cfg.lr_decay_milestones)
+    parse_milestones(cfg.sl_lr_decay_milestones)
+    if cfg.mode == "pretrain":
+        need(cfg.total_epochs >= 1, "--mode pretrain trains: --total-epochs", ">= 1", cfg.total_epochs)
+    if cfg.mode == "prune":
+        if cfg.target_flops == 0:
+            need(cfg.speed_up > 1, "--speed-up", "> 1 (the FLOPs reduction factor)", cfg.speed_up)
+        if cfg.finetune:
+            need(cfg.total_epochs >= 1, "--finetune trains: --total-epochs", ">= 1", cfg.total_epochs)
+        if registry.get_method(cfg.method).sparsity_learning and not cfg.sl_restore:
+            need(cfg.sl_total_epochs >= 1, f"--method {cfg.method} learns sparsity first: --sl-total-epochs", ">= 1",
+                 cfg.sl_total_epochs)
 
 
 def build_context(cfg: Any) -> Context:

@@ -193,6 +193,12 @@ def _regularize(regularizer, model: nn.Module) -> None:
         regularizer.regularize(model)
 
 
+def _diverged(what: str, epoch: int, step: int | None, optimizer: torch.optim.Optimizer) -> str:
+    where = f"epoch {epoch}" + (f" (step {step})" if step is not None else "")
+    return (f"{what} at {where} with lr={optimizer.param_groups[0]['lr']:g}: training diverged; lower --lr "
+            f"(or the regularisation); nothing of this epoch was saved, earlier checkpoints are kept")
+
+
 def train_model(
     model: nn.Module,
     train_loader: DataLoader,
@@ -223,7 +229,14 @@ def train_model(
             (rank 0 only).
         resume_path: per-epoch checkpoint; if it exists and its ``resume_meta`` matches, training
             continues after its last epoch. Deleted when training completes.
+
+    Raises:
+        ValueError: ``epochs < 1``.
+        FloatingPointError: the loss or the weights became NaN/Inf; nothing of that epoch is
+            saved (neither as best nor as the resume checkpoint).
     """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}: there is nothing to train")
     milestones = parse_milestones(milestones)
     resume_meta = dict(resume_meta or {})
     is_main = not _distributed() or dist.get_rank() == 0
@@ -259,6 +272,8 @@ def train_model(
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad()
             loss = F.cross_entropy(net(inputs), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(_diverged(f"training loss became {loss.item()}", epoch, step, optimizer))
             loss.backward()
             _regularize(regularizer, model)
             optimizer.step()
@@ -267,6 +282,8 @@ def train_model(
                             f"lr={optimizer.param_groups[0]['lr']:.4f}")
         if hasattr(regularizer, "update_reg"):
             regularizer.update_reg()  # growing regularisation
+        if not all(torch.isfinite(t).all() for t in unwrap(model).state_dict().values() if t.is_floating_point()):
+            raise FloatingPointError(_diverged("the weights became NaN/Inf", epoch, None, optimizer))
         acc, val_loss = evaluate(net, test_loader, device)
         logger.info(f"Epoch {epoch}/{epochs}, Acc={acc:.4f}, Val Loss={val_loss:.4f}, "
                     f"lr={optimizer.param_groups[0]['lr']:.4f}")
