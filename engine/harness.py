@@ -229,7 +229,9 @@ def load_checkpoint(
                 tensors[key] = handle.get_tensor(key)
         meta = json.loads(meta_raw)
     except Exception as exc:  # safetensors raises several types for bad files
-        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors checkpoint: {exc}") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"checkpoint {path} is damaged (corrupt or truncated) or not a safetensors "
+                         f"checkpoint: {reason}") from None
     return tensors, meta
 
 

@@ -167,8 +167,10 @@ def load_model(path: str | os.PathLike, model: nn.Module, device: torch.device |
     except ValueError:
         try:
             state = torch.load(path, map_location=device, weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint of this project: {exc}") from exc
+        except Exception:
+            # torch's own message is a page of advice about weights_only; the file is simply unreadable.
+            raise ValueError(f"checkpoint {path} is damaged (corrupt or truncated): neither a safetensors "
+                             f"checkpoint nor a torch state dict; restore a good copy or delete it") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"checkpoint {path} does not hold a state dict of tensors") from None
         tensors, meta = {f"model.{k}": v for k, v in state.items()}, {}
