@@ -23,6 +23,7 @@ from engine.datasets import DatasetBundle
 from engine.harness import close_logger, config_to_dict, default_device, get_logger, log_config, seed_everything
 from engine.train import (
     DistInfo,
+    check_checkpoint,
     cleanup_distributed,
     evaluate,
     init_distributed,
@@ -128,6 +129,9 @@ def build_context(cfg: Any) -> Context:
     bundle = registry.get_dataset(cfg.dataset, cfg.dataroot, input_kind=spec.input_kind,
                                   num_points=cfg.num_points, image_size=cfg.image_size)
     model = registry.get_model(cfg.model, bundle.num_classes, bundle.in_channels, cfg.width_mult, bundle.input_size)
+    for path in (cfg.restore, cfg.sl_restore):  # another task's checkpoint: refused before any write
+        if path:
+            check_checkpoint(path, model, _identity(cfg, bundle), bundle.example_inputs(1), f"--dataset {cfg.dataset}")
     name = run_name(cfg)
     base = Path(cfg.output_dir) / cfg.dataset / cfg.mode
     run_dir = base / name if cfg.mode == "prune" else base
@@ -144,9 +148,14 @@ def _saver(path: Path, meta: dict):
     return save
 
 
+def _identity(cfg: Any, bundle: DatasetBundle) -> dict:
+    """What a checkpoint must match to be loaded by this run (stored in every checkpoint's metadata)."""
+    return {"model": cfg.model, "dataset": cfg.dataset, "num_classes": bundle.num_classes,
+            "in_channels": bundle.in_channels}
+
+
 def _meta(ctx: Context) -> dict:
-    return {"model": ctx.cfg.model, "dataset": ctx.cfg.dataset, "num_classes": ctx.bundle.num_classes,
-            "config": config_to_dict(ctx.cfg)}
+    return {**_identity(ctx.cfg, ctx.bundle), "config": config_to_dict(ctx.cfg)}
 
 
 def _resume_signature(cfg: Any, phase: str) -> dict:

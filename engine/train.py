@@ -9,6 +9,7 @@ after every epoch from which a killed run continues.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -179,10 +180,43 @@ def load_model(path: str | os.PathLike, model: nn.Module, device: torch.device |
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not fit model {type(model).__name__}: {exc}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"checkpoint {path} does not fit model {type(model).__name__}: {first}") from None
     model.to(device)
     meta["_tensors"] = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     return meta
+
+
+def check_checkpoint(path: str | os.PathLike, model: nn.Module, expected: dict, example_inputs: torch.Tensor,
+                     task: str) -> None:
+    """Refuse a checkpoint written for another task, before anything is modified.
+
+    Loads ``path`` into a copy of ``model``; the stored metadata (``model``, ``dataset``,
+    ``num_classes``, ``in_channels``; whichever it holds) must equal ``expected``, and the copy must
+    map ``example_inputs`` ``(1, *sample)`` to ``(1, expected["num_classes"])`` logits (this catches
+    metadata-less state dicts too). ``task`` describes the run in messages (``"--dataset digits"``).
+
+    Raises:
+        ValueError: one line naming ``path`` and the mismatch.
+    """
+    trial = copy.deepcopy(unwrap(model)).cpu()
+    meta = load_model(path, trial)
+    labels = {"model": "model", "dataset": "dataset", "num_classes": "classes", "in_channels": "input channels"}
+    differ = [f"{labels[key]} {meta[key]} (expected {expected[key]})" for key in labels
+              if key in meta and key in expected and meta[key] != expected[key]]
+    if differ:
+        raise ValueError(f"checkpoint {path} belongs to another task: {', '.join(differ)} for {task}")
+    trial.eval()
+    try:
+        with torch.no_grad():
+            logits = trial(example_inputs.cpu())
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"checkpoint {path} does not read the input channels of {task} "
+                         f"({expected.get('in_channels')} expected): {first}") from None
+    if logits.shape[-1] != expected["num_classes"]:
+        raise ValueError(f"checkpoint {path} has {logits.shape[-1]} classes, but {task} has "
+                         f"{expected['num_classes']}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
