@@ -8,6 +8,7 @@ fine-tuning) and test modes, with the paper's run layout and log lines.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from engine.harness import close_logger, config_to_dict, default_device, get_log
 from engine.train import (
     DistInfo,
     check_checkpoint,
+    check_resume,
     cleanup_distributed,
     evaluate,
     init_distributed,
@@ -159,7 +161,20 @@ def _meta(ctx: Context) -> dict:
 
 
 def _resume_signature(cfg: Any, phase: str) -> dict:
-    return {"phase": phase, **{k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_IGNORED}}
+    """The arguments a resumed phase must share with the interrupted one; the starting checkpoints by
+    content (a moved file still resumes, another one does not)."""
+    digests = {f"{k}_sha256": _file_digest(getattr(cfg, k)) for k in ("restore", "sl_restore")}
+    return {"phase": phase, **{k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_IGNORED}, **digests}
+
+
+def _file_digest(path: str | None) -> str | None:
+    if not path:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def run_pretrain(ctx: Context) -> dict:
@@ -222,7 +237,7 @@ def run_prune(ctx: Context) -> dict:
     final = ctx.run_dir / f"{cfg.dataset}_{cfg.model}_{cfg.method}.pth"
     signature = _resume_signature(cfg, "finetune")
     result: dict = {}
-    if cfg.finetune and ft_last.is_file():
+    if cfg.finetune and check_resume(ft_last, signature, logger):
         logger.info(f"Found {ft_last}: resuming the fine-tuning")
     else:
         if cfg.restore:

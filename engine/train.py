@@ -229,6 +229,33 @@ def _regularize(regularizer, model: nn.Module) -> None:
         regularizer.regularize(model)
 
 
+def check_resume(path: str | os.PathLike, resume_meta: dict, logger: logging.Logger | None = None) -> bool:
+    """Whether ``path`` is a resumable checkpoint of the run described by ``resume_meta``.
+
+    Missing: False. Damaged: moved aside as ``<path>.corrupt`` (reported to ``logger``), False, so
+    the run restarts from scratch. Written with other arguments: ValueError naming them and how to
+    start afresh (nothing is changed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        _, meta = load_checkpoint(path)
+    except ValueError as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        if logger is not None:
+            logger.warning(f"{path} is damaged ({exc}); moved it aside to {aside} and starting this phase afresh")
+        return False
+    stored = meta.get("resume") or {}
+    if stored != resume_meta:
+        keys = sorted(k for k in set(stored) | set(resume_meta) if stored.get(k) != resume_meta.get(k))
+        flags = ", ".join(f"--{k.replace('_', '-').removesuffix('-sha256')}" for k in keys)
+        raise ValueError(f"{path} is the interrupted run of other arguments ({flags} differ); rerun with the "
+                         f"original arguments to resume it, or delete it (or its run directory) to start afresh")
+    return True
+
+
 def _diverged(what: str, epoch: int, step: int | None, optimizer: torch.optim.Optimizer) -> str:
     where = f"epoch {epoch}" + (f" (step {step})" if step is not None else "")
     return (f"{what} at {where} with lr={optimizer.param_groups[0]['lr']:g}: training diverged; lower --lr "
@@ -277,13 +304,10 @@ def train_model(
     resume_meta = dict(resume_meta or {})
     is_main = not _distributed() or dist.get_rank() == 0
     start_epoch, best_acc, restored = 0, -1.0, None
-    if resume_path is not None and Path(resume_path).is_file():
+    if resume_path is not None and check_resume(resume_path, resume_meta, logger):
         meta = load_model(resume_path, model, device)
-        if meta.get("resume") == resume_meta:
-            start_epoch, best_acc, restored = meta["epoch"] + 1, meta["best_acc"], meta["_tensors"]
-            logger.info(f"Resuming from {resume_path} after epoch {meta['epoch']}")
-        else:
-            raise ValueError(f"{resume_path} was written by a run with other arguments; delete it to start over")
+        start_epoch, best_acc, restored = meta["epoch"] + 1, meta["best_acc"], meta["_tensors"]
+        logger.info(f"Resuming from {resume_path} after epoch {meta['epoch']}")
     model.to(device)
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay if regularizer is None else 0)

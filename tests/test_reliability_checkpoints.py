@@ -70,3 +70,74 @@ def test_matching_checkpoint_still_loads(tmp_path):
     save_model(path, model, {"model": "resnet20", "dataset": "digits", "num_classes": 10, "in_channels": 1})
     result = main_module.main(["--mode", "test", *SMALL, "--restore", str(path), "--output-dir", str(tmp_path / "o")])
     assert 0.0 <= result["acc"] <= 1.0
+
+
+# --------------------------------------------------------------------------- items 3 and 6: resume
+import engine.train  # noqa: E402
+from engine.harness import load_checkpoint, save_checkpoint  # noqa: E402
+
+
+class Killed(Exception):
+    pass
+
+
+def _prune_args(out: Path, ckpt: Path) -> list[str]:
+    return ["--mode", "prune", *SMALL, "--restore", str(ckpt), "--finetune", "--speed-up", "2", "--method", "l2",
+            "--total-epochs", "2", "--iterative-steps", "10", "--output-dir", str(out)]
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """Checkpoints A and B (A with other weights) and a fine-tuning from A killed in its second epoch."""
+    root = tmp_path_factory.mktemp("resume")
+    main_module.main(["--mode", "pretrain", *SMALL, "--total-epochs", "1", "--output-dir", str(root)])
+    a = root / "digits/pretrain/digits_resnet20.pth"
+    tensors, meta = load_checkpoint(a)
+    b = root / "other.pth"
+    save_checkpoint(b, {k: v + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}, meta)
+    return root, a, b
+
+
+def _kill_second_epoch(root: Path, ckpt: Path, monkeypatch) -> Path:
+    real, calls = engine.train.evaluate, {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.train, "evaluate", dies)
+    with pytest.raises(Killed):
+        main_module.main(_prune_args(root, ckpt))
+    monkeypatch.setattr(engine.train, "evaluate", real)
+    name = "digits-local-l2-2.0-resnet20"
+    last = root / "digits/prune" / name / f"{name}_last.pth"
+    assert last.is_file()
+    return last
+
+
+def test_resume_with_another_restore_is_refused(tmp_path, killed_run, monkeypatch):
+    _, a, b = killed_run
+    last = _kill_second_epoch(tmp_path, a, monkeypatch)
+    before = last.read_bytes()
+    with pytest.raises(ValueError) as info:
+        main_module.main(_prune_args(tmp_path, b))
+    message = str(info.value)
+    assert str(last) in message and "--restore" in message and "delete" in message and "\n" not in message
+    assert last.read_bytes() == before  # the interrupted run is kept for a rerun with its own arguments
+    resumed = main_module.main(_prune_args(tmp_path, a))  # the original arguments still resume
+    assert "best_acc" in resumed and not last.exists()
+
+
+def test_damaged_last_checkpoint_is_moved_aside_and_the_run_restarts(tmp_path, killed_run, monkeypatch):
+    _, a, _ = killed_run
+    last = _kill_second_epoch(tmp_path, a, monkeypatch)
+    _truncate(last)
+    result = main_module.main(_prune_args(tmp_path, a))
+    corrupt = last.with_name(last.name + ".corrupt")
+    assert corrupt.is_file() and not last.exists() and "best_acc" in result
+    log = (last.parent / "digits-local-l2-2.0-resnet20.txt").read_text()
+    assert f"{last} is damaged" in log and str(corrupt) in log
+    reference = main_module.main(_prune_args(tmp_path / "ref", a))
+    assert result["best_acc"] == reference["best_acc"]  # restarted from scratch, same numbers
