@@ -17,6 +17,8 @@ import logging
 import math
 import os
 import random
+import re
+import socket
 import sys
 import tempfile
 import typing
@@ -98,13 +100,54 @@ def _atomic_target(path: str | os.PathLike) -> Path:
     return target
 
 
+def _host() -> str:
+    """This machine's short host name, safe inside file names (no dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+# ".<target name>.<host>.<pid>.<random>.tmp": who wrote a temp file, so orphans can be told apart.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_orphan_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete temp files of :func:`atomic_write_bytes` left in ``directory`` by killed processes.
+
+    Only files of this host whose writer is no longer running (and, given ``name``, only those
+    for that target file) are removed; returns them.
+    """
+    removed = []
+    directory = Path(directory)
+    pattern = f".{name}.*.tmp" if name else ".*.tmp"
+    for candidate in directory.glob(pattern):
+        match = _TEMP_RE.match(candidate.name)
+        if not match or (name and match["name"] != name) or match["host"] != _host():
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and not _pid_alive(pid):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place.
 
-    A killed process leaves either the old file or the new one, never half of one.
+    A killed process leaves either the old file or the new one, never half of one; its temp
+    file (``.<name>.<host>.<pid>.<random>.tmp``) is removed by the next write of ``path``.
     """
     target = _atomic_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_orphan_temps(target.parent, target.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
