@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import datetime
 import io
 import json
 import logging
@@ -52,19 +53,99 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# --------------------------------------------------------------------------- run lock
+class RunLockedError(RuntimeError):
+    """Another live process holds the run's lock."""
+
+
+_HELD_LOCKS: dict[str, int] = {}  # lock path -> open descriptor holding its flock (this process's runs)
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def acquire_run_lock(path: str | os.PathLike) -> dict:
+    """Take the lock file ``path`` (an ``flock`` held while this process runs; JSON pid/host/argv inside).
+
+    A lock whose process is gone (killed) is free again and taken over. Returns the previous
+    holder's record when a stale lock was taken over, else ``{}``.
+
+    Raises:
+        RunLockedError: a live process holds the lock (its PID and host are named).
+    """
+    import fcntl
+
+    path = Path(path)
+    release_run_lock(path)  # this process's earlier run of the same directory
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            info = _read_lock(path)
+            raise RunLockedError(
+                f"run directory {path.parent} is in use: {path} is held by PID {info.get('pid', '?')} on "
+                f"{info.get('host', '?')} (started {info.get('started', '?')}); wait for that run to end or stop "
+                f"it - two runs in one directory would mix their logs and checkpoints") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # released and removed by its holder meanwhile: lock the new file
+            os.close(fd)
+            continue
+        previous = _read_lock(path)
+        record = {"pid": os.getpid(), "host": _host(), "argv": sys.argv,
+                  "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        _HELD_LOCKS[str(path.resolve())] = fd
+        remove_orphan_temps(path.parent)
+        return previous if previous.get("pid") not in (None, os.getpid()) else {}
+    raise RunLockedError(f"could not take the lock {path}: it keeps changing hands")
+
+
+def release_run_lock(path: str | os.PathLike) -> None:
+    """Give up a lock taken by :func:`acquire_run_lock` (removes the file); no-op when not held."""
+    path = Path(path)
+    fd = _HELD_LOCKS.pop(str(path.resolve()), None)
+    if fd is None:
+        return
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
+def lock_path_for(log_path: str | os.PathLike) -> Path:
+    """The lock file of the run logging to ``log_path``: ``.<log stem>.lock`` beside it."""
+    log_path = Path(log_path)
+    return log_path.parent / f".{log_path.stem}.lock"
+
+
 # --------------------------------------------------------------------------- logging
 def get_logger(name: str, path: str | os.PathLike | None = None, console: bool = True) -> logging.Logger:
     """A logger writing ``[MM/DD HH:MM:SS] <name> INFO: message`` to the console and to ``path``.
 
     Calling it again with the same name replaces the handlers (one logger per run). The log
-    file is opened in append mode so that a resumed run keeps its history.
+    file is opened in append mode so that a resumed run keeps its history. With a ``path`` the
+    run is locked first (:func:`acquire_run_lock` on :func:`lock_path_for`, released by
+    :func:`close_logger`): a second live run into the same place raises :class:`RunLockedError`.
     """
     logger = logging.getLogger(name)
+    close_logger(logger)
+    stale = acquire_run_lock(lock_path_for(path)) if path is not None else {}
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
     formatter = logging.Formatter(LOG_FORMAT, datefmt=LOG_DATEFMT)
     if console:
         stream = logging.StreamHandler(sys.stdout)
@@ -75,15 +156,23 @@ def get_logger(name: str, path: str | os.PathLike | None = None, console: bool =
         file_handler = logging.FileHandler(path, mode="a")
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
+        logger._projprune_lock = lock_path_for(path)  # type: ignore[attr-defined]
+    if stale:
+        logger.warning(f"took over the stale lock of PID {stale.get('pid')} on {stale.get('host')} "
+                       f"(that process is gone)")
     return logger
 
 
 def close_logger(logger: logging.Logger) -> None:
-    """Flush and detach every handler (lets tests reopen the same run)."""
+    """Flush and detach every handler and release the run's lock (lets tests reopen the same run)."""
     for handler in list(logger.handlers):
         handler.flush()
         logger.removeHandler(handler)
         handler.close()
+    lock = getattr(logger, "_projprune_lock", None)
+    if lock is not None:
+        release_run_lock(lock)
+        logger._projprune_lock = None  # type: ignore[attr-defined]
 
 
 def log_config(logger: logging.Logger, config: Any) -> None:
