@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -435,6 +435,22 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
 def config_to_dict(config: Any) -> dict:
     """A JSON-able dict of a dataclass config (for checkpoints and ``config.json``)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def run_cli(main: Callable[[], Any], prog: str | None = None) -> None:
+    """Run an entry point's ``main()``; a bad argument or file (ValueError, FileNotFoundError,
+    FloatingPointError, RunLockedError) ends it with one ``<prog>: error: ...`` line and exit code 2.
+
+    ``PROJPRUNE_TRACEBACK=1`` shows the full traceback instead.
+    """
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FloatingPointError, RunLockedError) as exc:
+        if os.environ.get("PROJPRUNE_TRACEBACK") == "1":
+            raise
+        name = prog or os.path.basename(sys.argv[0])
+        print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 # --------------------------------------------------------------------------- progress

@@ -107,3 +107,22 @@ def test_train_model_refuses_zero_epochs(tmp_path):
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
         train_model(torch.nn.Linear(4, 2), loader, loader, epochs=0, lr=0.1, milestones="",
                     logger=logging.getLogger("zero"))
+
+
+# --------------------------------------------------------------------------- one line on the command line
+def test_command_line_error_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x00" * 100)
+    proc = subprocess.run([sys.executable, "main.py", "--mode", "test", *SMALL, "--restore", str(corrupt),
+                           "--output-dir", str(tmp_path / "out")], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("main.py: error: checkpoint ") and str(corrupt) in lines[0]
+    assert "damaged" in lines[0] and not (tmp_path / "out").exists()
