@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine.harness import parse_config
+from engine.harness import parse_config, run_cli
 from engine.table1 import run
 
 
@@ -64,4 +64,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "main.py")

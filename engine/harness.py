@@ -11,15 +11,19 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import datetime
 import io
 import json
 import logging
+import math
 import os
 import random
+import re
+import socket
 import sys
 import tempfile
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,19 +53,99 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# --------------------------------------------------------------------------- run lock
+class RunLockedError(RuntimeError):
+    """Another live process holds the run's lock."""
+
+
+_HELD_LOCKS: dict[str, int] = {}  # lock path -> open descriptor holding its flock (this process's runs)
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def acquire_run_lock(path: str | os.PathLike) -> dict:
+    """Take the lock file ``path`` (an ``flock`` held while this process runs; JSON pid/host/argv inside).
+
+    A lock whose process is gone (killed) is free again and taken over. Returns the previous
+    holder's record when a stale lock was taken over, else ``{}``.
+
+    Raises:
+        RunLockedError: a live process holds the lock (its PID and host are named).
+    """
+    import fcntl
+
+    path = Path(path)
+    release_run_lock(path)  # this process's earlier run of the same directory
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            info = _read_lock(path)
+            raise RunLockedError(
+                f"run directory {path.parent} is in use: {path} is held by PID {info.get('pid', '?')} on "
+                f"{info.get('host', '?')} (started {info.get('started', '?')}); wait for that run to end or stop "
+                f"it - two runs in one directory would mix their logs and checkpoints") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # released and removed by its holder meanwhile: lock the new file
+            os.close(fd)
+            continue
+        previous = _read_lock(path)
+        record = {"pid": os.getpid(), "host": _host(), "argv": sys.argv,
+                  "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        _HELD_LOCKS[str(path.resolve())] = fd
+        remove_orphan_temps(path.parent)
+        return previous if previous.get("pid") not in (None, os.getpid()) else {}
+    raise RunLockedError(f"could not take the lock {path}: it keeps changing hands")
+
+
+def release_run_lock(path: str | os.PathLike) -> None:
+    """Give up a lock taken by :func:`acquire_run_lock` (removes the file); no-op when not held."""
+    path = Path(path)
+    fd = _HELD_LOCKS.pop(str(path.resolve()), None)
+    if fd is None:
+        return
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
+def lock_path_for(log_path: str | os.PathLike) -> Path:
+    """The lock file of the run logging to ``log_path``: ``.<log stem>.lock`` beside it."""
+    log_path = Path(log_path)
+    return log_path.parent / f".{log_path.stem}.lock"
+
+
 # --------------------------------------------------------------------------- logging
 def get_logger(name: str, path: str | os.PathLike | None = None, console: bool = True) -> logging.Logger:
     """A logger writing ``[MM/DD HH:MM:SS] <name> INFO: message`` to the console and to ``path``.
 
     Calling it again with the same name replaces the handlers (one logger per run). The log
-    file is opened in append mode so that a resumed run keeps its history.
+    file is opened in append mode so that a resumed run keeps its history. With a ``path`` the
+    run is locked first (:func:`acquire_run_lock` on :func:`lock_path_for`, released by
+    :func:`close_logger`): a second live run into the same place raises :class:`RunLockedError`.
     """
     logger = logging.getLogger(name)
+    close_logger(logger)
+    stale = acquire_run_lock(lock_path_for(path)) if path is not None else {}
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
     formatter = logging.Formatter(LOG_FORMAT, datefmt=LOG_DATEFMT)
     if console:
         stream = logging.StreamHandler(sys.stdout)
@@ -72,15 +156,23 @@ def get_logger(name: str, path: str | os.PathLike | None = None, console: bool =
         file_handler = logging.FileHandler(path, mode="a")
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
+        logger._projprune_lock = lock_path_for(path)  # type: ignore[attr-defined]
+    if stale:
+        logger.warning(f"took over the stale lock of PID {stale.get('pid')} on {stale.get('host')} "
+                       f"(that process is gone)")
     return logger
 
 
 def close_logger(logger: logging.Logger) -> None:
-    """Flush and detach every handler (lets tests reopen the same run)."""
+    """Flush and detach every handler and release the run's lock (lets tests reopen the same run)."""
     for handler in list(logger.handlers):
         handler.flush()
         logger.removeHandler(handler)
         handler.close()
+    lock = getattr(logger, "_projprune_lock", None)
+    if lock is not None:
+        release_run_lock(lock)
+        logger._projprune_lock = None  # type: ignore[attr-defined]
 
 
 def log_config(logger: logging.Logger, config: Any) -> None:
@@ -97,13 +189,54 @@ def _atomic_target(path: str | os.PathLike) -> Path:
     return target
 
 
+def _host() -> str:
+    """This machine's short host name, safe inside file names (no dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+# ".<target name>.<host>.<pid>.<random>.tmp": who wrote a temp file, so orphans can be told apart.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_orphan_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete temp files of :func:`atomic_write_bytes` left in ``directory`` by killed processes.
+
+    Only files of this host whose writer is no longer running (and, given ``name``, only those
+    for that target file) are removed; returns them.
+    """
+    removed = []
+    directory = Path(directory)
+    pattern = f".{name}.*.tmp" if name else ".*.tmp"
+    for candidate in directory.glob(pattern):
+        match = _TEMP_RE.match(candidate.name)
+        if not match or (name and match["name"] != name) or match["host"] != _host():
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and not _pid_alive(pid):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place.
 
-    A killed process leaves either the old file or the new one, never half of one.
+    A killed process leaves either the old file or the new one, never half of one; its temp
+    file (``.<name>.<host>.<pid>.<random>.tmp``) is removed by the next write of ``path``.
     """
     target = _atomic_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_orphan_temps(target.parent, target.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -228,7 +361,9 @@ def load_checkpoint(
                 tensors[key] = handle.get_tensor(key)
         meta = json.loads(meta_raw)
     except Exception as exc:  # safetensors raises several types for bad files
-        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors checkpoint: {exc}") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"checkpoint {path} is damaged (corrupt or truncated) or not a safetensors "
+                         f"checkpoint: {reason}") from None
     return tensors, meta
 
 
@@ -240,6 +375,17 @@ def _parse_bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "n", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _finite_float(text: str) -> float:
+    """``float(text)``, refusing NaN and infinities (no flag of a run means anything with them)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def config_parser(
@@ -257,19 +403,23 @@ def config_parser(
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": f"{help_text} (default: {default})"}
+        # argparse %-formats help strings: a literal "%" must be doubled.
+        help_line = f"{help_text} (default: {default})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_line}
         ftype = hints[field.name]
         if ftype is bool:
             if default is False:
                 kwargs["action"] = "store_true"
             else:
                 kwargs["type"] = _parse_bool
-        elif ftype in (int, float, str):
+        elif ftype in (int, str):
             kwargs["type"] = ftype
+        elif ftype is float:
+            kwargs["type"] = _finite_float
         else:
             # Optional[...] and friends: take the first concrete scalar type mentioned.
             text = str(ftype)
-            kwargs["type"] = int if "int" in text and "float" not in text else float if "float" in text else str
+            kwargs["type"] = int if "int" in text and "float" not in text else _finite_float if "float" in text else str
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
         parser.add_argument(flag, **kwargs)
@@ -285,6 +435,22 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
 def config_to_dict(config: Any) -> dict:
     """A JSON-able dict of a dataclass config (for checkpoints and ``config.json``)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def run_cli(main: Callable[[], Any], prog: str | None = None) -> None:
+    """Run an entry point's ``main()``; a bad argument or file (ValueError, FileNotFoundError,
+    FloatingPointError, RunLockedError) ends it with one ``<prog>: error: ...`` line and exit code 2.
+
+    ``PROJPRUNE_TRACEBACK=1`` shows the full traceback instead.
+    """
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FloatingPointError, RunLockedError) as exc:
+        if os.environ.get("PROJPRUNE_TRACEBACK") == "1":
+            raise
+        name = prog or os.path.basename(sys.argv[0])
+        print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 # --------------------------------------------------------------------------- progress

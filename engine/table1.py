@@ -8,6 +8,7 @@ fine-tuning) and test modes, with the paper's run layout and log lines.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from engine.datasets import DatasetBundle
 from engine.harness import close_logger, config_to_dict, default_device, get_logger, log_config, seed_everything
 from engine.train import (
     DistInfo,
+    check_checkpoint,
+    check_resume,
     cleanup_distributed,
     evaluate,
     init_distributed,
@@ -76,16 +79,45 @@ def validate(cfg: Any) -> None:
         if cfg.method is None:
             raise ValueError(f"--mode prune needs --method, one of {', '.join(sorted(registry.METHODS))}")
         registry.get_method(cfg.method)
-        if cfg.speed_up < 1:
-            raise ValueError(f"--speed-up must be >= 1, got {cfg.speed_up}")
     if cfg.mode == "test" and not cfg.restore:
         raise ValueError("--mode test needs --restore <checkpoint>")
     for name in ("restore", "sl_restore"):
         path = getattr(cfg, name)
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such checkpoint file")
-    if cfg.batch_size < 1 or cfg.total_epochs < 0 or cfg.iterative_steps < 1:
-        raise ValueError("--batch-size and --iterative-steps must be >= 1 and --total-epochs >= 0")
+    _check_numbers(cfg)
+
+
+def _check_numbers(cfg: Any) -> None:
+    """Ranges of the numeric flags (NaN and infinities are refused by the parser already)."""
+    def need(ok: bool, flag: str, expected: str, value: Any) -> None:
+        if not ok:
+            raise ValueError(f"{flag} must be {expected}, got {value}")
+
+    for flag in ("batch_size", "iterative_steps", "num_points", "image_size"):
+        need(getattr(cfg, flag) >= 1, "--" + flag.replace("_", "-"), ">= 1", getattr(cfg, flag))
+    for flag in ("lr", "sl_lr", "lr_decay_gamma", "width_mult"):
+        need(getattr(cfg, flag) > 0, "--" + flag.replace("_", "-"), "> 0", getattr(cfg, flag))
+    for flag in ("weight_decay", "reg", "delta_reg", "target_flops", "sl_reg_warmup", "workers"):
+        need(getattr(cfg, flag) >= 0, "--" + flag.replace("_", "-") if flag != "delta_reg" else "--delta_reg",
+             ">= 0", getattr(cfg, flag))
+    need(0 < cfg.max_pruning_ratio <= 1, "--max-pruning-ratio", "in (0, 1]", cfg.max_pruning_ratio)
+    need(cfg.total_epochs >= 0, "--total-epochs", ">= 1 (0 only to prune without --finetune)", cfg.total_epochs)
+    need(cfg.sl_total_epochs >= 0, "--sl-total-epochs", ">= 1", cfg.sl_total_epochs)
+    from engine.train import parse_milestones
+
+    parse_milestones(cfg.lr_decay_milestones)
+    parse_milestones(cfg.sl_lr_decay_milestones)
+    if cfg.mode == "pretrain":
+        need(cfg.total_epochs >= 1, "--mode pretrain trains: --total-epochs", ">= 1", cfg.total_epochs)
+    if cfg.mode == "prune":
+        if cfg.target_flops == 0:
+            need(cfg.speed_up > 1, "--speed-up", "> 1 (the FLOPs reduction factor)", cfg.speed_up)
+        if cfg.finetune:
+            need(cfg.total_epochs >= 1, "--finetune trains: --total-epochs", ">= 1", cfg.total_epochs)
+        if registry.get_method(cfg.method).sparsity_learning and not cfg.sl_restore:
+            need(cfg.sl_total_epochs >= 1, f"--method {cfg.method} learns sparsity first: --sl-total-epochs", ">= 1",
+                 cfg.sl_total_epochs)
 
 
 def build_context(cfg: Any) -> Context:
@@ -99,6 +131,9 @@ def build_context(cfg: Any) -> Context:
     bundle = registry.get_dataset(cfg.dataset, cfg.dataroot, input_kind=spec.input_kind,
                                   num_points=cfg.num_points, image_size=cfg.image_size)
     model = registry.get_model(cfg.model, bundle.num_classes, bundle.in_channels, cfg.width_mult, bundle.input_size)
+    for path in (cfg.restore, cfg.sl_restore):  # another task's checkpoint: refused before any write
+        if path:
+            check_checkpoint(path, model, _identity(cfg, bundle), bundle.example_inputs(1), f"--dataset {cfg.dataset}")
     name = run_name(cfg)
     base = Path(cfg.output_dir) / cfg.dataset / cfg.mode
     run_dir = base / name if cfg.mode == "prune" else base
@@ -115,13 +150,31 @@ def _saver(path: Path, meta: dict):
     return save
 
 
+def _identity(cfg: Any, bundle: DatasetBundle) -> dict:
+    """What a checkpoint must match to be loaded by this run (stored in every checkpoint's metadata)."""
+    return {"model": cfg.model, "dataset": cfg.dataset, "num_classes": bundle.num_classes,
+            "in_channels": bundle.in_channels}
+
+
 def _meta(ctx: Context) -> dict:
-    return {"model": ctx.cfg.model, "dataset": ctx.cfg.dataset, "num_classes": ctx.bundle.num_classes,
-            "config": config_to_dict(ctx.cfg)}
+    return {**_identity(ctx.cfg, ctx.bundle), "config": config_to_dict(ctx.cfg)}
 
 
 def _resume_signature(cfg: Any, phase: str) -> dict:
-    return {"phase": phase, **{k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_IGNORED}}
+    """The arguments a resumed phase must share with the interrupted one; the starting checkpoints by
+    content (a moved file still resumes, another one does not)."""
+    digests = {f"{k}_sha256": _file_digest(getattr(cfg, k)) for k in ("restore", "sl_restore")}
+    return {"phase": phase, **{k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_IGNORED}, **digests}
+
+
+def _file_digest(path: str | None) -> str | None:
+    if not path:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def run_pretrain(ctx: Context) -> dict:
@@ -184,7 +237,7 @@ def run_prune(ctx: Context) -> dict:
     final = ctx.run_dir / f"{cfg.dataset}_{cfg.model}_{cfg.method}.pth"
     signature = _resume_signature(cfg, "finetune")
     result: dict = {}
-    if cfg.finetune and ft_last.is_file():
+    if cfg.finetune and check_resume(ft_last, signature, logger):
         logger.info(f"Found {ft_last}: resuming the fine-tuning")
     else:
         if cfg.restore:

@@ -9,6 +9,7 @@ after every epoch from which a killed run continues.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -167,8 +168,10 @@ def load_model(path: str | os.PathLike, model: nn.Module, device: torch.device |
     except ValueError:
         try:
             state = torch.load(path, map_location=device, weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint of this project: {exc}") from exc
+        except Exception:
+            # torch's own message is a page of advice about weights_only; the file is simply unreadable.
+            raise ValueError(f"checkpoint {path} is damaged (corrupt or truncated): neither a safetensors "
+                             f"checkpoint nor a torch state dict; restore a good copy or delete it") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"checkpoint {path} does not hold a state dict of tensors") from None
         tensors, meta = {f"model.{k}": v for k, v in state.items()}, {}
@@ -177,10 +180,43 @@ def load_model(path: str | os.PathLike, model: nn.Module, device: torch.device |
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not fit model {type(model).__name__}: {exc}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"checkpoint {path} does not fit model {type(model).__name__}: {first}") from None
     model.to(device)
     meta["_tensors"] = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     return meta
+
+
+def check_checkpoint(path: str | os.PathLike, model: nn.Module, expected: dict, example_inputs: torch.Tensor,
+                     task: str) -> None:
+    """Refuse a checkpoint written for another task, before anything is modified.
+
+    Loads ``path`` into a copy of ``model``; the stored metadata (``model``, ``dataset``,
+    ``num_classes``, ``in_channels``; whichever it holds) must equal ``expected``, and the copy must
+    map ``example_inputs`` ``(1, *sample)`` to ``(1, expected["num_classes"])`` logits (this catches
+    metadata-less state dicts too). ``task`` describes the run in messages (``"--dataset digits"``).
+
+    Raises:
+        ValueError: one line naming ``path`` and the mismatch.
+    """
+    trial = copy.deepcopy(unwrap(model)).cpu()
+    meta = load_model(path, trial)
+    labels = {"model": "model", "dataset": "dataset", "num_classes": "classes", "in_channels": "input channels"}
+    differ = [f"{labels[key]} {meta[key]} (expected {expected[key]})" for key in labels
+              if key in meta and key in expected and meta[key] != expected[key]]
+    if differ:
+        raise ValueError(f"checkpoint {path} belongs to another task: {', '.join(differ)} for {task}")
+    trial.eval()
+    try:
+        with torch.no_grad():
+            logits = trial(example_inputs.cpu())
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"checkpoint {path} does not read the input channels of {task} "
+                         f"({expected.get('in_channels')} expected): {first}") from None
+    if logits.shape[-1] != expected["num_classes"]:
+        raise ValueError(f"checkpoint {path} has {logits.shape[-1]} classes, but {task} has "
+                         f"{expected['num_classes']}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -191,6 +227,39 @@ def unwrap(model: nn.Module) -> nn.Module:
 def _regularize(regularizer, model: nn.Module) -> None:
     if regularizer is not None:
         regularizer.regularize(model)
+
+
+def check_resume(path: str | os.PathLike, resume_meta: dict, logger: logging.Logger | None = None) -> bool:
+    """Whether ``path`` is a resumable checkpoint of the run described by ``resume_meta``.
+
+    Missing: False. Damaged: moved aside as ``<path>.corrupt`` (reported to ``logger``), False, so
+    the run restarts from scratch. Written with other arguments: ValueError naming them and how to
+    start afresh (nothing is changed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        _, meta = load_checkpoint(path)
+    except ValueError as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        if logger is not None:
+            logger.warning(f"{path} is damaged ({exc}); moved it aside to {aside} and starting this phase afresh")
+        return False
+    stored = meta.get("resume") or {}
+    if stored != resume_meta:
+        keys = sorted(k for k in set(stored) | set(resume_meta) if stored.get(k) != resume_meta.get(k))
+        flags = ", ".join(f"--{k.replace('_', '-').removesuffix('-sha256')}" for k in keys)
+        raise ValueError(f"{path} is the interrupted run of other arguments ({flags} differ); rerun with the "
+                         f"original arguments to resume it, or delete it (or its run directory) to start afresh")
+    return True
+
+
+def _diverged(what: str, epoch: int, step: int | None, optimizer: torch.optim.Optimizer) -> str:
+    where = f"epoch {epoch}" + (f" (step {step})" if step is not None else "")
+    return (f"{what} at {where} with lr={optimizer.param_groups[0]['lr']:g}: training diverged; lower --lr "
+            f"(or the regularisation); nothing of this epoch was saved, earlier checkpoints are kept")
 
 
 def train_model(
@@ -223,18 +292,22 @@ def train_model(
             (rank 0 only).
         resume_path: per-epoch checkpoint; if it exists and its ``resume_meta`` matches, training
             continues after its last epoch. Deleted when training completes.
+
+    Raises:
+        ValueError: ``epochs < 1``.
+        FloatingPointError: the loss or the weights became NaN/Inf; nothing of that epoch is
+            saved (neither as best nor as the resume checkpoint).
     """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}: there is nothing to train")
     milestones = parse_milestones(milestones)
     resume_meta = dict(resume_meta or {})
     is_main = not _distributed() or dist.get_rank() == 0
     start_epoch, best_acc, restored = 0, -1.0, None
-    if resume_path is not None and Path(resume_path).is_file():
+    if resume_path is not None and check_resume(resume_path, resume_meta, logger):
         meta = load_model(resume_path, model, device)
-        if meta.get("resume") == resume_meta:
-            start_epoch, best_acc, restored = meta["epoch"] + 1, meta["best_acc"], meta["_tensors"]
-            logger.info(f"Resuming from {resume_path} after epoch {meta['epoch']}")
-        else:
-            raise ValueError(f"{resume_path} was written by a run with other arguments; delete it to start over")
+        start_epoch, best_acc, restored = meta["epoch"] + 1, meta["best_acc"], meta["_tensors"]
+        logger.info(f"Resuming from {resume_path} after epoch {meta['epoch']}")
     model.to(device)
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay if regularizer is None else 0)
@@ -259,6 +332,8 @@ def train_model(
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad()
             loss = F.cross_entropy(net(inputs), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(_diverged(f"training loss became {loss.item()}", epoch, step, optimizer))
             loss.backward()
             _regularize(regularizer, model)
             optimizer.step()
@@ -267,6 +342,8 @@ def train_model(
                             f"lr={optimizer.param_groups[0]['lr']:.4f}")
         if hasattr(regularizer, "update_reg"):
             regularizer.update_reg()  # growing regularisation
+        if not all(torch.isfinite(t).all() for t in unwrap(model).state_dict().values() if t.is_floating_point()):
+            raise FloatingPointError(_diverged("the weights became NaN/Inf", epoch, None, optimizer))
         acc, val_loss = evaluate(net, test_loader, device)
         logger.info(f"Epoch {epoch}/{epochs}, Acc={acc:.4f}, Val Loss={val_loss:.4f}, "
                     f"lr={optimizer.param_groups[0]['lr']:.4f}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engine.harness import parse_config
+from engine.harness import parse_config, run_cli
 from params.analysis import ParamsConfig, run_analysis
 
 
@@ -20,4 +20,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "python -m params.main")

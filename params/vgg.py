@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.harness import parse_config
+from engine.harness import parse_config, run_cli
 from params.analysis import (
     Comparison,
     ModelFactory,
@@ -197,4 +197,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "python -m params.vgg")

@@ -149,6 +149,12 @@ class GridConfig:
         for name in self.datasets:
             if name not in PLANS:
                 raise ValueError(f"dataset {name!r}: expected one of {', '.join(PLANS)}")
+        if self.models:
+            import registry  # the model list lives with the builders
+
+            for name in self.models:
+                if name not in registry.MODELS:
+                    raise ValueError(f"--models {name!r}: unknown model; valid: {', '.join(sorted(registry.MODELS))}")
         for name in self.methods or ():
             if name not in METHODS:
                 raise ValueError(f"method {name!r}: expected one of {', '.join(METHODS)}")

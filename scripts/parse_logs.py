@@ -16,7 +16,9 @@ published logs of the original study use the same format) and writes into ``--ou
   the second underlined;
 - ``accuracy_vs_speedup.{png,pdf}`` and ``finetune_curves.{png,pdf}`` (one setting);
 - ``skipped.csv``: logs that were not used and why (truncated or still running, unreadable,
-  unknown method or name). Nothing here raises on a bad log; every file is written atomically.
+  unknown method or name, an impossible accuracy such as ``inf``/``nan``/above 1, epoch numbers
+  repeating or going backwards: two runs interleaved in one log).
+  Nothing here raises on a bad log; every file is written atomically.
 
 Usage::
 
@@ -169,6 +171,14 @@ def _f(text: str) -> float:
         return math.nan
 
 
+def _impossible(what: str, text: str, line: int) -> str | None:
+    """The skip reason when an accuracy is not a finite number in [0, 1], else None."""
+    value = _f(text)
+    if math.isfinite(value) and 0.0 <= value <= 1.0:
+        return None
+    return f"impossible value {what}={text} at line {line} (accuracies are finite, in [0, 1])"
+
+
 def identify(path: Path) -> tuple[str, dict] | str:
     """``(kind, fields)`` from a log's file name, or the reason it is not a run log."""
     match = RUN_NAME_RE.match(path.stem)
@@ -199,6 +209,8 @@ def parse_log(path: Path) -> RunLog | str:
             continue
         msg = line.group("msg")
         if match := EPOCH_RE.match(msg):
+            if problem := _impossible("Acc", match[3], number):
+                return problem
             epoch = EpochLine(number, int(match[1]), int(match[2]), _f(match[3]), _f(match[4]), _f(match[5]))
             if kind == "pretrain":
                 epoch.phase = "pretrain"
@@ -208,6 +220,10 @@ def parse_log(path: Path) -> RunLog | str:
             else:
                 epoch.phase = "sl"
             epoch.attempt = attempt
+            same = [e for e in run.epochs if e.attempt == attempt and e.phase == epoch.phase]
+            if same and epoch.epoch != same[-1].epoch + 1:
+                return (f"interleaved or garbled: epoch {epoch.epoch} after epoch {same[-1].epoch} at line {number} "
+                        f"(two runs writing one log?); rerun it into its own directory")
             run.epochs.append(epoch)
             in_body = True
         elif match := PARAMS_RE.match(msg):
@@ -221,11 +237,16 @@ def parse_log(path: Path) -> RunLog | str:
             run.flops_kept_pct, run.speed_up_reached = _f(match[5]), _f(match[6])
             in_body = pruned_in_attempt = ever_pruned = True
         elif match := ACC_RE.match(msg):
+            if problem := (_impossible("Acc (before pruning)", match[1], number)
+                           or _impossible("Acc (after pruning)", match[2], number)):
+                return problem
             run.acc_before, run.one_shot = _f(match[1]), _f(match[2])
             in_body = pruned_in_attempt = ever_pruned = True
         elif match := LOSS_RE.match(msg):
             run.loss_before, run.loss_after = _f(match[1]), _f(match[2])
         elif match := BEST_RE.match(msg):
+            if problem := _impossible("Best Acc", match[1], number):
+                return problem
             # a sparsity-learning phase ends with its own "Best Acc=" before pruning: not the run's end
             if kind == "pretrain" or pruned_in_attempt:
                 run.final_best = _f(match[1])
