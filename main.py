@@ -56,6 +56,9 @@ class CNNConfig:
     image_size: int = field(default=224, metadata={"help": "ImageNet crop size"})
     target_flops: float = field(default=0.0, metadata={"help": "prune to this many GFLOPs instead of --speed-up"})
     workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
+    bn_recalibrate: int = field(default=0, metadata={
+        "help": "after pruning, re-estimate BatchNorm statistics on this many training batches (0: the paper's "
+                "behaviour, none)"})
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

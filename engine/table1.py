@@ -34,6 +34,7 @@ from engine.train import (
     save_model,
     train_model,
 )
+from projprune.calibration import recalibrate_batchnorm
 
 # Arguments that do not change what a fine-tuning computes (a resumed run may differ in them).
 _RESUME_IGNORED = {"verbose", "workers", "restore", "sl_restore", "output_dir", "dataroot"}
@@ -98,7 +99,7 @@ def _check_numbers(cfg: Any) -> None:
         need(getattr(cfg, flag) >= 1, "--" + flag.replace("_", "-"), ">= 1", getattr(cfg, flag))
     for flag in ("lr", "sl_lr", "lr_decay_gamma", "width_mult"):
         need(getattr(cfg, flag) > 0, "--" + flag.replace("_", "-"), "> 0", getattr(cfg, flag))
-    for flag in ("weight_decay", "reg", "delta_reg", "target_flops", "sl_reg_warmup", "workers"):
+    for flag in ("weight_decay", "reg", "delta_reg", "target_flops", "sl_reg_warmup", "workers", "bn_recalibrate"):
         need(getattr(cfg, flag) >= 0, "--" + flag.replace("_", "-") if flag != "delta_reg" else "--delta_reg",
              ">= 0", getattr(cfg, flag))
     need(0 < cfg.max_pruning_ratio <= 1, "--max-pruning-ratio", "in (0, 1]", cfg.max_pruning_ratio)
@@ -269,6 +270,8 @@ def run_prune(ctx: Context) -> dict:
         logger.info(f"Val Loss: {ori_loss:.4f} => {loss:.4f}")
         result = {"ori_acc": ori_acc, "pruned_acc": acc, "ori_flops": ori_flops, "flops": flops,
                   "ori_params": ori_params, "params": params, "speed_up": ori_flops / flops}
+        if cfg.bn_recalibrate > 0:
+            result["bn_acc"] = _recalibrate(ctx, ori_acc)
         if ctx.dist.is_main:
             save_model(final, ctx.model, {**_meta(ctx), "acc": acc, "pruned": True})
     if cfg.finetune:
@@ -280,6 +283,16 @@ def run_prune(ctx: Context) -> dict:
             resume_path=ft_last, resume_meta=signature, verbose=cfg.verbose, desc="finetune")
     result["checkpoint"] = str(final)
     return result
+
+
+def _recalibrate(ctx: Context, ori_acc: float) -> float:
+    """Re-estimate BatchNorm statistics on ``--bn-recalibrate`` training batches; log and return the accuracy."""
+    cfg = ctx.cfg
+    count = recalibrate_batchnorm(ctx.model, ctx.train_loader, max_batches=cfg.bn_recalibrate)
+    acc, loss = evaluate(ctx.model, ctx.test_loader, ctx.device)
+    ctx.logger.info(f"BN recalibrated ({count} layers, {cfg.bn_recalibrate} training batches)")
+    ctx.logger.info(f"BN Acc: {ori_acc:.4f} => {acc:.4f}")
+    return acc
 
 
 def run_test(ctx: Context) -> dict:

@@ -6,7 +6,7 @@ See ``docs/algorithm.md`` for the derivations.
 """
 
 from projprune._version import __version__
-from projprune.calibration import ActivationStats, collect_activation_stats
+from projprune.calibration import ActivationStats, collect_activation_stats, recalibrate_batchnorm
 from projprune.greedy import (
     PruneResult,
     apply_pruning,
@@ -61,6 +61,7 @@ __all__ = [
     "ProjectionOptions",
     "__version__",
     "collect_activation_stats",
+    "recalibrate_batchnorm",
     "refit_next_layer",
     "regularised_inverse",
     "install_results",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ActivationStats", "collect_activation_stats"]
+__all__ = ["ActivationStats", "collect_activation_stats", "recalibrate_batchnorm"]
 
 
 class ActivationStats:
@@ -251,3 +251,61 @@ def _mask_of(batch: Any) -> torch.Tensor | None:
         mask = batch.get("attention_mask")
         return mask if isinstance(mask, torch.Tensor) else None
     return None
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batches: int | None = None) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches``; no gradient step.
+
+    After pruning, each BatchNorm's running mean and variance describe channels that no longer
+    receive the same input (the producers were cut or compensated); evaluation then normalises
+    with stale numbers. This resets them and recomputes them as the plain average over the
+    given batches (``momentum=None``), with only the BatchNorms in training mode (dropout and
+    the rest stay in eval mode). Modes and momenta are restored afterwards.
+
+    Args:
+        model: any ``nn.Module``; its BatchNorm layers (1d/2d/3d, SyncBatchNorm) are updated.
+        batches: tensors, mappings of tensors or ``(inputs, targets)`` tuples, as for
+            :func:`collect_activation_stats` (use training data, never the evaluation split).
+        max_batches: stop after this many batches.
+
+    Returns:
+        The number of BatchNorm layers recalibrated (0: the model has none, nothing ran).
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in norms]
+    modes = {m: m.training for m in model.modules()}
+    seen = 0
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+            m.train()
+        with torch.no_grad():
+            for index, batch in enumerate(batches):
+                if max_batches is not None and index >= max_batches:
+                    break
+                _call(model, batch)
+                seen += 1
+        if seen == 0:
+            raise ValueError("batches yielded no batch; expected at least one calibration batch")
+    except BaseException:
+        for m, _, mean, var, tracked in saved:  # a failed recalibration leaves the old statistics
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(tracked)
+        raise
+    finally:
+        for m, momentum, *_ in saved:
+            m.momentum = momentum
+        for m, training in modes.items():
+            m.train(training)
+    return len(norms)

@@ -106,7 +106,7 @@ PLANS: dict[str, DatasetPlan] = {
         pretrain={"total-epochs": "30", "lr": "0.1", "lr-decay-milestones": "20,25", "batch-size": "64"},
         # 100 pruning steps instead of 400: EigenDamage (obdc) refreshes its Fisher before every step
         prune={"total-epochs": "6", "lr": "0.01", "lr-decay-milestones": "4", "batch-size": "64",
-               "iterative-steps": "100", "sl-total-epochs": "4", "sl-lr-decay-milestones": "3"},
+               "iterative-steps": "100", "sl-total-epochs": "4", "sl-lr-decay-milestones": "3", "bn-recalibrate": "4"},
         speed_ups=(2.0,),
     ),
 }

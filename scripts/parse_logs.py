@@ -8,7 +8,8 @@ published logs of the original study use the same format) and writes into ``--ou
 - ``runs.csv``: one row per pruning run: ``dataset, model, method, speed_up``, ``paper`` (max
   accuracy over every epoch line, which is what the published tables report), ``best_pruned``
   (best accuracy after pruning: the honest headline), ``one_shot`` (accuracy right after
-  pruning, before fine-tuning), ``acc_before``, ``final_best`` (the log's ``Best Acc=``),
+  pruning, before fine-tuning), ``one_shot_bn`` (the same after ``--bn-recalibrate N``; NaN without
+  it, as in the published logs), ``acc_before``, ``final_best`` (the log's ``Best Acc=``),
   parameters and FLOPs before/after, the speed-up reached, epoch counts, ``status``;
 - ``pretrain.csv``: best accuracy of every pretraining log;
 - ``table_<metric>.{csv,md,tex}``: methods (the paper's order and labels) against
@@ -63,13 +64,14 @@ METRICS: dict[str, bool] = {
     "best_pruned": True,
     "paper": True,
     "one_shot": True,
+    "one_shot_bn": True,
     "final_best": True,
     "acc_before": True,
     "speed_up_reached": True,
     "params_after": False,
     "flops_after": False,
 }
-ACCURACY_METRICS = {"best_pruned", "paper", "one_shot", "final_best", "acc_before"}
+ACCURACY_METRICS = {"best_pruned", "paper", "one_shot", "one_shot_bn", "final_best", "acc_before"}
 
 # One regex for run names: <dataset>-<scope>-<method>-<speed_up>-<model> (STYLE.md §8).
 RUN_NAME_RE = re.compile(
@@ -83,6 +85,8 @@ EPOCH_RE = re.compile(rf"^Epoch (\d+)/(\d+), Acc={_NUM}, Val Loss={_NUM}, lr={_N
 PARAMS_RE = re.compile(rf"^Params: {_NUM} ?([KMG]?) => {_NUM} ?([KMG]?) \({_NUM}%\)")
 FLOPS_RE = re.compile(rf"^FLOPs: {_NUM} ?([KMG]?) => {_NUM} ?([KMG]?) \({_NUM}%, {_NUM}X ?\)")
 ACC_RE = re.compile(rf"^Acc: {_NUM} => {_NUM}")
+# ours, with --bn-recalibrate N: accuracy right after pruning once BatchNorm statistics are re-estimated
+BN_ACC_RE = re.compile(rf"^BN Acc: {_NUM} => {_NUM}")
 LOSS_RE = re.compile(rf"^Val Loss: {_NUM} => {_NUM}")
 BEST_RE = re.compile(rf"^Best Acc={_NUM}")
 CONFIG_RE = re.compile(r"^([A-Za-z_]\w*): (.*)$")
@@ -119,6 +123,7 @@ class RunLog:
     config: dict[str, str] = dataclasses.field(default_factory=dict)
     acc_before: float = math.nan
     one_shot: float = math.nan
+    one_shot_bn: float = math.nan
     loss_before: float = math.nan
     loss_after: float = math.nan
     params_before: float = math.nan
@@ -155,7 +160,8 @@ class RunLog:
             "status": "complete" if self.complete else "incomplete",
             "paper": max(every) if every else math.nan,
             "best_pruned": max(finetune) if finetune else math.nan,
-            "one_shot": self.one_shot, "acc_before": self.acc_before, "final_best": self.final_best,
+            "one_shot": self.one_shot, "one_shot_bn": self.one_shot_bn, "acc_before": self.acc_before,
+            "final_best": self.final_best,
             "params_before": self.params_before, "params_after": self.params_after,
             "params_kept_pct": self.params_kept_pct, "flops_before": self.flops_before,
             "flops_after": self.flops_after, "flops_kept_pct": self.flops_kept_pct,
@@ -242,6 +248,10 @@ def parse_log(path: Path) -> RunLog | str:
                 return problem
             run.acc_before, run.one_shot = _f(match[1]), _f(match[2])
             in_body = pruned_in_attempt = ever_pruned = True
+        elif match := BN_ACC_RE.match(msg):
+            if problem := _impossible("BN Acc (after recalibration)", match[2], number):
+                return problem
+            run.one_shot_bn = _f(match[2])
         elif match := LOSS_RE.match(msg):
             run.loss_before, run.loss_after = _f(match[1]), _f(match[2])
         elif match := BEST_RE.match(msg):
