@@ -1,4 +1,4 @@
-"""Evaluation text, tokenisation, blocks and perplexity (REPRODUCTION.md §3).
+"""Evaluation text, tokenisation, blocks and perplexity (docs/reproduction.md §3).
 
 The test split of Penn Treebank or WikiText-2 (``datasets``, offline: the local cache only)
 or any local text file is joined with blank lines, tokenised once, cut into consecutive

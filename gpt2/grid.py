@@ -1,4 +1,4 @@
-"""The GPT-2 grid as data (REPRODUCTION.md §3), expanded into ``gpt2/main.py`` commands.
+"""The GPT-2 grid as data (docs/reproduction.md §3), expanded into ``gpt2/main.py`` commands.
 
 Two stages, run by ``scripts/gridrun.py`` (bash: one after another here; SLURM: two job
 arrays, the second ``afterok`` on the first): ``base`` = the unpruned model on every data
@@ -78,7 +78,7 @@ def _csv(text: str | None) -> tuple[str, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Expand and run the GPT-2 perplexity grid (REPRODUCTION.md §3).")
+    parser = argparse.ArgumentParser(description="Expand and run the GPT-2 perplexity grid (docs/reproduction.md §3).")
     parser.add_argument("--preset", default="tiny", choices=tuple(PRESETS), help="models and data sets")
     parser.add_argument("--models", default=None, help="comma list replacing the preset's models")
     parser.add_argument("--datasets", default=None, help="comma list replacing every model's data sets")

@@ -4,7 +4,7 @@
 #SBATCH --cpus-per-task=4
 #SBATCH --time=1-00:00:00
 #SBATCH --output=logs/%A_%a-%x.out
-# GPT-2 QK-dimension pruning without fine-tuning, perplexity table (REPRODUCTION.md §3).
+# GPT-2 QK-dimension pruning without fine-tuning, perplexity table (docs/reproduction.md §3).
 #
 #   bash gpt2/launch.sh tiny  [--dry-run] [--methods proj,norm] [--rates 0.1,0.2] ...   # CPU, minutes
 #   bash gpt2/launch.sh paper [--dry-run] [--models gpt2] [--datasets wikitext2] ...     # needs weights + data

@@ -1,6 +1,6 @@
 """Pruning the QK dimensions of every attention head, and the MLPs, of :class:`gpt2.model.GPT2`.
 
-Attention (REPRODUCTION.md §3): in every head keep ``n_keep = qk_dim - round(rate * qk_dim)``
+Attention (docs/reproduction.md §3): in every head keep ``n_keep = qk_dim - round(rate * qk_dim)``
 query/key dimensions, the same index set for Q and K. Head ``h`` of a layer owns rows
 ``h*qk : (h+1)*qk`` of ``q_proj`` and ``k_proj``. For the projective methods a dimension
 ``d`` is the row ``[W_q[d], b_q[d]]`` (the bias as one more input column, so the rows
@@ -12,9 +12,9 @@ Methods (:data:`ATTENTION_METHODS`), every one returns the kept indices per head
 - ``random``: a random subset (seeded ``torch.Generator``).
 - ``norm``: keep the largest ``||W_q[d]|| + ||W_k[d]||`` (weights only, the paper's score).
 - ``proj_coef``: the reference's rule: keep the dimensions whose coefficient rows have the
-  largest ``||C_Q[d]|| + ||C_K[d]||``, ``C = solve_normal_equations(rows)`` (ALGORITHM.md (2)).
+  largest ``||C_Q[d]|| + ||C_K[d]||``, ``C = solve_normal_equations(rows)`` (docs/algorithm.md §1).
 - ``proj``: the paper's text: prune the smallest projection distance; a dimension's
-  distance is ``dist_Q[d] + dist_K[d]`` (ALGORITHM.md (1) on ``Q_h`` and on ``K_h``).
+  distance is ``dist_Q[d] + dist_K[d]`` (docs/algorithm.md §1 on ``Q_h`` and on ``K_h``).
 - ``proj_exact``: the core's exact greedy (:func:`projprune.greedy_exact`, selection only,
   α = β = γ = 0) on the concatenated rows ``[Q_h | K_h]``: a dimension is redundant when its
   query *and* key rows are expressed by the others with the same coefficients; the

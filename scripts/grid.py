@@ -1,4 +1,4 @@
-"""The Table 1 grid as data (REPRODUCTION.md §1), expanded into ``main.py`` commands.
+"""The Table 1 grid as data (docs/reproduction.md §1), expanded into ``main.py`` commands.
 
 One place lists data sets, models, methods, speed-ups and the paper's training settings;
 the launchers (``scripts/master.sbatch``, ``cifar10.sh``, ``cifar100.sh``, ``modelnet40.sh``,
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, run_stages
 
-# Method (CLI name) -> needs sparsity learning (REPRODUCTION.md's method table; registry.METHODS agrees).
+# Method (CLI name) -> needs sparsity learning (docs/reproduction.md's method table; registry.METHODS agrees).
 METHODS: dict[str, bool] = {
     "random": False,
     "l1": False,
@@ -51,7 +51,7 @@ TABLE1_METHODS: tuple[str, ...] = (
 )
 SPEED_UPS: tuple[float, ...] = (2.0, 3.0)
 SEED = 1
-SL_REG = 1e-5  # --reg for the sparsity-learning methods (REPRODUCTION.md §1)
+SL_REG = 1e-5  # --reg for the sparsity-learning methods (docs/reproduction.md §1)
 # A finished pretraining log holds "Best Acc=" (written once, after the last epoch).
 PRETRAIN_DONE_REGEX = r"INFO: Best Acc="
 # A pruning log also has a "Best Acc=" after the sparsity-learning phase, before pruning; a finished run
@@ -247,7 +247,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Expand and run the Table 1 grid (REPRODUCTION.md §1).")
+    parser = argparse.ArgumentParser(description="Expand and run the Table 1 grid (docs/reproduction.md §1).")
     parser.add_argument("--dataset", action="append", required=True, choices=tuple(PLANS),
                         help="data set(s) of the grid (repeatable)")
     parser.add_argument("--models", default=None, help="comma list (default: the plan's models)")

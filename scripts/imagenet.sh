@@ -4,7 +4,7 @@
 #SBATCH --cpus-per-task=32
 #SBATCH --time=7-00:00:00
 #SBATCH --output=logs/%A_%a-%x.out
-# ResNet-50 on ImageNet (REPRODUCTION.md §1): 90 epochs, batch 256, lr 0.08, 2x FLOPs speed-up
+# ResNet-50 on ImageNet (docs/reproduction.md §1): 90 epochs, batch 256, lr 0.08, 2x FLOPs speed-up
 # (--target-flops 2: the paper's 2 GFLOPs), every method, each run data-parallel over GPUS (default 4) with torchrun.
 # ILSVRC2012 train/ and val/ class folders under --dataroot (default data/).
 #

@@ -5,7 +5,7 @@
 #SBATCH --time=2-00:00:00
 #SBATCH --output=logs/%A_%a-%x.out
 # Table 1 grid on ModelNet40 point clouds: PointNet, DGCNN (data/modelnet40_ply_hdf5_2048/)
-# (REPRODUCTION.md §1): pretraining, then every method at 2x and 3x with fine-tuning, seed 1.
+# (docs/reproduction.md §1): pretraining, then every method at 2x and 3x with fine-tuning, seed 1.
 #
 #   bash scripts/modelnet40.sh [--dry-run] [--methods l2,proj_sl] [--models resnet56] [--backend bash|slurm] ...
 #

@@ -1,6 +1,6 @@
 """Turn ``main.py`` run logs into the paper's Table 1: CSVs, Markdown/LaTeX tables and figures.
 
-Reads every ``*.txt`` log under ``--runs`` (REPRODUCTION.md's layout and log lines; the
+Reads every ``*.txt`` log under ``--runs`` (docs/reproduction.md's layout and log lines; the
 published logs of the original study use the same format) and writes into ``--out``:
 
 - ``raw.csv``: one row per ``Epoch`` line (run, phase ``pretrain``/``sl``/``finetune``, epoch,
@@ -40,7 +40,7 @@ from pathlib import Path
 from engine.harness import atomic_write_csv, atomic_write_text, save_figure
 
 # CLI method name -> table label (the same labels as registry.METHODS), in the paper's row order
-# (REPRODUCTION.md §1); l1, proj and growing_reg are not in the published table, so they come last.
+# (docs/reproduction.md §1); l1, proj and growing_reg are not in the published table, so they come last.
 METHOD_LABELS: dict[str, str] = {
     "random": "Random",
     "l2": "MagnitudeL2",
@@ -73,7 +73,7 @@ METRICS: dict[str, bool] = {
 }
 ACCURACY_METRICS = {"best_pruned", "paper", "one_shot", "one_shot_bn", "final_best", "acc_before"}
 
-# One regex for run names: <dataset>-<scope>-<method>-<speed_up>-<model> (STYLE.md §8).
+# One regex for run names: <dataset>-<scope>-<method>-<speed_up>-<model> (docs/design.md).
 RUN_NAME_RE = re.compile(
     r"^(?P<dataset>[A-Za-z0-9_]+)-(?P<scope>global|local)-(?P<method>[A-Za-z0-9_]+)-"
     r"(?P<speed_up>\d+(?:\.\d+)?)-(?P<model>[A-Za-z0-9_.]+)$"

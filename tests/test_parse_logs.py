@@ -1,4 +1,4 @@
-"""scripts/parse_logs.py on logs written here in the published format (REPRODUCTION.md)."""
+"""scripts/parse_logs.py on logs written here in the published format (docs/reproduction.md)."""
 
 from __future__ import annotations
 

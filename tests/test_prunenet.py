@@ -1,4 +1,4 @@
-"""PruneNet baseline (shared/docs/PRUNENET.md): policy, sampling, reward, REINFORCE, checkpoints."""
+"""PruneNet baseline (docs/prunenet.md): policy, sampling, reward, REINFORCE, checkpoints."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def run_adaptive(
 def norm_analysis(model: nn.Module, lmbda: float = 1e-3) -> list[dict]:
     """Per MLP unit: ``w_norm = ‖W[i]‖``, ``b_abs = |b[i]|``, ``v_norm = ‖V[:, i]‖``, ``distance`` (λ = ``lmbda``).
 
-    Distances are computed in float64 (ALGORITHM.md §3, residual form). Returns one row per unit.
+    Distances are computed in float64 (docs/algorithm.md §3, residual form). Returns one row per unit.
     """
     rows = []
     for layer, (fc1, fc2) in enumerate(mlp_pairs(model)):

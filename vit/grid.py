@@ -1,4 +1,4 @@
-"""The ViT grid as data (REPRODUCTION.md §2): models x methods x experiments as ``vit/main.py`` tasks.
+"""The ViT grid as data (docs/reproduction.md §2): models x methods x experiments as ``vit/main.py`` tasks.
 
 Two stages, run by ``scripts/gridrun.py`` (sequentially under bash, or as dependent SLURM job
 arrays): ``analysis`` (``norm_analysis`` per model; for ``small`` it also trains and caches the

@@ -52,7 +52,7 @@ EXPERIMENTS = ("uniform", "adaptive", "norm_analysis")
 
 @dataclass
 class ViTConfig:
-    """Command line of ``vit/main.py``; defaults are the paper's ViT settings (REPRODUCTION.md §2)."""
+    """Command line of ``vit/main.py``; defaults are the paper's ViT settings (docs/reproduction.md §2)."""
 
     model: str = field(default="small", metadata={
         "choices": ["small", *VIT_MODELS], "help": "small = the embedded digits ViT; else a torchvision ViT"})

@@ -37,7 +37,7 @@ class ViTSpec:
     weights: tv_vit.WeightsEnum
 
 
-# The paper's models (REPRODUCTION.md §2): IMAGENET1K_V1 for B/L, SWAG end-to-end (518 px) for H/14.
+# The paper's models (docs/reproduction.md §2): IMAGENET1K_V1 for B/L, SWAG end-to-end (518 px) for H/14.
 VIT_MODELS: dict[str, ViTSpec] = {
     "vit_b_16": ViTSpec(tv_vit.vit_b_16, tv_vit.ViT_B_16_Weights.IMAGENET1K_V1),
     "vit_b_32": ViTSpec(tv_vit.vit_b_32, tv_vit.ViT_B_32_Weights.IMAGENET1K_V1),

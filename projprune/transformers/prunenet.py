@@ -1,5 +1,5 @@
 """PruneNet, the calibration-free baseline (Sengupta et al., "You Only Prune Once", ICLR 2025,
-https://arxiv.org/abs/2501.15296), implemented from ``shared/docs/PRUNENET.md``.
+https://arxiv.org/abs/2501.15296), implemented from ``docs/prunenet.md``.
 
 Where the paper and the reference code (``LCS2-IIITD/PruneNet``,
 ``experiments/trainable_activation_sparsity.py``) disagree, this follows the code:
