@@ -78,11 +78,11 @@ def test_digits_dry_run_and_subset_flags() -> None:
         "--lr-decay-milestones 20,25 --batch-size 64 --output-dir /tmp/o",
         f"{base} --mode prune --dataset digits --model resnet20 --restore /tmp/o/digits/pretrain/digits_resnet20.pth "
         "--finetune --global-pruning --speed-up 2 --method l2 --total-epochs 1 --lr 0.01 --lr-decay-milestones 4 "
-        "--batch-size 64 --iterative-steps 100 --output-dir /tmp/o",
+        "--batch-size 64 --iterative-steps 100 --bn-recalibrate 4 --output-dir /tmp/o",
         f"{base} --mode prune --dataset digits --model resnet20 --restore /tmp/o/digits/pretrain/digits_resnet20.pth "
         "--finetune --global-pruning --reg 1e-05 --speed-up 2 --method proj_sl --total-epochs 1 --lr 0.01 "
         "--lr-decay-milestones 4 --batch-size 64 --iterative-steps 100 --sl-total-epochs 1 --sl-lr-decay-milestones 3 "
-        "--output-dir /tmp/o",
+        "--bn-recalibrate 4 --output-dir /tmp/o",
     ]
     bad = launch("digits.sh", "--dry-run", "--methods", "l2,nonsense")
     assert bad.returncode != 0 and "method 'nonsense'" in bad.stderr
