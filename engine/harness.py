@@ -21,7 +21,6 @@ import random
 import re
 import socket
 import sys
-import tempfile
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from projprune._io import atomic_write_bytes as _atomic_write
 
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 LOG_DATEFMT = "%m/%d %H:%M:%S"
@@ -236,22 +237,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     target = _atomic_target(path)
     remove_orphan_temps(target.parent, target.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; give the result the usual permissions (0666 minus umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return _atomic_write(target, data, temp_prefix=f".{target.name}.{_host()}.{os.getpid()}.")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -19,11 +19,15 @@ import torch
 _META_KEY = "projprune_meta"
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename; usual permissions)."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, temp_prefix: str | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename; usual permissions).
+
+    ``temp_prefix`` names the temp file (default ``.<name>.``) so callers can recognise orphans.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    prefix = temp_prefix if temp_prefix is not None else f".{target.name}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -264,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parse", action="store_true",
                         help="when the grid has finished here: write tables with scripts/parse_logs.py")
     parser.add_argument("--results", default=None, help="--out of parse_logs (default scripts/results/<datasets>)")
-    parser.add_argument("--metric", default="best_pruned,one_shot,one_shot_bn", help="--metric of parse_logs for --parse")
+    parser.add_argument("--metric", default="best_pruned,one_shot,one_shot_bn",
+                        help="--metric of parse_logs for --parse")
     add_grid_arguments(parser)
     args = parser.parse_args(argv)
     speed_ups = _csv(args.speed_ups)

@@ -12,6 +12,7 @@ def test_unknown_model_is_refused_with_the_valid_names():
         grid.main(["--dataset", "digits", "--dry-run", "--models", "nosuch"])
 
 
-def test_known_model_still_plans(capsys):
-    assert grid.main(["--dataset", "digits", "--dry-run", "--models", "resnet20"]) == 0
+def test_known_model_still_plans(capsys, tmp_path):
+    # a fresh output folder: finished runs elsewhere (./run) would be skipped, not planned
+    assert grid.main(["--dataset", "digits", "--dry-run", "--models", "resnet20", "--output-dir", str(tmp_path)]) == 0
     assert "--model resnet20" in capsys.readouterr().out
