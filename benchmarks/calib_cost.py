@@ -1,0 +1,84 @@
+"""Benchmark: the cost of calibrated pruning (statistics + selection), separate from the model's forward.
+
+Two cases of the calibrated-method goals:
+
+- every FFN of a BERT-base-sized model: 12 layers of 3072 units, 512 sequences of 128 tokens;
+- one GPT-2 XL MLP: 6400 units reading 1600 features, 64k tokens.
+
+Activations are GELU outputs of random pre-activations, fed to :class:`projprune.ActivationStats`
+in batches of ``--batch-tokens`` rows (what the forward hooks of ``collect_activation_stats``
+do per batch); selection is the ``calib`` method's exact greedy with those statistics at 30 %.
+The model's own forward pass is not timed (it is the same for every method).
+
+    PYTHONPATH=. python benchmarks/calib_cost.py --threads 2
+    PYTHONPATH=. python benchmarks/calib_cost.py --cases gpt2-xl --tokens-scale 0.25   # a quicker look
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from engine.harness import parse_config, seed_everything
+from projprune import PAIR_METHODS, ActivationStats, greedy_exact
+from projprune.transformers.compare import markdown_table
+
+# case -> (layers, units n, input width m, tokens, goal in seconds)
+CASES = {"bert-base": (12, 3072, 768, 512 * 128, 60.0), "gpt2-xl": (1, 6400, 1600, 65536, 90.0)}
+
+
+@dataclass
+class CostConfig:
+    cases: str = field(default="bert-base,gpt2-xl", metadata={"help": f"comma-separated of {sorted(CASES)}"})
+    ratio: float = field(default=0.3, metadata={"help": "fraction of units removed per layer"})
+    batch_tokens: int = field(default=8192, metadata={"help": "activation rows per statistics update"})
+    tokens_scale: float = field(default=1.0, metadata={"help": "multiply every case's token count"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
+    seed: int = 1
+
+
+def run_case(name: str, cfg: CostConfig) -> dict:
+    layers, n, m, tokens, goal = CASES[name]
+    tokens = max(cfg.batch_tokens, int(tokens * cfg.tokens_scale))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    stats_s = select_s = 0.0
+    for _ in range(layers):
+        W = torch.randn(n, m, generator=generator) / m**0.5
+        V = torch.randn(m, n, generator=generator) / n**0.5
+        stats = ActivationStats(n)
+        for start in range(0, tokens, cfg.batch_tokens):
+            x = torch.randn(min(cfg.batch_tokens, tokens - start), m, generator=generator)
+            h = F.gelu(x @ W.T)
+            begin = time.perf_counter()
+            stats.update(h)
+            stats_s += time.perf_counter() - begin
+        begin = time.perf_counter()
+        greedy_exact(W, round(cfg.ratio * n), PAIR_METHODS["calib"].options, V=V, stats=stats)
+        select_s += time.perf_counter() - begin
+    total = stats_s + select_s
+    return {"case": name, "layers x units": f"{layers} x {n}", "tokens": tokens, "statistics_s": f"{stats_s:.1f}",
+            "selection_s": f"{select_s:.1f}", "total_s": f"{total:.1f}", "goal_s": f"{goal:.0f}",
+            "met": "yes" if total < goal and cfg.tokens_scale == 1.0 else ("no" if cfg.tokens_scale == 1.0 else "-")}
+
+
+def main(argv=None) -> list[dict]:
+    cfg = parse_config(CostConfig, argv, description=__doc__.splitlines()[0])
+    names = [c.strip() for c in cfg.cases.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CASES]
+    if unknown or not names:
+        raise ValueError(f"--cases: expected names from {sorted(CASES)}, got {cfg.cases!r}")
+    if not 0 < cfg.ratio < 1 or cfg.batch_tokens < 1 or not 0 < cfg.tokens_scale <= 1:
+        raise ValueError("--ratio must be in (0, 1), --batch-tokens >= 1, --tokens-scale in (0, 1]")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    rows = [run_case(name, cfg) for name in names]
+    print(markdown_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
