@@ -189,21 +189,3 @@ def test_layers_pruned_in_parallel_match_sequential(monkeypatch):
     assert pools == [2]  # only the second run went parallel
     for a, b in zip(*results):
         assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("name", ["calib", "act_norm"])
-def test_calibrated_methods_use_the_statistics_of_what_each_mlp_reads(name, batch):
-    from projprune import collect_activation_stats
-
-    model, expected = tiny_vit(), tiny_vit()
-    pairs = mlp_pairs(expected)
-    stats = collect_activation_stats(expected, [pairs[layer][1] for layer in AMOUNTS], [batch])
-    for (layer, amount), st in zip(AMOUNTS.items(), stats):
-        prune_pair(*pairs[layer], amount, name, stats=st)
-    get_method(name).prune(model, AMOUNTS, PruneContext(seed=1, calibration=[batch]))
-    for got, want in zip(mlp_pairs(model), mlp_pairs(expected)):
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a.weight, b.weight)
-            torch.testing.assert_close(a.bias, b.bias)
-    with pytest.raises(ValueError, match="calibration batches from the training split"):
-        get_method(name).prune(tiny_vit(), AMOUNTS, PruneContext(seed=1))

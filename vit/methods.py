@@ -4,8 +4,7 @@ A method prunes MLP hidden units of chosen encoder blocks in place:
 ``VIT_METHODS[name].prune(model, {layer_index: amount}, ctx)``. Families:
 
 - ``projprune``: the core's named pair methods (:data:`projprune.PAIR_METHODS`: l1, l2, random,
-  proj000/500/550/5n50/555 (lazy, the paper's), exact, exact_oac (ours); calib and act_norm on the
-  activations of calibration images from the training split, never the evaluation split).
+  proj000/500/550/5n50/555 (lazy, the paper's), exact, exact_oac (ours)).
 - ``torch_pruning``: Torch-Pruning importances scored on the MLP's own dependency group
   (``mlp[0]`` out-channels + ``mlp[3]`` in-channels), lowest scores removed: ``lamp``
   (LAMPImportance), ``obdc`` (EigenDamage, OBDCImportance), ``group_norm`` (DepGraph's group
@@ -30,7 +29,7 @@ import torch.nn.utils.prune as torch_prune
 import torch_pruning as tp
 from torch import nn
 
-from projprune import PAIR_METHODS, collect_activation_stats, prune_pair, slice_linear_pair
+from projprune import PAIR_METHODS, prune_pair, slice_linear_pair
 
 from .models import mlp_pairs
 
@@ -96,28 +95,17 @@ def _layer_workers() -> int:
 
 
 def _pair_method(name: str) -> PruneFn:
-    calibrated = PAIR_METHODS[name].needs_stats
-    deterministic = PAIR_METHODS[name].kind in ("lazy", "exact", "act_norm")
+    deterministic = PAIR_METHODS[name].kind in ("lazy", "exact")
 
     def prune(model: nn.Module, amounts: Mapping[int, int], ctx: PruneContext) -> None:
         pairs = mlp_pairs(model)
         generator = torch.Generator().manual_seed(ctx.seed)
-        # The calibrated methods keep their own scale-free λ; --lmbda is the data-free one.
-        overrides = ctx.overrides if deterministic and not calibrated else {}
+        overrides = ctx.overrides if deterministic else {}
         items = _blocks(model, amounts)
-        stats = {}
-        if calibrated and items:
-            if not ctx.calibration:
-                raise ValueError(f"method {name!r} runs on activations: expected calibration batches from the "
-                                 "training split (PruneContext.calibration), got none")
-            # What every mlp[3] reads (after GELU and dropout), from the unpruned model, in one pass.
-            layers = [layer for layer, _ in items]
-            found = collect_activation_stats(model, [pairs[layer][1] for layer in layers], ctx.calibration)
-            stats = dict(zip(layers, found))
 
         def prune_layer(item: tuple[int, int]) -> None:
             fc1, fc2 = pairs[item[0]]
-            prune_pair(fc1, fc2, item[1], name, generator=generator, stats=stats.get(item[0]), **overrides)
+            prune_pair(fc1, fc2, item[1], name, generator=generator, **overrides)
 
         workers = min(_layer_workers(), len(items)) if deterministic else 1
         if workers > 1:
