@@ -29,6 +29,8 @@ class DemoConfig:
     epochs: int = field(default=40, metadata={"help": "training epochs"})
     hidden: int = field(default=256, metadata={"help": "width of both hidden layers"})
     ratio: float = field(default=0.5, metadata={"help": "fraction of hidden units removed per layer"})
+    calib_size: int = field(default=256, metadata={
+        "help": "training images whose activations calib / act_norm summarise (never test images)"})
     methods: str = field(default="random,l2,proj000,proj550,proj555,exact,exact_oac",
                          metadata={"help": "comma-separated names from projprune.PAIR_METHODS"})
     output_dir: str = field(default="run/demo", metadata={"help": "where demo.md and demo.csv go"})
@@ -43,6 +45,10 @@ def run(cfg: DemoConfig) -> list[dict]:
     """Train once, prune a copy per method; returns one row per method."""
     if not 0.0 <= cfg.ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {cfg.ratio}")
+    if cfg.hidden < 2:
+        raise ValueError(f"--hidden must be >= 2 (width of both hidden layers), got {cfg.hidden}")
+    if cfg.calib_size < 1:
+        raise ValueError(f"--calib-size must be >= 1 (training images for calib / act_norm), got {cfg.calib_size}")
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in pp.PAIR_METHODS]
     if unknown:
@@ -59,9 +65,13 @@ def run(cfg: DemoConfig) -> list[dict]:
         pruned = copy.deepcopy(model)
         start = time.perf_counter()
         # pair 1: hidden layer 1 read by hidden layer 2; pair 2: hidden layer 2 read by the classifier
+        # calibrated methods: statistics of what the second layer reads, on training images, collected
+        # after the previous pair was pruned (its compensation changed what follows)
         for first, second in ((1, 3), (3, 5)):
+            stats = (pp.collect_activation_stats(pruned, [pruned[second]], x_tr[: cfg.calib_size].split(64))[0]
+                     if pp.PAIR_METHODS[method].needs_stats else None)
             pp.prune_pair(pruned[first], pruned[second], amount, method,
-                          generator=torch.Generator().manual_seed(cfg.seed))
+                          generator=torch.Generator().manual_seed(cfg.seed), stats=stats)
         seconds = time.perf_counter() - start
         params = sum(p.numel() for p in pruned.parameters())
         rows.append({"method": method, "description": pp.PAIR_METHODS[method].description,

@@ -73,7 +73,11 @@ def read_text_file(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--text-file {path} does not exist (expected a UTF-8 text file)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--text-file {path} is not UTF-8 text (byte {err.start} cannot be decoded); "
+                         "expected a UTF-8 text file") from None
     if not text.strip():
         raise ValueError(f"--text-file {path} is empty")
     return text

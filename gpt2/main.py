@@ -49,6 +49,9 @@ class GPT2Config:
     rate: float = field(default=0.0, metadata={"help": "fraction of each head's QK dimensions removed"})
     mlp_method: str = field(default="exact", metadata={"help": "projprune.PAIR_METHODS name for the MLPs"})
     mlp_rate: float = field(default=0.0, metadata={"help": "fraction of each MLP's units removed (paper: 0)"})
+    calib_text_file: str = field(default="", metadata={
+        "help": "calibration text of --mlp-method calib/act_norm ('' = the training split of the tiny corpus)"})
+    calib_tokens: int = field(default=8192, metadata={"help": "calibration tokens of calib/act_norm"})
     lmbda: float = field(default=1e-3, metadata={"help": "ridge regulariser of the projective scores"})
     block_size: int = field(default=0, metadata={"help": "tokens per block (0 = the model's context)"})
     batch_size: int = field(default=1, metadata={"help": "blocks per forward pass (paper: 1)"})
@@ -91,6 +94,14 @@ def validate(cfg: GPT2Config) -> GPT2Config:
         raise ValueError(f"--method none prunes nothing; use --rate 0 (got {cfg.rate})")
     if cfg.mlp_method not in PAIR_METHODS:
         raise ValueError(f"--mlp-method must be one of {sorted(PAIR_METHODS)}, got {cfg.mlp_method!r}")
+    if cfg.calib_text_file:
+        if not Path(cfg.calib_text_file).is_file():
+            raise FileNotFoundError(f"--calib-text-file {cfg.calib_text_file} does not exist (expected UTF-8 text)")
+        if cfg.text_file and Path(cfg.calib_text_file).resolve() == Path(cfg.text_file).resolve():
+            raise ValueError("--calib-text-file must differ from --text-file (calibration text is never the "
+                             "evaluation text)")
+    if cfg.calib_tokens < 1:
+        raise ValueError(f"--calib-tokens must be >= 1, got {cfg.calib_tokens}")
     if cfg.tiny_corpus_dir and not Path(cfg.tiny_corpus_dir).is_dir():
         raise FileNotFoundError(f"--tiny-corpus-dir {cfg.tiny_corpus_dir} is not a directory of .py files")
     if cfg.lmbda <= 0:
@@ -124,6 +135,24 @@ def load_model_and_text(cfg: GPT2Config, logger) -> tuple[GPT2, object, str]:
     return model, tokenizer, text_loaders[cfg.dataset]()
 
 
+def calibration_batches(cfg: GPT2Config, tokenizer, block_size: int, model: GPT2, logger) -> list[torch.Tensor] | None:
+    """Token blocks ``(1, T)`` of calibration text for the calibrated MLP methods (``None`` for the others).
+
+    The text is ``--calib-text-file`` or the training split of the tiny corpus, never the evaluation text.
+    """
+    from projprune import PAIR_METHODS
+
+    if not PAIR_METHODS[cfg.mlp_method].needs_stats:
+        return None
+    text = (data.read_text_file(cfg.calib_text_file) if cfg.calib_text_file
+            else stdlib_corpus(cfg.tiny_corpus_dir or None)["train"])
+    ids = data.encode(tokenizer, text)[: cfg.calib_tokens + 1]
+    blocks = data.make_blocks(ids, min(block_size, model.config.n_positions + 1), 0)
+    logger.info(f"Calibration: {sum(b.numel() for b in blocks)} tokens of "
+                f"{cfg.calib_text_file or 'the tiny corpus training split'}")
+    return [b.reshape(1, -1) for b in blocks]
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -150,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if cfg.method != "none" and cfg.rate > 0:
             prune_attention(model, cfg.rate, cfg.method, lmbda=cfg.lmbda, seed=cfg.seed)
         if cfg.mlp_rate > 0:
-            prune_mlp(model, cfg.mlp_rate, cfg.mlp_method, seed=cfg.seed)
+            prune_mlp(model, cfg.mlp_rate, cfg.mlp_method, seed=cfg.seed,
+                      calibration=calibration_batches(cfg, tokenizer, block_size, model, logger))
         prune_seconds = time.perf_counter() - start
         model = model.to(cfg.device)  # pruned on the CPU: many small per-head solves
         params_after = count_params(model)

@@ -321,29 +321,42 @@ def prune_attention(model: GPT2, rate: float, method: str, *, lmbda: float = 1e-
     return kept
 
 
-def prune_mlp(model: GPT2, rate: float, method: str = "exact", *, seed: int = 1, **overrides) -> list[torch.Tensor]:
+def prune_mlp(model: GPT2, rate: float, method: str = "exact", *, seed: int = 1, calibration=None,
+              **overrides) -> list[torch.Tensor]:
     """Prune ``round(rate * width)`` units of every MLP through the core's :func:`projprune.prune_pair`.
 
     Args:
         model: the GPT-2 to prune (in place).
         rate: fraction of each MLP's hidden units to remove, ``[0, 1)``.
-        method: a ``projprune.PAIR_METHODS`` name (``random``, ``l2``, ``proj550``, ``exact``, ...).
+        method: a ``projprune.PAIR_METHODS`` name (``random``, ``l2``, ``proj550``, ``exact``,
+            ``calib``, ``act_norm``, ...).
         seed: seed of the ``random`` method.
+        calibration: token batches ``(B, T)`` (calibration text, never the evaluation text) for the
+            calibrated methods: statistics of what ``c_proj`` reads, collected block by block after
+            the blocks before it were pruned.
         overrides: keyword overrides passed to ``prune_pair`` (e.g. ``lmbda``).
 
     Returns:
         Per layer, the kept unit indices (sorted int64).
     """
-    from projprune import PAIR_METHODS, prune_pair
+    from projprune import PAIR_METHODS, collect_activation_stats, prune_pair
 
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"mlp rate must be in [0, 1), got {rate}")
     if method not in PAIR_METHODS:
         raise ValueError(f"mlp method must be one of {sorted(PAIR_METHODS)}, got {method!r}")
+    needs_stats = PAIR_METHODS[method].needs_stats
+    if needs_stats:
+        calibration = list(calibration or [])
+        if not calibration:
+            raise ValueError(f"mlp method {method!r} needs calibration= token batches (calibration text, "
+                             "separate from the evaluation text)")
     generator = torch.Generator().manual_seed(seed)
     kept = []
     for block in model.h:
         amount = int(round(rate * block.mlp.c_fc.out_features))
-        kept.append(prune_pair(block.mlp.c_fc, block.mlp.c_proj, amount, method, generator=generator, **overrides))
+        stats = collect_activation_stats(model, [block.mlp.c_proj], calibration)[0] if needs_stats else None
+        kept.append(prune_pair(block.mlp.c_fc, block.mlp.c_proj, amount, method, generator=generator,
+                               stats=stats, **overrides))
     model.sync_config()
     return kept

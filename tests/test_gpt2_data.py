@@ -129,3 +129,12 @@ def test_transformers_tokenizer_gives_the_same_ids(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="gpt2-not-a-real-model"):
         load_hf_tokenizer("gpt2-not-a-real-model", cache_dir=tmp_path)
+
+
+def test_binary_text_file_is_a_clear_error(tmp_path):
+    from gpt2.data import read_text_file
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x80")
+    with pytest.raises(ValueError, match=r"--text-file .*weights\.bin.*UTF-8"):
+        read_text_file(path)

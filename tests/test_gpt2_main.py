@@ -135,3 +135,16 @@ def test_a_local_transformers_model_directory_runs(tmp_path):
     log = (tmp_path / "run" / "gpt2" / "text-proj_comp-0.25-local-gpt2" / "text-proj_comp-0.25-local-gpt2.txt")
     assert "QK dims per head: [12, 12]" in log.read_text()
     assert int(row["blocks"]) >= 2 and math.isfinite(float(row["perplexity"]))
+
+
+def test_calibrated_mlp_run_uses_training_text(corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    row = gpt2_main.main(_tiny_args(corpus_dir, out, "--mlp-method", "calib", "--mlp-rate", "0.25",
+                                    "--calib-tokens", "256"))
+    assert math.isfinite(float(row["perplexity"]))
+    log = next((out / "gpt2").glob("*/*.txt")).read_text()
+    assert "Calibration: 256 tokens of the tiny corpus training split" in log
+    text = tmp_path / "eval.txt"
+    text.write_text("some evaluation text " * 20)
+    with pytest.raises(ValueError, match="--calib-text-file must differ"):
+        gpt2_main.main(_tiny_args(corpus_dir, out, "--text-file", str(text), "--calib-text-file", str(text)))

@@ -200,3 +200,28 @@ def test_mlp_pruning_through_the_core(method):
     assert model.config.mlp_dims == [48, 48]
     assert model.h[0].mlp.c_proj.weight.shape == (16, 48)
     assert torch.isfinite(model(idx)).all()
+
+
+def test_calibrated_mlp_pruning_uses_c_proj_input_statistics():
+    from projprune import collect_activation_stats, prune_pair
+
+    model, direct = _model(), _model()
+    calibration = [torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(3))]
+    idx = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        reference = direct(idx)
+    errors = {}
+    for method in ("l2", "calib"):
+        pruned = _model()
+        prune_mlp(pruned, 0.5, method, calibration=calibration if method == "calib" else None)
+        with torch.no_grad():
+            errors[method] = float((pruned(idx) - reference).norm())
+    assert errors["calib"] < errors["l2"]
+    prune_mlp(model, 0.25, "calib", calibration=calibration)
+    for block in direct.h:  # the same as the core with statistics collected block by block
+        stats = collect_activation_stats(direct, [block.mlp.c_proj], calibration)[0]
+        prune_pair(block.mlp.c_fc, block.mlp.c_proj, 16, "calib", stats=stats)
+    for a, b in zip(model.parameters(), direct.parameters()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="calibration"):
+        prune_mlp(_model(), 0.25, "act_norm")

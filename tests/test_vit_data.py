@@ -46,3 +46,30 @@ def test_imagenet_folders_seeded_subset(tmp_path):
 def test_imagenet_missing_val_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="val"):
         imagenet_data(tmp_path, transforms.ToTensor())
+
+
+def test_digits_calibration_images_come_from_the_training_split():
+    from engine.digits import digits_tensors
+
+    data = digits_data(batch_size=100, calib_size=256)
+    stats = torch.cat(data.stats_batches)
+    assert stats.shape == (256, 3, 8, 8) and [len(x) for x in data.stats_batches] == [100, 100, 56]
+    x_train, _, x_test, _ = digits_tensors()
+    train = {tuple(row.tolist()) for row in digits_to_rgb(x_train).flatten(1)}
+    test = {tuple(row.tolist()) for row in digits_to_rgb(x_test).flatten(1)} - train
+    rows = {tuple(row.tolist()) for row in stats.flatten(1)}
+    assert rows <= train and not rows & test
+    assert len({tuple(r.tolist()) for r in stats.flatten(1)}) > 200  # a shuffle, not one repeated image
+    assert digits_data(batch_size=100).stats_batches == []
+    with pytest.raises(ValueError, match="calib_size"):
+        digits_data(calib_size=-1)
+
+
+def test_imagenet_calibration_images_from_train_only(tmp_path):
+    _folder(tmp_path, "val")
+    transform = transforms.Compose([transforms.CenterCrop(8), transforms.ToTensor()])
+    with pytest.raises(FileNotFoundError, match="train"):
+        imagenet_data(tmp_path, transform, batch_size=3, eval_batches=1, workers=0, calib_size=4)
+    _folder(tmp_path, "train", seed=1)
+    data = imagenet_data(tmp_path, transform, batch_size=3, eval_batches=1, workers=0, calib_size=4)
+    assert [len(x) for x in data.stats_batches] == [3, 1]

@@ -133,3 +133,18 @@ def test_grid_tasks_and_skipping(tmp_path, capsys):
     assert "# done" in printed  # the finished uniform run is skipped
     with pytest.raises(ValueError, match="--methods"):
         grid.GridSpec(methods=("nope",))
+
+
+def test_calibrated_uniform_run_logs_its_training_images(tmp_path):
+    out = main(["--output-dir", str(tmp_path), "--experiment", "uniform", "--method", "calib",
+                "--amounts", "0,128", "--calib-size", "64", *FAST])
+    log = (out / "small-uniform-calib.txt").read_text()
+    assert "Calibration: 64 training images" in log
+    rows = read_csv(out / "small-uniform-calib.csv")
+    assert [r["amount"] for r in rows] == ["0", "128"] and float(rows[1]["top1"]) > 0.2
+
+
+def test_calibrated_method_needs_calibration_images(tmp_path):
+    with pytest.raises(ValueError, match="--calib-size"):
+        main(["--output-dir", str(tmp_path / "out"), "--method", "act_norm", "--calib-size", "0"])
+    assert not (tmp_path / "out").exists()

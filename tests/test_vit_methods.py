@@ -189,3 +189,80 @@ def test_layers_pruned_in_parallel_match_sequential(monkeypatch):
     assert pools == [2]  # only the second run went parallel
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def _mlp3_inputs(model: VisionTransformer, images: torch.Tensor) -> list[torch.Tensor]:
+    """What mlp[3] of each block reads, ``(tokens, n)`` float64, captured by plain hooks."""
+    seen: dict[int, torch.Tensor] = {}
+    handles = [fc2.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].detach()))
+               for i, (_, fc2) in enumerate(mlp_pairs(model))]
+    with torch.no_grad():
+        model(images)
+    for handle in handles:
+        handle.remove()
+    return [seen[i].reshape(-1, seen[i].shape[-1]).double() for i in range(len(seen))]
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(24, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+
+
+def test_calibrated_statistics_are_those_of_mlp3_input(images):
+    model = tiny_vit(4)
+    ctx = PruneContext(stats_batches=[images[:10], images[10:]])
+    stats = ctx.activation_stats(model, [0, 1])
+    for st, H in zip(stats, _mlp3_inputs(model, images)):
+        assert st.count == H.shape[0] == 24 * 5  # 4 patches + the class token per image
+        torch.testing.assert_close(st.sum_outer, H.T @ H, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(st.sum, H.sum(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["calib", "act_norm"])
+def test_calibrated_methods_are_the_core_prune_pair_with_those_statistics(name, images):
+    ours, direct = tiny_vit(4), tiny_vit(4)
+    get_method(name).prune(ours, {0: 9, 1: 20}, PruneContext(stats_batches=[images]))
+    stats = PruneContext(stats_batches=[images]).activation_stats(direct, [0, 1])
+    for (fc1, fc2), st, amount in zip(mlp_pairs(direct), stats, (9, 20)):
+        prune_pair(fc1, fc2, amount, name, stats=st, lmbda=1e-3)
+    for (a1, a2), (b1, b2) in zip(mlp_pairs(ours), mlp_pairs(direct)):
+        assert a1.weight.shape == (64 - (9 if a1 is mlp_pairs(ours)[0][0] else 20), 32)
+        torch.testing.assert_close(a1.weight, b1.weight)
+        torch.testing.assert_close(a2.weight, b2.weight)
+        torch.testing.assert_close(a2.bias, b2.bias)
+
+
+def test_calibrated_methods_reconstruct_the_mlp_better_than_l2(images):
+    """On the calibration images, each pruned MLP's output is closer to the original than with l2."""
+    base = tiny_vit(5)
+    blocks_in: dict[int, torch.Tensor] = {}
+    handles = [block.mlp.register_forward_pre_hook(lambda mod, args, i=i: blocks_in.__setitem__(i, args[0]))
+               for i, block in enumerate(base.encoder.layers)]
+    with torch.no_grad():
+        base(images)
+    for handle in handles:
+        handle.remove()
+    errors = {}
+    for name in ("l2", "calib", "act_norm"):
+        model = copy.deepcopy(base)
+        get_method(name).prune(model, {0: 32, 1: 32}, PruneContext(stats_batches=[images]))
+        with torch.no_grad():
+            errors[name] = [float((model.encoder.layers[i].mlp(x) - base.encoder.layers[i].mlp(x)).double().norm())
+                            for i, x in blocks_in.items()]
+    for layer in range(2):
+        assert errors["calib"][layer] < 0.8 * errors["l2"][layer]
+        assert errors["act_norm"][layer] < errors["l2"][layer]
+
+
+def test_calibrated_methods_need_images_and_recompute_after_pruning(images):
+    with pytest.raises(ValueError, match="calibration images"):
+        get_method("calib").prune(tiny_vit(), {0: 3}, PruneContext())
+    model = tiny_vit(4)
+    ctx = PruneContext(stats_batches=[images])
+    before = ctx.activation_stats(model, [0, 1])
+    get_method("calib").prune(model, {1: 10}, ctx)
+    after = ctx.activation_stats(model, [0, 1])
+    assert after[0] is before[0]  # layer 0 reads the same activations: cached
+    assert after[1].n == 54 and before[1].n == 64  # layer 1 was cut: its statistics are collected afresh
+    H = _mlp3_inputs(model, images)[1]
+    torch.testing.assert_close(after[1].sum_outer, H.T @ H, rtol=1e-5, atol=1e-6)

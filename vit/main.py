@@ -64,12 +64,15 @@ class ViTConfig:
     batch_size: int = field(default=32, metadata={"help": "evaluation batch size (paper: 32)"})
     eval_batches: int = field(default=100, metadata={"help": "evaluate on the first N batches (paper: 100)"})
     calibration_batches: int = field(default=4, metadata={"help": "training batches for obdc's Fisher"})
+    calib_size: int = field(default=256, metadata={
+        "help": "training images whose activations calib / act_norm summarise (never evaluation images)"})
     workers: int = field(default=4, metadata={"help": "ImageNet data-loader workers"})
     amounts: str = field(default="", metadata={"help": "uniform: comma-separated amounts per layer (overrides)"})
     steps: int = field(default=24, metadata={"help": "uniform: i = 0..steps-1 of round(i**1.1 * 50)"})
     chunk: int = field(default=0, metadata={"help": "adaptive: units per step; 0 = 256 scaled to the MLP width"})
     threshold: float = field(default=0.9, metadata={"help": "adaptive: keep top-1 >= threshold x original"})
-    lmbda: float = field(default=1e-3, metadata={"help": "ridge λ of the projective methods and distances"})
+    lmbda: float = field(default=1e-3, metadata={
+        "help": "ridge λ of the projective methods and distances (calib / act_norm: relative to trace(C)/n)"})
     timing_repeats: int = field(default=5, metadata={"help": "forward passes timed per step (median)"})
     device: str = field(default="", metadata={"help": "cpu / cuda; empty = cuda when available"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch's default"})
@@ -104,6 +107,9 @@ def _validate(cfg: ViTConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if get_method(cfg.method).needs_stats and cfg.experiment != "norm_analysis" and cfg.calib_size < 1:
+        raise ValueError(f"--calib-size must be >= 1 for --method {cfg.method} (it needs calibration images), "
+                         f"got {cfg.calib_size}")
     if min(cfg.chunk, cfg.small_epochs, cfg.workers, cfg.threads) < 0:
         raise ValueError("--chunk, --small-epochs, --workers and --threads must be >= 0")
     if not 0 < cfg.threshold <= 1:
@@ -119,10 +125,15 @@ def _validate(cfg: ViTConfig) -> None:
     _parse_amounts(cfg.amounts)
 
 
+def _stats_images(cfg: ViTConfig) -> int:
+    """Calibration images to load: ``--calib-size`` for a calibrated method, else none."""
+    return cfg.calib_size if get_method(cfg.method).needs_stats and cfg.experiment != "norm_analysis" else 0
+
+
 def _load_torchvision(cfg: ViTConfig) -> tuple[nn.Module, EvalData]:
     model, transform = load_vit(cfg.model, cfg.weights or None)
     data = imagenet_data(cfg.dataroot, transform, cfg.batch_size, cfg.eval_batches, cfg.calibration_batches,
-                         cfg.workers, cfg.seed)
+                         cfg.workers, cfg.seed, calib_size=_stats_images(cfg))
     return model, data
 
 
@@ -155,7 +166,10 @@ def _prune_run(cfg: ViTConfig, model: nn.Module, data: EvalData, out: Path, logg
     """Uniform or adaptive: one CSV row per step (deterministic) and one timing row per step."""
     name = run_name(cfg)
     method = get_method(cfg.method)
-    ctx = PruneContext(seed=cfg.seed, calibration=data.calibration, overrides={"lmbda": cfg.lmbda})
+    ctx = PruneContext(seed=cfg.seed, calibration=data.calibration, overrides={"lmbda": cfg.lmbda},
+                       stats_batches=data.stats_batches)
+    if data.stats_batches:
+        logger.info(f"Calibration: {sum(len(x) for x in data.stats_batches)} training images")
     results = ResultsCSV(out / f"{name}.csv")
     timings = []
     width = mlp_pairs(model)[0][0].weight.shape[0]
@@ -248,7 +262,7 @@ def _run(cfg: ViTConfig) -> Path:
         log_config(logger, cfg)
         if model is None:
             model = load_or_train_small_vit(cfg.output_dir, cfg.seed, SmallViTConfig(epochs=cfg.small_epochs), logger)
-            data = digits_data(cfg.batch_size, cfg.calibration_batches)
+            data = digits_data(cfg.batch_size, cfg.calibration_batches, calib_size=_stats_images(cfg))
         device = torch.device(cfg.device) if cfg.device else default_device()
         model = model.to(device).eval()
         summary = RUNNERS[cfg.experiment](cfg, model, data, out, logger)

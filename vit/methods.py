@@ -4,7 +4,9 @@ A method prunes MLP hidden units of chosen encoder blocks in place:
 ``VIT_METHODS[name].prune(model, {layer_index: amount}, ctx)``. Families:
 
 - ``projprune``: the core's named pair methods (:data:`projprune.PAIR_METHODS`: l1, l2, random,
-  proj000/500/550/5n50/555 (lazy, the paper's), exact, exact_oac (ours)).
+  proj000/500/550/5n50/555 (lazy, the paper's), exact, exact_oac (ours); the calibrated ``calib``
+  and ``act_norm`` run on statistics of what ``mlp[3]`` reads, i.e. ``dropout(GELU(mlp[0](x)))``,
+  collected on calibration images from the training split (docs/algorithm.md §8)).
 - ``torch_pruning``: Torch-Pruning importances scored on the MLP's own dependency group
   (``mlp[0]`` out-channels + ``mlp[3]`` in-channels), lowest scores removed: ``lamp``
   (LAMPImportance), ``obdc`` (EigenDamage, OBDCImportance), ``group_norm`` (DepGraph's group
@@ -29,7 +31,8 @@ import torch.nn.utils.prune as torch_prune
 import torch_pruning as tp
 from torch import nn
 
-from projprune import PAIR_METHODS, prune_pair, slice_linear_pair
+from engine.harness import progress
+from projprune import PAIR_METHODS, ActivationStats, collect_activation_stats, prune_pair, slice_linear_pair
 
 from .models import mlp_pairs
 
@@ -44,11 +47,43 @@ class PruneContext:
         seed: seeds the random methods (one generator per call, so a run is reproducible).
         calibration: ``(x, y)`` training batches for gradient-based criteria (EigenDamage).
         overrides: option overrides for the core's projective methods (e.g. ``{"lmbda": 1e-2}``).
+        stats_batches: training images ``(B, 3, H, W)`` whose activations the calibrated methods
+            (``calib``, ``act_norm``) summarise; empty = the images of ``calibration``. A context
+            serves one model and the models pruned from it (its statistics are cached by layer widths).
     """
 
     seed: int = 1
     calibration: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     overrides: dict = field(default_factory=dict)
+    stats_batches: list[torch.Tensor] = field(default_factory=list)
+    # (layer, widths of layers 0..layer) -> statistics: what mlp[3] of a layer reads depends only on the
+    # blocks up to it, and the calibrated methods only slice mlp[0]; a uniform run computes them once.
+    _stats_cache: dict = field(default_factory=dict, repr=False)
+
+    def activation_stats(self, model: nn.Module, layers: list[int]) -> list[ActivationStats]:
+        """Statistics of the input of ``mlp[3]`` of each of ``layers`` on the calibration images.
+
+        Raises:
+            ValueError: no calibration images.
+        """
+        batches = self.stats_batches or [x for x, _ in self.calibration]
+        if not batches:
+            raise ValueError("the calibrated methods need calibration images (PruneContext.stats_batches "
+                             "or .calibration is empty)")
+        pairs = mlp_pairs(model)
+        widths = [fc1.weight.shape[0] for fc1, _ in pairs]
+        keys = [(layer, tuple(widths[: layer + 1])) for layer in range(len(pairs))]
+        if any(keys[layer] not in self._stats_cache for layer in layers):
+            device = pairs[0][0].weight.device
+            bar = progress(total=len(batches), desc="calibration batches", leave=False)
+            try:
+                stats = collect_activation_stats(model, [fc2 for _, fc2 in pairs],
+                                                 [x.to(device) for x in batches], callback=lambda _: bar.update(1))
+            finally:
+                bar.close()
+            for key, st in zip(keys, stats):
+                self._stats_cache.setdefault(key, st)
+        return [self._stats_cache[keys[layer]] for layer in layers]
 
 
 PruneFn = Callable[[nn.Module, Mapping[int, int], PruneContext], None]
@@ -64,6 +99,7 @@ class ViTMethod:
         repeatable: can prune a layer it already pruned (needed by the adaptive schedule).
         shrinks: the model really gets smaller (False for masks).
         description: one line for tables and ``--help``.
+        needs_stats: runs on activation statistics of calibration images (``PruneContext.stats_batches``).
     """
 
     family: str
@@ -71,6 +107,7 @@ class ViTMethod:
     repeatable: bool = True
     shrinks: bool = True
     description: str = ""
+    needs_stats: bool = False
 
 
 def _blocks(model: nn.Module, amounts: Mapping[int, int]) -> list[tuple[int, int]]:
@@ -95,17 +132,24 @@ def _layer_workers() -> int:
 
 
 def _pair_method(name: str) -> PruneFn:
-    deterministic = PAIR_METHODS[name].kind in ("lazy", "exact")
+    spec = PAIR_METHODS[name]
+    greedy = spec.kind in ("lazy", "exact")
+    deterministic = greedy or spec.needs_stats
 
     def prune(model: nn.Module, amounts: Mapping[int, int], ctx: PruneContext) -> None:
         pairs = mlp_pairs(model)
         generator = torch.Generator().manual_seed(ctx.seed)
         overrides = ctx.overrides if deterministic else {}
         items = _blocks(model, amounts)
+        stats = dict(zip([layer for layer, _ in items],
+                         ctx.activation_stats(model, [layer for layer, _ in items]))) if spec.needs_stats else {}
+        quiet = {} if greedy else {"disable": True}  # one-shot methods take no steps
+        bar = progress(total=sum(amount for _, amount in items), desc=f"{name}: units", leave=False, **quiet)
 
         def prune_layer(item: tuple[int, int]) -> None:
             fc1, fc2 = pairs[item[0]]
-            prune_pair(fc1, fc2, item[1], name, generator=generator, **overrides)
+            prune_pair(fc1, fc2, item[1], name, generator=generator, stats=stats.get(item[0]),
+                       callback=(lambda _: bar.update(1)) if greedy else None, **overrides)
 
         workers = min(_layer_workers(), len(items)) if deterministic else 1
         if workers > 1:
@@ -117,6 +161,7 @@ def _pair_method(name: str) -> PruneFn:
         else:
             for item in items:
                 prune_layer(item)
+        bar.close()
 
     return prune
 
@@ -273,7 +318,7 @@ def _mask_method(name: str) -> PruneFn:
 
 VIT_METHODS: dict[str, ViTMethod] = {
     **{
-        name: ViTMethod("projprune", _pair_method(name), description=spec.description)
+        name: ViTMethod("projprune", _pair_method(name), description=spec.description, needs_stats=spec.needs_stats)
         for name, spec in PAIR_METHODS.items()
     },
     "lamp": ViTMethod("torch_pruning", _tp_method(lambda: tp.importance.LAMPImportance(p=2)),
