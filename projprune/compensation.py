@@ -103,6 +103,16 @@ class ConsumerStats:
         self.patch_sum += sums
         self.patch_count += positions
 
+    def keep(self, kept: torch.Tensor) -> None:
+        """Restrict to the input channels ``kept`` (after the others were pruned)."""
+        kept = kept.to(self.patch_sum.device)
+        channels = ActivationStats(len(kept), device=self.patch_sum.device)
+        channels.sum_outer = self.channels.sum_outer[kept][:, kept]
+        channels.sum = self.channels.sum[kept]
+        channels.count = self.channels.count
+        self.channels = channels
+        self.patch_sum = self.patch_sum[kept]
+
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
         if self.patch_count == 0:
@@ -112,12 +122,12 @@ class ConsumerStats:
 
 def _patch_sums(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum over batch and output positions of the input each kernel offset reads: ``(c, *kernel)``."""
+    plane = x.sum(dim=0, dtype=torch.float64)[None]  # (1, c, *spatial): padding is linear, so sum first
     if conv.padding_mode in _PAD_MODES and any(conv._reversed_padding_repeated_twice):
-        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=_PAD_MODES[conv.padding_mode])
-    spatial = x.shape[2:]
+        plane = F.pad(plane, conv._reversed_padding_repeated_twice, mode=_PAD_MODES[conv.padding_mode])
+    plane = plane[0]
     out_size = [(size - d * (k - 1) - 1) // s + 1
-                for size, k, s, d in zip(spatial, conv.kernel_size, conv.stride, conv.dilation)]
-    plane = x.sum(dim=0, dtype=torch.float64)  # (c, *padded spatial): the batch summed once
+                for size, k, s, d in zip(plane.shape[1:], conv.kernel_size, conv.stride, conv.dilation)]
     sums = torch.zeros((x.shape[1], *conv.kernel_size), dtype=torch.float64, device=x.device)
     dims = tuple(range(1, plane.dim()))
     for offset in itertools.product(*(range(k) for k in conv.kernel_size)):
@@ -257,17 +267,22 @@ class CompensatingPruner(tp.pruner.BasePruner):
         calibration: ``None`` for data-free compensation, or a callable returning an iterable of
             input batches (training data; called once per step) for calibrated compensation.
         calibration_batches: how many batches of each call to use.
+        calibrate_every: collect statistics every this many steps; in between, the statistics of
+            each pruned consumer are cut to its kept channels (exact for that consumer, slightly
+            stale downstream of earlier compensation). 1 = every step.
         lmbda: relative ridge of the least-squares coefficients.
         mean_correction: calibrated only: keep every consumer's mean output on the calibration data.
     """
 
     def __init__(self, model: nn.Module, example_inputs, importance, *,
                  calibration: Callable[[], Iterable] | None = None, calibration_batches: int = 1,
-                 lmbda: float = 1e-3, mean_correction: bool = True, **kwargs) -> None:
+                 calibrate_every: int = 1, lmbda: float = 1e-3, mean_correction: bool = True, **kwargs) -> None:
         if calibration is not None and not callable(calibration):
             raise ValueError("calibration must be None or a callable returning an iterable of input batches")
         if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
             raise ValueError(f"calibration_batches must be a positive int, got {calibration_batches!r}")
+        if isinstance(calibrate_every, bool) or not isinstance(calibrate_every, int) or calibrate_every < 1:
+            raise ValueError(f"calibrate_every must be a positive int, got {calibrate_every!r}")
         if not lmbda >= 0:
             raise ValueError(f"lmbda must be >= 0, got {lmbda}")
         if isinstance(importance, CalibratedProjectiveImportance) and not importance.data_free and calibration is None:
@@ -275,6 +290,8 @@ class CompensatingPruner(tp.pruner.BasePruner):
         super().__init__(model, example_inputs, importance=importance, **kwargs)
         self.calibration = calibration
         self.calibration_batches = calibration_batches
+        self.calibrate_every = calibrate_every
+        self._last_calibration: int | None = None
         self.lmbda = lmbda
         self.mean_correction = mean_correction
         self.stats: dict[nn.Module, ConsumerStats] = {}
@@ -285,9 +302,11 @@ class CompensatingPruner(tp.pruner.BasePruner):
         With ``interactive=True`` a generator of groups whose consumers are already
         compensated: prune every group it yields (``group.prune()``).
         """
-        if self.calibration is not None:
+        due = self._last_calibration is None or self.current_step - self._last_calibration >= self.calibrate_every
+        if self.calibration is not None and due:
             consumers = [m for m in self.model.modules() if is_consumer(m)]
             self.stats = collect_consumer_stats(self.model, consumers, self.calibration(), self.calibration_batches)
+            self._last_calibration = self.current_step
             if isinstance(self.importance, CalibratedProjectiveImportance):
                 self.importance.stats = self.stats
         groups = super().step(interactive=True)
@@ -333,6 +352,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             self._fold(layer, removed, kept, C)
             if self.mean_correction:
                 self._correct_mean(layer, old, kept, stats)
+            stats.keep(kept)
 
     def _fold(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor) -> None:
         device = layer.weight.device
