@@ -182,3 +182,38 @@ def test_data_free_importance_prunes_the_redundant_units():
     pruner.step()
     assert model[0].out_features == 4
     assert torch.allclose(model(x), before, atol=1e-6)
+
+
+def test_statistics_cut_between_collections_equal_fresh_ones():
+    """With calibrate_every > 1 the pruned consumer's statistics are cut to the kept channels: the
+    same as collecting them again on the pruned model (nothing upstream of the cut changed)."""
+    model = _linear_chain()
+    x = torch.randn(32, 5, dtype=torch.float64)
+    pruner = CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(), calibration=lambda: [x],
+                                calibrate_every=10, iterative_steps=2, pruning_ratio=0.5, ignored_layers=[model[1]])
+    pruner.step()
+    assert model[1].in_features == 6
+    fresh = collect_consumer_stats(model, [model[1]], [x])[model[1]]
+    cut = pruner.stats[model[1]]
+    assert torch.allclose(cut.channels.sum_outer, fresh.channels.sum_outer, atol=1e-10)
+    assert torch.allclose(cut.patch_means(), fresh.patch_means(), atol=1e-12)
+    pruner.step()  # the second step uses the cut statistics (no collection) and still compensates
+    assert model[1].in_features == 4 and pruner._last_calibration == 0
+
+
+def test_pruned_checkpoint_with_a_created_bias_reloads(tmp_path):
+    """The mean correction gives a bias-free consumer without a BatchNorm after it a bias; a fresh
+    model adapted to the checkpoint's shapes gets it too."""
+    from engine.cnn import adapt_to_shapes, tensor_shapes
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 3, padding=1, bias=False)).eval()
+    x = torch.randn(4, 2, 5, 5)
+    CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(p=2), calibration=lambda: [x],
+                       pruning_ratio=0.5, ignored_layers=[model[2]]).step()
+    assert model[2].bias is not None and model[2].in_channels == 3
+    fresh = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 3, padding=1, bias=False))
+    adapt_to_shapes(fresh, tensor_shapes(model))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), model(x))
