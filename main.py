@@ -59,6 +59,11 @@ class CNNConfig:
     bn_recalibrate: int = field(default=0, metadata={
         "help": "after pruning, re-estimate BatchNorm statistics on this many training batches (0: the paper's "
                 "behaviour, none)"})
+    calib_size: int = field(default=64, metadata={
+        "help": "calibrated methods (proj_calib): training images whose activations guide selection and "
+                "compensation"})
+    calib_every: int = field(default=1, metadata={
+        "help": "calibrated methods: re-collect the activation statistics every this many pruning steps"})
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

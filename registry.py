@@ -23,6 +23,7 @@ from engine.models.dgcnn import DGCNN
 from engine.models.mobilenetv2 import MobileNetV2
 from engine.models.pointnet import PointNet
 from engine.models.vgg import CONFIGS, VGG
+from projprune.compensation import CalibratedProjectiveImportance, CompensatingPruner
 from projprune.importance import ProjectiveImportance
 
 
@@ -93,12 +94,14 @@ DATASET_NAMES = sorted(DATASETS)
 @dataclass(frozen=True)
 class MethodSpec:
     """A pruning method: importance factory (``num_classes -> Importance``), pruner class,
-    whether it trains with a sparsity regulariser first, and its label in the paper's tables."""
+    whether it trains with a sparsity regulariser first, its label in the tables, and whether it
+    reads calibration batches (training images) while it prunes."""
 
     importance_factory: Callable[[int], tp.importance.Importance]
     pruner_cls: type
     sparsity_learning: bool
     label: str
+    calibrated: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -121,6 +124,11 @@ METHODS: dict[str, MethodSpec] = {
     "proj": MethodSpec(lambda nc: ProjectiveImportance(), tp.pruner.MagnitudePruner, False, "Projective"),
     "proj_sl": MethodSpec(lambda nc: ProjectiveImportance(normalizer="max"), tp.pruner.GroupNormPruner, True,
                           "Projective (ours)"),
+    # Beyond the paper (docs/algorithm.md §8.1): removed channels folded into every consumer.
+    "proj_comp": MethodSpec(lambda nc: CalibratedProjectiveImportance(data_free=True), CompensatingPruner, False,
+                            "Projective + compensation, data-free"),
+    "proj_calib": MethodSpec(lambda nc: CalibratedProjectiveImportance(), CompensatingPruner, False,
+                             "Projective + compensation, calibrated", calibrated=True),
 }
 
 # The eleven methods of the paper's Table 1 grid (``growing_reg`` is an extra).
@@ -146,11 +154,19 @@ def output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 def build_pruner(model: nn.Module, example_inputs: torch.Tensor, method: str, num_classes: int, *,
                  iterative_steps: int = 400, max_pruning_ratio: float = 1.0, global_pruning: bool = False,
-                 reg: float = 5e-4, delta_reg: float = 1e-4) -> tp.pruner.BasePruner:
+                 reg: float = 5e-4, delta_reg: float = 1e-4, calibration: Callable | None = None,
+                 calibrate_every: int = 1) -> tp.pruner.BasePruner:
     """The Torch-Pruning pruner of ``method`` as the paper ran it (``pruning_ratio=1.0``, stepped
-    progressively; output layers ignored). ``reg`` goes to the sparsity-learning pruners only."""
+    progressively; output layers ignored). ``reg`` goes to the sparsity-learning pruners only;
+    ``calibration`` (a callable returning training batches, see :func:`calibration_batches`) and
+    ``calibrate_every`` to the calibrated ones (required there, ignored elsewhere)."""
     spec = get_method(method)
+    if spec.calibrated and calibration is None:
+        raise ValueError(f"method {method!r} needs calibration batches (calibration=...)")
     extra = {}
+    if spec.pruner_cls is CompensatingPruner:
+        extra["calibration"] = calibration if spec.calibrated else None
+        extra["calibrate_every"] = calibrate_every
     if spec.sparsity_learning:
         extra["reg"] = reg
     if spec.pruner_cls is tp.pruner.GrowingRegPruner:
@@ -160,3 +176,17 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, method: str, nu
     return build(model, example_inputs, importance=spec.importance_factory(num_classes),
                  iterative_steps=iterative_steps, pruning_ratio=1.0, max_pruning_ratio=max_pruning_ratio,
                  ignored_layers=output_layers(model, num_classes))
+
+
+def calibration_batches(dataset, images: int = 64, seed: int = 0, batch_size: int = 64) -> Callable[[], list]:
+    """A callable returning the same ``images`` training inputs (a seeded draw) as batches of ``batch_size``.
+
+    Every call (one per pruning step) returns the same tensors, so a run is deterministic and every
+    DDP rank calibrates alike.
+    """
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ValueError(f"images must be a positive int, got {images!r}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:images].tolist()
+    inputs = torch.stack([dataset[i][0] for i in order])
+    batches = list(inputs.split(batch_size))
+    return lambda: batches

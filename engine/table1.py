@@ -95,7 +95,7 @@ def _check_numbers(cfg: Any) -> None:
         if not ok:
             raise ValueError(f"{flag} must be {expected}, got {value}")
 
-    for flag in ("batch_size", "iterative_steps", "num_points", "image_size"):
+    for flag in ("batch_size", "iterative_steps", "num_points", "image_size", "calib_size", "calib_every"):
         need(getattr(cfg, flag) >= 1, "--" + flag.replace("_", "-"), ">= 1", getattr(cfg, flag))
     for flag in ("lr", "sl_lr", "lr_decay_gamma", "width_mult"):
         need(getattr(cfg, flag) > 0, "--" + flag.replace("_", "-"), "> 0", getattr(cfg, flag))
@@ -227,6 +227,14 @@ def _fisher_batches(ctx: Context, count: int = 10):
     return batches
 
 
+def _calibration(ctx: Context):
+    """``--calib-size`` training images for a calibrated method (None for the others); same on every rank."""
+    if not registry.get_method(ctx.cfg.method).calibrated:
+        return None
+    batches = registry.calibration_batches(ctx.bundle.train, ctx.cfg.calib_size, _seed(ctx.cfg), ctx.cfg.batch_size)
+    return lambda: [inputs.to(ctx.device) for inputs in batches()]
+
+
 def _seed(cfg: Any) -> int:
     return cfg.seed if cfg.seed is not None else 0
 
@@ -246,7 +254,7 @@ def run_prune(ctx: Context) -> dict:
         pruner = registry.build_pruner(
             ctx.model, ctx.example_inputs, cfg.method, ctx.bundle.num_classes, iterative_steps=cfg.iterative_steps,
             max_pruning_ratio=cfg.max_pruning_ratio, global_pruning=cfg.global_pruning, reg=cfg.reg,
-            delta_reg=cfg.delta_reg)
+            delta_reg=cfg.delta_reg, calibration=_calibration(ctx), calibrate_every=cfg.calib_every)
         if registry.get_method(cfg.method).sparsity_learning:
             _sparsity_learning(ctx, pruner)
             pruner.update_regularizer()

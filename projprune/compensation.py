@@ -233,28 +233,52 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
             layer = dep.target.module
             if dep.handler not in _IN_FNS or not is_consumer(layer) or any(r is None for r in item.root_idxs):
                 continue
-            C = self._gram(group, layer)
-            if C is None:
+            view = self._view(group, item)
+            if view is None:
                 continue
+            C, local = view
             energy = float(C.diagonal().mean())
             lam = self.lmbda * energy if energy > 0 else max(self.lmbda, 1e-12)
             P = torch.linalg.inv(C + lam * torch.eye(C.shape[0], dtype=C.dtype))
-            w2 = layer.weight.detach().to(torch.float64).cpu().transpose(0, 1).reshape(C.shape[0], -1).pow(2).sum(1)
+            weight = layer.weight.detach().to(torch.float64).cpu()
+            w2 = weight.transpose(0, 1).reshape(weight.shape[1], -1).pow(2).sum(1)[local]
             signal = float((w2 * C.diagonal()).sum())
             scores = w2 / P.diagonal() / (signal if signal > 0 else 1.0)
-            total.scatter_add_(0, torch.as_tensor(item.root_idxs), scores[torch.as_tensor(idxs)])
+            positions = torch.as_tensor(idxs) - int(local[0])  # local indices -> rows of C
+            total.scatter_add_(0, torch.as_tensor(item.root_idxs), scores[positions])
             voted = True
         return total.to(torch.float32) if voted else None
 
-    def _gram(self, group, layer: nn.Module) -> torch.Tensor | None:
-        """The consumer's input covariance (calibrated) or the producers' Gram (data-free), ``(c, c)``."""
+    def _view(self, group, item) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(C, local)``: the consumer's input covariance over all its inputs (calibrated), or the
+        producers' Gram over the group's channels at the consumer inputs ``local`` (data-free)."""
+        layer = item.dep.target.module
         width = layer.weight.shape[1]
         if self.data_free:
-            gram = _producer_gram(group, width)
-        else:
-            stats = self.stats.get(layer)
-            gram = stats.channels.covariance() if stats is not None else None
-        return gram.cpu() if gram is not None and gram.shape[0] == width else None
+            return _data_free_view(group, item)
+        stats = self.stats.get(layer)
+        if stats is None or stats.n != width:
+            return None
+        return stats.channels.covariance().cpu(), torch.arange(width)
+
+
+def _data_free_view(group, item) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The producers' Gram ``(n, n)`` and the consumer inputs ``offset + arange(n)`` it describes.
+
+    A consumer reads the group's ``n`` channels at a constant offset (0, or its place in a
+    concatenation); other layouts (a flatten that repeats channels) are left alone.
+    """
+    idxs, roots = torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs)
+    if len(idxs) == 0 or len(idxs) != len(roots):
+        return None
+    offsets = idxs - roots
+    if not bool((offsets == offsets[0]).all()):
+        return None
+    width = item.dep.target.module.weight.shape[1]
+    gram = _producer_gram(group)
+    if gram is None or int(offsets[0]) + gram.shape[0] > width:
+        return None
+    return gram.cpu(), int(offsets[0]) + torch.arange(gram.shape[0])
 
 
 # --------------------------------------------------------------------------- the pruner
@@ -324,39 +348,40 @@ class CompensatingPruner(tp.pruner.BasePruner):
 
     def compensate(self, group) -> None:
         """Fold the channels ``group`` removes into every consumer of the group (weights in place)."""
-        consumers = [(item.dep.target.module, torch.as_tensor(item.idxs, dtype=torch.int64))
-                     for item in group if item.dep.handler in _IN_FNS and is_consumer(item.dep.target.module)]
-        if not consumers:
-            return
-        if self.calibration is None:
-            gram = _producer_gram(group, consumers[0][0].weight.shape[1])
-            if gram is None:
-                return
-        for layer, removed in consumers:
+        for item in group:
+            layer = item.dep.target.module
+            if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
+                continue
+            removed = torch.as_tensor(item.idxs, dtype=torch.int64)
+            if self.calibration is None:
+                view = _data_free_view(group, item)
+                if view is None:
+                    continue
+                gram, local = view
+                keep = torch.ones(len(local), dtype=torch.bool)
+                keep[removed - local[0]] = False
+                if keep.any():
+                    self._fold(layer, removed, local[keep], gram, removed - local[0], torch.nonzero(keep).flatten())
+                continue
+            stats = self.stats.get(layer)
             width = layer.weight.shape[1]
-            if len(removed) == 0 or len(removed) >= width:
+            if stats is None or stats.n != width or len(removed) >= width:
                 continue
             keep = torch.ones(width, dtype=torch.bool)
             keep[removed] = False
             kept = torch.nonzero(keep).flatten()
-            if self.calibration is None:
-                if gram.shape[0] != width:
-                    continue
-                self._fold(layer, removed, kept, gram)
-                continue
-            stats = self.stats.get(layer)
-            if stats is None or stats.n != width:
-                continue
             C = stats.channels.covariance() if self.mean_correction else stats.channels.sum_outer / stats.channels.count
             old = layer.weight.detach().clone()
-            self._fold(layer, removed, kept, C)
+            self._fold(layer, removed, kept, C, removed, kept)
             if self.mean_correction:
                 self._correct_mean(layer, old, kept, stats)
             stats.keep(kept)
 
-    def _fold(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor) -> None:
+    def _fold(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
+              removed_rows: torch.Tensor, kept_rows: torch.Tensor) -> None:
+        """``V[:, kept] += V[:, removed] A`` with ``A`` from ``gram``'s rows ``removed_rows`` / ``kept_rows``."""
         device = layer.weight.device
-        A = least_squares_coefficients(gram.to(device), removed.to(device), kept.to(device), self.lmbda)
+        A = least_squares_coefficients(gram.to(device), removed_rows.to(device), kept_rows.to(device), self.lmbda)
         layer.weight.data = fold_removed_inputs(layer.weight.data, removed.to(device), kept.to(device), A)
 
     def _correct_mean(self, layer: nn.Module, old: torch.Tensor, kept: torch.Tensor, stats: ConsumerStats) -> None:
@@ -385,25 +410,27 @@ class CompensatingPruner(tp.pruner.BasePruner):
         return None
 
 
-def _producer_gram(group, width: int) -> torch.Tensor | None:
+def _producer_gram(group) -> torch.Tensor | None:
     """``(n, n)`` Gram of the effective producer rows of a group (BatchNorm folded), or None.
 
-    Every ungrouped conv / linear whose output channels are the group's channels contributes
-    its rows (weights and bias as one more column), scaled by the BatchNorm it feeds.
+    Every ungrouped conv / linear whose output channels are the group's ``n`` channels
+    contributes its rows (weights and bias as one more column), scaled and shifted by the
+    BatchNorm it feeds; a producer of another width (e.g. one part of a concatenation) does not.
     """
     gram = None
-    graph_items = list(group)
-    bns = [item.dep.target.module for item in graph_items
-           if item.dep.handler == function.prune_batchnorm_out_channels]
-    for item in graph_items:
+    items = list(group)
+    bns = [item.dep.target.module for item in items if item.dep.handler == function.prune_batchnorm_out_channels]
+    width = None
+    for item in items:
         layer = item.dep.target.module
         if item.dep.handler not in _OUT_FNS or not is_consumer(layer):
             continue
         rows = layer.weight.detach().to(torch.float64).flatten(1)
+        width = rows.shape[0] if width is None else width
         if rows.shape[0] != width:
             continue
-        bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else torch.zeros(width, dtype=rows.dtype,
-                                                                                              device=rows.device)
+        zeros = torch.zeros(width, dtype=rows.dtype, device=rows.device)
+        bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else zeros
         bn = _bn_after(group, layer, bns)
         if bn is not None:
             scale = bn.weight.detach().to(torch.float64) if bn.affine else torch.ones_like(bias)

@@ -54,6 +54,8 @@ METHOD_LABELS: dict[str, str] = {
     "l1": "L1",
     "proj": "Projective",
     "growing_reg": "GrowingReg",
+    "proj_comp": "Projective + compensation, data-free",
+    "proj_calib": "Projective + compensation, calibrated",
 }
 DATASET_LABELS = {"cifar10": "C10", "cifar100": "C100", "modelnet40": "MN40", "imagenet": "ImageNet",
                   "digits": "Digits"}
