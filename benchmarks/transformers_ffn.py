@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.harness import parse_config, seed_everything
-from projprune.transformers.compare import markdown_table
+from engine.report import markdown_table
 
 # Named runs: a method of FFN_METHODS plus option overrides.
 RUNS: dict[str, tuple[str, dict]] = {

@@ -9,6 +9,7 @@ formats are the same everywhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -22,7 +23,7 @@ import re
 import socket
 import sys
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 LOG_DATEFMT = "%m/%d %H:%M:%S"
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- seeding
@@ -447,3 +449,45 @@ def progress(iterable: Iterable | None = None, **kwargs: Any):
     kwargs.setdefault("disable", os.environ.get("PROJPRUNE_NO_TQDM") == "1")
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+# --------------------------------------------------------------------------- small shared helpers
+def split_list(text: str | None, cast: Callable[[str], T] = str, name: str = "list",  # type: ignore[assignment]
+               unique: bool = False) -> list[T]:
+    """The items of a comma-separated ``text`` (blanks dropped, each stripped and passed to ``cast``).
+
+    ``unique`` drops repeats (first kept). A ``cast`` failure is one ValueError naming ``name``.
+    """
+    parts = [part.strip() for part in (text or "").split(",") if part.strip()]
+    if unique:
+        parts = list(dict.fromkeys(parts))
+    try:
+        return [cast(part) for part in parts]
+    except ValueError:
+        kind = getattr(cast, "__name__", "value")
+        raise ValueError(f"{name}: expected comma-separated {kind} values, got {text!r}") from None
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(threads)`` (0/None: leave it) and restore the old count.
+
+    Yields the count in effect inside the block.
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        if threads < 0:
+            raise ValueError(f"threads: expected a positive count or 0 (torch's default), got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (``trainable_only``: those with ``requires_grad``).
+
+    A pruning mask's ``weight_orig`` counts in full: masks do not shrink a model.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

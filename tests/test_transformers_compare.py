@@ -1,4 +1,4 @@
-"""python -m projprune.transformers.compare on small local random models and a local text file."""
+"""python -m engine.hf_compare on small local random models and a local text file."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import transformers as hf
 
 from engine.harness import read_csv
+from engine.hf_compare import main
 from projprune.transformers import FFN_METHODS
-from projprune.transformers.compare import main, markdown_table
 
 TEXT = "Projective pruning removes the units that the others can represent. " * 40
 CALIB_TEXT = "Calibration sentences are read once to estimate what every output layer sees. " * 40
@@ -102,11 +102,6 @@ def test_compare_missing_files(local_models, tmp_path):
         main(["--model", str(local_models / "llama"), "--text-file", str(tmp_path / "none.txt")])
     with pytest.raises(FileNotFoundError, match="--model"):
         main(["--model", str(tmp_path / "no" / "model"), "--text-file", str(local_models / "text.txt")])
-
-
-def test_markdown_table():
-    text = markdown_table([{"a": 1, "b": "x"}, {"a": 2}])
-    assert text == "| a | b |\n|---|---|\n| 1 | x |\n| 2 |  |\n"
 
 
 def test_benchmark_script_runs_on_a_small_model(capsys):

@@ -1,0 +1,57 @@
+"""The shared table writers and small helpers (engine/report.py, engine/harness.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.harness import count_params, num_threads, split_list
+from engine.report import latex_escape, latex_table, markdown_table
+
+
+def test_markdown_table_columns_headers_and_empty():
+    assert markdown_table([{"a": 1, "b": "x"}, {"a": 2}]) == "| a | b |\n|---|---|\n| 1 | x |\n| 2 |  |\n"
+    assert markdown_table([{"a": 1, "b": 2}], columns=["b"], headers=["B"]) == "| B |\n|---|\n| 2 |\n"
+    assert markdown_table([], empty="(no runs)\n") == "(no runs)\n"
+    with pytest.raises(ValueError, match="headers"):
+        markdown_table([{"a": 1}], headers=["x", "y"])
+
+
+def test_latex_escape_and_table():
+    assert latex_escape("a_b & 5% #1 {x} $") == r"a\_b \& 5\% \#1 \{x\} \$"
+    assert latex_escape(r"a\b~c^d") == r"a\textbackslash{}b\textasciitilde{}c\textasciicircum{}d"
+    text = latex_table([["x_1", 0.5]], ["name", "value"])
+    assert text.splitlines() == [r"\begin{tabular}{lr}", r"\toprule", r"name & value \\", r"\midrule",
+                                 r"x\_1 & 0.5 \\", r"\bottomrule", r"\end{tabular}"]
+    with pytest.raises(ValueError, match="row 0"):
+        latex_table([["only one"]], ["a", "b"])
+
+
+def test_split_list():
+    assert split_list(" a, b,,a ") == ["a", "b", "a"]
+    assert split_list("a,b,a", unique=True) == ["a", "b"]
+    assert split_list("1, 2", int) == [1, 2]
+    assert split_list("") == [] and split_list(None) == []
+    with pytest.raises(ValueError, match="--amounts"):
+        split_list("1,x", int, name="--amounts")
+
+
+def test_num_threads_restores_the_old_count():
+    before = torch.get_num_threads()
+    with num_threads(before + 1) as inside:
+        assert inside == torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), num_threads(before + 1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with num_threads(0) as inside:
+        assert inside == before
+    with pytest.raises(ValueError, match="threads"), num_threads(-2):
+        pass
+
+
+def test_count_params():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2, bias=False))
+    assert count_params(model) == 3 * 4 + 4 + 4 * 2
+    model[0].weight.requires_grad_(False)
+    assert count_params(model, trainable_only=True) == 4 + 4 * 2
