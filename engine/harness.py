@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from projprune._io import atomic_write_bytes as _atomic_write
+from projprune._io import load_tensors as _load_tensors
 
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 LOG_DATEFMT = "%m/%d %H:%M:%S"
@@ -336,23 +337,17 @@ def load_checkpoint(
         ValueError: the file is not a readable safetensors checkpoint (truncated, corrupt,
             or another format).
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a file written by a previous run)")
     try:
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            meta_raw = (handle.metadata() or {}).get("projprune_meta", "{}")
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-        meta = json.loads(meta_raw)
-    except Exception as exc:  # safetensors raises several types for bad files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        tensors, meta = _load_tensors(path)
+    except ValueError as exc:  # the library's message; say what it means for a run
+        cause = exc.__cause__ or exc
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ValueError(f"checkpoint {path} is damaged (corrupt or truncated) or not a safetensors "
                          f"checkpoint: {reason}") from None
-    return tensors, meta
+    return {key: value.to(device) for key, value in tensors.items()}, meta
 
 
 # --------------------------------------------------------------------------- configs

@@ -45,15 +45,8 @@ class SmallViTConfig:
 
 def build_small_vit(cfg: SmallViTConfig) -> VisionTransformer:
     """An untrained torchvision ``VisionTransformer`` with ``cfg``'s shape (3-channel input)."""
-    return VisionTransformer(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads,
-        hidden_dim=cfg.hidden_dim,
-        mlp_dim=cfg.mlp_dim,
-        num_classes=cfg.num_classes,
-    )
+    shape = ("image_size", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim", "num_classes")
+    return VisionTransformer(**{name: getattr(cfg, name) for name in shape})
 
 
 def small_vit_checkpoint(output_dir: str | os.PathLike, seed: int) -> Path:
