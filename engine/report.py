@@ -9,22 +9,33 @@ from typing import Any
 __all__ = ["latex_escape", "latex_table", "markdown_table"]
 
 
-def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
+def _columns(rows: Sequence[Mapping[str, Any] | Sequence[Any]], columns: Sequence[str] | None) -> list[str]:
     if columns is not None:
         return list(columns)
+    if any(not isinstance(row, Mapping) for row in rows):
+        raise ValueError("columns: required when rows are lists of cells rather than dicts")
     return list(dict.fromkeys(key for row in rows for key in row))
 
 
+def _cells(row: Mapping[str, Any] | Sequence[Any], columns: Sequence[str]) -> list[str]:
+    if isinstance(row, Mapping):
+        return [str(row.get(col, "")) for col in columns]
+    if len(row) != len(columns):
+        raise ValueError(f"rows: a row has {len(row)} cells, expected {len(columns)} (one per column)")
+    return [str(cell) for cell in row]
+
+
 def markdown_table(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any] | Sequence[Any]],
     columns: Sequence[str] | None = None,
     headers: Sequence[str] | None = None,
     empty: str | None = None,
 ) -> str:
-    """A GitHub Markdown table of ``rows`` (one dict per row).
+    """A GitHub Markdown table of ``rows`` (one dict per row, or one list of cells per row).
 
     Args:
-        columns: keys to show, in order (default: every key, in first-seen order).
+        columns: keys to show, in order (default: every key, in first-seen order; required
+            for rows given as lists of cells, which are shown in that order).
         headers: the header cells (default: the column keys).
         empty: returned as is when ``rows`` is empty (default: the header alone).
     """
@@ -35,7 +46,7 @@ def markdown_table(
     if len(headers) != len(columns):
         raise ValueError(f"headers: expected {len(columns)} cells (one per column), got {len(headers)}")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(col, "")) for col in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cells(row, columns)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

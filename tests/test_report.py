@@ -55,3 +55,11 @@ def test_count_params():
     assert count_params(model) == 3 * 4 + 4 + 4 * 2
     model[0].weight.requires_grad_(False)
     assert count_params(model, trainable_only=True) == 4 + 4 * 2
+
+
+def test_markdown_table_of_cell_lists():
+    assert markdown_table([[1, "x"]], columns=["a", "b"]) == "| a | b |\n|---|---|\n| 1 | x |\n"
+    with pytest.raises(ValueError, match="columns"):
+        markdown_table([[1, 2]])
+    with pytest.raises(ValueError, match="cells"):
+        markdown_table([[1]], columns=["a", "b"])

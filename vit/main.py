@@ -26,9 +26,11 @@ from engine.harness import (
     default_device,
     get_logger,
     log_config,
+    num_threads,
     parse_config,
     save_checkpoint,
     seed_everything,
+    split_list,
 )
 from vit.data import EvalData, digits_data, imagenet_data
 from vit.experiments import (
@@ -94,10 +96,7 @@ def run_dir(cfg: ViTConfig) -> Path:
 
 
 def _parse_amounts(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--amounts must be comma-separated integers, got {text!r}") from None
+    return split_list(text, int, name="--amounts")
 
 
 def _validate(cfg: ViTConfig) -> None:
@@ -238,13 +237,8 @@ def main(argv: list[str] | None = None) -> Path:
     """Run one experiment; returns its run directory."""
     cfg = parse_config(ViTConfig, argv, description=__doc__)
     _validate(cfg)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):  # callers (tests) keep their own setting
         return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)  # callers (tests) keep their own setting
 
 
 def _run(cfg: ViTConfig) -> Path:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.harness import count_params  # re-exported: the one parameter counter
+
 __all__ = ["count_macs", "count_nonzero_params", "count_params", "evaluate", "model_size_mb", "time_inference"]
 
 
@@ -50,11 +52,6 @@ def evaluate(
     if images == 0:
         raise ValueError("evaluate: no batches to evaluate (empty data or max_batches=0)")
     return {"top1": top1 / images, "top5": top5 / images, "loss": loss_sum / images, "images": images}
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (a pruning mask's ``weight_orig`` counts in full: masks do not shrink a model)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def count_nonzero_params(model: nn.Module) -> int:
