@@ -29,21 +29,7 @@ from typing import Any
 
 import torch
 
-from engine.harness import (
-    ResultsCSV,
-    atomic_write_text,
-    close_logger,
-    count_params,
-    get_logger,
-    log_config,
-    num_threads,
-    parse_config,
-    progress,
-    run_cli,
-    save_figure,
-    seed_everything,
-    split_list,
-)
+from engine import harness
 from engine.report import markdown_table
 from projprune.transformers.compare import evaluate_fidelity
 
@@ -104,7 +90,7 @@ def _check_config(cfg: CompareConfig) -> list[str]:
                         ("--batch-size", cfg.batch_size), ("--prunenet-episodes", cfg.prunenet_episodes)):
         if value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value}")
-    methods = list(FFN_METHODS) if cfg.methods == "all" else split_list(cfg.methods)
+    methods = list(FFN_METHODS) if cfg.methods == "all" else harness.split_list(cfg.methods)
     unknown = [m for m in methods if m not in FFN_METHODS]
     if unknown or not methods:
         raise ValueError(f"--methods: expected 'all' or names from {sorted(FFN_METHODS)}, got {cfg.methods!r}")
@@ -218,29 +204,29 @@ def _figure(rows: list[dict[str, Any]], path_stem: Path) -> None:
     for ax in (ax_cos, ax_time):
         ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()
-    save_figure(fig, path_stem)
+    harness.save_figure(fig, path_stem)
     plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the comparison; returns the table rows (also written as CSV and Markdown)."""
-    cfg = parse_config(CompareConfig, argv, description=__doc__.splitlines()[0])
+    cfg = harness.parse_config(CompareConfig, argv, description=__doc__.splitlines()[0])
     methods = _check_config(cfg)
-    with num_threads(cfg.threads):
+    with harness.num_threads(cfg.threads):
         return _compare(cfg, methods)
 
 
 def _compare(cfg: CompareConfig, methods: list[str]) -> list[dict[str, Any]]:
     from projprune.transformers import FFN_METHODS, find_ffn_blocks, prune_ffn
 
-    seed_everything(cfg.seed)
+    harness.seed_everything(cfg.seed)
     model_name = Path(cfg.model.rstrip("/")).name
     scope = "global" if cfg.global_mode else "local"
     run_name = f"compare-{scope}-{cfg.ratio}-{model_name}"
     run_dir = Path(cfg.output_dir) / run_name
-    logger = get_logger(run_name, run_dir / f"{run_name}.txt")
+    logger = harness.get_logger(run_name, run_dir / f"{run_name}.txt")
     try:
-        log_config(logger, cfg)
+        harness.log_config(logger, cfg)
         original = _load_model(cfg)
         input_ids = _token_ids(cfg, int(original.config.vocab_size), logger)
         logger.info(f"Evaluation text (--text-file {cfg.text_file}): {input_ids.shape[0]} chunks of "
@@ -253,15 +239,15 @@ def _compare(cfg: CompareConfig, methods: list[str]) -> list[dict[str, Any]]:
             logger.info(f"Calibration text (--calibration-file {cfg.calibration_file}, disjoint from the "
                         f"evaluation text): {calib_ids.shape[0]} chunks of {calib_ids.shape[1]} tokens")
         reference, dense_ppl, _ = evaluate_fidelity(original, input_ids, batch_size=cfg.batch_size)
-        dense_params = count_params(original)
-        results = ResultsCSV(run_dir / "results.csv")
+        dense_params = harness.count_params(original)
+        results = harness.ResultsCSV(run_dir / "results.csv")
         widths = [block.width for block in find_ffn_blocks(original)]
         rows = [{"method": "dense", "description": "original model",
                  "widths": _width_text(widths),
                  "params_M": f"{dense_params / 1e6:.3f}", "param_reduction_%": "0.00", "cosine": "1.000000",
                  "ppl": "" if dense_ppl is None else f"{dense_ppl:.3f}", "prune_s": "0.00"}]
         results.append(rows[0])
-        for method in progress(methods, desc="methods"):
+        for method in harness.progress(methods, desc="methods"):
             model = copy.deepcopy(original)
             if method == "prunenet":
                 report = _run_prunenet(model, cfg, logger)
@@ -289,14 +275,14 @@ def _compare(cfg: CompareConfig, methods: list[str]) -> list[dict[str, Any]]:
                         + f", time={report.seconds:.2f}s")
             del model
         table = markdown_table(rows)
-        atomic_write_text(run_dir / "results.md", f"# {run_name}\n\n{table}")
+        harness.atomic_write_text(run_dir / "results.md", f"# {run_name}\n\n{table}")
         _figure(rows, run_dir / "fidelity")
         logger.info(f"Results: {run_dir / 'results.csv'}, {run_dir / 'results.md'}")
         print(table)
         return rows
     finally:
-        close_logger(logger)
+        harness.close_logger(logger)
 
 
 if __name__ == "__main__":
-    run_cli(main, "python -m engine.hf_compare")
+    harness.run_cli(main, "python -m engine.hf_compare")
