@@ -63,3 +63,24 @@ def test_markdown_table_of_cell_lists():
         markdown_table([[1, 2]])
     with pytest.raises(ValueError, match="cells"):
         markdown_table([[1]], columns=["a", "b"])
+
+
+def test_one_evaluator_matches_a_plain_loop():
+    from engine.classify import evaluate_accuracy, evaluate_classifier
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7)).double().train()
+    x, y = torch.randn(23, 5, dtype=torch.float64), torch.randint(0, 7, (23,))
+    logits = model(x).detach()
+    top1 = sum(int(logits[i].argmax() == y[i]) for i in range(23)) / 23
+    top5 = sum(int(y[i] in logits[i].topk(5).indices) for i in range(23)) / 23
+    loss = sum(float(-torch.log_softmax(logits[i], 0)[y[i]]) for i in range(23)) / 23
+    batches = list(zip(x.split(10), y.split(10)))
+    result = evaluate_classifier(model, batches)
+    assert result["images"] == 23 and result["top1"] == pytest.approx(top1) and result["top5"] == pytest.approx(top5)
+    assert result["loss"] == pytest.approx(loss)
+    assert evaluate_accuracy(model, x, y, batch_size=4) == pytest.approx(top1)
+    assert model.training  # the training flag comes back
+    assert evaluate_classifier(model, batches, max_batches=1)["images"] == 10
+    with pytest.raises(ValueError, match="no batches"):
+        evaluate_classifier(model, [])
