@@ -350,6 +350,39 @@ def load_checkpoint(
     return {key: value.to(device) for key, value in tensors.items()}, meta
 
 
+def load_cached(
+    path: str | os.PathLike,
+    key: Mapping[str, Any],
+    retrain: bool = False,
+    key_field: str | None = None,
+    what: str = "cached model",
+) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The one train-or-load cache policy of every experiment family.
+
+    ``key`` holds the settings that produced the cached checkpoint; it is recorded in the
+    checkpoint's meta (under ``key_field``, or at the top level) when the model is saved.
+
+    Returns:
+        ``(state_dict, meta)`` when ``path`` holds a model trained with ``key``; ``None`` when
+        there is no file or ``retrain`` is set: the caller trains and saves (overwriting).
+
+    Raises:
+        ValueError: ``path`` holds a model trained with other settings (names the file and the
+            fields); nothing is trained or written, and ``--retrain`` overwrites it.
+    """
+    path = Path(path)
+    if retrain or not path.is_file():
+        return None
+    state, meta = load_checkpoint(path)
+    expected = json.loads(json.dumps(dict(key), default=str))  # tuples -> lists, as stored
+    cached = meta.get(key_field, {}) if key_field else meta
+    differing = sorted(name for name in expected if cached.get(name) != expected[name])
+    if differing:
+        raise ValueError(f"{what} {path} was trained with other settings ({', '.join(differing)} differ); "
+                         "pass --retrain to overwrite it or choose another output directory")
+    return state, meta
+
+
 # --------------------------------------------------------------------------- configs
 def _parse_bool(text: str) -> bool:
     lowered = text.lower()

@@ -84,3 +84,32 @@ def test_one_evaluator_matches_a_plain_loop():
     assert evaluate_classifier(model, batches, max_batches=1)["images"] == 10
     with pytest.raises(ValueError, match="no batches"):
         evaluate_classifier(model, [])
+
+
+def test_load_cached_is_the_one_cache_policy(tmp_path):
+    from engine.harness import load_cached, save_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    key = {"epochs": 2, "sizes": (3, 4)}
+    assert load_cached(path, key) is None  # no file: train
+    save_checkpoint(path, {"w": torch.ones(2)}, {"training": key, "acc": 0.5})
+    state, meta = load_cached(path, key, key_field="training")
+    assert torch.equal(state["w"], torch.ones(2)) and meta["acc"] == 0.5
+    assert load_cached(path, key, retrain=True, key_field="training") is None  # retrain: train again
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"m\.safetensors was trained with other settings \(epochs differ\)"):
+        load_cached(path, {**key, "epochs": 3}, key_field="training")
+    assert path.read_bytes() == before
+
+
+def test_small_vit_cache_refuses_other_settings(tmp_path):
+    from vit.small import SmallViTConfig, load_or_train_small_vit, small_vit_checkpoint
+
+    cfg = SmallViTConfig(epochs=1, num_layers=1, hidden_dim=16, mlp_dim=32, num_heads=2)
+    trained = load_or_train_small_vit(tmp_path, 1, cfg)
+    loaded = load_or_train_small_vit(tmp_path, 1, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ValueError, match="--retrain"):
+        load_or_train_small_vit(tmp_path, 1, cfg.__class__(**{**cfg.__dict__, "epochs": 2}))
+    load_or_train_small_vit(tmp_path, 1, cfg.__class__(**{**cfg.__dict__, "epochs": 2}), retrain=True)
+    assert small_vit_checkpoint(tmp_path, 1).is_file()

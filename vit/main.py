@@ -79,6 +79,7 @@ class ViTConfig:
     device: str = field(default="", metadata={"help": "cpu / cuda; empty = cuda when available"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch's default"})
     small_epochs: int = field(default=40, metadata={"help": "training epochs of the small digits ViT"})
+    retrain: bool = field(default=False, metadata={"help": "retrain the small digits ViT even if a cached one exists"})
     save_model: bool = field(default=False, metadata={"help": "adaptive: save the pruned model (safetensors)"})
     seed: int = field(default=1, metadata={"help": "random seed"})
 
@@ -255,7 +256,8 @@ def _run(cfg: ViTConfig) -> Path:
     try:
         log_config(logger, cfg)
         if model is None:
-            model = load_or_train_small_vit(cfg.output_dir, cfg.seed, SmallViTConfig(epochs=cfg.small_epochs), logger)
+            model = load_or_train_small_vit(cfg.output_dir, cfg.seed, SmallViTConfig(epochs=cfg.small_epochs), logger,
+                                            retrain=cfg.retrain)
             data = digits_data(cfg.batch_size, cfg.calibration_batches, calib_size=_stats_images(cfg))
         device = torch.device(cfg.device) if cfg.device else default_device()
         model = model.to(device).eval()
