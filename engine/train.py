@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from engine.classify import classifier_totals
 from engine.cnn import adapt_to_shapes, tensor_shapes
-from engine.harness import load_checkpoint, progress, save_checkpoint
+from engine.harness import load_checkpoint, progress, save_checkpoint, split_list
 
 
 # --------------------------------------------------------------------------- distributed
@@ -114,10 +114,7 @@ def parse_milestones(text: str | list[int]) -> list[int]:
     """``"60,80"`` -> ``[60, 80]`` (empty string: no decay)."""
     if isinstance(text, list):
         return text
-    try:
-        return [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError as exc:
-        raise ValueError(f"lr decay milestones must be comma-separated epochs like '60,80', got {text!r}") from exc
+    return split_list(str(text), int, name="lr decay milestones (comma-separated epochs like '60,80')")
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
