@@ -136,3 +136,31 @@ def test_compare_tokenizers_local_files_or_bytes(local_models, tmp_path):
     log = (tmp_path / "out2" / "compare-local-0.3-gpt2" / "compare-local-0.3-gpt2.txt").read_text()
     assert "UTF-8 bytes" not in log and f"from {gpt2}" in log
     assert "Evaluation text (--text-file" in log and "4 chunks of 16 tokens" in log and float(rows[1]["ppl"]) > 1
+
+
+def test_library_source_imports_nothing_of_ours_outside_projprune():
+    """projprune is installed alone: no module of it may import the experiment packages."""
+    import ast
+    from pathlib import Path
+
+    import projprune
+
+    ours = {"engine", "scripts", "vit", "gpt2", "params", "benchmarks", "registry", "main", "tests"}
+    offenders = []
+    for path in Path(projprune.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] in ours]
+    assert offenders == []
+
+
+def test_the_old_cli_names_point_to_their_new_home():
+    import projprune.transformers.compare as lib
+
+    with pytest.raises(AttributeError, match=r"engine\.hf_compare"):
+        lib.main  # noqa: B018
+    with pytest.raises(AttributeError, match=r"engine\.report\.markdown_table"):
+        lib.markdown_table  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        lib.nope  # noqa: B018

@@ -49,3 +49,19 @@ def evaluate_fidelity(
         sims = [torch.nn.functional.cosine_similarity(h, r, dim=-1).flatten() for h, r in zip(hidden, reference)]
         cosine = float(torch.cat(sims).mean())
     return hidden, ppl, cosine
+
+
+_MOVED = {"main": "engine.hf_compare.main", "CompareConfig": "engine.hf_compare.CompareConfig",
+          "markdown_table": "engine.report.markdown_table"}
+
+
+def __getattr__(name: str):
+    """The command-line names that lived here point to their new home (the library stays standalone)."""
+    if name in _MOVED:
+        raise AttributeError(f"projprune.transformers.compare.{name} moved to {_MOVED[name]} (the repository's "
+                             "experiment code; run the comparison with `python -m engine.hf_compare`)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":
+    raise SystemExit("the comparison CLI moved: run `python -m engine.hf_compare` from the repository")
