@@ -10,7 +10,7 @@ importance and pruner. The top-level ``registry.py`` re-exports everything here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -133,24 +133,15 @@ IMPORTANCES: dict[str, Callable[[int], tp.importance.Importance]] = {
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """A pruning method: its row of :data:`engine.methods_table.METHOD_TABLE` plus the importance
-    factory (``num_classes -> Importance``)."""
+class MethodSpec(MethodRow):
+    """A pruning method: its row of :data:`engine.methods_table.METHOD_TABLE` (name, label,
+    sparsity learning, pruner kind, order) plus the importance factory (``num_classes -> Importance``)."""
 
-    row: MethodRow
-    importance_factory: Callable[[int], tp.importance.Importance]
-
-    @property
-    def sparsity_learning(self) -> bool:
-        return self.row.sparsity_learning
-
-    @property
-    def label(self) -> str:
-        return self.row.label
+    importance_factory: Callable[[int], tp.importance.Importance] | None = None
 
     @property
     def pruner_kind(self) -> PrunerKind:
-        return PRUNERS[self.row.pruner]
+        return PRUNERS[self.pruner]
 
     @property
     def pruner_cls(self) -> Callable[..., tp.pruner.BasePruner]:
@@ -162,7 +153,8 @@ def _methods() -> dict[str, MethodSpec]:
     if rows != set(IMPORTANCES) or any(row.pruner not in PRUNERS for row in METHOD_TABLE):
         raise RuntimeError(f"engine.registry: METHOD_TABLE and IMPORTANCES/PRUNERS disagree: rows {sorted(rows)}, "
                            f"importances {sorted(IMPORTANCES)}, pruner kinds {sorted(PRUNERS)}")
-    return {row.name: MethodSpec(row, IMPORTANCES[row.name]) for row in METHOD_TABLE}
+    return {row.name: MethodSpec(**{f.name: getattr(row, f.name) for f in fields(row)},
+                                 importance_factory=IMPORTANCES[row.name]) for row in METHOD_TABLE}
 
 
 METHODS: dict[str, MethodSpec] = _methods()

@@ -202,7 +202,8 @@ def test_registry_grid_and_parser_read_the_one_table() -> None:
     assert list(registry.METHODS) == [row.name for row in methods_table.METHOD_TABLE]
     for row in methods_table.METHOD_TABLE:
         spec = registry.METHODS[row.name]
-        assert spec.row is row and spec.label == row.label and spec.sparsity_learning == row.sparsity_learning
+        assert isinstance(spec, methods_table.MethodRow) and spec.label == row.label and spec.table_row == row.table_row
+        assert spec.sparsity_learning == row.sparsity_learning and callable(spec.importance_factory)
         assert spec.pruner_cls is registry.PRUNERS[row.pruner].factory
     assert registry.TABLE1_METHODS == list(grid.TABLE1_METHODS) == list(methods_table.GRID_METHODS)
     assert parse_logs.METHOD_LABELS is methods_table.METHOD_LABELS
