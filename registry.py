@@ -13,6 +13,7 @@ from engine.registry import (  # noqa: F401
     ModelSpec,
     PrunerKind,
     build_pruner,
+    calibration_batches,
     get_dataset,
     get_method,
     get_model,
@@ -21,5 +22,5 @@ from engine.registry import (  # noqa: F401
 )
 
 __all__ = ["DATASET_NAMES", "IMPORTANCES", "METHODS", "MODELS", "PRUNERS", "TABLE1_METHODS", "MethodSpec",
-           "ModelSpec", "PrunerKind", "build_pruner", "get_dataset", "get_method", "get_model", "model_spec",
-           "output_layers"]
+           "ModelSpec", "PrunerKind", "build_pruner", "calibration_batches", "get_dataset", "get_method", "get_model",
+           "model_spec", "output_layers"]

@@ -166,6 +166,10 @@ def adapt_to_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> nn.Mod
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         changed = False
+        if _missing_bias(module, f"{prefix}bias", shapes):
+            # the compensating pruner's mean correction may give a bias-free consumer a bias
+            module.bias = nn.Parameter(torch.zeros(shapes[f"{prefix}bias"], dtype=module.weight.dtype,
+                                                   device=module.weight.device))
         for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
             if tensor is None or f"{prefix}{name}" not in shapes:
                 continue
@@ -181,6 +185,11 @@ def adapt_to_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> nn.Mod
         if changed:
             _sync_width_attributes(module)
     return model
+
+
+def _missing_bias(module: nn.Module, key: str, shapes: Mapping[str, list[int]]) -> bool:
+    return (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and getattr(module, "bias", None) is None
+            and key in shapes)
 
 
 def _sync_width_attributes(module: nn.Module) -> None:

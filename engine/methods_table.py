@@ -21,10 +21,11 @@ class MethodRow:
         label: its row label in the tables (says what differs: ``Projective-SL`` adds sparsity learning).
         sparsity_learning: trains with the pruner's regulariser (``--reg``) before pruning.
         pruner: the pruner kind ``engine.registry.PRUNERS`` builds (``magnitude``, ``bn_scale``,
-            ``group_norm``, ``growing_reg``).
+            ``group_norm``, ``growing_reg``, ``compensating``).
         table_row: position in the results table: the paper's nine rows first, in its order, then ours.
         in_paper: a row of the published Table 1.
-        in_grid: run by default by ``scripts/grid.py``.
+        in_grid: run by default by every plan of ``scripts/grid.py`` (a plan may add more).
+        calibrated: reads calibration batches (training images) while it prunes (``--calib-size``).
     """
 
     name: str
@@ -34,6 +35,7 @@ class MethodRow:
     table_row: int
     in_paper: bool = True
     in_grid: bool = True
+    calibrated: bool = False
 
 
 # In the grid's order (the order runs are launched in).
@@ -50,10 +52,16 @@ METHOD_TABLE: tuple[MethodRow, ...] = (
     MethodRow("proj", "Projective", False, "magnitude", 11, in_paper=False),
     MethodRow("proj_sl", "Projective-SL", True, "group_norm", 9),
     MethodRow("growing_reg", "GrowingReg", True, "growing_reg", 12, in_paper=False, in_grid=False),
+    # Beyond the paper (docs/algorithm.md §8.1): removed channels folded into every consumer.
+    MethodRow("proj_comp", "Projective + compensation, data-free", False, "compensating", 13, in_paper=False,
+              in_grid=False),
+    MethodRow("proj_calib", "Projective + compensation, calibrated", False, "compensating", 14, in_paper=False,
+              in_grid=False, calibrated=True),
 )
 
 METHOD_ROWS: dict[str, MethodRow] = {row.name: row for row in METHOD_TABLE}
-# The grid of Table 1: the paper's nine rows plus l1 and proj (growing_reg only on request).
+# The grid of Table 1: the paper's nine rows plus l1 and proj (growing_reg only on request; the digits
+# plan adds proj_comp and proj_calib).
 GRID_METHODS: tuple[str, ...] = tuple(row.name for row in METHOD_TABLE if row.in_grid)
 # Every method in the results table's order.
 TABLE_ORDER: tuple[str, ...] = tuple(row.name for row in sorted(METHOD_TABLE, key=lambda r: r.table_row))

@@ -25,6 +25,7 @@ from engine.models.dgcnn import DGCNN
 from engine.models.mobilenetv2 import MobileNetV2
 from engine.models.pointnet import PointNet
 from engine.models.vgg import CONFIGS, VGG
+from projprune.compensation import CalibratedProjectiveImportance, CompensatingPruner
 from projprune.importance import ProjectiveImportance
 
 
@@ -110,6 +111,7 @@ PRUNERS: dict[str, PrunerKind] = {
     "bn_scale": PrunerKind(tp.pruner.BNScalePruner),
     "group_norm": PrunerKind(tp.pruner.GroupNormPruner),
     "growing_reg": PrunerKind(tp.pruner.GrowingRegPruner, ("delta_reg",)),
+    "compensating": PrunerKind(CompensatingPruner, ("calibration", "calibrate_every")),
 }
 
 
@@ -129,6 +131,8 @@ IMPORTANCES: dict[str, Callable[[int], tp.importance.Importance]] = {
     "growing_reg": lambda nc: tp.importance.GroupMagnitudeImportance(p=2, normalizer="max"),
     "proj": lambda nc: ProjectiveImportance(),
     "proj_sl": lambda nc: ProjectiveImportance(normalizer="max"),
+    "proj_comp": lambda nc: CalibratedProjectiveImportance(data_free=True),
+    "proj_calib": lambda nc: CalibratedProjectiveImportance(),
 }
 
 
@@ -179,12 +183,18 @@ def output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 def build_pruner(model: nn.Module, example_inputs: torch.Tensor, method: str, num_classes: int, *,
                  iterative_steps: int = 400, max_pruning_ratio: float = 1.0, global_pruning: bool = False,
-                 reg: float = 5e-4, delta_reg: float = 1e-4) -> tp.pruner.BasePruner:
+                 reg: float = 5e-4, delta_reg: float = 1e-4, calibration: Callable | None = None,
+                 calibrate_every: int = 1) -> tp.pruner.BasePruner:
     """The Torch-Pruning pruner of ``method`` as the paper ran it (``pruning_ratio=1.0``, stepped
-    progressively; output layers ignored). ``reg`` goes to the sparsity-learning pruners only,
-    the other keywords to the pruner kinds that declare them (:class:`PrunerKind`)."""
+    progressively; output layers ignored). ``reg`` goes to the sparsity-learning pruners only;
+    ``calibration`` (a callable returning training batches, see :func:`calibration_batches`) to the
+    calibrated methods (required there, ignored elsewhere); the other keywords to the pruner kinds
+    that declare them (:class:`PrunerKind`)."""
     spec = get_method(method)
-    available = {"reg": reg, "delta_reg": delta_reg}
+    if spec.calibrated and calibration is None:
+        raise ValueError(f"method {method!r} needs calibration batches (calibration=...)")
+    available = {"reg": reg, "delta_reg": delta_reg, "calibration": calibration if spec.calibrated else None,
+                 "calibrate_every": calibrate_every}
     extra = {key: available[key] for key in spec.pruner_kind.settings}
     if spec.sparsity_learning:
         extra["reg"] = reg
@@ -192,3 +202,17 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, method: str, nu
     return spec.pruner_cls(model, example_inputs, importance=spec.importance_factory(num_classes),
                            iterative_steps=iterative_steps, pruning_ratio=1.0, max_pruning_ratio=max_pruning_ratio,
                            ignored_layers=output_layers(model, num_classes), global_pruning=global_pruning, **extra)
+
+
+def calibration_batches(dataset, images: int = 64, seed: int = 0, batch_size: int = 64) -> Callable[[], list]:
+    """A callable returning the same ``images`` training inputs (a seeded draw) as batches of ``batch_size``.
+
+    Every call (one per pruning step) returns the same tensors, so a run is deterministic and every
+    DDP rank calibrates alike.
+    """
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ValueError(f"images must be a positive int, got {images!r}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:images].tolist()
+    inputs = torch.stack([dataset[i][0] for i in order])
+    batches = list(inputs.split(batch_size))
+    return lambda: batches

@@ -80,6 +80,11 @@ class CNNConfig:
     bn_recalibrate: int = field(default=0, metadata={
         "help": "after pruning, re-estimate BatchNorm statistics on this many training batches (0: the paper's "
                 "behaviour, none)"})
+    calib_size: int = field(default=64, metadata={
+        "help": "calibrated methods (proj_calib): training images whose activations guide selection and "
+                "compensation"})
+    calib_every: int = field(default=1, metadata={
+        "help": "calibrated methods: re-collect the activation statistics every this many pruning steps"})
 
 
 @dataclass
@@ -135,7 +140,7 @@ def _check_numbers(cfg: CNNConfig) -> None:
         if not ok:
             raise ValueError(f"{flag} must be {expected}, got {value}")
 
-    for flag in ("batch_size", "iterative_steps", "num_points", "image_size"):
+    for flag in ("batch_size", "iterative_steps", "num_points", "image_size", "calib_size", "calib_every"):
         need(getattr(cfg, flag) >= 1, "--" + flag.replace("_", "-"), ">= 1", getattr(cfg, flag))
     for flag in ("lr", "sl_lr", "lr_decay_gamma", "width_mult"):
         need(getattr(cfg, flag) > 0, "--" + flag.replace("_", "-"), "> 0", getattr(cfg, flag))
@@ -267,6 +272,14 @@ def _fisher_batches(ctx: Context, count: int = 10):
     return batches
 
 
+def _calibration(ctx: Context):
+    """``--calib-size`` training images for a calibrated method (None for the others); same on every rank."""
+    if not registry.get_method(ctx.cfg.method).calibrated:
+        return None
+    batches = registry.calibration_batches(ctx.bundle.train, ctx.cfg.calib_size, _seed(ctx.cfg), ctx.cfg.batch_size)
+    return lambda: [inputs.to(ctx.device) for inputs in batches()]
+
+
 def _seed(cfg: CNNConfig) -> int:
     return cfg.seed if cfg.seed is not None else 0
 
@@ -286,7 +299,7 @@ def run_prune(ctx: Context) -> dict:
         pruner = registry.build_pruner(
             ctx.model, ctx.example_inputs, cfg.method, ctx.bundle.num_classes, iterative_steps=cfg.iterative_steps,
             max_pruning_ratio=cfg.max_pruning_ratio, global_pruning=cfg.global_pruning, reg=cfg.reg,
-            delta_reg=cfg.delta_reg)
+            delta_reg=cfg.delta_reg, calibration=_calibration(ctx), calibrate_every=cfg.calib_every)
         if registry.get_method(cfg.method).sparsity_learning:
             _sparsity_learning(ctx, pruner)
             pruner.update_regularizer()

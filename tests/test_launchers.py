@@ -88,6 +88,17 @@ def test_digits_dry_run_and_subset_flags() -> None:
     assert bad.returncode != 0 and "method 'nonsense'" in bad.stderr
 
 
+def test_digits_default_grid_adds_ours_and_per_model_pretraining() -> None:
+    """The digits grid runs the compensating pruner's rows too, and VGG-19 pretrains at lr 0.01."""
+    out = launch("digits.sh", "--dry-run", "--models", "vgg19,resnet20", "--output-dir", "/tmp/o")
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0, out.stderr
+    pretrain = [line for line in lines if "--mode pretrain" in line]
+    assert [("--lr 0.01 " in line, "--model vgg19 " in line) for line in pretrain] == [(True, True), (False, False)]
+    methods = [line.split("--method ")[1].split()[0] for line in lines if "--mode prune" in line]
+    assert methods[-2:] == ["proj_comp", "proj_calib"] and len(methods) == 2 * 13
+
+
 def test_finished_runs_are_skipped(tmp_path: Path) -> None:
     name = "digits-global-l2-2.0-resnet20"
     log = tmp_path / "run" / "digits" / "prune" / name / f"{name}.txt"

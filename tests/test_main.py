@@ -54,7 +54,7 @@ def test_pretrain_layout_and_log(pretrained):
     assert best == [max(e[1] for e in epochs)]
 
 
-@pytest.mark.parametrize("method", ["proj_sl", "l2"])
+@pytest.mark.parametrize("method", ["proj_sl", "l2", "proj_calib"])
 def test_prune_finetune_log_lines(pretrained, method):
     result = main_module.main(_prune_args(pretrained, pretrained / "digits/pretrain/digits_resnet20.pth", method))
     name = f"digits-global-{method}-2.0-resnet20"
@@ -80,10 +80,11 @@ def test_prune_finetune_log_lines(pretrained, method):
     assert not list(run_dir.glob("*_last.pth")) and not list(run_dir.glob(".*.tmp"))
 
 
-def test_seeded_runs_give_identical_logs(tmp_path, pretrained):
-    args = _prune_args(tmp_path, pretrained / "digits/pretrain/digits_resnet20.pth", "l2", epochs=2)
+@pytest.mark.parametrize("method", ["l2", "proj_calib"])
+def test_seeded_runs_give_identical_logs(tmp_path, pretrained, method):
+    args = _prune_args(tmp_path, pretrained / "digits/pretrain/digits_resnet20.pth", method, epochs=2)
     main_module.main(args)
-    log = tmp_path / "digits/prune/digits-global-l2-2.0-resnet20/digits-global-l2-2.0-resnet20.txt"
+    log = tmp_path / f"digits/prune/digits-global-{method}-2.0-resnet20/digits-global-{method}-2.0-resnet20.txt"
     first = _lines(log)
     main_module.main(args)  # same folder: the log is appended
     both = _lines(log)
@@ -153,6 +154,9 @@ def test_bad_arguments_fail_before_writing(tmp_path):
         main_module.main(["--mode", "pretrain", "--model", "resnet7", "--output-dir", str(out)])
     with pytest.raises(ValueError, match="needs --method"):
         main_module.main(["--mode", "prune", *SMALL, "--output-dir", str(out)])
+    with pytest.raises(ValueError, match="--calib-size must be >= 1"):
+        main_module.main(["--mode", "prune", *SMALL, "--method", "proj_calib", "--calib-size", "0",
+                          "--output-dir", str(out)])
     assert not out.exists()
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint at all")

@@ -36,7 +36,8 @@ def _build(name: str, width: float, seed: int = 0) -> nn.Module:
 
 
 def _prune(model: nn.Module, method: str, speed_up: float, x: torch.Tensor, steps: int) -> float:
-    pruner = registry.build_pruner(model, x[:1], method, 10, iterative_steps=steps, global_pruning=True, reg=1e-4)
+    pruner = registry.build_pruner(model, x[:1], method, 10, iterative_steps=steps, global_pruning=True, reg=1e-4,
+                                   calibration=lambda: [x])
     return progressive_pruning(pruner, model, speed_up, x[:1], fisher_batches=lambda: [x, x])
 
 
@@ -71,7 +72,7 @@ def test_prune_to_2x_forward_and_reload(name, method, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["resnet20", "vgg11", "mobilenetv2"])
-@pytest.mark.parametrize("method", ["l2", "proj"])
+@pytest.mark.parametrize("method", ["l2", "proj", "proj_comp", "proj_calib"])
 def test_prune_to_3x(name, method, tmp_path):
     model = _build(name, FAMILIES[name])
     x, _, _ = _inputs(name)

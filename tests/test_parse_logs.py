@@ -184,7 +184,8 @@ def test_the_method_table_orders_labels_and_grid() -> None:
     # the paper's nine rows first, in its order; then ours
     paper = ["random", "l2", "slim", "fpgm", "obdc", "lamp", "group_norm", "group_sl", "proj_sl"]
     assert list(TABLE_ORDER[:9]) == paper and all(method_row(m).in_paper for m in paper)
-    assert set(TABLE_ORDER[9:]) == {"l1", "proj", "growing_reg"} and list(METHOD_LABELS) == list(TABLE_ORDER)
+    assert set(TABLE_ORDER[9:]) == {"l1", "proj", "growing_reg", "proj_comp", "proj_calib"}
+    assert list(METHOD_LABELS) == list(TABLE_ORDER)
     assert len(GRID_METHODS) == 11 and "growing_reg" not in GRID_METHODS and GRID_METHODS[0] == "random"
     # the labels say what differs: sparsity learning
     assert METHOD_LABELS["proj_sl"] == "Projective-SL" and METHOD_LABELS["proj"] == "Projective"

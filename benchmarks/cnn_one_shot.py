@@ -1,0 +1,133 @@
+"""One-shot CNN pruning on digits, measured honestly: every Table 1 method and the compensating pruner.
+
+    python -m benchmarks.cnn_one_shot [--output-dir run/one_shot] [--methods l2,proj_calib]
+        [--finetune-epochs 6] [--skip-grid] [--cost-model resnet56]
+
+Runs the digits Table 1 grid (``scripts.grid``: pretraining, then ``main.py --mode prune`` with
+``--bn-recalibrate 4`` for every method, the usual short fine-tuning) on four settings — ResNet-20
+2× and 3×, VGG-19 2×, MobileNetV2 2× — and prints, per setting, the accuracy right after pruning
+(``one_shot``), after re-estimating BatchNorm statistics on 4 training batches (``one_shot_bn``) and
+the best after fine-tuning (``best_pruned``). Calibration uses training images only; the accuracies
+are on the test split.
+
+Then the cost: the progressive pruning loop of ``l2`` and of ``proj_calib`` (calibration included)
+on the same pretrained ResNet-56, timed side by side in this process (goal: under 2× ``l2``).
+The tables are printed and written to ``<output-dir>/one_shot.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+SETTINGS = (("resnet20", "2,3"), ("vgg19,mobilenetv2", "2"))
+METRICS = ("one_shot", "one_shot_bn", "best_pruned")
+COST_GOAL = 2.0
+
+
+def run_grid(output_dir: Path, methods: str | None, finetune_epochs: int | None) -> None:
+    """The digits grid for every setting (finished runs are skipped by the grid)."""
+    for models, speed_ups in SETTINGS:
+        argv = [sys.executable, "-m", "scripts.grid", "--dataset", "digits", "--models", models,
+                "--speed-ups", speed_ups, "--output-dir", str(output_dir / "run"), "--backend", "bash",
+                "--task-log-dir", str(output_dir / "logs"), "--log-dir", str(output_dir / "logs")]
+        if methods:
+            argv += ["--methods", methods]
+        if finetune_epochs is not None:
+            argv += ["--finetune-epochs", str(finetune_epochs)]
+        subprocess.run(argv, check=True)
+
+
+def accuracy_table(runs_dir: Path) -> str:
+    """Markdown: one row per method, ``one_shot / one_shot_bn / best_pruned`` per setting."""
+    from scripts import parse_logs
+
+    runs, _ = parse_logs.collect(runs_dir, ["digits"], "global")
+    rows = [run.summary() for run in runs if run.kind == "prune"]
+    columns, methods, _ = parse_logs.summary_table(rows, "one_shot")
+    values = {metric: parse_logs.summary_table(rows, metric)[2] for metric in METRICS}
+    head = ["method"] + [parse_logs.column_label(c) for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = {(metric, c): max(values[metric].get((m, c), -1.0) for m in methods) for metric in METRICS
+            for c in columns}
+    for method in methods:
+        cells = [parse_logs.METHOD_LABELS.get(method, method) + f" (`{method}`)"]
+        for column in columns:
+            parts = []
+            for metric in METRICS:
+                value = values[metric].get((method, column), math.nan)
+                text = "–" if math.isnan(value) else f"{value:.3f}".lstrip("0")
+                parts.append(f"**{text}**" if value == best[(metric, column)] else text)
+            cells.append(" / ".join(parts))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def time_pruning(model_name: str, method: str, checkpoint: Path, speed_up: float = 2.0) -> tuple[float, float]:
+    """``(seconds, speed-up reached)`` of the progressive pruning loop of ``method`` (calibration included)."""
+    import registry
+    from engine.cnn import progressive_pruning
+    from engine.train import load_model, make_loader
+
+    bundle = registry.get_dataset("digits")
+    model = registry.get_model(model_name, bundle.num_classes, bundle.in_channels, input_size=8)
+    load_model(checkpoint, model)
+    loader = make_loader(bundle.train, 64, train=True, seed=0)
+    example = next(iter(loader))[0][:1]
+    calibration = registry.calibration_batches(loader) if registry.get_method(method).calibrated else None
+    model = copy.deepcopy(model)
+    start = time.perf_counter()
+    pruner = registry.build_pruner(model, example, method, bundle.num_classes, iterative_steps=100,
+                                   global_pruning=True, calibration=calibration)
+    reached = progressive_pruning(pruner, model, speed_up, example)
+    return time.perf_counter() - start, reached
+
+
+def cost_table(output_dir: Path, model_name: str) -> str:
+    checkpoint = output_dir / "run" / "digits" / "pretrain" / f"digits_{model_name}.pth"
+    if not checkpoint.is_file():
+        subprocess.run([sys.executable, "-m", "scripts.grid", "--dataset", "digits", "--models", model_name,
+                        "--stage", "pretrain", "--output-dir", str(output_dir / "run"), "--backend", "bash",
+                        "--task-log-dir", str(output_dir / "logs"), "--log-dir", str(output_dir / "logs")],
+                       check=True)
+    results = {method: time_pruning(model_name, method, checkpoint) for method in ("l2", "proj_calib")}
+    base = results["l2"][0]
+    lines = [f"| {model_name} 2×, progressive loop (100 steps) | seconds | × l2 | speed-up reached |",
+             "|---|---|---|---|"]
+    for method, (seconds, reached) in results.items():
+        lines.append(f"| `{method}` | {seconds:.2f} | {seconds / base:.2f} | {reached:.2f}× |")
+    ratio = results["proj_calib"][0] / base
+    lines.append(f"\nGoal: `proj_calib` under {COST_GOAL:g}× `l2`: {'met' if ratio < COST_GOAL else 'MISSED'} "
+                 f"({ratio:.2f}×).")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", type=Path, default=Path("run/one_shot"))
+    parser.add_argument("--methods", default=None, help="comma list (default: the grid's: Table 1 + ours)")
+    parser.add_argument("--finetune-epochs", type=int, default=None)
+    parser.add_argument("--skip-grid", action="store_true", help="only tabulate the logs already there")
+    parser.add_argument("--cost-model", default="resnet56")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if not args.skip_grid:
+        run_grid(args.output_dir, args.methods, args.finetune_epochs)
+    text = (f"one_shot / one_shot_bn / best_pruned on digits (test split; {time.strftime('%Y-%m-%d')})\n\n"
+            + accuracy_table(args.output_dir / "run") + "\n\n" + cost_table(args.output_dir, args.cost_model))
+    print(text)
+    from engine.harness import atomic_write_text
+
+    atomic_write_text(args.output_dir / "one_shot.md", text + "\n")
+
+
+if __name__ == "__main__":
+    main()

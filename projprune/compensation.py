@@ -1,0 +1,455 @@
+"""A compensating pruner on Torch-Pruning's dependency groups (docs/algorithm.md §8, CNNs).
+
+Torch-Pruning removes channels; the paper's idea is that the channels that stay absorb the
+ones that go. :class:`CompensatingPruner` does both: for every group it prunes, it first
+folds each removed channel into **every consumer of the group** (the convs and linears that
+read the pruned tensor, e.g. all readers of a residual stream), ``V[:, K] += V[:, R] A``,
+where ``A: (|R|, |K|)`` expresses the removed channels as a ridge least-squares combination
+of the kept ones, then lets Torch-Pruning cut the group.
+
+Two sources for ``A``:
+
+* **data-free** (``calibration=None``): the Gram matrix of the producers' effective rows
+  (BatchNorm scale and shift included), the projection of the paper; consumers' weights
+  only, no bias term (it would be exact only without an activation).
+* **calibrated**: the second moments of the tensor each consumer reads, collected with
+  forward hooks on a few calibration batches at the start of every pruning step
+  (:func:`collect_consumer_stats`; every spatial position is a sample). ``A`` comes from the
+  centred covariance and an empirical mean correction keeps every consumer's mean output
+  unchanged on the calibration data: the correction uses the mean of each kernel offset's
+  input patch, so zero padding at the borders is accounted for exactly. It is folded into
+  the BatchNorm that reads the consumer, else into (or as) the consumer's bias.
+
+:class:`CalibratedProjectiveImportance` scores channels from the same statistics: the
+optimal-brain-surgeon cost ``‖v_i‖² / P_ii`` of removing input ``i`` of every consumer with
+``P = (C + λI)^{-1}``, relative to the consumer's signal energy so that scores compare across
+layers in global pruning.
+
+Example::
+
+    pruner = CompensatingPruner(model, example_inputs, CalibratedProjectiveImportance(),
+                                calibration=lambda: [next(iter(train_loader))[0]],
+                                pruning_ratio=0.5, ignored_layers=[model.fc])
+    pruner.step()
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch_pruning.pruner import function
+
+from projprune.calibration import ActivationStats
+
+__all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "collect_consumer_stats",
+           "fold_removed_inputs", "least_squares_coefficients"]
+
+_OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
+_IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def is_consumer(module: nn.Module) -> bool:
+    """Whether ``module`` mixes its input channels (a Linear or an ungrouped, non-transposed conv)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups == 1 and not module.transposed
+
+
+# --------------------------------------------------------------------------- statistics
+class ConsumerStats:
+    """What a consumer reads, summarised: channel second moments and per-kernel-offset means.
+
+    Attributes:
+        channels: :class:`~projprune.ActivationStats` over the ``c`` input channels (every
+            batch element and spatial position is a sample).
+        patch_sum: ``(c, *kernel)`` float64, the sum over output positions of the (padded)
+            input value each kernel offset reads; ``(c,)`` for a Linear.
+        patch_count: the number of output positions summed.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        if not is_consumer(module):
+            raise ValueError(f"module must be a Linear or an ungrouped conv, got {type(module).__name__}")
+        self.module = module
+        width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        kernel = () if isinstance(module, nn.Linear) else tuple(module.kernel_size)
+        self.channels = ActivationStats(width)
+        self.patch_sum = torch.zeros((width, *kernel), dtype=torch.float64)
+        self.patch_count = 0
+
+    @property
+    def n(self) -> int:
+        """Input width ``c``."""
+        return self.channels.n
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add one input batch of the consumer: ``(..., c)`` for a Linear, ``(B, c, *spatial)`` for a conv."""
+        x = x.detach()
+        if isinstance(self.module, nn.Linear):
+            self.channels.update(x)
+            self.patch_sum = self.patch_sum.to(x.device)
+            self.patch_sum += x.reshape(-1, self.n).sum(0, dtype=torch.float64)
+            self.patch_count += x.numel() // self.n
+            return
+        self.channels.update(x.movedim(1, -1))
+        self.patch_sum = self.patch_sum.to(x.device)
+        sums, positions = _patch_sums(self.module, x)
+        self.patch_sum += sums
+        self.patch_count += positions
+
+    def keep(self, kept: torch.Tensor) -> None:
+        """Restrict to the input channels ``kept`` (after the others were pruned)."""
+        kept = kept.to(self.patch_sum.device)
+        channels = ActivationStats(len(kept), device=self.patch_sum.device)
+        channels.sum_outer = self.channels.sum_outer[kept][:, kept]
+        channels.sum = self.channels.sum[kept]
+        channels.count = self.channels.count
+        self.channels = channels
+        self.patch_sum = self.patch_sum[kept]
+
+    def patch_means(self) -> torch.Tensor:
+        """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
+        if self.patch_count == 0:
+            raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
+        return self.patch_sum / self.patch_count
+
+
+def _patch_sums(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum over batch and output positions of the input each kernel offset reads: ``(c, *kernel)``."""
+    plane = x.sum(dim=0, dtype=torch.float64)[None]  # (1, c, *spatial): padding is linear, so sum first
+    if conv.padding_mode in _PAD_MODES and any(conv._reversed_padding_repeated_twice):
+        plane = F.pad(plane, conv._reversed_padding_repeated_twice, mode=_PAD_MODES[conv.padding_mode])
+    plane = plane[0]
+    out_size = [(size - d * (k - 1) - 1) // s + 1
+                for size, k, s, d in zip(plane.shape[1:], conv.kernel_size, conv.stride, conv.dilation)]
+    sums = torch.zeros((x.shape[1], *conv.kernel_size), dtype=torch.float64, device=x.device)
+    dims = tuple(range(1, plane.dim()))
+    for offset in itertools.product(*(range(k) for k in conv.kernel_size)):
+        index = [slice(None)]
+        for o, n_out, s, d in zip(offset, out_size, conv.stride, conv.dilation):
+            index.append(slice(o * d, o * d + (n_out - 1) * s + 1, s))
+        sums[(slice(None), *offset)] = plane[tuple(index)].sum(dim=dims)
+    positions = x.shape[0]
+    for n_out in out_size:
+        positions *= n_out
+    return sums, positions
+
+
+@torch.no_grad()
+def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], batches: Iterable,
+                           max_batches: int | None = None) -> dict[nn.Module, ConsumerStats]:
+    """Run ``batches`` through ``model`` (eval mode, no gradients) and summarise every consumer's input.
+
+    Args:
+        model: any module; a batch is passed as ``model(batch)``.
+        consumers: Linear / ungrouped conv modules of ``model``.
+        batches: iterable of model inputs.
+        max_batches: stop after this many batches (None: all).
+
+    Returns:
+        ``{consumer: ConsumerStats}``. Raises ``ValueError`` for no batches or a non-consumer.
+    """
+    stats = {module: ConsumerStats(module) for module in consumers}
+    handles = [module.register_forward_pre_hook(lambda m, inputs: stats[m].update(inputs[0])) for module in stats]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for batch in batches:
+            if max_batches is not None and seen >= max_batches:
+                break
+            model(batch)
+            seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("batches is empty; expected at least one calibration batch")
+    return stats
+
+
+# --------------------------------------------------------------------------- the algebra
+def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
+                               lmbda: float = 1e-3) -> torch.Tensor:
+    """``A: (|R|, |K|)`` with ``h_R ≈ A h_K``: ``A = G[R, K] (G[K, K] + λ I)^{-1}`` in float64.
+
+    Args:
+        gram: ``(n, n)`` symmetric positive semi-definite (covariance or row Gram matrix).
+        removed, kept: disjoint int64 index vectors into ``0..n-1``.
+        lmbda: ridge relative to the kept channels' mean energy (``λ = lmbda · trace(G_KK) / |K|``).
+    """
+    if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"gram must be square (n, n), got {tuple(gram.shape)}")
+    if lmbda < 0:
+        raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+    G = gram.to(torch.float64)
+    G_kk = G[kept][:, kept]
+    energy = float(G_kk.diagonal().sum()) / max(len(kept), 1)
+    lam = lmbda * energy if energy > 0 else max(lmbda, 1e-12)
+    system = G_kk + lam * torch.eye(len(kept), dtype=G.dtype, device=G.device)
+    return torch.linalg.solve(system, G[kept][:, removed]).T
+
+
+def fold_removed_inputs(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
+                        A: torch.Tensor) -> torch.Tensor:
+    """A copy of ``weight: (out, c, *kernel)`` with ``W[:, K] += W[:, R] A`` (``A: (|R|, |K|)``)."""
+    out = weight.clone()
+    update = torch.einsum("or...,rk->ok...", weight[:, removed].to(torch.float64), A.to(torch.float64))
+    out[:, kept] += update.to(weight.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------- importance
+class CalibratedProjectiveImportance(tp.importance.Importance):
+    """Channel scores from the calibration statistics the :class:`CompensatingPruner` collects.
+
+    Score of channel ``i`` = sum over the group's consumers of ``‖v_i‖² / P_ii / E`` with
+    ``P = (C + λI)^{-1}`` (``C``: centred covariance of the consumer's input), ``v_i`` the
+    consumer's weight slice reading channel ``i`` and ``E = Σ_j ‖v_j‖² C_jj`` its signal energy.
+    Without statistics for any consumer of a group the group is not scored (``None``).
+    """
+
+    def __init__(self, lmbda: float = 1e-3, data_free: bool = False) -> None:
+        if lmbda < 0:
+            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+        self.lmbda = lmbda
+        self.data_free = data_free
+        self.stats: dict[nn.Module, ConsumerStats] = {}
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        n_root = len(group[0].idxs)
+        total = torch.zeros(n_root, dtype=torch.float64)
+        voted = False
+        for item in group:
+            dep, idxs = item
+            layer = dep.target.module
+            if dep.handler not in _IN_FNS or not is_consumer(layer) or any(r is None for r in item.root_idxs):
+                continue
+            view = self._view(group, item)
+            if view is None:
+                continue
+            C, local = view
+            energy = float(C.diagonal().mean())
+            lam = self.lmbda * energy if energy > 0 else max(self.lmbda, 1e-12)
+            P = torch.linalg.inv(C + lam * torch.eye(C.shape[0], dtype=C.dtype))
+            weight = layer.weight.detach().to(torch.float64).cpu()
+            w2 = weight.transpose(0, 1).reshape(weight.shape[1], -1).pow(2).sum(1)[local]
+            signal = float((w2 * C.diagonal()).sum())
+            scores = w2 / P.diagonal() / (signal if signal > 0 else 1.0)
+            positions = torch.as_tensor(idxs) - int(local[0])  # local indices -> rows of C
+            total.scatter_add_(0, torch.as_tensor(item.root_idxs), scores[positions])
+            voted = True
+        return total.to(torch.float32) if voted else None
+
+    def _view(self, group, item) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(C, local)``: the consumer's input covariance over all its inputs (calibrated), or the
+        producers' Gram over the group's channels at the consumer inputs ``local`` (data-free)."""
+        layer = item.dep.target.module
+        width = layer.weight.shape[1]
+        if self.data_free:
+            return _data_free_view(group, item)
+        stats = self.stats.get(layer)
+        if stats is None or stats.n != width:
+            return None
+        return stats.channels.covariance().cpu(), torch.arange(width)
+
+
+def _data_free_view(group, item) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The producers' Gram ``(n, n)`` and the consumer inputs ``offset + arange(n)`` it describes.
+
+    A consumer reads the group's ``n`` channels at a constant offset (0, or its place in a
+    concatenation); other layouts (a flatten that repeats channels) are left alone.
+    """
+    idxs, roots = torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs)
+    if len(idxs) == 0 or len(idxs) != len(roots):
+        return None
+    offsets = idxs - roots
+    if not bool((offsets == offsets[0]).all()):
+        return None
+    width = item.dep.target.module.weight.shape[1]
+    gram = _producer_gram(group)
+    if gram is None or int(offsets[0]) + gram.shape[0] > width:
+        return None
+    return gram.cpu(), int(offsets[0]) + torch.arange(gram.shape[0])
+
+
+# --------------------------------------------------------------------------- the pruner
+class CompensatingPruner(tp.pruner.BasePruner):
+    """Torch-Pruning's pruner that folds every removed channel into the group's consumers first.
+
+    Args:
+        model, example_inputs, importance, **kwargs: as for ``tp.pruner.BasePruner``
+            (``pruning_ratio``, ``iterative_steps``, ``global_pruning``, ``ignored_layers``, ...).
+        calibration: ``None`` for data-free compensation, or a callable returning an iterable of
+            input batches (training data; called once per step) for calibrated compensation.
+        calibration_batches: how many batches of each call to use.
+        calibrate_every: collect statistics every this many steps; in between, the statistics of
+            each pruned consumer are cut to its kept channels (exact for that consumer, slightly
+            stale downstream of earlier compensation). 1 = every step.
+        lmbda: relative ridge of the least-squares coefficients.
+        mean_correction: calibrated only: keep every consumer's mean output on the calibration data.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs, importance, *,
+                 calibration: Callable[[], Iterable] | None = None, calibration_batches: int = 1,
+                 calibrate_every: int = 1, lmbda: float = 1e-3, mean_correction: bool = True, **kwargs) -> None:
+        if calibration is not None and not callable(calibration):
+            raise ValueError("calibration must be None or a callable returning an iterable of input batches")
+        if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be a positive int, got {calibration_batches!r}")
+        if isinstance(calibrate_every, bool) or not isinstance(calibrate_every, int) or calibrate_every < 1:
+            raise ValueError(f"calibrate_every must be a positive int, got {calibrate_every!r}")
+        if not lmbda >= 0:
+            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+        if isinstance(importance, CalibratedProjectiveImportance) and not importance.data_free and calibration is None:
+            raise ValueError("CalibratedProjectiveImportance needs calibration batches (calibration=...)")
+        super().__init__(model, example_inputs, importance=importance, **kwargs)
+        self.calibration = calibration
+        self.calibration_batches = calibration_batches
+        self.calibrate_every = calibrate_every
+        self._last_calibration: int | None = None
+        self.lmbda = lmbda
+        self.mean_correction = mean_correction
+        self.stats: dict[nn.Module, ConsumerStats] = {}
+
+    def step(self, interactive: bool = False):
+        """One pruning step: (calibrate,) score every group, compensate and prune.
+
+        With ``interactive=True`` a generator of groups whose consumers are already
+        compensated: prune every group it yields (``group.prune()``).
+        """
+        due = self._last_calibration is None or self.current_step - self._last_calibration >= self.calibrate_every
+        if self.calibration is not None and due:
+            consumers = [m for m in self.model.modules() if is_consumer(m)]
+            self.stats = collect_consumer_stats(self.model, consumers, self.calibration(), self.calibration_batches)
+            self._last_calibration = self.current_step
+            if isinstance(self.importance, CalibratedProjectiveImportance):
+                self.importance.stats = self.stats
+        groups = super().step(interactive=True)
+        if interactive:
+            return self._compensated(groups)
+        for group in self._compensated(groups):
+            group.prune()
+        return None
+
+    def _compensated(self, groups):
+        for group in groups:
+            with torch.no_grad():
+                self.compensate(group)
+            yield group
+
+    def compensate(self, group) -> None:
+        """Fold the channels ``group`` removes into every consumer of the group (weights in place)."""
+        for item in group:
+            layer = item.dep.target.module
+            if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
+                continue
+            removed = torch.as_tensor(item.idxs, dtype=torch.int64)
+            if self.calibration is None:
+                view = _data_free_view(group, item)
+                if view is None:
+                    continue
+                gram, local = view
+                keep = torch.ones(len(local), dtype=torch.bool)
+                keep[removed - local[0]] = False
+                if keep.any():
+                    self._fold(layer, removed, local[keep], gram, removed - local[0], torch.nonzero(keep).flatten())
+                continue
+            stats = self.stats.get(layer)
+            width = layer.weight.shape[1]
+            if stats is None or stats.n != width or len(removed) >= width:
+                continue
+            keep = torch.ones(width, dtype=torch.bool)
+            keep[removed] = False
+            kept = torch.nonzero(keep).flatten()
+            C = stats.channels.covariance() if self.mean_correction else stats.channels.sum_outer / stats.channels.count
+            old = layer.weight.detach().clone()
+            self._fold(layer, removed, kept, C, removed, kept)
+            if self.mean_correction:
+                self._correct_mean(layer, old, kept, stats)
+            stats.keep(kept)
+
+    def _fold(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
+              removed_rows: torch.Tensor, kept_rows: torch.Tensor) -> None:
+        """``V[:, kept] += V[:, removed] A`` with ``A`` from ``gram``'s rows ``removed_rows`` / ``kept_rows``."""
+        device = layer.weight.device
+        A = least_squares_coefficients(gram.to(device), removed_rows.to(device), kept_rows.to(device), self.lmbda)
+        layer.weight.data = fold_removed_inputs(layer.weight.data, removed.to(device), kept.to(device), A)
+
+    def _correct_mean(self, layer: nn.Module, old: torch.Tensor, kept: torch.Tensor, stats: ConsumerStats) -> None:
+        """Add ``mean output before − after`` (over the calibration positions) to the consumer's output."""
+        M = stats.patch_means().to(layer.weight.device)
+        new = layer.weight.detach()[:, kept].to(torch.float64)
+        before = (old.to(torch.float64) * M).flatten(1).sum(1)
+        after = (new * M[kept]).flatten(1).sum(1)
+        shift = before - after  # (out,)
+        bn = self._following_batchnorm(layer)
+        if bn is not None:
+            bn.running_mean -= shift.to(bn.running_mean.dtype)
+        elif layer.bias is not None:
+            layer.bias.data += shift.to(layer.bias.dtype)
+        else:
+            layer.bias = nn.Parameter(shift.to(layer.weight.dtype), requires_grad=layer.weight.requires_grad)
+
+    def _following_batchnorm(self, layer: nn.Module) -> nn.Module | None:
+        node = self.DG.module2node.get(layer)
+        if node is None or len(node.outputs) != 1:
+            return None
+        nxt = node.outputs[0]
+        if (isinstance(nxt.module, nn.modules.batchnorm._BatchNorm) and nxt.module.track_running_stats
+                and len(nxt.inputs) == 1):
+            return nxt.module
+        return None
+
+
+def _producer_gram(group) -> torch.Tensor | None:
+    """``(n, n)`` Gram of the effective producer rows of a group (BatchNorm folded), or None.
+
+    Every ungrouped conv / linear whose output channels are the group's ``n`` channels
+    contributes its rows (weights and bias as one more column), scaled and shifted by the
+    BatchNorm it feeds; a producer of another width (e.g. one part of a concatenation) does not.
+    """
+    gram = None
+    items = list(group)
+    bns = [item.dep.target.module for item in items if item.dep.handler == function.prune_batchnorm_out_channels]
+    width = None
+    for item in items:
+        layer = item.dep.target.module
+        if item.dep.handler not in _OUT_FNS or not is_consumer(layer):
+            continue
+        rows = layer.weight.detach().to(torch.float64).flatten(1)
+        width = rows.shape[0] if width is None else width
+        if rows.shape[0] != width:
+            continue
+        zeros = torch.zeros(width, dtype=rows.dtype, device=rows.device)
+        bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else zeros
+        bn = _bn_after(group, layer, bns)
+        if bn is not None:
+            scale = bn.weight.detach().to(torch.float64) if bn.affine else torch.ones_like(bias)
+            scale = scale / (bn.running_var.to(torch.float64) + bn.eps).sqrt()
+            beta = bn.bias.detach().to(torch.float64) if bn.affine else 0.0
+            shift = beta - scale * bn.running_mean.to(torch.float64)
+            rows, bias = rows * scale[:, None], bias * scale + shift
+        rows = torch.cat([rows, bias[:, None]], dim=1)
+        gram = rows @ rows.T if gram is None else gram + rows @ rows.T
+    return gram
+
+
+def _bn_after(group, layer: nn.Module, bns: list[nn.Module]) -> nn.Module | None:
+    """The BatchNorm of ``bns`` that reads ``layer`` directly, if any."""
+    for item in group:
+        if item.dep.target.module is layer:
+            node = item.dep.target
+            for out in node.outputs:
+                if out.module in bns:
+                    return out.module
+            break
+    return None

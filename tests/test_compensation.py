@@ -1,0 +1,219 @@
+"""The compensating pruner on Torch-Pruning groups (projprune/compensation.py), checked in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+
+from projprune.compensation import (
+    CalibratedProjectiveImportance,
+    CompensatingPruner,
+    ConsumerStats,
+    collect_consumer_stats,
+    fold_removed_inputs,
+    least_squares_coefficients,
+)
+
+
+def _reference_coefficients(G: torch.Tensor, removed: list[int], kept: list[int], lmbda: float) -> torch.Tensor:
+    G = G.double()
+    Gkk = G[kept][:, kept]
+    lam = lmbda * float(torch.trace(Gkk)) / len(kept)
+    return G[removed][:, kept] @ torch.linalg.inv(Gkk + lam * torch.eye(len(kept), dtype=torch.float64))
+
+
+def test_least_squares_coefficients_match_explicit_inverse():
+    torch.manual_seed(0)
+    H = torch.randn(7, 50, dtype=torch.float64)
+    G = H @ H.T
+    removed, kept = [1, 4], [0, 2, 3, 5, 6]
+    A = least_squares_coefficients(G, torch.tensor(removed), torch.tensor(kept), lmbda=1e-2)
+    assert torch.allclose(A, _reference_coefficients(G, removed, kept, 1e-2), atol=1e-12)
+
+
+def test_fold_removed_inputs_adds_the_removed_slices():
+    torch.manual_seed(0)
+    W = torch.randn(3, 5, 2, 2, dtype=torch.float64)
+    removed, kept = torch.tensor([0, 3]), torch.tensor([1, 2, 4])
+    A = torch.randn(2, 3, dtype=torch.float64)
+    out = fold_removed_inputs(W, removed, kept, A)
+    expected = W.clone()
+    for r_pos, r in enumerate(removed.tolist()):
+        for k_pos, k in enumerate(kept.tolist()):
+            expected[:, k] += A[r_pos, k_pos] * W[:, r]
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert torch.equal(out[:, removed], W[:, removed])
+
+
+def test_patch_means_match_unfold():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, kernel_size=3, stride=2, padding=1).double()
+    stats = ConsumerStats(conv)
+    batches = [torch.randn(5, 3, 7, 6, dtype=torch.float64) for _ in range(2)]
+    for x in batches:
+        stats.update(x)
+    cols = torch.cat([F.unfold(x, 3, padding=1, stride=2) for x in batches], dim=2)  # (B, C*9, L)
+    expected = cols.mean(dim=(0, 2)).reshape(3, 3, 3)
+    assert torch.allclose(stats.patch_means(), expected, atol=1e-12)
+    H = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, 3) for x in batches])
+    assert torch.allclose(stats.channels.sum_outer, H.T @ H, atol=1e-9)
+
+
+def _linear_chain() -> nn.Sequential:
+    """Linear(5, 8) -> Linear(8, 3): eight hidden units in a 6-dim (weights + bias) row space."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 3)).double()
+
+
+def _conv_chain() -> nn.Sequential:
+    """Conv(3 -> 12, no bias) -> Conv(12 -> 4): the 12 filters span only 6 dimensions."""
+    torch.manual_seed(2)
+    first = nn.Conv2d(3, 12, 3, padding=1, bias=False)
+    basis = torch.randn(6, 27)
+    with torch.no_grad():
+        first.weight.copy_((torch.randn(12, 6) @ basis).reshape(12, 3, 3, 3))
+    return nn.Sequential(first, nn.Conv2d(12, 4, 3, padding=1)).double()
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_linear_chain_keeps_its_output_exactly(calibrated):
+    model = _linear_chain()
+    x = torch.randn(64, 5, dtype=torch.float64)
+    before = model(x)
+    calibration = (lambda: [x]) if calibrated else None
+    pruner = CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(p=2), calibration=calibration,
+                                lmbda=1e-12, pruning_ratio=0.25, ignored_layers=[model[1]])
+    pruner.step()
+    assert model[0].out_features == 6 and model[1].in_features == 6
+    assert torch.allclose(model(x), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_conv_chain_keeps_its_output_exactly(calibrated):
+    model = _conv_chain()
+    x = torch.randn(8, 3, 6, 6, dtype=torch.float64)
+    before = model(x)
+    calibration = (lambda: [x]) if calibrated else None
+    pruner = CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(p=2), calibration=calibration,
+                                lmbda=1e-12, pruning_ratio=0.5, ignored_layers=[model[1]])
+    pruner.step()
+    assert model[1].in_channels == 6
+    assert torch.allclose(model(x), before, atol=1e-5)
+
+
+def test_without_compensation_the_chain_changes():
+    """The exactness above is the compensation's doing: plain pruning of the same chain moves the output."""
+    model = _linear_chain()
+    x = torch.randn(64, 5, dtype=torch.float64)
+    before = model(x)
+    tp.pruner.MagnitudePruner(model, x[:1], importance=tp.importance.MagnitudeImportance(p=2),
+                              pruning_ratio=0.25, ignored_layers=[model[1]]).step()
+    assert (model(x) - before).abs().max() > 1e-2
+
+
+def test_mean_correction_keeps_the_batchnorm_output_mean():
+    """With a nonlinearity and zero padding, the consumer's mean output on the calibration data is kept."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 4, 3, padding=1),
+                          nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 5 * 5, 2)).double().eval()
+    with torch.no_grad():
+        model[3].running_mean.normal_()
+        model[3].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(16, 3, 5, 5, dtype=torch.float64)
+    mean_before = model[:4](x).mean(dim=(0, 2, 3))
+    pruner = CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(p=2), calibration=lambda: [x],
+                                pruning_ratio=0.4, ignored_layers=[model[2], model[5]])
+    pruner.step()
+    assert model[2].in_channels == 6
+    assert torch.allclose(model[:4](x).mean(dim=(0, 2, 3)), mean_before, atol=1e-8)
+
+
+def test_calibrated_importance_matches_obs_formula():
+    model = _linear_chain()
+    x = torch.randn(40, 5, dtype=torch.float64)
+    importance = CalibratedProjectiveImportance(lmbda=1e-2)
+    importance.stats = collect_consumer_stats(model, [model[1]], [x])
+    graph = tp.DependencyGraph().build_dependency(model, x[:1])
+    group = graph.get_pruning_group(model[0], tp.prune_linear_out_channels, idxs=list(range(8)))
+    scores = importance(group).double()
+    with torch.no_grad():
+        H = model[0](x)
+    Hc = H - H.mean(0)
+    C = Hc.T @ Hc / len(x)
+    P = torch.linalg.inv(C + 1e-2 * torch.trace(C) / 8 * torch.eye(8, dtype=torch.float64))
+    V = model[1].weight.detach()
+    w2 = (V**2).sum(0)
+    expected = w2 / P.diagonal() / (w2 * C.diagonal()).sum()
+    assert torch.allclose(scores, expected, rtol=1e-5)
+
+
+def test_bad_arguments_are_refused_before_anything_changes():
+    model = _linear_chain()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    weight = model[0].weight.detach().clone()
+    with pytest.raises(ValueError, match="calibration"):
+        CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(), pruning_ratio=0.5)
+    with pytest.raises(ValueError, match="calibration must be"):
+        CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(), calibration=[x], pruning_ratio=0.5)
+    with pytest.raises(ValueError, match="calibration_batches"):
+        CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(), calibration=lambda: [x],
+                           calibration_batches=0, pruning_ratio=0.5)
+    with pytest.raises(ValueError, match="batches is empty"):
+        collect_consumer_stats(model, [model[1]], [])
+    with pytest.raises(ValueError, match="module must be"):
+        ConsumerStats(nn.ReLU())
+    assert torch.equal(model[0].weight, weight)
+
+
+def test_data_free_importance_prunes_the_redundant_units():
+    """Two hidden units duplicated exactly cost nothing to remove: data-free OBS scores them lowest."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 2)).double()
+    with torch.no_grad():
+        model[0].weight[4:] = model[0].weight[:2] * 2.0
+        model[0].bias[4:] = model[0].bias[:2] * 2.0
+    x = torch.randn(8, 6, dtype=torch.float64)
+    before = model(x)
+    pruner = CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(lmbda=1e-10, data_free=True),
+                                lmbda=1e-10, pruning_ratio=1 / 3, ignored_layers=[model[1]])
+    pruner.step()
+    assert model[0].out_features == 4
+    assert torch.allclose(model(x), before, atol=1e-6)
+
+
+def test_statistics_cut_between_collections_equal_fresh_ones():
+    """With calibrate_every > 1 the pruned consumer's statistics are cut to the kept channels: the
+    same as collecting them again on the pruned model (nothing upstream of the cut changed)."""
+    model = _linear_chain()
+    x = torch.randn(32, 5, dtype=torch.float64)
+    pruner = CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(), calibration=lambda: [x],
+                                calibrate_every=10, iterative_steps=2, pruning_ratio=0.5, ignored_layers=[model[1]])
+    pruner.step()
+    assert model[1].in_features == 6
+    fresh = collect_consumer_stats(model, [model[1]], [x])[model[1]]
+    cut = pruner.stats[model[1]]
+    assert torch.allclose(cut.channels.sum_outer, fresh.channels.sum_outer, atol=1e-10)
+    assert torch.allclose(cut.patch_means(), fresh.patch_means(), atol=1e-12)
+    pruner.step()  # the second step uses the cut statistics (no collection) and still compensates
+    assert model[1].in_features == 4 and pruner._last_calibration == 0
+
+
+def test_pruned_checkpoint_with_a_created_bias_reloads(tmp_path):
+    """The mean correction gives a bias-free consumer without a BatchNorm after it a bias; a fresh
+    model adapted to the checkpoint's shapes gets it too."""
+    from engine.cnn import adapt_to_shapes, tensor_shapes
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 3, padding=1, bias=False)).eval()
+    x = torch.randn(4, 2, 5, 5)
+    CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(p=2), calibration=lambda: [x],
+                       pruning_ratio=0.5, ignored_layers=[model[2]]).step()
+    assert model[2].bias is not None and model[2].in_channels == 3
+    fresh = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 3, padding=1, bias=False))
+    adapt_to_shapes(fresh, tensor_shapes(model))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), model(x))
