@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.harness import parse_config, seed_everything
+from engine.report import markdown_table
 from projprune import PAIR_METHODS, ActivationStats, greedy_exact
-from projprune.transformers.compare import markdown_table
 
 # case -> (layers, units n, input width m, tokens, goal in seconds)
 CASES = {"bert-base": (12, 3072, 768, 512 * 128, 60.0), "gpt2-xl": (1, 6400, 1600, 65536, 90.0)}

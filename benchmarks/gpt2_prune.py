@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from engine.harness import num_threads
+from engine.report import markdown_table
 from gpt2.model import CausalSelfAttention, GPT2ModelConfig
 from gpt2.prune import (
     ATTENTION_METHODS,
@@ -106,11 +108,10 @@ def bench_mlp(seed: int, rate: float = 0.3) -> dict:
 
 
 def to_markdown(rows: Sequence[dict]) -> str:
-    lines = ["| task | layers timed | wall s | CPU s | all 48 layers, CPU s |", "|---|---|---|---|---|"]
-    for r in rows:
-        all_layers = r["cpu"] * r["scale"]
-        lines.append(f"| {r['task']} | {r['layers']} | {r['seconds']:.2f} | {r['cpu']:.2f} | {all_layers:.1f} |")
-    return "\n".join(lines)
+    cells = [[r["task"], r["layers"], f"{r['seconds']:.2f}", f"{r['cpu']:.2f}", f"{r['cpu'] * r['scale']:.1f}"]
+             for r in rows]
+    header = ["task", "layers timed", "wall s", "CPU s", "all 48 layers, CPU s"]
+    return markdown_table(cells, columns=header).rstrip("\n")
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -124,11 +125,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.layers < 1 or args.greedy_layers < 1:
         raise ValueError("--layers and --greedy-layers must be >= 1")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    rows = bench_scores(args.layers, args.greedy_layers, args.seed)
-    if not args.skip_mlp:
-        rows.append(bench_mlp(args.seed))
+    with num_threads(args.threads):
+        rows = bench_scores(args.layers, args.greedy_layers, args.seed)
+        if not args.skip_mlp:
+            rows.append(bench_mlp(args.seed))
     seconds = {r["task"]: r["cpu"] for r in rows}
     fast = seconds["QK scores proj_coef (reference fast solver)"]
     closed = seconds["QK scores proj_coef (closed form)"]

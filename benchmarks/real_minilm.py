@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from engine.harness import atomic_write_csv, atomic_write_text, parse_config, save_figure, seed_everything
-from projprune.transformers.compare import markdown_table
+from engine.report import markdown_table
 
 CALIBRATION_MODULES = ("argparse", "asyncio", "collections", "concurrent.futures", "csv", "dataclasses", "decimal",
                        "email", "functools", "http.client", "inspect", "json", "logging", "os", "pathlib", "pickle",

@@ -23,6 +23,7 @@ import torch
 
 import projprune as pp
 from engine.harness import atomic_write_text, progress
+from engine.report import markdown_table
 
 
 def timed(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -125,13 +126,9 @@ def main(argv: list[str] | None = None) -> str:
         f"torch {torch.__version__}. Command: `python -m benchmarks.solvers"
         f"{' --quick' if args.quick else ''}{f' --plain-steps {args.plain_steps}' if args.plain_steps else ''}`\n\n"
         "Solver rows: ratio = time of `fast` / time (same n, dtype). Greedy rows: ratio = plain loop / time.\n\n"
-        "| case | shape | dtype | seconds | ratio |\n|---|---|---|---|---|\n"
     )
-    body = "".join(
-        f"| {case} | {shape} | {dt} | {t:.3f} | {'' if r is None else f'{r:.1f}x'} |\n"
-        for case, shape, dt, t, r in rows
-    )
-    table = header + body
+    cells = [[case, shape, dt, f"{t:.3f}", "" if r is None else f"{r:.1f}x"] for case, shape, dt, t, r in rows]
+    table = header + markdown_table(cells, columns=["case", "shape", "dtype", "seconds", "ratio"])
     print(table)
     atomic_write_text(args.out, table)
     return table

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.harness import parse_config, seed_everything
-from projprune.transformers.compare import markdown_table
+from engine.harness import num_threads, parse_config, seed_everything, split_list
+from engine.report import markdown_table
 
 # Named runs: a method of FFN_METHODS plus option overrides.
 RUNS: dict[str, tuple[str, dict]] = {
@@ -53,37 +53,39 @@ def build_model(cfg: BenchConfig) -> torch.nn.Module:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(BenchConfig, argv, description=__doc__.splitlines()[0])
-    names = [name.strip() for name in cfg.methods.split(",") if name.strip()]
+    names = split_list(cfg.methods)
     unknown = [name for name in names if name not in RUNS]
     if unknown or not names:
         raise ValueError(f"--methods: expected names from {sorted(RUNS)}, got {cfg.methods!r}")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    from projprune.transformers import prune_ffn
-
-    rows = []
-    for name in names:
-        method, options = RUNS[name]
-        model = build_model(cfg)
-        load = os.getloadavg()[0]  # other processes on the machine slow the run down
-        start = time.perf_counter()
-        report = prune_ffn(model, cfg.ratio, method, **options)
-        seconds = time.perf_counter() - start
-        slowest = max(layer.seconds or 0.0 for layer in report.layers)
-        rows.append({
-            "method": name,
-            "layers": f"{len(report.layers)} x {report.layers[0].width_before} x {cfg.hidden_size}",
-            "kept / layer": report.layers[0].width_after,
-            "total s": f"{seconds:.1f}",
-            "slowest layer s": f"{slowest:.2f}",
-            "FFN params": f"{report.ffn_params_before / 1e6:.2f}M -> {report.ffn_params_after / 1e6:.2f}M",
-            "all params": f"{report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M",
-            "threads": torch.get_num_threads(),
-            "load avg": f"{load:.1f}",
-        })
-        print(f"{name}: {seconds:.1f} s", flush=True)
+    with num_threads(cfg.threads):
+        rows = [_time_method(cfg, name) for name in names]
     print(markdown_table(rows), end="")
     return rows
+
+
+def _time_method(cfg: BenchConfig, name: str) -> dict:
+    """Prune a fresh model with run ``name`` of :data:`RUNS`; one table row."""
+    from projprune.transformers import prune_ffn
+
+    method, options = RUNS[name]
+    model = build_model(cfg)
+    load = os.getloadavg()[0]  # other processes on the machine slow the run down
+    start = time.perf_counter()
+    report = prune_ffn(model, cfg.ratio, method, **options)
+    seconds = time.perf_counter() - start
+    slowest = max(layer.seconds or 0.0 for layer in report.layers)
+    print(f"{name}: {seconds:.1f} s", flush=True)
+    return {
+        "method": name,
+        "layers": f"{len(report.layers)} x {report.layers[0].width_before} x {cfg.hidden_size}",
+        "kept / layer": report.layers[0].width_after,
+        "total s": f"{seconds:.1f}",
+        "slowest layer s": f"{slowest:.2f}",
+        "FFN params": f"{report.ffn_params_before / 1e6:.2f}M -> {report.ffn_params_after / 1e6:.2f}M",
+        "all params": f"{report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M",
+        "threads": torch.get_num_threads(),
+        "load avg": f"{load:.1f}",
+    }
 
 
 if __name__ == "__main__":

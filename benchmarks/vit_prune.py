@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 from torchvision.models import vit_b_16
 
+from engine.harness import num_threads, split_list
+from engine.report import markdown_table
 from projprune import PAIR_METHODS, greedy_lazy
 from vit.methods import PruneContext, get_method
 from vit.models import mlp_pairs
@@ -60,7 +62,7 @@ def time_lazy_extrapolated(model: torch.nn.Module, method: str, layers: int, amo
 
     start = time.perf_counter()
     try:
-        greedy_lazy(W, amount, b=b, V=V, callback=on_step, **PAIR_METHODS[method].options)
+        greedy_lazy(W, amount, PAIR_METHODS[method].options, b=b, V=V, callback=on_step)
     except _Stop:
         pass
     per_step = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)  # at n_rem ≈ n
@@ -80,12 +82,26 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if not 1 <= args.layers <= 12 or not 0 < args.amount < 3072 or args.lazy_steps < 2:
         raise ValueError("--layers must be in [1, 12], --amount in (0, 3072), --lazy-steps >= 2")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with num_threads(args.threads) as threads:
+        rows = _time_methods(args)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = (f"vit_b_16 (random init), {args.layers} MLP layers (3072x768), {args.amount} units each; "
+            f"torch threads {threads}, load average {load}\n\n")
+    cells = [[method, f"{seconds:.1f}", f"{seconds / args.layers:.2f}", how,
+              ("yes" if seconds < GOAL_SECONDS else "no") if method.startswith("exact") else ""]
+             for method, seconds, how in rows]
+    table = text + markdown_table(cells, columns=["method", "seconds (all layers)", "per layer", "how",
+                                                  "exact < 60 s"]).rstrip("\n")
+    print(table)
+    return table
+
+
+def _time_methods(args: argparse.Namespace) -> list[tuple[str, float, str]]:
+    """``(method, seconds, how)`` per method of ``--methods``."""
     torch.manual_seed(args.seed)
     model = vit_b_16().eval()
     rows = []
-    for method in args.methods.split(","):
+    for method in split_list(args.methods):
         kind = PAIR_METHODS[method].kind if method in PAIR_METHODS else "other"
         if kind == "lazy":
             seconds = time_lazy_extrapolated(model, method, args.layers, args.amount, args.lazy_steps)
@@ -95,20 +111,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             how = "measured"
         rows.append((method, seconds, how))
         print(f"{method}: {seconds:.1f} s ({how})", flush=True)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    lines = [
-        f"vit_b_16 (random init), {args.layers} MLP layers (3072x768), {args.amount} units each; "
-        f"torch threads {torch.get_num_threads()}, load average {load}",
-        "",
-        "| method | seconds (all layers) | per layer | how | exact < 60 s |",
-        "|---|---|---|---|---|",
-    ]
-    for method, seconds, how in rows:
-        goal = ("yes" if seconds < GOAL_SECONDS else "no") if method.startswith("exact") else ""
-        lines.append(f"| {method} | {seconds:.1f} | {seconds / args.layers:.2f} | {how} | {goal} |")
-    table = "\n".join(lines)
-    print(table)
-    return table
+    return rows
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ digits ViT (``vit/small.py``). Loader-based training for the Table 1 models is `
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.harness import progress
@@ -76,13 +79,61 @@ def train_classifier(
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``x`` ``(N, ...)`` with labels ``y`` ``(N,)``."""
+def classifier_totals(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    max_batches: int | None = None,
+    device: torch.device | str | None = None,
+    topk: int = 5,
+) -> torch.Tensor:
+    """Sums over (at most ``max_batches``) batches: ``[top-1 hits, top-k hits, cross-entropy, images]`` (float64).
+
+    ``batches`` yields ``(x (B, ...), y (B,))``; they go to ``device`` (default: the model's). The
+    model runs in eval mode and gets its training flag back. Sums (not means) so that ranks of a
+    distributed run can add them up before dividing.
+    """
+    if device is None:
+        device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / max(len(x), 1)
+    totals = torch.zeros(4, dtype=torch.float64)
+    try:
+        for index, (x, y) in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            logits = model(x)  # (B, classes)
+            ranked = logits.topk(min(topk, logits.shape[1]), dim=1).indices  # (B, k)
+            totals[0] += (ranked[:, 0] == y).sum().item()
+            totals[1] += (ranked == y[:, None]).any(dim=1).sum().item()
+            totals[2] += F.cross_entropy(logits, y, reduction="sum").item()
+            totals[3] += y.numel()
+    finally:
+        model.train(was_training)
+    return totals
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    max_batches: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Top-1, top-5 accuracy and mean cross-entropy: ``{"top1", "top5", "loss", "images"}``.
+
+    Top-5 counts a hit when the label is among the ``min(5, classes)`` largest logits.
+
+    Raises:
+        ValueError: no batch was evaluated.
+    """
+    top1, top5, loss, images = classifier_totals(model, batches, max_batches, device).tolist()
+    if images == 0:
+        raise ValueError("evaluate: no batches to evaluate (empty data or max_batches=0)")
+    return {"top1": top1 / images, "top5": top5 / images, "loss": loss / images, "images": int(images)}
+
+
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``x`` ``(N, ...)`` with labels ``y`` ``(N,)`` (0 if empty)."""
+    batches = zip(x.split(batch_size), y.split(batch_size))
+    top1, _, _, images = classifier_totals(model, batches, device=x.device).tolist()
+    return top1 / max(images, 1)

@@ -20,7 +20,16 @@ from torch import nn
 import projprune as pp
 from engine.classify import evaluate_accuracy, train_classifier
 from engine.digits import digits_tensors
-from engine.harness import atomic_write_csv, atomic_write_text, parse_config, progress, seed_everything
+from engine.harness import (
+    atomic_write_csv,
+    atomic_write_text,
+    count_params,
+    parse_config,
+    progress,
+    seed_everything,
+    split_list,
+)
+from engine.report import markdown_table
 
 
 @dataclass
@@ -49,7 +58,7 @@ def run(cfg: DemoConfig) -> list[dict]:
         raise ValueError(f"--hidden must be >= 2 (width of both hidden layers), got {cfg.hidden}")
     if cfg.calib_size < 1:
         raise ValueError(f"--calib-size must be >= 1 (training images for calib / act_norm), got {cfg.calib_size}")
-    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    methods = split_list(cfg.methods)
     unknown = [m for m in methods if m not in pp.PAIR_METHODS]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; valid: {sorted(pp.PAIR_METHODS)}")
@@ -73,7 +82,7 @@ def run(cfg: DemoConfig) -> list[dict]:
             pp.prune_pair(pruned[first], pruned[second], amount, method,
                           generator=torch.Generator().manual_seed(cfg.seed), stats=stats)
         seconds = time.perf_counter() - start
-        params = sum(p.numel() for p in pruned.parameters())
+        params = count_params(pruned)
         rows.append({"method": method, "description": pp.PAIR_METHODS[method].description,
                      "acc_before": round(base, 4), "acc_after": round(evaluate_accuracy(pruned, x_te, y_te), 4),
                      "params": params, "seconds": round(seconds, 3)})
@@ -82,11 +91,11 @@ def run(cfg: DemoConfig) -> list[dict]:
 
 def markdown(rows: list[dict], cfg: DemoConfig) -> str:
     lines = [f"MLP 64-{cfg.hidden}-{cfg.hidden}-10 on digits (test split), {int(cfg.ratio * 100)} % of each hidden "
-             f"layer removed, no fine-tuning, seed {cfg.seed}.", "",
-             "| method | accuracy before | accuracy after | params after | prune time (s) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['acc_before']:.4f} | {r['acc_after']:.4f} | {r['params']} | {r['seconds']:.3f} |"
-              for r in rows]
-    return "\n".join(lines) + "\n"
+             f"layer removed, no fine-tuning, seed {cfg.seed}.", ""]
+    cells = [[r["method"], f"{r['acc_before']:.4f}", f"{r['acc_after']:.4f}", r["params"], f"{r['seconds']:.3f}"]
+             for r in rows]
+    header = ["method", "accuracy before", "accuracy after", "params after", "prune time (s)"]
+    return "\n".join(lines) + "\n" + markdown_table(cells, columns=header)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

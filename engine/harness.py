@@ -9,6 +9,7 @@ formats are the same everywhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -22,7 +23,7 @@ import re
 import socket
 import sys
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,11 +31,13 @@ import numpy as np
 import torch
 
 from projprune._io import atomic_write_bytes as _atomic_write
+from projprune._io import load_tensors as _load_tensors
 
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 LOG_DATEFMT = "%m/%d %H:%M:%S"
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- seeding
@@ -334,23 +337,50 @@ def load_checkpoint(
         ValueError: the file is not a readable safetensors checkpoint (truncated, corrupt,
             or another format).
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a file written by a previous run)")
     try:
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            meta_raw = (handle.metadata() or {}).get("projprune_meta", "{}")
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-        meta = json.loads(meta_raw)
-    except Exception as exc:  # safetensors raises several types for bad files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        tensors, meta = _load_tensors(path)
+    except ValueError as exc:  # the library's message; say what it means for a run
+        cause = exc.__cause__ or exc
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ValueError(f"checkpoint {path} is damaged (corrupt or truncated) or not a safetensors "
                          f"checkpoint: {reason}") from None
-    return tensors, meta
+    return {key: value.to(device) for key, value in tensors.items()}, meta
+
+
+def load_cached(
+    path: str | os.PathLike,
+    key: Mapping[str, Any],
+    retrain: bool = False,
+    key_field: str | None = None,
+    what: str = "cached model",
+) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The one train-or-load cache policy of every experiment family.
+
+    ``key`` holds the settings that produced the cached checkpoint; it is recorded in the
+    checkpoint's meta (under ``key_field``, or at the top level) when the model is saved.
+
+    Returns:
+        ``(state_dict, meta)`` when ``path`` holds a model trained with ``key``; ``None`` when
+        there is no file or ``retrain`` is set: the caller trains and saves (overwriting).
+
+    Raises:
+        ValueError: ``path`` holds a model trained with other settings (names the file and the
+            fields); nothing is trained or written, and ``--retrain`` overwrites it.
+    """
+    path = Path(path)
+    if retrain or not path.is_file():
+        return None
+    state, meta = load_checkpoint(path)
+    expected = json.loads(json.dumps(dict(key), default=str))  # tuples -> lists, as stored
+    cached = meta.get(key_field, {}) if key_field else meta
+    differing = sorted(name for name in expected if cached.get(name) != expected[name])
+    if differing:
+        raise ValueError(f"{what} {path} was trained with other settings ({', '.join(differing)} differ); "
+                         "pass --retrain to overwrite it or choose another output directory")
+    return state, meta
 
 
 # --------------------------------------------------------------------------- configs
@@ -447,3 +477,45 @@ def progress(iterable: Iterable | None = None, **kwargs: Any):
     kwargs.setdefault("disable", os.environ.get("PROJPRUNE_NO_TQDM") == "1")
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+# --------------------------------------------------------------------------- small shared helpers
+def split_list(text: str | None, cast: Callable[[str], T] = str, name: str = "list",  # type: ignore[assignment]
+               unique: bool = False) -> list[T]:
+    """The items of a comma-separated ``text`` (blanks dropped, each stripped and passed to ``cast``).
+
+    ``unique`` drops repeats (first kept). A ``cast`` failure is one ValueError naming ``name``.
+    """
+    parts = [part.strip() for part in (text or "").split(",") if part.strip()]
+    if unique:
+        parts = list(dict.fromkeys(parts))
+    try:
+        return [cast(part) for part in parts]
+    except ValueError:
+        kind = getattr(cast, "__name__", "value")
+        raise ValueError(f"{name}: expected comma-separated {kind} values, got {text!r}") from None
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(threads)`` (0/None: leave it) and restore the old count.
+
+    Yields the count in effect inside the block.
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        if threads < 0:
+            raise ValueError(f"threads: expected a positive count or 0 (torch's default), got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (``trainable_only``: those with ``requires_grad``).
+
+    A pruning mask's ``weight_orig`` counts in full: masks do not shrink a model.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -23,8 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
+from engine.classify import classifier_totals
 from engine.cnn import adapt_to_shapes, tensor_shapes
-from engine.harness import load_checkpoint, progress, save_checkpoint
+from engine.harness import load_checkpoint, progress, save_checkpoint, split_list
 
 
 # --------------------------------------------------------------------------- distributed
@@ -102,28 +103,18 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[float, float]:
     """Top-1 accuracy and mean cross-entropy over ``loader`` (summed over ranks when distributed)."""
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
-    for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
-        logits = model(inputs)
-        totals[0] += (logits.argmax(1) == targets).sum().item()
-        totals[1] += F.cross_entropy(logits, targets, reduction="sum").item()
-        totals[2] += targets.numel()
+    totals = classifier_totals(model, loader, device=device)  # [top-1, top-5, loss, images]
     if _distributed():
         dist.all_reduce(totals)
-    count = max(totals[2].item(), 1.0)
-    return totals[0].item() / count, totals[1].item() / count
+    count = max(totals[3].item(), 1.0)
+    return totals[0].item() / count, totals[2].item() / count
 
 
 def parse_milestones(text: str | list[int]) -> list[int]:
     """``"60,80"`` -> ``[60, 80]`` (empty string: no decay)."""
     if isinstance(text, list):
         return text
-    try:
-        return [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError as exc:
-        raise ValueError(f"lr decay milestones must be comma-separated epochs like '60,80', got {text!r}") from exc
+    return split_list(str(text), int, name="lr decay milestones (comma-separated epochs like '60,80')")
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> dict[str, torch.Tensor]:

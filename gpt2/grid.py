@@ -20,6 +20,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
+from engine.harness import split_list
 from gpt2.main import GPT2Config, run_name
 from gpt2.prune import ATTENTION_METHODS
 from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, run_stages
@@ -74,7 +75,7 @@ def build_stages(grid: GPT2Grid) -> list[Stage]:
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
-    return tuple(part for part in (text or "").split(",") if part)
+    return tuple(split_list(text))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

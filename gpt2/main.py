@@ -22,8 +22,10 @@ import torch
 from engine.harness import (
     atomic_write_csv,
     close_logger,
+    count_params,
     get_logger,
     log_config,
+    num_threads,
     parse_config,
     seed_everything,
 )
@@ -153,15 +155,14 @@ def calibration_batches(cfg: GPT2Config, tokenizer, block_size: int, model: GPT2
     return [b.reshape(1, -1) for b in blocks]
 
 
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run one pruning + perplexity evaluation; returns the result row."""
     cfg = validate(parse_config(GPT2Config, argv, description=__doc__.splitlines()[0]))
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    with num_threads(cfg.threads):
+        return _run(cfg)
+
+
+def _run(cfg: GPT2Config) -> dict:
     name = run_name(cfg)
     run_dir = Path(cfg.output_dir) / "gpt2" / name
     logger = get_logger(name, run_dir / f"{name}.txt")

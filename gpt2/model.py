@@ -204,16 +204,9 @@ class GPT2(nn.Module):
         act = getattr(hf_config, "activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"only the tanh GELU of GPT-2 is implemented, got activation_function={act!r}")
-        config = GPT2ModelConfig(
-            vocab_size=hf_config.vocab_size,
-            n_positions=hf_config.n_positions,
-            n_embd=hf_config.n_embd,
-            n_layer=hf_config.n_layer,
-            n_head=hf_config.n_head,
-            n_inner=hf_config.n_inner,
-            layer_norm_epsilon=hf_config.layer_norm_epsilon,
-            scale_attn_by_inverse_layer_idx=bool(hf_config.scale_attn_by_inverse_layer_idx),
-        )
+        shape = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon")
+        config = GPT2ModelConfig(**{name: getattr(hf_config, name) for name in shape},
+                                 scale_attn_by_inverse_layer_idx=bool(hf_config.scale_attn_by_inverse_layer_idx))
         model = cls(config)
         src = {k: v.detach().float() for k, v in hf_model.transformer.state_dict().items()}
         C = config.n_embd
@@ -262,34 +255,34 @@ def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+def _from_pretrained_offline(loader: Any, what: str, name: str, cache_dir: str | os.PathLike | None) -> Any:
+    """``loader.from_pretrained(name)`` from a local directory or the hub cache only; a miss is one
+    FileNotFoundError naming ``what``, the model, the cache and how to fill it."""
+    if not name:
+        raise ValueError("model name must be a hub id such as 'gpt2' or a local directory")
+    try:
+        return loader.from_pretrained(name, local_files_only=True, cache_dir=cache_dir)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(
+            f"{what} {name!r} is not available offline: not a local directory and not in the "
+            f"Hugging Face hub cache {hub_cache_dir(cache_dir)}. On a machine with internet run "
+            f"`huggingface-cli download {name}` and copy the cache there (or set HF_HOME), or pass a "
+            "directory holding config.json, the weights and the tokenizer files."
+        ) from exc
+
+
 def load_hf_model(name: str, cache_dir: str | os.PathLike | None = None) -> Any:
     """``transformers.GPT2LMHeadModel`` from a local directory or the local hub cache, never the network."""
     from transformers import GPT2LMHeadModel
 
-    if not name:
-        raise ValueError("model name must be a hub id such as 'gpt2' or a local directory")
-    try:
-        return GPT2LMHeadModel.from_pretrained(name, local_files_only=True, cache_dir=cache_dir)
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(
-            f"GPT-2 model {name!r} is not available offline: not a local directory and not in the "
-            f"Hugging Face hub cache {hub_cache_dir(cache_dir)}. On a machine with internet run "
-            f"`huggingface-cli download {name}` (or `GPT2LMHeadModel.from_pretrained({name!r})`) and copy "
-            "the cache there (or set HF_HOME), or pass a directory holding config.json and the weights."
-        ) from exc
+    return _from_pretrained_offline(GPT2LMHeadModel, "GPT-2 model", name, cache_dir)
 
 
 def load_hf_tokenizer(name: str, cache_dir: str | os.PathLike | None = None) -> Any:
     """The GPT-2 tokenizer of ``name`` from a local directory or the hub cache (offline)."""
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(name, local_files_only=True, cache_dir=cache_dir)
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(
-            f"tokenizer of {name!r} is not available offline (hub cache {hub_cache_dir(cache_dir)}); "
-            f"download it with `huggingface-cli download {name}` on a machine with internet"
-        ) from exc
+    return _from_pretrained_offline(AutoTokenizer, "tokenizer of", name, cache_dir)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.harness import atomic_write_csv, atomic_write_text, parse_config, read_csv, save_figure
+from engine.harness import atomic_write_csv, atomic_write_text, parse_config, read_csv, save_figure, split_list
+from engine.report import latex_table, markdown_table
 from gpt2.prune import ATTENTION_METHODS
 
 __all__ = ["ParseConfig", "collect", "main", "plot", "table_rows", "to_latex", "to_markdown"]
@@ -79,28 +80,20 @@ def _label(wide: dict) -> list[str]:
     return [wide["model"] + (f" (MLP {wide['mlp']})" if wide["mlp"] else ""), wide["dataset"]]
 
 
+def _header(methods: Sequence[str], rates: Sequence[float]) -> list[str]:
+    rate_text = "/".join(f"{r:g}".lstrip("0") for r in rates)
+    return ["model", "dataset", "none", *[f"{m} {rate_text}" for m in methods]]
+
+
 def to_markdown(wide_rows: Sequence[dict], methods: Sequence[str], rates: Sequence[float]) -> str:
     """The paper's layout: ``| model | dataset | none | random .1/.2/.3 | ...``."""
-    rate_text = "/".join(f"{r:g}".lstrip("0") for r in rates)
-    header = ["model", "dataset", "none", *[f"{m} {rate_text}" for m in methods]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for wide in wide_rows:
-        lines.append("| " + " | ".join(_label(wide) + _cells(wide, methods, rates)) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table([_label(w) + _cells(w, methods, rates) for w in wide_rows], columns=_header(methods, rates))
 
 
 def to_latex(wide_rows: Sequence[dict], methods: Sequence[str], rates: Sequence[float]) -> str:
     """A ``tabular`` with the same cells as :func:`to_markdown`."""
-    rate_text = "/".join(f"{r:g}".lstrip("0") for r in rates)
-    escape = str.maketrans({"_": r"\_", "&": r"\&", "%": r"\%"})
-    header = ["model", "dataset", "none", *[f"{m} {rate_text}" for m in methods]]
-    lines = [r"\begin{tabular}{ll" + "r" * (1 + len(methods)) + "}", r"\toprule",
-             " & ".join(h.translate(escape) for h in header) + r" \\", r"\midrule"]
-    for wide in wide_rows:
-        cells = [c.translate(escape) for c in _label(wide) + _cells(wide, methods, rates)]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    return latex_table([_label(w) + _cells(w, methods, rates) for w in wide_rows], _header(methods, rates),
+                       align="ll" + "r" * (1 + len(methods)))
 
 
 def plot(wide_rows: Sequence[dict], methods: Sequence[str], rates: Sequence[float], path_stem: str | Path) -> None:
@@ -135,7 +128,7 @@ def plot(wide_rows: Sequence[dict], methods: Sequence[str], rates: Sequence[floa
 def main(argv: Sequence[str] | None = None) -> str:
     """Write the table (CSV, Markdown, LaTeX) and the figure; returns the Markdown."""
     cfg = parse_config(ParseConfig, argv, description=__doc__.splitlines()[0])
-    methods = [m for m in cfg.methods.split(",") if m] or None
+    methods = split_list(cfg.methods) or None
     if methods is not None and any(m not in ATTENTION_METHODS for m in methods):
         raise ValueError(f"--methods must be names of {sorted(ATTENTION_METHODS)}, got {methods}")
     rows = collect(cfg.output_dir)

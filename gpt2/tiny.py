@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine.harness import atomic_write_json, atomic_write_text, progress, seed_everything
+from engine.harness import atomic_write_json, atomic_write_text, load_cached, progress, seed_everything
 from gpt2.model import GPT2, GPT2ModelConfig, load_model, save_model
 
 __all__ = ["TinyConfig", "extract_prose", "load_or_train_tiny", "stdlib_corpus", "train_tokenizer"]
@@ -194,7 +194,8 @@ def load_or_train_tiny(cfg: TinyConfig, output_dir: str | os.PathLike, logger: L
 
     cache = Path(output_dir) / "gpt2" / "tiny" / cfg.key()
     paths = {name: cache / name for name in ("model.safetensors", "tokenizer.json", "test.txt", "train.json")}
-    if all(p.is_file() for p in paths.values()):
+    complete = all(p.is_file() for p in paths.values())
+    if complete and load_cached(paths["model.safetensors"], {"tiny_config": asdict(cfg)}, what="cached tiny GPT-2"):
         model, _ = load_model(paths["model.safetensors"])
         tokenizer = Tokenizer.from_file(str(paths["tokenizer.json"]))
         if logger is not None:

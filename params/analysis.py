@@ -50,6 +50,7 @@ from engine.harness import (  # noqa: E402
     config_to_dict,
     get_logger,
     log_config,
+    num_threads,
     progress,
     save_figure,
 )
@@ -210,41 +211,39 @@ def run_study(
     Returns:
         Paths and the rows written (for tests and notebooks).
     """
-    previous_threads = torch.get_num_threads()
     # Tiny models: one thread avoids the oversubscription that makes small ops 50x slower on a busy CPU.
-    torch.set_num_threads(cfg.threads)
-    logger = get_logger(run_name, out_dir / f"{run_name}.txt")
-    try:
-        log_config(logger, cfg)
-        atomic_write_json(out_dir / "config.json", config_to_dict(cfg))
-        start = time.perf_counter()
-        models = train_or_load_models(cfg, factory, data, models_dir, logger)
-        logger.info(f"Models ready in {time.perf_counter() - start:.1f} s")
+    with num_threads(cfg.threads):
+        logger = get_logger(run_name, out_dir / f"{run_name}.txt")
+        try:
+            log_config(logger, cfg)
+            atomic_write_json(out_dir / "config.json", config_to_dict(cfg))
+            start = time.perf_counter()
+            models = train_or_load_models(cfg, factory, data, models_dir, logger)
+            logger.info(f"Models ready in {time.perf_counter() - start:.1f} s")
 
-        percents = stage_percents(cfg.stages)
-        start = time.perf_counter()
-        results, unique = _prune_every_variant(cfg, comparisons, models, data, percents)
-        logger.info(f"Pruned {len(unique)} variants x {len(models)} models in {time.perf_counter() - start:.1f} s")
-        failures = _failures(results, unique)
-        for key, text in failures.items():
-            logger.info(f"Variant {unique[key].label}: {text}")
-        rows = _result_rows(comparisons, results)
-        summary, tests = summarise(comparisons, results, percents, cfg.confidence, cfg.alpha_level)
-        atomic_write_csv(out_dir / "results.csv", rows)
-        atomic_write_csv(out_dir / "summary.csv", [{k: _fmt(v, 6) for k, v in r.items()} for r in summary],
-                         ["comparison", "variant", "kept_percent", "n_ok", "n_failed", "mean", "ci_low", "ci_high",
-                          "half_width"])
-        atomic_write_csv(out_dir / "significance.csv", [{k: _fmt(v, 6) for k, v in r.items()} for r in tests],
-                         ["comparison", "variant", "reference", "kept_percent", "n_pairs", "mean_diff", "p", "p_holm",
-                          "significant"])
+            percents = stage_percents(cfg.stages)
+            start = time.perf_counter()
+            results, unique = _prune_every_variant(cfg, comparisons, models, data, percents)
+            logger.info(f"Pruned {len(unique)} variants x {len(models)} models in {time.perf_counter() - start:.1f} s")
+            failures = _failures(results, unique)
+            for key, text in failures.items():
+                logger.info(f"Variant {unique[key].label}: {text}")
+            rows = _result_rows(comparisons, results)
+            summary, tests = summarise(comparisons, results, percents, cfg.confidence, cfg.alpha_level)
+            atomic_write_csv(out_dir / "results.csv", rows)
+            atomic_write_csv(out_dir / "summary.csv", [{k: _fmt(v, 6) for k, v in r.items()} for r in summary],
+                             ["comparison", "variant", "kept_percent", "n_ok", "n_failed", "mean", "ci_low", "ci_high",
+                              "half_width"])
+            atomic_write_csv(out_dir / "significance.csv", [{k: _fmt(v, 6) for k, v in r.items()} for r in tests],
+                             ["comparison", "variant", "reference", "kept_percent", "n_pairs", "mean_diff", "p",
+                              "p_holm", "significant"])
 
-        figures = _write_figures(cfg, factory.name, comparisons, summary, out_dir)
-        base = mean_ci([stages[0].accuracy for stages in next(iter(results.values()))], cfg.confidence)
-        report = markdown_summary(cfg, heading, comparisons, summary, tests, base, failures)
-        atomic_write_text(out_dir / "SUMMARY.md", report)
-        logger.info(f"Unpruned test Acc={base[0]:.4f}; results in {out_dir}")
-    finally:
-        close_logger(logger)
-        torch.set_num_threads(previous_threads)
+            figures = _write_figures(cfg, factory.name, comparisons, summary, out_dir)
+            base = mean_ci([stages[0].accuracy for stages in next(iter(results.values()))], cfg.confidence)
+            report = markdown_summary(cfg, heading, comparisons, summary, tests, base, failures)
+            atomic_write_text(out_dir / "SUMMARY.md", report)
+            logger.info(f"Unpruned test Acc={base[0]:.4f}; results in {out_dir}")
+        finally:
+            close_logger(logger)
     return {"output_dir": out_dir, "results": rows, "summary": summary, "tests": tests, "figures": figures,
             "report": report, "config": dataclasses.asdict(cfg)}

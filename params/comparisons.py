@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.harness import split_list
+
 SWEEP_VALUES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the paper's alpha = beta and gamma grids
 
 
@@ -114,7 +116,7 @@ def parse_comparisons(text: str) -> list[str]:
     """``"all"`` or a comma-separated list of :data:`COMPARISONS` keys (order kept, duplicates dropped)."""
     if text.strip() == "all":
         return list(COMPARISONS)
-    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    names = split_list(text, unique=True)
     unknown = [name for name in names if name not in COMPARISONS]
     if unknown or not names:
         raise ValueError(

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from engine.report import markdown_table  # noqa: E402
 from params.comparisons import Comparison  # noqa: E402
 from params.significance import holm_adjust, mean_ci, paired_t_test  # noqa: E402
 from params.stages import StageResult  # noqa: E402
@@ -107,7 +108,7 @@ def plot_comparison(ax: Any, comp: Comparison, summary: Sequence[Mapping[str, An
 
 def _accuracy_table(comp: Comparison, rows: Sequence[Mapping[str, Any]], percents: Sequence[int]) -> list[str]:
     """Markdown lines: one row per variant, mean ± CI half-width (%) per kept percentage."""
-    lines = ["| variant | " + " | ".join(f"{p} %" for p in percents) + " |", "|---|" + "---|" * len(percents)]
+    table = []
     for variant in comp.variants:
         cells = []
         for r in rows:
@@ -119,9 +120,8 @@ def _accuracy_table(comp: Comparison, rows: Sequence[Mapping[str, Any]], percent
             hw = f" ± {100 * r['half_width']:.1f}" if r.get("half_width") is not None else ""
             note = f" ({r['n_failed']} failed)" if r["n_failed"] else ""
             cells.append(f"{100 * r['mean']:.1f}{hw}{note}")
-        lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
-    lines.append("")
-    return lines
+        table.append([variant.label, *cells, *[""] * (len(percents) - len(cells))])
+    return [*markdown_table(table, columns=["variant", *(f"{p} %" for p in percents)]).splitlines(), ""]
 
 
 def _differences(cfg: Any, comp: Comparison, comp_tests: Sequence[Mapping[str, Any]], percents: Sequence[int],
@@ -133,10 +133,8 @@ def _differences(cfg: Any, comp: Comparison, comp_tests: Sequence[Mapping[str, A
         "Paired differences to the reference (accuracy points; `**` Holm-adjusted p < "
         f"{cfg.alpha_level:g}, `*` unadjusted p < {cfg.alpha_level:g} only):",
         "",
-        "| variant vs reference | " + " | ".join(f"{p} %" for p in tested) + " |",
-        "|---|" + "---|" * len(tested),
     ]
-    significant = []
+    significant, table = [], []
     for label, reference in comp.tests:
         cells = []
         for t in comp_tests:
@@ -149,8 +147,8 @@ def _differences(cfg: Any, comp: Comparison, comp_tests: Sequence[Mapping[str, A
             cells.append(f"{100 * t['mean_diff']:+.1f}{mark}")
             if t.get("significant"):
                 significant.append(t)
-        lines.append(f"| {label} vs {reference} | " + " | ".join(cells) + " |")
-    lines.append("")
+        table.append([f"{label} vs {reference}", *cells, *[""] * (len(tested) - len(cells))])
+    lines += [*markdown_table(table, columns=["variant vs reference", *(f"{p} %" for p in tested)]).splitlines(), ""]
     for label, reference in comp.tests:
         mine = [t for t in significant if t["variant"] == label and t["reference"] == reference]
         parts = [

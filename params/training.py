@@ -12,7 +12,7 @@ from torch import nn
 
 from engine.classify import evaluate_accuracy, train_classifier
 from engine.harness import (
-    load_checkpoint,
+    load_cached,
     progress,
     save_checkpoint,
 )
@@ -72,21 +72,9 @@ def check_cached_models(cfg: Any, factory: ModelFactory, models_dir: Path, n_tra
     Raises:
         ValueError: a cached file's training settings differ (names the file and the fields).
     """
-    if cfg.retrain:
-        return
     for index in range(cfg.num_models):
         path = model_path(models_dir, cfg.dataset, factory.name, index)
-        if not path.exists():
-            continue
-        _, meta = load_checkpoint(path)
-        expected = _training_key(cfg, factory, index, n_train, n_val)
-        cached = meta.get("training", {})
-        differing = sorted(k for k in expected if cached.get(k) != expected[k])
-        if differing:
-            raise ValueError(
-                f"cached model {path} was trained with other settings ({', '.join(differing)} differ); "
-                "pass --retrain to overwrite it or choose another --models-dir"
-            )
+        load_cached(path, _training_key(cfg, factory, index, n_train, n_val), cfg.retrain, key_field="training")
 
 
 def train_or_load_models(
@@ -103,8 +91,9 @@ def train_or_load_models(
     for index in progress(range(cfg.num_models), desc="models"):
         path = model_path(models_dir, cfg.dataset, factory.name, index)
         key = _training_key(cfg, factory, index, n_train, n_val)
-        if path.exists() and not cfg.retrain:
-            state, meta = load_checkpoint(path)
+        cached = load_cached(path, key, cfg.retrain, key_field="training")
+        if cached is not None:
+            state, meta = cached
             model = factory.build(input_size)
             model.load_state_dict(state)
             model.eval()

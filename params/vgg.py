@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.harness import parse_config, run_cli
+from engine.harness import parse_config, run_cli, split_list
 from params.analysis import (
     Comparison,
     ModelFactory,
@@ -140,7 +140,7 @@ class VGGConfig:
 
 
 def _names(text: str, known: Sequence[str], flag: str) -> list[str]:
-    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    names = split_list(text, unique=True)
     if not names or any(name not in known for name in names):
         raise ValueError(f"{flag} must be a comma-separated subset of {list(known)}, got {text!r}")
     return names

@@ -1,4 +1,4 @@
-"""The little file I/O projprune itself needs (saving PruneNet policies): private, no engine imports.
+"""The little file I/O projprune itself needs (saving PruneNet policies): private, imports nothing outside projprune.
 
 Files are written beside their target and renamed into place, so a killed process leaves the
 old file or the new one, never half of one. Tensors go to safetensors with JSON metadata

@@ -83,12 +83,16 @@ def _make_dependent(model: GPT2) -> None:
             p[qk + 2] = 0.5 * p[qk + 0] + 0.3 * p[qk + 6]
 
 
-def test_compensated_prune_of_dependent_dimension_keeps_scores():
+def _dependent_scores():
+    """A float64 model with linearly dependent query/key dimensions, an input and its scores."""
     model = _model(dtype=torch.float64)
     _make_dependent(model)
-    attn = model.h[0].attn
     x = torch.randn(2, 7, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    before = attn.scores(x)
+    return model, model.h[0].attn, x, model.h[0].attn.scores(x)
+
+
+def test_compensated_prune_of_dependent_dimension_keeps_scores():
+    model, attn, x, before = _dependent_scores()
     kept = prune_attention(model, 1 / 8, "proj_comp", lmbda=1e-10, layers=[0])[0]
     assert attn.qk_dim == 7 and attn.q_proj.weight.shape == (14, 16)
     removed = [set(range(8)) - set(kept[h].tolist()) for h in range(2)]
@@ -100,11 +104,7 @@ def test_compensated_prune_of_dependent_dimension_keeps_scores():
 
 def test_uncompensated_prune_of_dependent_dimension_changes_scores():
     """The fold is what keeps the scores: selecting the same dimension without it does not."""
-    model = _model(dtype=torch.float64)
-    _make_dependent(model)
-    attn = model.h[0].attn
-    x = torch.randn(2, 7, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    before = attn.scores(x)
+    _, attn, x, before = _dependent_scores()
     slice_qk(attn, torch.tensor([[0, 1, 2, 4, 5, 6, 7], [0, 1, 3, 4, 5, 6, 7]]))
     assert (attn.scores(x) - before).abs().max() > 1e-2
 

@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from scripts import gridrun
+from tests.conftest import DigitsGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -228,58 +228,6 @@ def test_imagenet_dry_run_uses_torchrun() -> None:
         f"--finetune --global-pruning --reg 1e-05 --speed-up 2 --method proj_sl {settings} --target-flops 2 "
         "--dataroot /data/ilsvrc",
     ]
-
-
-# --------------------------------------------------------------------------- the real digits grid
-# A small digits grid (scripts/digits.sh: pretraining, then l2 and proj_sl with 1 epoch), run under bash once
-# per test session; tests/test_slurm.py reuses its pretraining.
-GRID_METHODS = ("l2", "proj_sl")
-GRID_ARGS = ("--methods", ",".join(GRID_METHODS), "--pretrain-epochs", "2", "--finetune-epochs", "1",
-             "--sl-epochs", "1")
-
-
-@dataclass(frozen=True)
-class DigitsGrid:
-    folder: Path
-    first: subprocess.CompletedProcess
-    second: subprocess.CompletedProcess
-
-    @property
-    def runs(self) -> Path:
-        return self.folder / "run"
-
-    @property
-    def results(self) -> Path:
-        return self.folder / "results"
-
-
-_CACHE: list[DigitsGrid] = []
-
-
-def environment(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "PROJPRUNE_NO_TQDM": "1", **extra}
-    for key in ("GRID_BACKEND", "SLURM_JOB_ID"):
-        env.pop(key, None)
-    return env
-
-
-def small_digits_grid(factory: pytest.TempPathFactory) -> DigitsGrid:
-    """Run the grid (twice: the second run must skip everything) the first time it is asked for."""
-    if not _CACHE:
-        folder = factory.mktemp("digits_grid")
-        args = [*GRID_ARGS, "--output-dir", str(folder / "run"), "--results", str(folder / "results"),
-                "--task-log-dir", str(folder / "out"), "--log-dir", str(folder)]
-        command = ["bash", str(ROOT / "scripts" / "digits.sh"), *args]
-        first = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=400)
-        second = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=120)
-        _CACHE.append(DigitsGrid(folder, first, second))
-    return _CACHE[0]
-
-
-@pytest.fixture(scope="module")
-def digits_grid(tmp_path_factory: pytest.TempPathFactory) -> DigitsGrid:
-    return small_digits_grid(tmp_path_factory)
 
 
 @pytest.mark.slow

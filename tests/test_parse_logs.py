@@ -9,42 +9,7 @@ from pathlib import Path
 import pytest
 
 from scripts import parse_logs
-
-
-def write_log(
-    root: Path, dataset: str, method: str, speed_up: float, model: str, *, sl_accs=(), finetune_accs=(),
-    prune: tuple | None = (0.86, 0.57, 127.12, 63.32, 0.9401, 0.1410), finished: bool = True,
-    scope: str = "global", extra_lines=(),
-) -> Path:
-    """A log exactly as main.py (and the paper's runs) write it."""
-    name = f"{dataset}-{scope}-{method}-{float(speed_up)}-{model}"
-    path = root / dataset / "prune" / name / f"{name}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = "[02/21 07:24:04]"
-    lines = [f"{stamp} {name} INFO: {key}: {value}" for key, value in
-             (("mode", "prune"), ("model", model), ("method", method), ("speed_up", speed_up), ("reg", 1e-05))]
-    if sl_accs:  # main.py's sparsity-learning phase ends with its own "Best Acc=" line
-        lines.append(f"{stamp} {name} INFO: Regularizing...")
-        for i, acc in enumerate(sl_accs):
-            lines.append(f"{stamp} {name} INFO: Epoch {i}/{len(sl_accs)}, Acc={acc:.4f}, Val Loss=0.2954, lr=0.0100")
-        lines.append(f"{stamp} {name} INFO: Best Acc={max(sl_accs):.4f}")
-    if prune is not None:
-        lines.append(f"{stamp} {name} INFO: Pruning...")
-    if prune is not None:
-        p0, p1, f0, f1, before, after = prune
-        lines += [
-            f"{stamp} {name} INFO: Params: {p0:.2f} M => {p1:.2f} M ({100 * p1 / p0:.2f}%)",
-            f"{stamp} {name} INFO: FLOPs: {f0:.2f} M => {f1:.2f} M ({100 * f1 / f0:.2f}%, {f0 / f1:.2f}X )",
-            f"{stamp} {name} INFO: Acc: {before:.4f} => {after:.4f}",
-            f"{stamp} {name} INFO: Val Loss: 0.3120 => 5.5544",
-        ]
-    for i, acc in enumerate(finetune_accs):
-        lines.append(f"{stamp} {name} INFO: Epoch {i}/{len(finetune_accs)}, Acc={acc:.4f}, Val Loss=0.31, lr=0.0100")
-    lines += list(extra_lines)
-    if finished:
-        lines.append(f"{stamp} {name} INFO: Best Acc={max(finetune_accs):.4f}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tests.conftest import write_log
 
 
 def read(path: Path) -> list[dict]:

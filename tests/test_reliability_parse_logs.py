@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from scripts import parse_logs
-from tests.test_parse_logs import write_log
+from tests.conftest import write_log
 
 STAMP = "[02/21 07:24:04]"
 

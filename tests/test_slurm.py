@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from scripts import gridrun
-from tests.test_launchers import GRID_ARGS, GRID_METHODS, small_digits_grid
+from tests.conftest import GRID_ARGS, GRID_METHODS, DigitsGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -99,12 +99,11 @@ def test_arrays_chain_and_report_failures(slurm_env: dict[str, str], tmp_path: P
     assert f"after afterok:{first}" in out.stderr  # the second array waited for the first
 
 
-def test_digits_grid_as_job_array(slurm_env: dict[str, str], tmp_path: Path,
-                                  tmp_path_factory: pytest.TempPathFactory) -> None:
-    # The pretraining comes from the bash run of the same grid (tests/test_launchers.py), so its stage is
+def test_digits_grid_as_job_array(slurm_env: dict[str, str], tmp_path: Path, digits_grid: DigitsGrid) -> None:
+    # The pretraining comes from the bash run of the same grid (the digits_grid fixture), so its stage is
     # found done and only the pruning array is submitted; arrays with a pretraining stage and a dependency
     # are covered by test_arrays_chain_and_report_failures.
-    shared = small_digits_grid(tmp_path_factory)
+    shared = digits_grid
     assert shared.first.returncode == 0, shared.first.stderr
     runs, results = tmp_path / "run", tmp_path / "results"
     shutil.copytree(shared.runs / "digits" / "pretrain", runs / "digits" / "pretrain")

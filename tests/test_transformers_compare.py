@@ -1,4 +1,4 @@
-"""python -m projprune.transformers.compare on small local random models and a local text file."""
+"""python -m engine.hf_compare on small local random models and a local text file."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import transformers as hf
 
 from engine.harness import read_csv
+from engine.hf_compare import main
 from projprune.transformers import FFN_METHODS
-from projprune.transformers.compare import main, markdown_table
 
 TEXT = "Projective pruning removes the units that the others can represent. " * 40
 CALIB_TEXT = "Calibration sentences are read once to estimate what every output layer sees. " * 40
@@ -104,11 +104,6 @@ def test_compare_missing_files(local_models, tmp_path):
         main(["--model", str(tmp_path / "no" / "model"), "--text-file", str(local_models / "text.txt")])
 
 
-def test_markdown_table():
-    text = markdown_table([{"a": 1, "b": "x"}, {"a": 2}])
-    assert text == "| a | b |\n|---|---|\n| 1 | x |\n| 2 |  |\n"
-
-
 def test_benchmark_script_runs_on_a_small_model(capsys):
     from benchmarks.transformers_ffn import main as bench_main
 
@@ -141,3 +136,31 @@ def test_compare_tokenizers_local_files_or_bytes(local_models, tmp_path):
     log = (tmp_path / "out2" / "compare-local-0.3-gpt2" / "compare-local-0.3-gpt2.txt").read_text()
     assert "UTF-8 bytes" not in log and f"from {gpt2}" in log
     assert "Evaluation text (--text-file" in log and "4 chunks of 16 tokens" in log and float(rows[1]["ppl"]) > 1
+
+
+def test_library_source_imports_nothing_of_ours_outside_projprune():
+    """projprune is installed alone: no module of it may import the experiment packages."""
+    import ast
+    from pathlib import Path
+
+    import projprune
+
+    ours = {"engine", "scripts", "vit", "gpt2", "params", "benchmarks", "registry", "main", "tests"}
+    offenders = []
+    for path in Path(projprune.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] in ours]
+    assert offenders == []
+
+
+def test_the_old_cli_names_point_to_their_new_home():
+    import projprune.transformers.compare as lib
+
+    with pytest.raises(AttributeError, match=r"engine\.hf_compare"):
+        lib.main  # noqa: B018
+    with pytest.raises(AttributeError, match=r"engine\.report\.markdown_table"):
+        lib.markdown_table  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        lib.nope  # noqa: B018

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_vit_methods import tiny_vit
+from tests.conftest import tiny_vit
 from vit.experiments import adaptive_chunk, norm_analysis, run_adaptive, run_uniform, uniform_amounts
 from vit.methods import PruneContext, get_method
 from vit.metrics import count_macs, count_nonzero_params, evaluate, model_size_mb, time_inference

@@ -11,22 +11,12 @@ import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer
 
 from projprune import prune_pair
+from tests.conftest import tiny_vit
 from vit.methods import VIT_METHODS, PruneContext, _fisher_diagonals, get_method, svd_rank_for
 from vit.metrics import count_macs, count_nonzero_params, count_params
 from vit.models import mlp_pairs
 
 AMOUNTS = {0: 5, 1: 9}
-
-
-def tiny_vit(seed: int = 0) -> VisionTransformer:
-    torch.manual_seed(seed)
-    model = VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
-                              num_classes=10)
-    with torch.no_grad():  # torchvision initialises MLP biases at ~1e-6; give them scale
-        for fc1, fc2 in mlp_pairs(model):
-            fc1.bias.normal_(0, 0.1)
-            fc2.bias.normal_(0, 0.1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

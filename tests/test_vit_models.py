@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_vit_methods import tiny_vit
+from tests.conftest import tiny_vit
 from vit.models import VIT_MODELS, hub_checkpoint_path, load_state_file, load_vit, mlp_pairs, weights_filename
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.harness import split_list
 from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, resolve_backend, run_stages
 from vit.main import EXPERIMENTS, ViTConfig, run_dir, run_name
 from vit.methods import VIT_METHODS
@@ -79,7 +80,7 @@ def build_stages(spec: GridSpec) -> list[Stage]:
 
 
 def _csv(text: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else default
+    return tuple(split_list(text)) if text else default
 
 
 def main(argv: Sequence[str] | None = None) -> int:

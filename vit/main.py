@@ -26,9 +26,11 @@ from engine.harness import (
     default_device,
     get_logger,
     log_config,
+    num_threads,
     parse_config,
     save_checkpoint,
     seed_everything,
+    split_list,
 )
 from vit.data import EvalData, digits_data, imagenet_data
 from vit.experiments import (
@@ -77,6 +79,7 @@ class ViTConfig:
     device: str = field(default="", metadata={"help": "cpu / cuda; empty = cuda when available"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = torch's default"})
     small_epochs: int = field(default=40, metadata={"help": "training epochs of the small digits ViT"})
+    retrain: bool = field(default=False, metadata={"help": "retrain the small digits ViT even if a cached one exists"})
     save_model: bool = field(default=False, metadata={"help": "adaptive: save the pruned model (safetensors)"})
     seed: int = field(default=1, metadata={"help": "random seed"})
 
@@ -94,10 +97,7 @@ def run_dir(cfg: ViTConfig) -> Path:
 
 
 def _parse_amounts(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--amounts must be comma-separated integers, got {text!r}") from None
+    return split_list(text, int, name="--amounts")
 
 
 def _validate(cfg: ViTConfig) -> None:
@@ -238,13 +238,8 @@ def main(argv: list[str] | None = None) -> Path:
     """Run one experiment; returns its run directory."""
     cfg = parse_config(ViTConfig, argv, description=__doc__)
     _validate(cfg)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with num_threads(cfg.threads):  # callers (tests) keep their own setting
         return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)  # callers (tests) keep their own setting
 
 
 def _run(cfg: ViTConfig) -> Path:
@@ -261,7 +256,8 @@ def _run(cfg: ViTConfig) -> Path:
     try:
         log_config(logger, cfg)
         if model is None:
-            model = load_or_train_small_vit(cfg.output_dir, cfg.seed, SmallViTConfig(epochs=cfg.small_epochs), logger)
+            model = load_or_train_small_vit(cfg.output_dir, cfg.seed, SmallViTConfig(epochs=cfg.small_epochs), logger,
+                                            retrain=cfg.retrain)
             data = digits_data(cfg.batch_size, cfg.calibration_batches, calib_size=_stats_images(cfg))
         device = torch.device(cfg.device) if cfg.device else default_device()
         model = model.to(device).eval()

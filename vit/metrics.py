@@ -12,13 +12,14 @@ import time
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from engine.classify import evaluate_classifier
+from engine.harness import count_params  # re-exported: the one parameter counter
 
 __all__ = ["count_macs", "count_nonzero_params", "count_params", "evaluate", "model_size_mb", "time_inference"]
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int | None = None
 ) -> dict[str, float]:
@@ -29,32 +30,9 @@ def evaluate(
         max_batches: stop after this many batches (the paper: 100 batches of 32 images).
 
     Returns:
-        ``{"top1", "top5", "loss", "images"}``; top-5 counts a hit when the label is among the
-        ``min(5, classes)`` largest logits.
+        ``{"top1", "top5", "loss", "images"}`` (:func:`engine.classify.evaluate_classifier`).
     """
-    model.eval()
-    device = next(model.parameters()).device
-    top1 = top5 = 0
-    loss_sum = 0.0
-    images = 0
-    for index, (x, y) in enumerate(batches):
-        if max_batches is not None and index >= max_batches:
-            break
-        x, y = x.to(device), y.to(device)
-        logits = model(x)  # (B, classes)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
-        top1 += (ranked[:, 0] == y).sum().item()
-        top5 += (ranked == y[:, None]).any(dim=1).sum().item()
-        images += y.numel()
-    if images == 0:
-        raise ValueError("evaluate: no batches to evaluate (empty data or max_batches=0)")
-    return {"top1": top1 / images, "top5": top5 / images, "loss": loss_sum / images, "images": images}
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (a pruning mask's ``weight_orig`` counts in full: masks do not shrink a model)."""
-    return sum(p.numel() for p in model.parameters())
+    return evaluate_classifier(model, batches, max_batches)
 
 
 def count_nonzero_params(model: nn.Module) -> int:

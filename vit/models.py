@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torchvision.models import vision_transformer as tv_vit
 
+from engine.harness import load_checkpoint
+
 __all__ = [
     "VIT_MODELS",
     "ViTSpec",
@@ -71,16 +73,14 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ValueError: the file is not a readable state dict.
     """
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_checkpoint(path)[0]  # the shared safetensors reader (same errors)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    # torchvision publishes pickled state dicts; weights_only refuses anything but tensors.
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        # torchvision publishes pickled state dicts; weights_only refuses anything but tensors.
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # both loaders raise several exception types for bad files
+    except Exception as exc:  # torch.load raises several exception types for bad files
         raise ValueError(f"weights file {path} is not a readable state dict: {exc}") from exc
     if not isinstance(state, dict):
         raise ValueError(f"weights file {path} holds a {type(state).__name__}, expected a state dict")

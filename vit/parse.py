@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.harness import atomic_write_csv, atomic_write_text, parse_config, read_csv
+from engine.report import markdown_table as _markdown_table
 from vit.plots import plot_adaptive, plot_norms, plot_uniform
 
 __all__ = ["ParseConfig", "adaptive_table", "collect_runs", "main", "markdown_table", "uniform_tables"]
@@ -57,13 +58,8 @@ def collect_runs(output_dir: str | Path) -> list[Run]:
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """A GitHub Markdown table of ``rows`` (columns in first-seen order unless given)."""
-    if not rows:
-        return "(no runs)\n"
-    columns = list(columns or dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(col, "")) for col in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    """A GitHub Markdown table of ``rows`` (columns in first-seen order unless given); ``(no runs)`` if empty."""
+    return _markdown_table(rows, columns, empty="(no runs)\n")
 
 
 def _speedup(run: Run, step: int) -> str:

@@ -18,7 +18,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from engine.classify import train_classifier
 from engine.digits import digits_tensors
-from engine.harness import load_checkpoint, save_checkpoint, seed_everything
+from engine.harness import load_cached, save_checkpoint, seed_everything
 
 from .data import digits_to_rgb
 from .metrics import evaluate
@@ -45,15 +45,8 @@ class SmallViTConfig:
 
 def build_small_vit(cfg: SmallViTConfig) -> VisionTransformer:
     """An untrained torchvision ``VisionTransformer`` with ``cfg``'s shape (3-channel input)."""
-    return VisionTransformer(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads,
-        hidden_dim=cfg.hidden_dim,
-        mlp_dim=cfg.mlp_dim,
-        num_classes=cfg.num_classes,
-    )
+    shape = ("image_size", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim", "num_classes")
+    return VisionTransformer(**{name: getattr(cfg, name) for name in shape})
 
 
 def small_vit_checkpoint(output_dir: str | os.PathLike, seed: int) -> Path:
@@ -66,25 +59,24 @@ def load_or_train_small_vit(
     seed: int = 1,
     cfg: SmallViTConfig | None = None,
     logger: logging.Logger | None = None,
+    retrain: bool = False,
 ) -> VisionTransformer:
     """The trained digits ViT: from its cached checkpoint, or trained now and cached.
 
-    A cached checkpoint whose stored configuration differs from ``cfg`` is retrained (and replaced).
+    The cache policy is :func:`engine.harness.load_cached`: a checkpoint trained with another
+    configuration is refused (ValueError) unless ``retrain`` is set.
     """
     cfg = cfg or SmallViTConfig()
     path = small_vit_checkpoint(output_dir, seed)
     wanted = {"config": dataclasses.asdict(cfg), "seed": seed}
-    model = build_small_vit(cfg)
-    if path.is_file():
-        state, meta = load_checkpoint(path)
-        if {key: meta.get(key) for key in wanted} == wanted:
-            model.load_state_dict(state)
-            model.eval()
-            if logger:
-                logger.info(f"Loaded small ViT from {path}")
-            return model
+    cached = load_cached(path, wanted, retrain, what="cached small ViT")
+    if cached is not None:
+        model = build_small_vit(cfg)
+        model.load_state_dict(cached[0])
+        model.eval()
         if logger:
-            logger.info(f"Cached small ViT {path} has another configuration; retraining")
+            logger.info(f"Loaded small ViT from {path}")
+        return model
     seed_everything(seed)
     model = build_small_vit(cfg)
     x_train, y_train, x_test, y_test = digits_tensors()
