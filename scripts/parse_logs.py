@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # python scripts/parse_logs.py: import engine fro
 
 from engine import table1_layout as layout  # noqa: E402  (torch-free, like everything this module imports)
 from engine.methods_table import METHOD_LABELS  # noqa: E402  (the tables' labels, in the paper's row order)
+from engine.report import latex_escape  # noqa: E402
 
 DATASET_LABELS = {"cifar10": "C10", "cifar100": "C100", "modelnet40": "MN40", "imagenet": "ImageNet",
                   "digits": "Digits"}
@@ -376,13 +377,8 @@ def format_value(value: float, metric: str) -> str:
     return f"{value:.2f}"
 
 
-def tex_escape(text: str) -> str:
-    """Escape LaTeX's special characters in a label."""
-    return re.sub(r"([&%$#_{}])", r"\\\1", text)
-
-
 def _tex_column(column: tuple[str, str, float]) -> str:
-    return tex_escape(column_label(column, "@")).replace("@", "$\\times$")
+    return latex_escape(column_label(column, "@")).replace("@", "$\\times$")
 
 
 def render_tables(rows: Sequence[dict], metric: str) -> tuple[list[dict], str, str]:
@@ -413,7 +409,7 @@ def render_tables(rows: Sequence[dict], metric: str) -> tuple[list[dict], str, s
             md_cells.append({1: f"**{text}**", 2: f"<ins>{text}</ins>"}.get(position, text))
             tex_cells.append({1: f"\\textbf{{{text}}}", 2: f"\\underline{{{text}}}"}.get(position, text))
         md.append(f"| {METHOD_LABELS[method]} | " + " | ".join(md_cells) + " |")
-        tex.append(f"{tex_escape(METHOD_LABELS[method])} & " + " & ".join(tex_cells) + " \\\\")
+        tex.append(f"{latex_escape(METHOD_LABELS[method])} & " + " & ".join(tex_cells) + " \\\\")
     tex += ["\\bottomrule", "\\end{tabular}"]
     return csv_rows, "\n".join(md) + "\n", "\n".join(tex) + "\n"
 
