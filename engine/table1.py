@@ -1,16 +1,13 @@
-"""The Table 1 experiment behind ``main.py``: pretrain, prune (+ sparsity learning and
-fine-tuning) and test modes, with the paper's run layout and log lines.
-
-    run/<dataset>/pretrain/<dataset>-<model>.txt   and   <dataset>_<model>.pth
-    run/<dataset>/prune/<dataset>-<scope>-<method>-<speed_up>-<model>/<same>.txt
-    run/<dataset>/test/<dataset>-<model>.txt
+"""The Table 1 experiment behind ``main.py``: its configuration (:class:`CNNConfig`, every flag of
+the paper's script) and the pretrain, prune (+ sparsity learning and fine-tuning) and test modes,
+with the paper's run layout and log lines (both in :mod:`engine.table1_layout`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler
 
-import registry
+from engine import registry
+from engine import table1_layout as layout
 from engine.cnn import count_flops_params, progressive_pruning
 from engine.datasets import DatasetBundle
 from engine.harness import close_logger, config_to_dict, default_device, get_logger, log_config, seed_everything
@@ -38,18 +36,66 @@ from projprune.calibration import recalibrate_batchnorm
 
 # Arguments that do not change what a fine-tuning computes (a resumed run may differ in them).
 _RESUME_IGNORED = {"verbose", "workers", "restore", "sl_restore", "output_dir", "dataroot"}
-MODES = ("pretrain", "prune", "test")
+MODES = layout.MODES
+
+
+@dataclass
+class CNNConfig:
+    """Every flag of the paper's ``main.py`` with its default, plus a few for small machines."""
+
+    mode: str = field(default="prune", metadata={"choices": ["pretrain", "prune", "test"]})
+    model: str = field(default="resnet56", metadata={"help": "model name (see registry.MODELS)"})
+    verbose: bool = field(default=False, metadata={"help": "log iterations and the pruned model"})
+    dataset: str = field(default="digits", metadata={"help": "digits, cifar10, cifar100, modelnet40, imagenet"})
+    dataroot: str = field(default="data", metadata={"help": "folder holding the data sets"})
+    batch_size: int = 128
+    total_epochs: int = 100
+    lr_decay_milestones: str = "60,80"
+    lr_decay_gamma: float = 0.1
+    lr: float = 0.01
+    restore: str | None = field(default=None, metadata={"help": "checkpoint to start from"})
+    output_dir: str = field(default="run", metadata={"help": "root of the run folders"})
+    finetune: bool = field(default=False, metadata={"help": "fine-tune after pruning"})
+    method: str | None = field(default=None, metadata={"help": "pruning method (see registry.METHODS)"})
+    speed_up: float = field(default=2.0, metadata={"help": "target FLOPs speed-up"})
+    max_pruning_ratio: float = 1.0
+    soft_keeping_ratio: float = field(default=0.0, metadata={"help": "kept for the paper's launchers (unused)"})
+    reg: float = field(default=5e-4, metadata={"help": "sparsity-learning regularisation strength"})
+    delta_reg: float = field(default=1e-4, metadata={"flag": "--delta_reg", "help": "growing_reg increment"})
+    weight_decay: float = 5e-4
+    seed: int | None = field(default=None, metadata={"help": "random seed (unset: 0)"})
+    global_pruning: bool = False
+    sl_total_epochs: int = 100
+    sl_lr: float = 0.01
+    sl_lr_decay_milestones: str = "60,80"
+    sl_reg_warmup: int = field(default=0, metadata={"help": "epochs to ramp the regulariser up"})
+    sl_restore: str | None = None
+    iterative_steps: int = 400
+    # Additions (not in the paper's script): small models, data layout, ImageNet target.
+    width_mult: float = field(default=1.0, metadata={"help": "hidden-width multiplier of the model"})
+    num_points: int = field(default=1024, metadata={"help": "points per cloud (ModelNet40)"})
+    image_size: int = field(default=224, metadata={"help": "ImageNet crop size"})
+    target_flops: float = field(default=0.0, metadata={"help": "prune to this many GFLOPs instead of --speed-up"})
+    workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
+    bn_recalibrate: int = field(default=0, metadata={
+        "help": "after pruning, re-estimate BatchNorm statistics on this many training batches (0: the paper's "
+                "behaviour, none)"})
+    calib_size: int = field(default=64, metadata={
+        "help": "calibrated methods (proj_calib): training images whose activations guide selection and "
+                "compensation"})
+    calib_every: int = field(default=1, metadata={
+        "help": "calibrated methods: re-collect the activation statistics every this many pruning steps"})
 
 
 @dataclass
 class Context:
     """What every mode needs: config, data, model, loaders, logger, device and rank layout."""
 
-    cfg: Any
+    cfg: CNNConfig
     bundle: DatasetBundle
     model: nn.Module
-    train_loader: Any
-    test_loader: Any
+    train_loader: DataLoader
+    test_loader: DataLoader
     logger: logging.Logger
     device: torch.device
     dist: DistInfo
@@ -61,15 +107,14 @@ class Context:
         return self.bundle.example_inputs(1).to(self.device)
 
 
-def run_name(cfg: Any) -> str:
+def run_name(cfg: CNNConfig) -> str:
     """The paper's run name: ``<dataset>-<model>`` or ``<dataset>-<scope>-<method>-<speed_up>-<model>``."""
     if cfg.mode == "prune":
-        scope = "global" if cfg.global_pruning else "local"
-        return f"{cfg.dataset}-{scope}-{cfg.method}-{float(cfg.speed_up)}-{cfg.model}"
-    return f"{cfg.dataset}-{cfg.model}"
+        return layout.run_name(cfg.dataset, cfg.model, cfg.method, cfg.speed_up, cfg.global_pruning)
+    return layout.run_name(cfg.dataset, cfg.model)
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: CNNConfig) -> None:
     """Reject bad arguments before anything is created or written."""
     if cfg.mode not in MODES:
         raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
@@ -89,7 +134,7 @@ def validate(cfg: Any) -> None:
     _check_numbers(cfg)
 
 
-def _check_numbers(cfg: Any) -> None:
+def _check_numbers(cfg: CNNConfig) -> None:
     """Ranges of the numeric flags (NaN and infinities are refused by the parser already)."""
     def need(ok: bool, flag: str, expected: str, value: Any) -> None:
         if not ok:
@@ -121,7 +166,7 @@ def _check_numbers(cfg: Any) -> None:
                  cfg.sl_total_epochs)
 
 
-def build_context(cfg: Any) -> Context:
+def build_context(cfg: CNNConfig) -> Context:
     """Seed, load data, build the model and open the run's logger."""
     validate(cfg)
     dist_info = init_distributed()
@@ -136,9 +181,9 @@ def build_context(cfg: Any) -> Context:
         if path:
             check_checkpoint(path, model, _identity(cfg, bundle), bundle.example_inputs(1), f"--dataset {cfg.dataset}")
     name = run_name(cfg)
-    base = Path(cfg.output_dir) / cfg.dataset / cfg.mode
-    run_dir = base / name if cfg.mode == "prune" else base
-    logger = get_logger(name, run_dir / f"{name}.txt" if dist_info.is_main else None, console=dist_info.is_main)
+    run_dir = layout.run_dir(cfg.output_dir, cfg.dataset, cfg.mode, name)
+    log = layout.log_path(cfg.output_dir, cfg.dataset, cfg.mode, name)
+    logger = get_logger(name, log if dist_info.is_main else None, console=dist_info.is_main)
     log_config(logger, cfg)
     train_loader = make_loader(bundle.train, cfg.batch_size, True, _seed(cfg), cfg.workers)
     test_loader = make_loader(bundle.test, cfg.batch_size, False, _seed(cfg), cfg.workers)
@@ -151,7 +196,7 @@ def _saver(path: Path, meta: dict):
     return save
 
 
-def _identity(cfg: Any, bundle: DatasetBundle) -> dict:
+def _identity(cfg: CNNConfig, bundle: DatasetBundle) -> dict:
     """What a checkpoint must match to be loaded by this run (stored in every checkpoint's metadata)."""
     return {"model": cfg.model, "dataset": cfg.dataset, "num_classes": bundle.num_classes,
             "in_channels": bundle.in_channels}
@@ -161,7 +206,7 @@ def _meta(ctx: Context) -> dict:
     return {**_identity(ctx.cfg, ctx.bundle), "config": config_to_dict(ctx.cfg)}
 
 
-def _resume_signature(cfg: Any, phase: str) -> dict:
+def _resume_signature(cfg: CNNConfig, phase: str) -> dict:
     """The arguments a resumed phase must share with the interrupted one; the starting checkpoints by
     content (a moved file still resumes, another one does not)."""
     digests = {f"{k}_sha256": _file_digest(getattr(cfg, k)) for k in ("restore", "sl_restore")}
@@ -183,11 +228,11 @@ def run_pretrain(ctx: Context) -> dict:
     cfg = ctx.cfg
     if cfg.restore:
         load_model(cfg.restore, ctx.model, ctx.device)
-    ckpt = ctx.run_dir / f"{cfg.dataset}_{cfg.model}.pth"
+    ckpt = layout.pretrain_checkpoint(cfg.output_dir, cfg.dataset, cfg.model)
     best = train_model(ctx.model, ctx.train_loader, ctx.test_loader, epochs=cfg.total_epochs, lr=cfg.lr,
                        milestones=cfg.lr_decay_milestones, gamma=cfg.lr_decay_gamma, weight_decay=cfg.weight_decay,
                        logger=ctx.logger, device=ctx.device, on_best=_saver(ckpt, _meta(ctx)),
-                       resume_path=ctx.run_dir / f"{cfg.dataset}_{cfg.model}_last.pth",
+                       resume_path=layout.resume_checkpoint(ckpt),
                        resume_meta=_resume_signature(cfg, "pretrain"), verbose=cfg.verbose, desc="pretrain")
     return {"best_acc": best, "checkpoint": str(ckpt)}
 
@@ -195,21 +240,21 @@ def run_pretrain(ctx: Context) -> dict:
 def _sparsity_learning(ctx: Context, pruner) -> None:
     cfg = ctx.cfg
     if cfg.sl_restore:
-        ctx.logger.info(f"Loading the sparse model from {cfg.sl_restore}...")
+        ctx.logger.info(layout.SPARSE_LOADING_LINE.format(path=cfg.sl_restore))
         load_model(cfg.sl_restore, ctx.model, ctx.device)
         return
-    reg_path = ctx.run_dir / f"reg_{cfg.dataset}_{cfg.model}_{cfg.method}_{cfg.reg}.pth"
-    ctx.logger.info("Regularizing...")
+    reg_path = layout.sparse_checkpoint(ctx.run_dir, cfg.dataset, cfg.model, cfg.method, cfg.reg)
+    ctx.logger.info(layout.REGULARIZING)
     train_model(ctx.model, ctx.train_loader, ctx.test_loader, epochs=cfg.sl_total_epochs, lr=cfg.sl_lr,
                 milestones=cfg.sl_lr_decay_milestones, gamma=cfg.lr_decay_gamma, weight_decay=cfg.weight_decay,
                 logger=ctx.logger, device=ctx.device, regularizer=pruner, reg_warmup=cfg.sl_reg_warmup,
-                on_best=_saver(reg_path, _meta(ctx)), resume_path=ctx.run_dir / f"{reg_path.stem}_last.pth",
+                on_best=_saver(reg_path, _meta(ctx)), resume_path=layout.resume_checkpoint(reg_path),
                 resume_meta=_resume_signature(cfg, "sparsity_learning"), verbose=cfg.verbose,
                 desc="sparsity learning")
     if ctx.dist.enabled:
         torch.distributed.barrier()  # rank 0 wrote the best sparse model
     if reg_path.is_file():
-        ctx.logger.info(f"Loading the sparse model from {reg_path}...")
+        ctx.logger.info(layout.SPARSE_LOADING_LINE.format(path=reg_path))
         load_model(reg_path, ctx.model, ctx.device)
 
 
@@ -235,19 +280,19 @@ def _calibration(ctx: Context):
     return lambda: [inputs.to(ctx.device) for inputs in batches()]
 
 
-def _seed(cfg: Any) -> int:
+def _seed(cfg: CNNConfig) -> int:
     return cfg.seed if cfg.seed is not None else 0
 
 
 def run_prune(ctx: Context) -> dict:
     """(Sparsity learning) -> progressive pruning to the FLOPs target -> (fine-tuning)."""
     cfg, logger = ctx.cfg, ctx.logger
-    ft_last = ctx.run_dir / f"{ctx.run_name}_last.pth"
-    final = ctx.run_dir / f"{cfg.dataset}_{cfg.model}_{cfg.method}.pth"
+    ft_last = layout.finetune_resume_checkpoint(ctx.run_dir, ctx.run_name)
+    final = layout.pruned_checkpoint(ctx.run_dir, cfg.dataset, cfg.model, cfg.method)
     signature = _resume_signature(cfg, "finetune")
     result: dict = {}
     if cfg.finetune and check_resume(ft_last, signature, logger):
-        logger.info(f"Found {ft_last}: resuming the fine-tuning")
+        logger.info(layout.RESUME_FINETUNE_LINE.format(path=ft_last))
     else:
         if cfg.restore:
             load_model(cfg.restore, ctx.model, ctx.device)
@@ -261,7 +306,7 @@ def run_prune(ctx: Context) -> dict:
         ctx.model.eval()
         ori_flops, ori_params = count_flops_params(ctx.model, ctx.example_inputs)
         ori_acc, ori_loss = evaluate(ctx.model, ctx.test_loader, ctx.device)
-        logger.info("Pruning...")
+        logger.info(layout.PRUNING)
         target = cfg.target_flops * 1e9 if cfg.target_flops > 0 else None
         torch.manual_seed(_seed(cfg))  # every rank draws the same random scores/Fisher labels
         progressive_pruning(pruner, ctx.model, cfg.speed_up, ctx.example_inputs, target_flops=target,
@@ -271,11 +316,12 @@ def run_prune(ctx: Context) -> dict:
             logger.info(ctx.model)
         flops, params = count_flops_params(ctx.model, ctx.example_inputs)
         acc, loss = evaluate(ctx.model, ctx.test_loader, ctx.device)
-        logger.info(f"Params: {ori_params / 1e6:.2f} M => {params / 1e6:.2f} M ({params / ori_params * 100:.2f}%)")
-        logger.info(f"FLOPs: {ori_flops / 1e6:.2f} M => {flops / 1e6:.2f} M ({flops / ori_flops * 100:.2f}%, "
-                    f"{ori_flops / flops:.2f}X )")
-        logger.info(f"Acc: {ori_acc:.4f} => {acc:.4f}")
-        logger.info(f"Val Loss: {ori_loss:.4f} => {loss:.4f}")
+        logger.info(layout.PARAMS_LINE.format(before=ori_params / 1e6, after=params / 1e6,
+                                              kept=params / ori_params * 100))
+        logger.info(layout.FLOPS_LINE.format(before=ori_flops / 1e6, after=flops / 1e6, kept=flops / ori_flops * 100,
+                                             speed_up=ori_flops / flops))
+        logger.info(layout.ACC_LINE.format(before=ori_acc, after=acc))
+        logger.info(layout.LOSS_LINE.format(before=ori_loss, after=loss))
         result = {"ori_acc": ori_acc, "pruned_acc": acc, "ori_flops": ori_flops, "flops": flops,
                   "ori_params": ori_params, "params": params, "speed_up": ori_flops / flops}
         if cfg.bn_recalibrate > 0:
@@ -283,7 +329,7 @@ def run_prune(ctx: Context) -> dict:
         if ctx.dist.is_main:
             save_model(final, ctx.model, {**_meta(ctx), "acc": acc, "pruned": True})
     if cfg.finetune:
-        logger.info("Finetuning...")
+        logger.info(layout.FINETUNING)
         result["best_acc"] = train_model(
             ctx.model, ctx.train_loader, ctx.test_loader, epochs=cfg.total_epochs, lr=cfg.lr,
             milestones=cfg.lr_decay_milestones, gamma=cfg.lr_decay_gamma, weight_decay=cfg.weight_decay,
@@ -298,8 +344,8 @@ def _recalibrate(ctx: Context, ori_acc: float) -> float:
     cfg = ctx.cfg
     count = recalibrate_batchnorm(ctx.model, ctx.train_loader, max_batches=cfg.bn_recalibrate)
     acc, loss = evaluate(ctx.model, ctx.test_loader, ctx.device)
-    ctx.logger.info(f"BN recalibrated ({count} layers, {cfg.bn_recalibrate} training batches)")
-    ctx.logger.info(f"BN Acc: {ori_acc:.4f} => {acc:.4f}")
+    ctx.logger.info(layout.BN_LINE.format(layers=count, batches=cfg.bn_recalibrate))
+    ctx.logger.info(layout.BN_ACC_LINE.format(before=ori_acc, after=acc))
     return acc
 
 
@@ -317,14 +363,14 @@ def run_test(ctx: Context) -> dict:
 RUNNERS = {"pretrain": run_pretrain, "prune": run_prune, "test": run_test}
 
 
-def run(cfg: Any) -> dict:
+def run(cfg: CNNConfig) -> dict:
     """Run ``cfg.mode``; returns the run's numbers plus ``model`` (the final model, for tests)."""
     ctx = build_context(cfg)
     try:
         result = RUNNERS[cfg.mode](ctx)
         result["model"] = ctx.model
         result["run_dir"] = str(ctx.run_dir)
-        result["log"] = str(ctx.run_dir / f"{ctx.run_name}.txt")
+        result["log"] = str(layout.log_path(cfg.output_dir, cfg.dataset, cfg.mode, ctx.run_name))
         return result
     finally:
         close_logger(ctx.logger)

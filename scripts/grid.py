@@ -5,8 +5,9 @@ the launchers (``scripts/master.sbatch``, ``cifar10.sh``, ``cifar100.sh``, ``mod
 ``imagenet.sh``, ``digits.sh``) only choose from it. Two stages per grid: pretraining
 (one task per data set and model), then pruning + fine-tuning (one task per data set, model,
 method and speed-up), which under SLURM is a job array depending on the pretraining array.
-``scripts/gridrun.py`` runs or submits them and skips finished runs (a log whose final
-``Best Acc=`` line follows the pruning lines), so a re-submitted grid resumes.
+``scripts/gridrun.py`` runs or submits them and skips finished runs (``scripts/parse_logs.py``
+reads their log as complete), so a re-submitted grid resumes. Methods come from
+``engine/methods_table.py``, run names and paths from ``engine/table1_layout.py``.
 
 Usage (from the repository root)::
 
@@ -28,43 +29,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine import table1_layout as layout
+from engine.methods_table import GRID_METHODS, METHOD_ROWS
 from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, run_stages
 
-# Method (CLI name) -> needs sparsity learning (docs/reproduction.md's method table; registry.METHODS agrees).
-METHODS: dict[str, bool] = {
-    "random": False,
-    "l1": False,
-    "l2": False,
-    "fpgm": False,
-    "obdc": False,
-    "lamp": False,
-    "slim": True,
-    "group_norm": False,
-    "group_sl": True,
-    "proj": False,
-    "proj_sl": True,
-    "growing_reg": True,
-    "proj_comp": False,
-    "proj_calib": False,
-}
-# The grid of Table 1: the paper's nine rows plus l1 and proj (growing_reg only on request).
-TABLE1_METHODS: tuple[str, ...] = (
-    "random", "l1", "l2", "fpgm", "obdc", "lamp", "slim", "group_norm", "group_sl", "proj", "proj_sl",
-)
-# Rows beyond the paper (the compensating pruner, docs/algorithm.md §8.1), in the default grid too.
+TABLE1_METHODS: tuple[str, ...] = GRID_METHODS  # the default --methods
+# Rows beyond the paper (the compensating pruner, docs/algorithm.md §8.1), in the digits grid too.
 EXTRA_METHODS: tuple[str, ...] = ("proj_comp", "proj_calib")
+
 SPEED_UPS: tuple[float, ...] = (2.0, 3.0)
 SEED = 1
 SL_REG = 1e-5  # --reg for the sparsity-learning methods (docs/reproduction.md §1)
-# A finished pretraining log holds "Best Acc=" (written once, after the last epoch).
-PRETRAIN_DONE_REGEX = r"INFO: Best Acc="
-# A pruning log also has a "Best Acc=" after the sparsity-learning phase, before pruning; a finished run
-# has one after the pruning lines ("Acc: x => y") or after a resumed fine-tuning, with no restart
-# ("Regularizing..." / "Pruning...") in between.
-PRUNE_DONE_REGEX = (
-    r"INFO: (?:Acc: \S+ => \S+|Found .*: resuming the fine-tuning)$"
-    r"(?:\n(?!.*INFO: (?:Regularizing|Pruning)\.\.\.).*)*\n.*INFO: Best Acc="
-)
+# A run is finished when scripts/parse_logs.py reads its log as complete: a pretraining log with its final
+# "Best Acc=", a pruning log with a "Best Acc=" after the pruning lines (not the sparsity-learning one) or
+# after a resumed fine-tuning, with no restart after it.
+DONE_CHECK = "scripts.parse_logs:run_finished"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,22 +94,10 @@ PLANS: dict[str, DatasetPlan] = {
                "iterative-steps": "100", "sl-total-epochs": "4", "sl-lr-decay-milestones": "3", "bn-recalibrate": "4"},
         speed_ups=(2.0,),
         methods=TABLE1_METHODS + EXTRA_METHODS,
-        # the ResNet schedule fails other families on 8x8 digits: VGG-19 reaches .24 at lr 0.1 (.976 at
-        # 0.01), MobileNetV2 .61 in 30 epochs (about .95 with 60 epochs at lr 0.05, batch 32)
-        model_pretrain={"vgg19": {"lr": "0.01"},
-                        "mobilenetv2": {"total-epochs": "60", "lr": "0.05", "lr-decay-milestones": "40,50",
-                                        "batch-size": "32"}},
+        # at lr 0.1 VGG-19 does not learn 8x8 digits in 30 epochs (.24); at 0.01 it reaches .976
+        model_pretrain={"vgg19": {"lr": "0.01"}},
     ),
 }
-
-
-def run_name(dataset: str, method: str, speed_up: float, model: str, scope: str = "global") -> str:
-    """``<dataset>-<scope>-<method>-<speed_up>-<model>`` with the speed-up printed as 2.0."""
-    return f"{dataset}-{scope}-{method}-{float(speed_up)}-{model}"
-
-
-def checkpoint_path(output_dir: str, dataset: str, model: str) -> str:
-    return f"{output_dir}/{dataset}/pretrain/{dataset}_{model}.pth"
 
 
 def _flags(settings: dict[str, str]) -> list[str]:
@@ -162,14 +129,14 @@ class GridConfig:
             if name not in PLANS:
                 raise ValueError(f"dataset {name!r}: expected one of {', '.join(PLANS)}")
         if self.models:
-            import registry  # the model list lives with the builders
+            from engine import registry  # the model list lives with the builders (imports torch)
 
             for name in self.models:
                 if name not in registry.MODELS:
                     raise ValueError(f"--models {name!r}: unknown model; valid: {', '.join(sorted(registry.MODELS))}")
         for name in self.methods or ():
-            if name not in METHODS:
-                raise ValueError(f"method {name!r}: expected one of {', '.join(METHODS)}")
+            if name not in METHOD_ROWS:
+                raise ValueError(f"method {name!r}: expected one of {', '.join(METHOD_ROWS)}")
         for value in self.speed_ups or ():
             if value <= 1:
                 raise ValueError(f"speed-up {value}: expected a FLOPs speed-up above 1")
@@ -211,37 +178,38 @@ def pretrain_tasks(cfg: GridConfig) -> list[Task]:
                 settings["total-epochs"] = str(cfg.pretrain_epochs)
             argv = _prefix(cfg, dataset) + ["--mode", "pretrain", "--dataset", dataset, "--model", model]
             argv += _flags(settings) + _tail(cfg)
-            log = f"{cfg.output_dir}/{dataset}/pretrain/{dataset}-{model}.txt"
-            tasks.append(Task(f"{dataset}-pretrain-{model}", tuple(argv), log, PRETRAIN_DONE_REGEX))
+            log = layout.log_path(cfg.output_dir, dataset, "pretrain", layout.run_name(dataset, model))
+            tasks.append(Task(f"{dataset}-pretrain-{model}", tuple(argv), str(log), done_check=DONE_CHECK))
     return tasks
 
 
 def prune_tasks(cfg: GridConfig) -> list[Task]:
     """One task per (data set, model, method, speed-up): global pruning, then fine-tuning."""
-    tasks = []
-    for dataset in cfg.datasets:
-        plan = PLANS[dataset]
-        for model in _models(cfg, dataset):
-            for method in cfg.methods or plan.methods:
-                for speed_up in cfg.speed_ups or plan.speed_ups:
-                    settings = dict(plan.prune)
-                    if cfg.finetune_epochs is not None:
-                        settings["total-epochs"] = str(cfg.finetune_epochs)
-                    if not METHODS[method]:
-                        settings = {k: v for k, v in settings.items() if not k.startswith("sl-")}
-                    elif cfg.sl_epochs is not None:
-                        settings["sl-total-epochs"] = str(cfg.sl_epochs)
-                    argv = _prefix(cfg, dataset) + ["--mode", "prune", "--dataset", dataset, "--model", model]
-                    argv += ["--restore", checkpoint_path(cfg.output_dir, dataset, model), "--finetune",
-                             "--global-pruning"]
-                    if METHODS[method]:
-                        argv += ["--reg", f"{SL_REG:g}"]
-                    argv += ["--speed-up", f"{float(speed_up):g}", "--method", method]
-                    argv += _flags(settings) + _tail(cfg)
-                    name = run_name(dataset, method, speed_up, model)
-                    log = f"{cfg.output_dir}/{dataset}/prune/{name}/{name}.txt"
-                    tasks.append(Task(name, tuple(argv), log, PRUNE_DONE_REGEX))
-    return tasks
+    return [_prune_task(cfg, dataset, model, method, speed_up)
+            for dataset in cfg.datasets for model in _models(cfg, dataset)
+            for method in cfg.methods or PLANS[dataset].methods
+            for speed_up in cfg.speed_ups or PLANS[dataset].speed_ups]
+
+
+def _prune_task(cfg: GridConfig, dataset: str, model: str, method: str, speed_up: float) -> Task:
+    settings = dict(PLANS[dataset].prune)
+    if cfg.finetune_epochs is not None:
+        settings["total-epochs"] = str(cfg.finetune_epochs)
+    learns_sparsity = METHOD_ROWS[method].sparsity_learning
+    if not learns_sparsity:
+        settings = {k: v for k, v in settings.items() if not k.startswith("sl-")}
+    elif cfg.sl_epochs is not None:
+        settings["sl-total-epochs"] = str(cfg.sl_epochs)
+    argv = _prefix(cfg, dataset) + ["--mode", "prune", "--dataset", dataset, "--model", model]
+    argv += ["--restore", str(layout.pretrain_checkpoint(cfg.output_dir, dataset, model)), "--finetune",
+             "--global-pruning"]
+    if learns_sparsity:
+        argv += ["--reg", f"{SL_REG:g}"]
+    argv += ["--speed-up", f"{float(speed_up):g}", "--method", method]
+    argv += _flags(settings) + _tail(cfg)
+    name = layout.run_name(dataset, model, method, speed_up, global_pruning=True)
+    log = layout.log_path(cfg.output_dir, dataset, "prune", name)
+    return Task(name, tuple(argv), str(log), done_check=DONE_CHECK)
 
 
 def build_stages(cfg: GridConfig, stage: str = "all") -> list[Stage]:

@@ -11,10 +11,13 @@ A **task** is one command plus a completion check::
     Task(name="cifar10-global-l2-2.0-resnet56",           # unique, no spaces (SLURM log names)
          command=["python", "main.py", "--mode", "prune", ...],   # argv list, or a str run by bash -c
          done_path="run/cifar10/prune/<name>/<name>.txt",  # the file a finished task leaves
-         done_regex=r"Best Acc=")                          # optional; must occur in done_path
+         done_regex=r"Best Acc=",                          # optional; must occur in done_path
+         done_check="scripts.parse_logs:run_finished")     # optional; "module:function" of done_path
 
-A task is *done* when ``done_path`` exists and (if given) ``done_regex`` matches its text
-(``re.MULTILINE``). Done tasks are skipped, so re-running or re-submitting a grid resumes it.
+A task is *done* when ``done_path`` exists, (if given) ``done_regex`` matches its text
+(``re.MULTILINE``) and (if given) ``done_check`` -- a function named ``package.module:function``,
+imported from the working directory, called with ``done_path`` -- returns True: a launcher lets
+its log parser decide. Done tasks are skipped, so re-running or re-submitting a grid resumes it.
 
 A **stage** is a named list of tasks; ``run_stages(stages, options)`` runs stages in order,
 each depending on the previous one:
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -98,6 +102,7 @@ _SHORT_OPTIONS = {"p": "partition", "t": "time", "o": "output", "e": "error", "c
                   "N": "nodes", "n": "ntasks", "A": "account", "q": "qos", "J": "job-name", "a": "array",
                   "d": "dependency", "C": "constraint"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+=-]+$")
+_CHECK_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HEADER_RE = re.compile(r"^#SBATCH\s+--?([A-Za-z-]+)(?:[=\s]\s*(.*?))?\s*$")
 
 
@@ -109,6 +114,7 @@ class Task:
     command: tuple[str, ...] | str
     done_path: str
     done_regex: str | None = None
+    done_check: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -121,28 +127,41 @@ class Task:
             raise ValueError(f"task {self.name}: done_path is empty (expected the file a finished run leaves)")
         if self.done_regex is not None:
             re.compile(self.done_regex)
+        if self.done_check is not None and not _CHECK_RE.match(self.done_check):
+            raise ValueError(f"task {self.name}: done_check {self.done_check!r}: expected package.module:function")
 
     def shell(self) -> str:
         """The command as one shell line (what ``--dry-run`` prints)."""
         return self.command if isinstance(self.command, str) else shlex.join(self.command)
 
     def is_done(self) -> bool:
-        """True when ``done_path`` exists and contains ``done_regex`` (if any)."""
+        """True when ``done_path`` exists, contains ``done_regex`` and passes ``done_check`` (those given)."""
         path = Path(self.done_path)
         if not path.is_file():
             return False
-        if self.done_regex is None:
-            return True
-        text = path.read_text(errors="replace")
-        return re.search(self.done_regex, text, re.MULTILINE) is not None
+        if self.done_regex is not None:
+            text = path.read_text(errors="replace")
+            if re.search(self.done_regex, text, re.MULTILINE) is None:
+                return False
+        return self.done_check is None or bool(resolve_check(self.done_check)(self.done_path))
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "command": self.command if isinstance(self.command, str) else list(self.command),
             "done_path": self.done_path,
             "done_regex": self.done_regex,
         }
+        return out if self.done_check is None else {**out, "done_check": self.done_check}
+
+
+def resolve_check(spec: str):
+    """The function ``package.module:function`` names, imported with the working directory on the path
+    (``python scripts/gridrun.py`` puts only ``scripts/`` there)."""
+    module, _, function = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    return getattr(importlib.import_module(module), function)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,11 +211,12 @@ def tasks_from_obj(obj: object) -> list[Stage]:
 
 def _task(obj: object) -> Task:
     if not isinstance(obj, dict):
-        raise ValueError(f"task {obj!r}: expected an object with name, command, done_path[, done_regex]")
-    unknown = set(obj) - {"name", "command", "done_path", "done_regex"}
+        raise ValueError(f"task {obj!r}: expected an object with name, command, done_path[, done_regex, done_check]")
+    unknown = set(obj) - {"name", "command", "done_path", "done_regex", "done_check"}
     if unknown or not {"name", "command", "done_path"} <= set(obj):
-        raise ValueError(f"task {obj!r}: expected keys name, command, done_path and optionally done_regex")
-    return Task(obj["name"], obj["command"], obj["done_path"], obj.get("done_regex"))
+        raise ValueError(f"task {obj!r}: expected keys name, command, done_path and optionally done_regex, "
+                         "done_check")
+    return Task(obj["name"], obj["command"], obj["done_path"], obj.get("done_regex"), obj.get("done_check"))
 
 
 def load_stages(path: str | os.PathLike) -> list[Stage]:
@@ -476,7 +496,7 @@ def exec_task(task_file: str | os.PathLike, index: int) -> int:
         _say(f"{task.name}: FAILED with exit code {code}")
         return code
     if not task.is_done():
-        what = f"lacks {task.done_regex!r}" if Path(task.done_path).is_file() else "was not written"
+        what = "does not show a finished run" if Path(task.done_path).is_file() else "was not written"
         _say(f"{task.name}: exited 0 but its completion file {task.done_path} {what}")
         return 1
     _say(f"{task.name}: done")

@@ -37,26 +37,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.harness import atomic_write_csv, atomic_write_text, save_figure
+if __package__ in (None, ""):  # python scripts/parse_logs.py: import engine from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# CLI method name -> table label (the same labels as registry.METHODS), in the paper's row order
-# (docs/reproduction.md §1); l1, proj and growing_reg are not in the published table, so they come last.
-METHOD_LABELS: dict[str, str] = {
-    "random": "Random",
-    "l2": "MagnitudeL2",
-    "slim": "Slimming",
-    "fpgm": "FPGM",
-    "obdc": "EigenDamage",
-    "lamp": "LAMP",
-    "group_norm": "DepGraph",
-    "group_sl": "DepGraph-SL",
-    "proj_sl": "Projective (ours)",
-    "l1": "L1",
-    "proj": "Projective",
-    "growing_reg": "GrowingReg",
-    "proj_comp": "Projective + compensation, data-free",
-    "proj_calib": "Projective + compensation, calibrated",
-}
+from engine import table1_layout as layout  # noqa: E402  (torch-free, like everything this module imports)
+from engine.methods_table import METHOD_LABELS  # noqa: E402  (the tables' labels, in the paper's row order)
+from engine.report import latex_escape  # noqa: E402
+
 DATASET_LABELS = {"cifar10": "C10", "cifar100": "C100", "modelnet40": "MN40", "imagenet": "ImageNet",
                   "digits": "Digits"}
 MODEL_LABELS = {"vgg19": "VGG19", "resnet56": "RN56", "mobilenetv2": "MNv2", "pointnet": "PointNet",
@@ -74,25 +61,6 @@ METRICS: dict[str, bool] = {
     "flops_after": False,
 }
 ACCURACY_METRICS = {"best_pruned", "paper", "one_shot", "one_shot_bn", "final_best", "acc_before"}
-
-# One regex for run names: <dataset>-<scope>-<method>-<speed_up>-<model> (docs/design.md).
-RUN_NAME_RE = re.compile(
-    r"^(?P<dataset>[A-Za-z0-9_]+)-(?P<scope>global|local)-(?P<method>[A-Za-z0-9_]+)-"
-    r"(?P<speed_up>\d+(?:\.\d+)?)-(?P<model>[A-Za-z0-9_.]+)$"
-)
-PRETRAIN_NAME_RE = re.compile(r"^(?P<dataset>[A-Za-z0-9_]+)-(?P<model>[A-Za-z0-9_.]+)$")
-LINE_RE = re.compile(r"^\[(?P<time>[^\]]*)\]\s+(?P<logger>\S+)\s+(?P<level>[A-Z]+):\s?(?P<msg>.*?)\s*$")
-_NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))"
-EPOCH_RE = re.compile(rf"^Epoch (\d+)/(\d+), Acc={_NUM}, Val Loss={_NUM}, lr={_NUM}")
-PARAMS_RE = re.compile(rf"^Params: {_NUM} ?([KMG]?) => {_NUM} ?([KMG]?) \({_NUM}%\)")
-FLOPS_RE = re.compile(rf"^FLOPs: {_NUM} ?([KMG]?) => {_NUM} ?([KMG]?) \({_NUM}%, {_NUM}X ?\)")
-ACC_RE = re.compile(rf"^Acc: {_NUM} => {_NUM}")
-# ours, with --bn-recalibrate N: accuracy right after pruning once BatchNorm statistics are re-estimated
-BN_ACC_RE = re.compile(rf"^BN Acc: {_NUM} => {_NUM}")
-LOSS_RE = re.compile(rf"^Val Loss: {_NUM} => {_NUM}")
-BEST_RE = re.compile(rf"^Best Acc={_NUM}")
-CONFIG_RE = re.compile(r"^([A-Za-z_]\w*): (.*)$")
-RESUME_FINETUNE_RE = re.compile(r"^Found .*: resuming the fine-tuning$")  # engine/table1.py, after a restart
 _UNIT = {"": 1.0, "K": 1e-3, "M": 1.0, "G": 1e3}  # -> millions
 
 
@@ -111,6 +79,15 @@ class EpochLine:
 
 
 @dataclasses.dataclass
+class Change:
+    """One ``<what>: before => after`` pruning line; ``kept``: the percentage it prints, if any."""
+
+    before: float = math.nan
+    after: float = math.nan
+    kept: float = math.nan
+
+
+@dataclasses.dataclass
 class RunLog:
     """Everything a log says about one run (pretraining or pruning)."""
 
@@ -123,23 +100,22 @@ class RunLog:
     speed_up: float = math.nan
     epochs: list[EpochLine] = dataclasses.field(default_factory=list)
     config: dict[str, str] = dataclasses.field(default_factory=dict)
-    acc_before: float = math.nan
-    one_shot: float = math.nan
-    one_shot_bn: float = math.nan
-    loss_before: float = math.nan
-    loss_after: float = math.nan
-    params_before: float = math.nan
-    params_after: float = math.nan
-    params_kept_pct: float = math.nan
-    flops_before: float = math.nan
-    flops_after: float = math.nan
-    flops_kept_pct: float = math.nan
+    acc: Change = dataclasses.field(default_factory=Change)  # before pruning => right after (one shot)
+    bn_acc: Change = dataclasses.field(default_factory=Change)  # ... => after --bn-recalibrate
+    loss: Change = dataclasses.field(default_factory=Change)
+    params: Change = dataclasses.field(default_factory=Change)  # millions
+    flops: Change = dataclasses.field(default_factory=Change)  # millions
     speed_up_reached: float = math.nan
     final_best: float = math.nan
 
     @property
     def complete(self) -> bool:
         return not math.isnan(self.final_best)
+
+    @property
+    def one_shot(self) -> float:
+        """The accuracy right after pruning, before fine-tuning."""
+        return self.acc.after
 
     @property
     def name(self) -> str:
@@ -162,11 +138,11 @@ class RunLog:
             "status": "complete" if self.complete else "incomplete",
             "paper": max(every) if every else math.nan,
             "best_pruned": max(finetune) if finetune else math.nan,
-            "one_shot": self.one_shot, "one_shot_bn": self.one_shot_bn, "acc_before": self.acc_before,
+            "one_shot": self.acc.after, "one_shot_bn": self.bn_acc.after, "acc_before": self.acc.before,
             "final_best": self.final_best,
-            "params_before": self.params_before, "params_after": self.params_after,
-            "params_kept_pct": self.params_kept_pct, "flops_before": self.flops_before,
-            "flops_after": self.flops_after, "flops_kept_pct": self.flops_kept_pct,
+            "params_before": self.params.before, "params_after": self.params.after,
+            "params_kept_pct": self.params.kept, "flops_before": self.flops.before,
+            "flops_after": self.flops.after, "flops_kept_pct": self.flops.kept,
             "speed_up_reached": self.speed_up_reached, "sl_epochs": len(self.phase_accs("sl")),
             "finetune_epochs": len(finetune), "log": str(self.path),
         }
@@ -189,14 +165,97 @@ def _impossible(what: str, text: str, line: int) -> str | None:
 
 def identify(path: Path) -> tuple[str, dict] | str:
     """``(kind, fields)`` from a log's file name, or the reason it is not a run log."""
-    match = RUN_NAME_RE.match(path.stem)
+    match = layout.RUN_NAME_RE.match(path.stem)
     if match:
         fields = match.groupdict()
         return "prune", {**fields, "speed_up": float(fields["speed_up"])}
-    match = PRETRAIN_NAME_RE.match(path.stem)
+    match = layout.PRETRAIN_NAME_RE.match(path.stem)
     if match and path.parent.name == "pretrain":
         return "pretrain", match.groupdict()
     return f"file name {path.name!r} is not <dataset>-<scope>-<method>-<speed_up>-<model>.txt or a pretrain log"
+
+
+class _Reader:
+    """Reads a log's messages in order into a :class:`RunLog`; ``read`` returns a skip reason or None.
+
+    A log may hold several attempts (the arguments logged again: a restart). Epoch lines before the
+    pruning lines of an attempt are sparsity learning, after them (or after a resumed fine-tuning)
+    fine-tuning; the run is complete with a ``Best Acc=`` after pruning in the last attempt.
+    """
+
+    def __init__(self, run: RunLog) -> None:
+        self.run = run
+        self.attempt, self.in_body, self.pruned_in_attempt, self.ever_pruned = 0, False, False, False
+
+    def _pruned(self) -> None:
+        self.in_body = self.pruned_in_attempt = self.ever_pruned = True
+
+    def read(self, number: int, msg: str) -> str | None:
+        run = self.run
+        if match := layout.EPOCH_RE.match(msg):
+            return _impossible("Acc", match[3], number) or self._epoch(number, match)
+        if match := layout.PARAMS_RE.match(msg):
+            run.params = _change(match)
+        elif match := layout.FLOPS_RE.match(msg):
+            run.flops, run.speed_up_reached = _change(match), _f(match[6])
+        elif match := layout.ACC_RE.match(msg):
+            if problem := (_impossible("Acc (before pruning)", match[1], number)
+                           or _impossible("Acc (after pruning)", match[2], number)):
+                return problem
+            run.acc = Change(_f(match[1]), _f(match[2]))
+        elif match := layout.BN_ACC_RE.match(msg):
+            run.bn_acc = Change(_f(match[1]), _f(match[2]))
+            return _impossible("BN Acc (after recalibration)", match[2], number)
+        elif match := layout.LOSS_RE.match(msg):
+            run.loss = Change(_f(match[1]), _f(match[2]))
+            return None
+        elif match := layout.BEST_RE.match(msg):
+            return self._best(number, match[1])
+        elif not layout.RESUME_FINETUNE_RE.match(msg):
+            if match := layout.CONFIG_RE.match(msg):
+                self._config(match[1], match[2])
+            return None
+        self._pruned()  # a pruning line or a resumed fine-tuning
+        return None
+
+    def _epoch(self, number: int, match: re.Match) -> str | None:
+        run = self.run
+        epoch = EpochLine(number, int(match[1]), int(match[2]), _f(match[3]), _f(match[4]), _f(match[5]))
+        if run.kind == "pretrain":
+            epoch.phase = "pretrain"
+        elif self.pruned_in_attempt or (self.ever_pruned and self.attempt > 0 and _continues(run.epochs, epoch)):
+            # after the prune lines; or a resumed fine-tuning that picks up where it stopped
+            epoch.phase, self.pruned_in_attempt = "finetune", True
+        else:
+            epoch.phase = "sl"
+        epoch.attempt = self.attempt
+        same = [e for e in run.epochs if e.attempt == self.attempt and e.phase == epoch.phase]
+        if same and epoch.epoch != same[-1].epoch + 1:
+            return (f"interleaved or garbled: epoch {epoch.epoch} after epoch {same[-1].epoch} at line {number} "
+                    f"(two runs writing one log?); rerun it into its own directory")
+        run.epochs.append(epoch)
+        self.in_body = True
+        return None
+
+    def _best(self, number: int, text: str) -> str | None:
+        if problem := _impossible("Best Acc", text, number):
+            return problem
+        # a sparsity-learning phase ends with its own "Best Acc=" before pruning: not the run's end
+        if self.run.kind == "pretrain" or self.pruned_in_attempt:
+            self.run.final_best = _f(text)
+        self.in_body = True
+        return None
+
+    def _config(self, key: str, value: str) -> None:
+        if self.in_body:  # the arguments logged again: the run was restarted
+            self.attempt, self.in_body, self.pruned_in_attempt = self.attempt + 1, False, False
+            self.run.final_best = math.nan
+        self.run.config[key] = value
+
+
+def _change(match: re.Match) -> Change:
+    """A Params/FLOPs line: before, after (millions) and the percentage kept."""
+    return Change(_f(match[1]) * _UNIT[match[2]], _f(match[3]) * _UNIT[match[4]], _f(match[5]))
 
 
 def parse_log(path: Path) -> RunLog | str:
@@ -209,74 +268,25 @@ def parse_log(path: Path) -> RunLog | str:
         text = path.read_text(errors="replace")
     except OSError as exc:
         return f"unreadable: {exc}"
-    run = RunLog(path=path, kind=kind, **fields)
-    attempt, in_body, pruned_in_attempt, ever_pruned = 0, False, False, False
+    reader = _Reader(RunLog(path=path, kind=kind, **fields))
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = LINE_RE.match(raw)
-        if line is None:
-            continue
-        msg = line.group("msg")
-        if match := EPOCH_RE.match(msg):
-            if problem := _impossible("Acc", match[3], number):
-                return problem
-            epoch = EpochLine(number, int(match[1]), int(match[2]), _f(match[3]), _f(match[4]), _f(match[5]))
-            if kind == "pretrain":
-                epoch.phase = "pretrain"
-            elif pruned_in_attempt or (ever_pruned and attempt > 0 and _continues(run.epochs, epoch)):
-                # after the prune lines; or a resumed fine-tuning that picks up where it stopped
-                epoch.phase, pruned_in_attempt = "finetune", True
-            else:
-                epoch.phase = "sl"
-            epoch.attempt = attempt
-            same = [e for e in run.epochs if e.attempt == attempt and e.phase == epoch.phase]
-            if same and epoch.epoch != same[-1].epoch + 1:
-                return (f"interleaved or garbled: epoch {epoch.epoch} after epoch {same[-1].epoch} at line {number} "
-                        f"(two runs writing one log?); rerun it into its own directory")
-            run.epochs.append(epoch)
-            in_body = True
-        elif match := PARAMS_RE.match(msg):
-            run.params_before = _f(match[1]) * _UNIT[match[2]]
-            run.params_after = _f(match[3]) * _UNIT[match[4]]
-            run.params_kept_pct = _f(match[5])
-            in_body = pruned_in_attempt = ever_pruned = True
-        elif match := FLOPS_RE.match(msg):
-            run.flops_before = _f(match[1]) * _UNIT[match[2]]
-            run.flops_after = _f(match[3]) * _UNIT[match[4]]
-            run.flops_kept_pct, run.speed_up_reached = _f(match[5]), _f(match[6])
-            in_body = pruned_in_attempt = ever_pruned = True
-        elif match := ACC_RE.match(msg):
-            if problem := (_impossible("Acc (before pruning)", match[1], number)
-                           or _impossible("Acc (after pruning)", match[2], number)):
-                return problem
-            run.acc_before, run.one_shot = _f(match[1]), _f(match[2])
-            in_body = pruned_in_attempt = ever_pruned = True
-        elif match := BN_ACC_RE.match(msg):
-            if problem := _impossible("BN Acc (after recalibration)", match[2], number):
-                return problem
-            run.one_shot_bn = _f(match[2])
-        elif match := LOSS_RE.match(msg):
-            run.loss_before, run.loss_after = _f(match[1]), _f(match[2])
-        elif match := BEST_RE.match(msg):
-            if problem := _impossible("Best Acc", match[1], number):
-                return problem
-            # a sparsity-learning phase ends with its own "Best Acc=" before pruning: not the run's end
-            if kind == "pretrain" or pruned_in_attempt:
-                run.final_best = _f(match[1])
-            in_body = True
-        elif RESUME_FINETUNE_RE.match(msg):
-            in_body = pruned_in_attempt = ever_pruned = True
-        elif match := CONFIG_RE.match(msg):
-            if in_body:  # the arguments logged again: the run was restarted
-                attempt, in_body, pruned_in_attempt = attempt + 1, False, False
-                run.final_best = math.nan
-            run.config[match[1]] = match[2]
-    if not run.epochs and not ever_pruned:
+        line = layout.LINE_RE.match(raw)
+        if line is not None and (problem := reader.read(number, line.group("msg"))):
+            return problem
+    run = reader.run
+    if not run.epochs and not reader.ever_pruned:
         return "no epoch or pruning lines (empty, not started, or not a main.py log)"
-    if kind == "prune" and not ever_pruned:
+    if kind == "prune" and not reader.ever_pruned:
         run.final_best = math.nan  # cannot be finished without having pruned
-    if math.isnan(run.speed_up_reached) and run.flops_after > 0:
-        run.speed_up_reached = run.flops_before / run.flops_after
+    if math.isnan(run.speed_up_reached) and run.flops.after > 0:
+        run.speed_up_reached = run.flops.before / run.flops.after
     return run
+
+
+def run_finished(path: str | Path) -> bool:
+    """The grid's done-check (``scripts/grid.py``): the log at ``path`` parses and its run is complete."""
+    run = parse_log(Path(path))
+    return not isinstance(run, str) and run.complete
 
 
 def _continues(previous: list[EpochLine], epoch: EpochLine) -> bool:
@@ -367,13 +377,8 @@ def format_value(value: float, metric: str) -> str:
     return f"{value:.2f}"
 
 
-def tex_escape(text: str) -> str:
-    """Escape LaTeX's special characters in a label."""
-    return re.sub(r"([&%$#_{}])", r"\\\1", text)
-
-
 def _tex_column(column: tuple[str, str, float]) -> str:
-    return tex_escape(column_label(column, "@")).replace("@", "$\\times$")
+    return latex_escape(column_label(column, "@")).replace("@", "$\\times$")
 
 
 def render_tables(rows: Sequence[dict], metric: str) -> tuple[list[dict], str, str]:
@@ -404,7 +409,7 @@ def render_tables(rows: Sequence[dict], metric: str) -> tuple[list[dict], str, s
             md_cells.append({1: f"**{text}**", 2: f"<ins>{text}</ins>"}.get(position, text))
             tex_cells.append({1: f"\\textbf{{{text}}}", 2: f"\\underline{{{text}}}"}.get(position, text))
         md.append(f"| {METHOD_LABELS[method]} | " + " | ".join(md_cells) + " |")
-        tex.append(f"{tex_escape(METHOD_LABELS[method])} & " + " & ".join(tex_cells) + " \\\\")
+        tex.append(f"{latex_escape(METHOD_LABELS[method])} & " + " & ".join(tex_cells) + " \\\\")
     tex += ["\\bottomrule", "\\end{tabular}"]
     return csv_rows, "\n".join(md) + "\n", "\n".join(tex) + "\n"
 
@@ -427,6 +432,8 @@ def plot_speedup(rows: Sequence[dict], metric: str, stem: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from engine.harness import save_figure
 
     columns, methods, values = summary_table(rows, metric)
     panels = list(dict.fromkeys((c[0], c[1]) for c in columns))
@@ -462,6 +469,8 @@ def plot_curves(runs: Sequence[RunLog], setting: tuple[str, str, float], stem: P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from engine.harness import save_figure
 
     chosen = sorted((r for r in runs if r.kind == "prune" and r.setting == setting and r.complete),
                     key=lambda r: list(METHOD_LABELS).index(r.method))
@@ -521,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"--runs {runs_dir}: no such folder (expected the run tree main.py writes)")
     datasets = [d for d in (args.datasets or "").split(",") if d]
     out = Path(args.out)
+
+    from engine.harness import atomic_write_csv, atomic_write_text  # (the harness imports torch)
 
     runs, skipped = collect(runs_dir, datasets, args.scope)
     method_order = list(METHOD_LABELS)

@@ -273,12 +273,14 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_prune_done_check_needs_best_acc_after_pruning(tmp_path: Path) -> None:
-    from scripts.grid import PRUNE_DONE_REGEX
+    from scripts.grid import DONE_CHECK
 
     def done(*messages: str) -> bool:
-        log = tmp_path / "x.txt"
+        log = tmp_path / "digits-global-proj_sl-2.0-resnet20.txt"
         log.write_text("".join(f"[02/21 07:24:04] run INFO: {m}\n" for m in messages))
-        return gridrun.Task("x", ("true",), str(log), PRUNE_DONE_REGEX).is_done()
+        task = gridrun.Task("x", ("true",), str(log), done_check=DONE_CHECK)
+        assert gridrun.Task(**{k: v for k, v in task.to_dict().items()}) == task  # survives the task file
+        return task.is_done()
 
     sl = ("mode: prune", "Regularizing...", "Epoch 0/1, Acc=0.9, Val Loss=0.3, lr=0.01", "Best Acc=0.9000")
     pruned = ("Pruning...", "Params: 0.27 M => 0.13 M (48.00%)", "FLOPs: 40.00 M => 19.90 M (49.75%, 2.01X )",
@@ -291,3 +293,21 @@ def test_prune_done_check_needs_best_acc_after_pruning(tmp_path: Path) -> None:
     resumed = ("mode: prune", "Found run/x_last.pth: resuming the fine-tuning", "Finetuning...", *finetune)
     assert done(*sl, *pruned, finetune[0], *resumed)
     assert done(*pruned[:-1], *finetune)  # no sparsity learning
+
+
+def test_pretrain_done_check_reads_the_log(tmp_path: Path) -> None:
+    from scripts.grid import DONE_CHECK, GridConfig, pretrain_tasks
+
+    (task,) = pretrain_tasks(GridConfig(datasets=("digits",), output_dir=str(tmp_path)))
+    assert task.done_check == DONE_CHECK and task.done_path == str(tmp_path / "digits/pretrain/digits-resnet20.txt")
+    log = Path(task.done_path)
+    log.parent.mkdir(parents=True)
+    epoch = "[02/21 07:24:04] r INFO: Epoch 0/1, Acc=0.9000, Val Loss=0.3, lr=0.1\n"
+    log.write_text("[02/21 07:24:04] r INFO: mode: pretrain\n" + epoch)
+    assert not task.is_done()  # still training
+    log.write_text(log.read_text() + "[02/21 07:24:04] r INFO: Best Acc=0.9000\n")
+    assert task.is_done()
+    log.write_text(log.read_text() + "[02/21 07:24:04] r INFO: mode: pretrain\n" + epoch)
+    assert not task.is_done()  # restarted after finishing: the new attempt has not finished
+    with pytest.raises(ValueError, match="done_check 'no colon'"):
+        gridrun.Task("x", ("true",), "x.txt", done_check="no colon")

@@ -81,16 +81,16 @@ def test_tables_mark_best_and_second_per_column(run_tree: Path, tmp_path: Path) 
     md = (out / "table_best_pruned.md").read_text().splitlines()
     assert md[0] == "| method | C10 RN56 2× | C100 RN56 3× |"
     labels = [line.split("|")[1].strip() for line in md[2:]]
-    assert labels == ["Random", "MagnitudeL2", "DepGraph-SL", "Projective (ours)"]  # paper order, incomplete dropped
+    assert labels == ["Random", "MagnitudeL2", "DepGraph-SL", "Projective-SL"]  # paper order, incomplete dropped
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md[2:]}
     # C100 RN56 3x best_pruned: l2 .6900 best, proj_sl .6894 second, group_sl .6800, random .6708
     assert rows["MagnitudeL2"][1] == "**.6900**"
-    assert rows["Projective (ours)"][1] == "<ins>.6894</ins>"
+    assert rows["Projective-SL"][1] == "<ins>.6894</ins>"
     assert rows["DepGraph-SL"][1] == ".6800" and rows["Random"][1] == ".6708"
-    assert rows["Projective (ours)"][0] == "**.9401**" and rows["MagnitudeL2"][0] == "<ins>.9346</ins>"
+    assert rows["Projective-SL"][0] == "**.9401**" and rows["MagnitudeL2"][0] == "<ins>.9346</ins>"
     assert rows["Random"][0] == "–"  # its C10 run is still running
     paper = {line.split("|")[1].strip(): line for line in (out / "table_paper.md").read_text().splitlines()[2:]}
-    assert "**.7242**" in paper["Projective (ours)"]  # the published-table view ranks differently
+    assert "**.7242**" in paper["Projective-SL"]  # the published-table view ranks differently
     tex = (out / "table_best_pruned.tex").read_text()
     assert "\\textbf{.6900}" in tex and "\\underline{.6894}" in tex and "2$\\times$" in tex
     table = read(out / "table_best_pruned.csv")
@@ -140,11 +140,75 @@ def test_truncated_mid_line_and_missing_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()  # bad arguments write nothing
 
 
-def test_labels_and_sparsity_flags_match_the_registry() -> None:
+def test_the_method_table_orders_labels_and_grid() -> None:
+    from engine.methods_table import GRID_METHODS, METHOD_LABELS, METHOD_TABLE, TABLE_ORDER, method_row
+
+    names = [row.name for row in METHOD_TABLE]
+    assert len(set(names)) == len(names) and len({row.label for row in METHOD_TABLE}) == len(names)
+    assert sorted(row.table_row for row in METHOD_TABLE) == list(range(1, len(names) + 1))
+    # the paper's nine rows first, in its order; then ours
+    paper = ["random", "l2", "slim", "fpgm", "obdc", "lamp", "group_norm", "group_sl", "proj_sl"]
+    assert list(TABLE_ORDER[:9]) == paper and all(method_row(m).in_paper for m in paper)
+    assert set(TABLE_ORDER[9:]) == {"l1", "proj", "growing_reg", "proj_comp", "proj_calib"}
+    assert list(METHOD_LABELS) == list(TABLE_ORDER)
+    assert len(GRID_METHODS) == 11 and "growing_reg" not in GRID_METHODS and GRID_METHODS[0] == "random"
+    # the labels say what differs: sparsity learning
+    assert METHOD_LABELS["proj_sl"] == "Projective-SL" and METHOD_LABELS["proj"] == "Projective"
+    assert {m for m, r in ((r.name, r) for r in METHOD_TABLE) if r.sparsity_learning} == {
+        "slim", "group_sl", "proj_sl", "growing_reg"}
+    with pytest.raises(ValueError, match="unknown method 'projective'; valid: .*proj_sl"):
+        method_row("projective")
+
+
+def test_registry_grid_and_parser_read_the_one_table() -> None:
     registry = pytest.importorskip("registry")
+    from engine import methods_table
     from scripts import grid
 
-    for name, spec in registry.METHODS.items():
-        assert parse_logs.METHOD_LABELS[name] == spec.label
-        assert grid.METHODS[name] == spec.sparsity_learning
-    assert list(grid.TABLE1_METHODS) == list(registry.TABLE1_METHODS)
+    assert list(registry.METHODS) == [row.name for row in methods_table.METHOD_TABLE]
+    for row in methods_table.METHOD_TABLE:
+        spec = registry.METHODS[row.name]
+        assert isinstance(spec, methods_table.MethodRow) and spec.label == row.label and spec.table_row == row.table_row
+        assert spec.sparsity_learning == row.sparsity_learning and callable(spec.importance_factory)
+        assert spec.pruner_cls is registry.PRUNERS[row.pruner].factory
+    assert registry.TABLE1_METHODS == list(grid.TABLE1_METHODS) == list(methods_table.GRID_METHODS)
+    assert parse_logs.METHOD_LABELS is methods_table.METHOD_LABELS
+
+
+def test_grid_and_parser_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, scripts.grid, scripts.parse_logs, engine.methods_table, engine.table1_layout; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+
+
+def test_written_lines_and_names_are_read_back(tmp_path: Path) -> None:
+    from engine import table1_layout as layout
+
+    name = layout.run_name("digits", "resnet20", "proj_sl", 2, global_pruning=True)
+    assert name == "digits-global-proj_sl-2.0-resnet20"
+    assert layout.run_name("digits", "resnet20") == "digits-resnet20"
+    assert layout.run_name("digits", "vgg19", "l2", 3.0, global_pruning=False) == "digits-local-l2-3.0-vgg19"
+    log = layout.log_path(tmp_path, "digits", "prune", name)
+    assert log == tmp_path / "digits" / "prune" / name / f"{name}.txt"
+    assert layout.pretrain_checkpoint("run", "digits", "resnet20") == Path("run/digits/pretrain/digits_resnet20.pth")
+    lines = [layout.PARAMS_LINE.format(before=0.27, after=0.13, kept=48.0),
+             layout.FLOPS_LINE.format(before=40.0, after=19.9, kept=49.75, speed_up=2.01),
+             layout.ACC_LINE.format(before=0.9, after=0.3), layout.LOSS_LINE.format(before=0.3, after=2.1),
+             layout.BN_ACC_LINE.format(before=0.9, after=0.55), "Epoch 0/1, Acc=0.8000, Val Loss=0.3, lr=0.01",
+             "Best Acc=0.8000"]
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"[02/21 07:24:04] {name} INFO: {line}\n" for line in ["mode: prune", *lines]))
+    run = parse_logs.parse_log(log)
+    assert not isinstance(run, str) and run.complete and parse_logs.run_finished(log)
+    summary = run.summary()
+    assert (summary["params_before"], summary["params_after"], summary["params_kept_pct"]) == (0.27, 0.13, 48.0)
+    assert (summary["flops_after"], summary["speed_up_reached"]) == (19.9, 2.01)
+    assert (summary["acc_before"], summary["one_shot"], summary["one_shot_bn"]) == (0.9, 0.3, 0.55)
+    assert (run.method, run.scope, run.speed_up, run.final_best) == ("proj_sl", "global", 2.0, 0.8)
+    assert layout.RESUME_FINETUNE_RE.match(layout.RESUME_FINETUNE_LINE.format(path="run/x_last.pth"))
+

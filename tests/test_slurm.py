@@ -124,7 +124,7 @@ def test_digits_grid_as_job_array(slurm_env: dict[str, str], tmp_path: Path, dig
         assert "Best Acc=" in log and f"method: {method}" in log
         assert f"{name}: done" in "".join(p.read_text() for p in job_logs)
     table = (results / "table_best_pruned.md").read_text()
-    assert "| MagnitudeL2 |" in table and "| Projective (ours) |" in table
+    assert "| MagnitudeL2 |" in table and "| Projective-SL |" in table
     assert "Digits RN20 2×" in out.stdout  # the table is printed at the end
     # submitting again finds everything done and submits nothing
     again = subprocess.run(command, env=slurm_env, capture_output=True, text=True, timeout=120)
