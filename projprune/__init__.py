@@ -53,6 +53,10 @@ def __getattr__(name: str):
         from projprune.importance import ProjectiveImportance
 
         return ProjectiveImportance
+    if name in ("CompensatingPruner", "CalibratedProjectiveImportance"):
+        from projprune import compensation
+
+        return getattr(compensation, name)
     raise AttributeError(f"module 'projprune' has no attribute {name!r}")
 
 __all__ = [
@@ -69,6 +73,8 @@ __all__ = [
     "VARIANTS",
     "PairMethod",
     "ProjectiveImportance",
+    "CompensatingPruner",
+    "CalibratedProjectiveImportance",
     "PruneResult",
     "apply_pruning",
     "gram_inverse",
