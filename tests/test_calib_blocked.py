@@ -49,7 +49,7 @@ def test_blocked_calibrated_greedy_matches_brute_force(monkeypatch):
     W = torch.randn(n, 5, generator=g, dtype=torch.float64)
     stats = pp.ActivationStats(n)
     stats.update(H.T)
-    opts = pp.PAIR_METHODS["calib"].options
+    opts = pp.PAIR_METHODS["calib"].options.replace(lmbda=0.3)  # a large λ: the λ (P²) term decides the order
     flushes = []
     original_flush = greedy_module._CalibratedExactState._flush
     monkeypatch.setattr(greedy_module._CalibratedExactState, "_flush",
