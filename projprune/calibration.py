@@ -55,15 +55,20 @@ class ActivationStats:
             rows = rows[mask.reshape(-1).to(device=rows.device, dtype=torch.bool)]
         if rows.shape[0] == 0:
             return
-        if not bool(torch.isfinite(rows).all()):
+        if rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.float()  # half precision: the product in float32 (CPU matmuls round to the input dtype)
+        # The batch sum in the rows' dtype (a float32 sum of one batch is as accurate as its float32
+        # Gram matrix; casting every element to float64 first costs more than the sum). A NaN or
+        # Inf anywhere makes its column's sum non-finite, so this also checks the input without a
+        # pass of its own, before anything is accumulated.
+        batch_sum = rows.sum(dim=0).to(torch.float64)
+        if not bool(torch.isfinite(batch_sum).all()):
             raise ValueError("h contains NaN or Inf; expected finite activations")
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
-        self.sum += rows.sum(dim=0, dtype=torch.float64)
-        if rows.dtype not in (torch.float32, torch.float64):
-            rows = rows.float()  # half precision: the product in float32 (CPU matmuls round to the input dtype)
-        self.sum_outer += _gram(rows).to(torch.float64)
+        self.sum_outer += _gram(rows)  # float32 or float64 product, accumulated in float64
+        self.sum += batch_sum
         self.count += rows.shape[0]
 
     def merge(self, other: ActivationStats) -> ActivationStats:
