@@ -73,6 +73,10 @@ class _LayerState:
     at the end instead of updating a ``(k, n)`` matrix at every step. For ``output_aware`` the
     squared norms of the effective columns ``a_j v_j + δ_j`` are kept from three running
     vectors, ``‖v_j‖²``, ``v_j·δ_j`` and ``‖δ_j‖²``: one product with ``V`` per step.
+    When the V-track is fixed (its strength is 0, as in ``calib`` and ``exact_oac``) the
+    effective columns ``U = V + Δ`` are kept instead, as ``Uᵀ`` with the rank-1 terms applied
+    in blocks (:class:`_PendingTerms`): a step then costs one product with ``U`` and no work
+    that grows with the number of steps.
 
     ``bias_source`` (``(n,)`` or None) drives the next layer's bias correction: the removed
     unit's value minus its reconstruction, ``c (s_i - q·s)``, with ``s`` the activation means
@@ -101,7 +105,13 @@ class _LayerState:
         self.bias_source = None if bias_source is None else bias_source.to(device=W.device, dtype=dtype)
         k = 0 if self.V is None else self.V.shape[0]
         self.bias_delta = None if self.bias_source is None else torch.zeros(k, dtype=dtype, device=W.device)
-        if self.compensate:
+        self.fixed_v = self.compensate and float(v_strength) == 0.0
+        if self.fixed_v:
+            self.UT = self.V.T.contiguous()  # (n, k): row j is the effective column u_j = v_j + δ_j
+            self.pending_u = _PendingTerms(32)  # Uᵀ_t = Uᵀ_f - Σ (-q_s) c_sᵀ
+            if self.output_aware:
+                self.u_sq = self.v_sq.clone()  # ‖u_j‖²
+        elif self.compensate:
             rows = max(amount, 1)
             self.comp_c = torch.zeros(rows, k, dtype=dtype, device=W.device)  # effective columns removed
             self.comp_q = torch.zeros(rows, self.n, dtype=dtype, device=W.device)  # their coefficients
@@ -128,6 +138,8 @@ class _LayerState:
     def v_column_norms(self) -> torch.Tensor:
         """``(n,)`` norms of the effective columns ``U_V[j] v_j + δ_j``."""
         a = self.tracks[2]
+        if self.fixed_v:
+            return self.u_sq.clamp_min(0.0).sqrt()
         if not self.compensate:
             return a.abs() * self.v_sq.sqrt()
         return (a * a * self.v_sq + 2.0 * a * self.cross + self.delta_sq).clamp_min(0.0).sqrt()
@@ -139,6 +151,8 @@ class _LayerState:
         return torch.where(self.alive, d, torch.full_like(d, float("inf")))
 
     def _effective_column(self, i: int) -> torch.Tensor:
+        if self.fixed_v:
+            return self.pending_u.row(self.UT[i], i)
         c = self.V[:, i] * self.tracks[2, i]
         return c + self._delta_column(i) if self.compensate else c
 
@@ -149,7 +163,13 @@ class _LayerState:
             source = self.bias_source * self.tracks[1]
             reconstruction = q @ source if self.compensate else 0.0
             self.bias_delta += c * (source[i] - reconstruction)
-        if self.compensate:
+        if self.fixed_v:
+            if self.output_aware:  # u_j += q_j c for every j
+                u_dot_c = self.pending_u.times(self.UT @ c, c)
+                self.u_sq += q * (2.0 * u_dot_c + q * (c @ c))
+            if self.pending_u.add(-q, c):
+                self._flush_u()
+        elif self.compensate:
             t = self.n_comp
             if self.output_aware:
                 # δ_j += q_j c for every j: update v_j·δ_j and ‖δ_j‖² before appending the term
@@ -164,9 +184,17 @@ class _LayerState:
         self.order.append(i)
         self.forget(i, q, ratio)
 
+    def _flush_u(self) -> None:
+        if len(self.pending_u):
+            A, B = self.pending_u.take()  # (n, K), (k, K)
+            self.UT.addmm_(A, B.T, alpha=-1.0)
+
     def result(self, out_dtype: torch.dtype) -> PruneResult:
         v_delta = None
-        if self.compensate:
+        if self.fixed_v:
+            self._flush_u()
+            v_delta = (self.UT.T - self.V).to(out_dtype)  # Σ_s c_s q_sᵀ: (k, n)
+        elif self.compensate:
             t = self.n_comp
             v_delta = (self.comp_c[:t].T @ self.comp_q[:t]).to(out_dtype)  # Σ_s c_s q_sᵀ: (k, n)
         return PruneResult(

@@ -41,7 +41,7 @@ def test_blocked_calibrated_greedy_matches_brute_force(monkeypatch):
         original(self, *args, **{**kwargs, "block": block})
 
     monkeypatch.setattr(greedy_module._CalibratedExactState, "__init__", small_block)
-    n, T, amount = 43, 500, 29  # n not a multiple of the block, amount > 2 blocks (3 flushes, 2 squeezes)
+    n, T, amount = 101, 500, 70  # n not a multiple of either block (8 here, 32 for U = V + Δ), amount > 2 blocks
     g = torch.Generator().manual_seed(3)
     H = torch.randn(n, 20, generator=g, dtype=torch.float64) @ torch.randn(20, T, generator=g, dtype=torch.float64)
     H = torch.nn.functional.gelu(H + 0.3 * torch.randn(n, T, generator=g, dtype=torch.float64))
