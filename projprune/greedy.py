@@ -65,6 +65,51 @@ class PruneResult:
 
 
 # --------------------------------------------------------------------------- shared state
+class _PendingTerms:
+    """Rank-1 corrections ``X_t = X_f - Σ_s a_s b_sᵀ`` kept between flushes of ``X_f``.
+
+    The exact trackers and the compensation keep matrices that a rank-1 term changes at every
+    step; instead of rewriting them each time they collect up to ``block`` terms here (as
+    columns of two buffers) and apply them with one matrix product (docs/algorithm.md §5).
+    """
+
+    def __init__(self, block: int) -> None:
+        self.block = block
+        self.k = 0
+        self.A: torch.Tensor | None = None  # (rows, block)
+        self.B: torch.Tensor | None = None  # (cols, block)
+
+    def __len__(self) -> int:
+        return self.k
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Append ``a bᵀ``; True when the block is full and the caller should flush."""
+        if self.k == 0 and (self.A is None or self.A.shape[0] != a.shape[0] or self.B.shape[0] != b.shape[0]):
+            self.A = a.new_empty(a.shape[0], self.block)
+            self.B = b.new_empty(b.shape[0], self.block)
+        self.A[:, self.k] = a
+        self.B[:, self.k] = b
+        self.k += 1
+        return self.k >= self.block
+
+    def row(self, flushed_row: torch.Tensor, i: int) -> torch.Tensor:
+        """Row ``i`` of ``X_t`` from row ``i`` of ``X_f``: ``X_f[i] - Σ_s a_s[i] b_s``."""
+        if self.k == 0:
+            return flushed_row.clone()
+        return torch.addmv(flushed_row, self.B[:, : self.k], self.A[i, : self.k], alpha=-1.0)
+
+    def times(self, flushed_product: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``X_t x`` from ``X_f x``: ``X_f x - Σ_s a_s (b_s · x)``."""
+        if self.k == 0:
+            return flushed_product
+        return torch.addmv(flushed_product, self.A[:, : self.k], x @ self.B[:, : self.k], alpha=-1.0)
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` with the pending terms as columns (``X_t = X_f - A Bᵀ``); valid until the next add."""
+        k, self.k = self.k, 0
+        return self.A[:, :k], self.B[:, :k]
+
+
 class _LayerState:
     """What both trackers share: the α/β/γ tracks, the V-side options and the bookkeeping.
 
@@ -254,51 +299,6 @@ class _LazyState(_LayerState):
         self.dead_in_compact += 1
         if self.dead_in_compact >= max(8, len(self.idx) // 16):
             self._reset_compact()
-
-
-class _PendingTerms:
-    """Rank-1 corrections ``X_t = X_f - Σ_s a_s b_sᵀ`` kept between flushes of ``X_f``.
-
-    Both exact trackers keep a matrix that a rank-1 term changes at every step; instead of
-    rewriting it each time they collect up to ``block`` terms here (as columns of two
-    buffers) and apply them with one matrix product (docs/algorithm.md §5).
-    """
-
-    def __init__(self, block: int) -> None:
-        self.block = block
-        self.k = 0
-        self.A: torch.Tensor | None = None  # (rows, block)
-        self.B: torch.Tensor | None = None  # (cols, block)
-
-    def __len__(self) -> int:
-        return self.k
-
-    def add(self, a: torch.Tensor, b: torch.Tensor) -> bool:
-        """Append ``a bᵀ``; True when the block is full and the caller should flush."""
-        if self.k == 0 and (self.A is None or self.A.shape[0] != a.shape[0] or self.B.shape[0] != b.shape[0]):
-            self.A = a.new_empty(a.shape[0], self.block)
-            self.B = b.new_empty(b.shape[0], self.block)
-        self.A[:, self.k] = a
-        self.B[:, self.k] = b
-        self.k += 1
-        return self.k >= self.block
-
-    def row(self, flushed_row: torch.Tensor, i: int) -> torch.Tensor:
-        """Row ``i`` of ``X_t`` from row ``i`` of ``X_f``: ``X_f[i] - Σ_s a_s[i] b_s``."""
-        if self.k == 0:
-            return flushed_row.clone()
-        return torch.addmv(flushed_row, self.B[:, : self.k], self.A[i, : self.k], alpha=-1.0)
-
-    def times(self, flushed_product: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``X_t x`` from ``X_f x``: ``X_f x - Σ_s a_s (b_s · x)``."""
-        if self.k == 0:
-            return flushed_product
-        return torch.addmv(flushed_product, self.A[:, : self.k], x @ self.B[:, : self.k], alpha=-1.0)
-
-    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, B)`` with the pending terms as columns (``X_t = X_f - A Bᵀ``); valid until the next add."""
-        k, self.k = self.k, 0
-        return self.A[:, :k], self.B[:, :k]
 
 
 class _ExactState(_LayerState):
