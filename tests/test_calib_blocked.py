@@ -61,3 +61,14 @@ def test_blocked_calibrated_greedy_matches_brute_force(monkeypatch):
     _, _, V_new, bias = pp.apply_pruning(W, None, V, res)
     assert torch.allclose(V_new, V_ref, atol=1e-9, rtol=0)
     assert torch.allclose(bias, bias_ref, atol=1e-9, rtol=0)
+
+
+def test_float32_batch_sums_are_float64_accurate():
+    # the chunked float32 sum of ActivationStats.update against a float64 sum of the same rows
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(3, 1000 + 37, 50, generator=g) * 3.0 + 2.0  # leading dims and a row count not a multiple of 64
+    stats = pp.ActivationStats(50)
+    stats.update(h)
+    reference = h.double().reshape(-1, 50).mean(dim=0)
+    assert float((stats.mean - reference).abs().max()) < 1e-9 * float(reference.abs().max()) * 50
+    assert stats.count == 3 * 1037
