@@ -8,7 +8,9 @@ Two cases of the calibrated-method goals:
 Activations are GELU outputs of random pre-activations, fed to :class:`projprune.ActivationStats`
 in batches of ``--batch-tokens`` rows (what the forward hooks of ``collect_activation_stats``
 do per batch); selection is the ``calib`` method's exact greedy with those statistics at 30 %.
-The model's own forward pass is not timed (it is the same for every method).
+The model's own forward pass is not timed (it is the same for every method). Besides wall-clock
+seconds the table gives the process's CPU seconds (``cpu_s``): with ``--threads 1`` on a shared
+machine that is the cost on one unloaded core, whatever else runs.
 
     PYTHONPATH=. python benchmarks/calib_cost.py --threads 2
     PYTHONPATH=. python benchmarks/calib_cost.py --cases gpt2-xl --tokens-scale 0.25   # a quicker look
@@ -44,7 +46,7 @@ def run_case(name: str, cfg: CostConfig) -> dict:
     layers, n, m, tokens, goal = CASES[name]
     tokens = max(cfg.batch_tokens, int(tokens * cfg.tokens_scale))
     generator = torch.Generator().manual_seed(cfg.seed)
-    stats_s = select_s = 0.0
+    stats_s = select_s = cpu_s = 0.0
     for _ in range(layers):
         W = torch.randn(n, m, generator=generator) / m**0.5
         V = torch.randn(m, n, generator=generator) / n**0.5
@@ -52,15 +54,18 @@ def run_case(name: str, cfg: CostConfig) -> dict:
         for start in range(0, tokens, cfg.batch_tokens):
             x = torch.randn(min(cfg.batch_tokens, tokens - start), m, generator=generator)
             h = F.gelu(x @ W.T)
-            begin = time.perf_counter()
+            begin, cpu = time.perf_counter(), time.process_time()
             stats.update(h)
             stats_s += time.perf_counter() - begin
-        begin = time.perf_counter()
+            cpu_s += time.process_time() - cpu
+        begin, cpu = time.perf_counter(), time.process_time()
         greedy_exact(W, round(cfg.ratio * n), PAIR_METHODS["calib"].options, V=V, stats=stats)
         select_s += time.perf_counter() - begin
+        cpu_s += time.process_time() - cpu
     total = stats_s + select_s
-    return {"case": name, "layers x units": f"{layers} x {n}", "tokens": tokens, "statistics_s": f"{stats_s:.1f}",
-            "selection_s": f"{select_s:.1f}", "total_s": f"{total:.1f}", "goal_s": f"{goal:.0f}",
+    return {"case": name, "layers x units": f"{layers} x {n}", "tokens": tokens, "ratio": cfg.ratio,
+            "statistics_s": f"{stats_s:.1f}", "selection_s": f"{select_s:.1f}", "total_s": f"{total:.1f}",
+            "cpu_s": f"{cpu_s:.1f}", "goal_s": f"{goal:.0f}",
             "met": "yes" if total < goal and cfg.tokens_scale == 1.0 else ("no" if cfg.tokens_scale == 1.0 else "-")}
 
 

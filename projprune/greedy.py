@@ -65,6 +65,51 @@ class PruneResult:
 
 
 # --------------------------------------------------------------------------- shared state
+class _PendingTerms:
+    """Rank-1 corrections ``X_t = X_f - Σ_s a_s b_sᵀ`` kept between flushes of ``X_f``.
+
+    The exact trackers and the compensation keep matrices that a rank-1 term changes at every
+    step; instead of rewriting them each time they collect up to ``block`` terms here (as
+    columns of two buffers) and apply them with one matrix product (docs/algorithm.md §5).
+    """
+
+    def __init__(self, block: int) -> None:
+        self.block = block
+        self.k = 0
+        self.A: torch.Tensor | None = None  # (rows, block)
+        self.B: torch.Tensor | None = None  # (cols, block)
+
+    def __len__(self) -> int:
+        return self.k
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Append ``a bᵀ``; True when the block is full and the caller should flush."""
+        if self.k == 0 and (self.A is None or self.A.shape[0] != a.shape[0] or self.B.shape[0] != b.shape[0]):
+            self.A = a.new_empty(a.shape[0], self.block)
+            self.B = b.new_empty(b.shape[0], self.block)
+        self.A[:, self.k] = a
+        self.B[:, self.k] = b
+        self.k += 1
+        return self.k >= self.block
+
+    def row(self, flushed_row: torch.Tensor, i: int) -> torch.Tensor:
+        """Row ``i`` of ``X_t`` from row ``i`` of ``X_f``: ``X_f[i] - Σ_s a_s[i] b_s``."""
+        if self.k == 0:
+            return flushed_row.clone()
+        return torch.addmv(flushed_row, self.B[:, : self.k], self.A[i, : self.k], alpha=-1.0)
+
+    def times(self, flushed_product: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``X_t x`` from ``X_f x``: ``X_f x - Σ_s a_s (b_s · x)``."""
+        if self.k == 0:
+            return flushed_product
+        return torch.addmv(flushed_product, self.A[:, : self.k], x @ self.B[:, : self.k], alpha=-1.0)
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` with the pending terms as columns (``X_t = X_f - A Bᵀ``); valid until the next add."""
+        k, self.k = self.k, 0
+        return self.A[:, :k], self.B[:, :k]
+
+
 class _LayerState:
     """What both trackers share: the α/β/γ tracks, the V-side options and the bookkeeping.
 
@@ -73,6 +118,10 @@ class _LayerState:
     at the end instead of updating a ``(k, n)`` matrix at every step. For ``output_aware`` the
     squared norms of the effective columns ``a_j v_j + δ_j`` are kept from three running
     vectors, ``‖v_j‖²``, ``v_j·δ_j`` and ``‖δ_j‖²``: one product with ``V`` per step.
+    When the V-track is fixed (its strength is 0, as in ``calib`` and ``exact_oac``) the
+    effective columns ``U = V + Δ`` are kept instead, as ``Uᵀ`` with the rank-1 terms applied
+    in blocks (:class:`_PendingTerms`): a step then costs one product with ``U`` and no work
+    that grows with the number of steps.
 
     ``bias_source`` (``(n,)`` or None) drives the next layer's bias correction: the removed
     unit's value minus its reconstruction, ``c (s_i - q·s)``, with ``s`` the activation means
@@ -101,7 +150,13 @@ class _LayerState:
         self.bias_source = None if bias_source is None else bias_source.to(device=W.device, dtype=dtype)
         k = 0 if self.V is None else self.V.shape[0]
         self.bias_delta = None if self.bias_source is None else torch.zeros(k, dtype=dtype, device=W.device)
-        if self.compensate:
+        self.fixed_v = self.compensate and float(v_strength) == 0.0
+        if self.fixed_v:
+            self.UT = self.V.T.contiguous()  # (n, k): row j is the effective column u_j = v_j + δ_j
+            self.pending_u = _PendingTerms(32)  # Uᵀ_t = Uᵀ_f - Σ (-q_s) c_sᵀ
+            if self.output_aware:
+                self.u_sq = self.v_sq.clone()  # ‖u_j‖²
+        elif self.compensate:
             rows = max(amount, 1)
             self.comp_c = torch.zeros(rows, k, dtype=dtype, device=W.device)  # effective columns removed
             self.comp_q = torch.zeros(rows, self.n, dtype=dtype, device=W.device)  # their coefficients
@@ -128,6 +183,8 @@ class _LayerState:
     def v_column_norms(self) -> torch.Tensor:
         """``(n,)`` norms of the effective columns ``U_V[j] v_j + δ_j``."""
         a = self.tracks[2]
+        if self.fixed_v:
+            return self.u_sq.clamp_min(0.0).sqrt()
         if not self.compensate:
             return a.abs() * self.v_sq.sqrt()
         return (a * a * self.v_sq + 2.0 * a * self.cross + self.delta_sq).clamp_min(0.0).sqrt()
@@ -139,6 +196,8 @@ class _LayerState:
         return torch.where(self.alive, d, torch.full_like(d, float("inf")))
 
     def _effective_column(self, i: int) -> torch.Tensor:
+        if self.fixed_v:
+            return self.pending_u.row(self.UT[i], i)
         c = self.V[:, i] * self.tracks[2, i]
         return c + self._delta_column(i) if self.compensate else c
 
@@ -149,7 +208,13 @@ class _LayerState:
             source = self.bias_source * self.tracks[1]
             reconstruction = q @ source if self.compensate else 0.0
             self.bias_delta += c * (source[i] - reconstruction)
-        if self.compensate:
+        if self.fixed_v:
+            if self.output_aware:  # u_j += q_j c for every j
+                u_dot_c = self.pending_u.times(self.UT @ c, c)
+                self.u_sq += q * (2.0 * u_dot_c + q * (c @ c))
+            if self.pending_u.add(-q, c):
+                self._flush_u()
+        elif self.compensate:
             t = self.n_comp
             if self.output_aware:
                 # δ_j += q_j c for every j: update v_j·δ_j and ‖δ_j‖² before appending the term
@@ -164,9 +229,17 @@ class _LayerState:
         self.order.append(i)
         self.forget(i, q, ratio)
 
+    def _flush_u(self) -> None:
+        if len(self.pending_u):
+            A, B = self.pending_u.take()  # (n, K), (k, K)
+            self.UT.addmm_(A, B.T, alpha=-1.0)
+
     def result(self, out_dtype: torch.dtype) -> PruneResult:
         v_delta = None
-        if self.compensate:
+        if self.fixed_v:
+            self._flush_u()
+            v_delta = (self.UT.T - self.V).to(out_dtype)  # Σ_s c_s q_sᵀ: (k, n)
+        elif self.compensate:
             t = self.n_comp
             v_delta = (self.comp_c[:t].T @ self.comp_q[:t]).to(out_dtype)  # Σ_s c_s q_sᵀ: (k, n)
         return PruneResult(
@@ -244,28 +317,17 @@ class _ExactState(_LayerState):
         self.P0, self.R, self.diag0 = precision_and_residuals(self.W, lmbda, dtype)  # (n, n), (n, m), (n,)
         self.C = torch.zeros(max(amount, 1), self.n, dtype=dtype, device=self.device)  # row s: c_s
         self.t = 0
-        self.block = block
-        self.pending_c: list[torch.Tensor] = []  # (n,) factors of the pending rank-1 terms
-        self.pending_r: list[torch.Tensor] = []  # (m,) rows of the pending rank-1 terms
+        self.pending = _PendingTerms(block)  # R_t = R_f - Σ c_s r_sᵀ
         self._flush()
 
     def _flush(self) -> None:
-        if self.pending_c:
-            Cp = torch.stack(self.pending_c, dim=1)  # (n, K)
-            Rp = torch.stack(self.pending_r, dim=0)  # (K, m)
-            self.R.addmm_(Cp, Rp, alpha=-1.0)
-            self.pending_c.clear()
-            self.pending_r.clear()
+        if len(self.pending):
+            Cp, Rp = self.pending.take()  # (n, K), (m, K)
+            self.R.addmm_(Cp, Rp.T, alpha=-1.0)
         self.R[~self.alive] = 0.0
         self.sq_norms = (self.R * self.R).sum(dim=1)
         Ct = self.C[: self.t]
         self.diag = self.diag0 - (Ct * Ct).sum(dim=0)
-
-    def _row(self, i: int) -> torch.Tensor:
-        r = self.R[i].clone()
-        for c, rp in zip(self.pending_c, self.pending_r):
-            r -= c[i] * rp
-        return r
 
     def _column(self, i: int) -> torch.Tensor:
         """``P_t[:, i]`` (= row ``i``, ``P`` is symmetric) from ``P_0`` and the removed columns."""
@@ -287,69 +349,90 @@ class _ExactState(_LayerState):
     def forget(self, i: int, q: torch.Tensor, ratio: float) -> None:
         p = self._p
         pii = p[i]
-        r_i = self._row(i)
+        r_i = self.pending.row(self.R[i], i)
         c = p / pii  # R_{t+1} = R_t - c r_i^T
-        dots = self.R @ r_i
-        for cp, rp in zip(self.pending_c, self.pending_r):
-            dots -= cp * (rp @ r_i)
+        dots = self.pending.times(self.R @ r_i, r_i)
         self.sq_norms += c * (c * (r_i @ r_i) - 2.0 * dots)
-        self.pending_c.append(c)
-        self.pending_r.append(r_i)
+        full = self.pending.add(c, r_i)
         self.C[self.t] = p / pii.sqrt()
         self.t += 1
         self.diag = self.diag - p * p / pii
         self.sq_norms[i] = 0.0
-        if len(self.pending_c) >= self.block:
+        if full:
             self._flush()
 
 
 class _CalibratedExactState(_LayerState):
     """Exact greedy on activation statistics (docs/algorithm.md §8): greedy structured OBS.
 
-    ``P_t = (C_KK + λI)^{-1}`` over the kept set ``K`` (zero elsewhere) is kept as
-    ``P_0 - Σ_s c_s c_sᵀ``; the distance of unit ``j`` is ``d_j² = (P C P)[j, j] / P[j, j]²``
-    with ``(P C P)[j, j] = P[j, j] - λ (P²)[j, j]``. ``diag(P²)`` is downdated with
-    ``P_t p = P_0 p - Σ_s c_s (c_sᵀ p)`` and ``P_0 p = (P_0²)[:, i] - Σ_s (P_0 c_s) c_s[i]``, so
-    a step costs ``O(n t)`` and no ``n × n`` matrix is rewritten.
+    ``P_t = (C_KK + λI)^{-1}`` over the kept set ``K`` (zero elsewhere) is
+    ``P_f - Σ_s c_s c_sᵀ``, ``P_f`` the matrix at the last flush and ``c_s = P_s[:, s] /
+    sqrt(P_s[s, s])`` the pending downdates. The distance of unit ``j`` is
+    ``d_j² = (P C P)[j, j] / P[j, j]²`` with ``(P C P)[j, j] = P[j, j] - λ (P²)[j, j]``;
+    ``diag(P²)`` is downdated with ``P_t p = P_f p - Σ_s c_s (c_sᵀ p)`` and
+    ``P_f p = S_f[:, i] - Σ_s e_s c_s[i]`` (``S_f = P_f²``, ``e_s = P_f c_s``), so a step costs
+    ``O(n · block)``. Every ``block`` steps the terms are applied with matrix products,
+    ``P_f ← P_f - C Cᵀ`` and ``S_f ← S_f - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ``, and both matrices are
+    squeezed to the units still there.
     """
 
-    def __init__(self, W, b, V, opts, dtype, amount, bias_source, C: torch.Tensor, lam: float):
+    def __init__(self, W, b, V, opts, dtype, amount, bias_source, C: torch.Tensor, lam: float, block: int = 64):
         super().__init__(W, b, V, opts, dtype, amount, bias_source)
         self.lam = lam
-        self.P0 = regularised_inverse(C.to(device=self.device, dtype=dtype), lam, "the calibration covariance")
-        self.S0 = self.P0 @ self.P0
-        self.diag = self.P0.diagonal().clone()
-        self.diag2 = self.S0.diagonal().clone()
-        rows = max(amount, 1)
-        self.Cf = torch.zeros(rows, self.n, dtype=dtype, device=self.device)  # c_s
-        self.Ef = torch.zeros(rows, self.n, dtype=dtype, device=self.device)  # P_0 c_s
-        self.t = 0
+        self.P = regularised_inverse(C.to(device=self.device, dtype=dtype), lam, "the calibration covariance")
+        self.S = self.P @ self.P
+        self.diag = self.P.diagonal().clone()
+        self.diag2 = self.S.diagonal().clone()
+        self.idx = torch.arange(self.n, device=self.device)  # units of the rows of P and S
+        self.pos = self.idx.clone()  # unit -> row of P and S
+        self.pending_c = _PendingTerms(block)  # P_t = P_f - Σ c_s c_sᵀ
+        self.pending_e = _PendingTerms(block)  # P_f P_t = S_f - Σ e_s c_sᵀ
 
     def raw_distances(self) -> torch.Tensor:
         d2 = (self.diag - self.lam * self.diag2).clamp_min(0.0) / (self.diag * self.diag)
         return d2.sqrt()
 
     def coefficients(self, i: int) -> torch.Tensor:
-        t = self.t
-        p = (self.P0[i] - self.Cf[:t, i] @ self.Cf[:t]) * self.alive
-        self._p = p
-        q = -(p / p[i])
+        r = int(self.pos[i])
+        alive = self.alive[self.idx]
+        p = self.pending_c.row(self.P[r], r) * alive  # P_t[:, i] on the rows of P
+        self._p, self._r = p, r
+        q = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        q[self.idx] = -(p / p[r])
         q[i] = 0.0
         return q * self.alive
 
     def forget(self, i: int, q: torch.Tensor, ratio: float) -> None:
-        t, p = self.t, self._p
-        pii = p[i]
-        P0p = self.S0[i] - self.Cf[:t, i] @ self.Ef[:t]
-        Ptp = P0p - (self.Cf[:t] @ p) @ self.Cf[:t]
-        self.diag -= p * p / pii
-        self.diag2 += p * (p * ((p @ p) / (pii * pii)) - 2.0 * Ptp / pii)
+        p, r = self._p, self._r
+        pii = p[r]
+        Pfp = self.pending_e.row(self.S[r], r)  # P_f p (p = P_t e_i)
+        Ptp = self.pending_c.times(Pfp, p)
+        sub = self.idx
+        self.diag[sub] -= p * p / pii
+        self.diag2[sub] += p * (p * ((p @ p) / (pii * pii)) - 2.0 * Ptp / pii)
         root = pii.sqrt()
-        self.Cf[t] = p / root
-        self.Ef[t] = P0p / root
-        self.t += 1
+        c = p / root
+        self.pending_e.add(c, Pfp / root)
+        full = self.pending_c.add(c, c)
         self.diag[i] = 1.0  # unit i is gone; keeps the distance formula finite
         self.diag2[i] = 0.0
+        if full:
+            self._flush()
+
+    def _flush(self) -> None:
+        Cm, _ = self.pending_c.take()  # (r, K) the c_s on the rows of P
+        _, Em = self.pending_e.take()  # (r, K) the e_s = P_f c_s
+        X = torch.addmm(Em, Cm, Cm.T @ Cm, alpha=-0.5)  # E - C (CᵀC) / 2
+        keep = self.alive[self.idx]
+        dead = len(self.idx) - int(keep.sum())
+        if dead >= max(self.pending_c.block, len(self.idx) // 8):  # squeeze out the removed units
+            Cm, X = Cm[keep], X[keep]
+            self.idx = self.idx[keep]
+            self.pos[self.idx] = torch.arange(len(self.idx), device=self.device)
+            self.P = self.P[keep][:, keep]
+            self.S = self.S[keep][:, keep]
+        self.S.addmm_(X, Cm.T, alpha=-1.0).addmm_(Cm, X.T, alpha=-1.0)  # S - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ
+        self.P.addmm_(Cm, Cm.T, alpha=-1.0)
 
 
 # --------------------------------------------------------------------------- calibration helpers
