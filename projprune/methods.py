@@ -60,12 +60,8 @@ def _proj(alpha: float, beta: float, gamma: float) -> PairMethod:
     )
 
 
-#: Relative ridge λ of the calibrated methods (λ = CALIB_LMBDA · trace(C) / n); ``act_norm``'s refit.
+#: Relative ridge λ of the calibrated methods (λ = CALIB_LMBDA · trace(C) / n).
 CALIB_LMBDA = 1e-3
-#: ``calib``'s relative λ. A stronger ridge than CALIB_LMBDA shrinks the compensation towards
-#: what generalises beyond the calibration set; on real MiniLM with held-out text (benchmarks/real_minilm.py)
-#: mean cosine rose monotonically from λ_rel = 1e-3 to 1e-1 at both 30 % and 50 % pruned.
-CALIB_SELECT_LMBDA = 1e-1
 
 PAIR_METHODS: dict[str, PairMethod] = {
     "random": PairMethod("random", description="uniformly random units"),
@@ -89,7 +85,7 @@ PAIR_METHODS: dict[str, PairMethod] = {
     ),
     "calib": PairMethod(
         "exact",
-        options=ProjectionOptions(alpha=0.0, beta=0.0, gamma=0.0, lmbda=CALIB_SELECT_LMBDA, tracking="exact",
+        options=ProjectionOptions(alpha=0.0, beta=0.0, gamma=0.0, lmbda=CALIB_LMBDA, tracking="exact",
                                   output_aware=True, compensate=True, mean_correction=True),
         description="calibrated projective: exact greedy on activations, output-aware, compensated, "
                     "mean-corrected (greedy structured OBS)",
