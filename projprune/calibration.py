@@ -230,7 +230,28 @@ def collect_activation_stats(
 
         return hook
 
-    handles = [layer.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    def before(batch: Any) -> None:
+        current_mask[0] = _mask_of(batch)
+
+    run_hooked(model, {layer: make_hook(i) for i, layer in enumerate(layers)}, batches,
+               max_batches=max_batches, callback=callback, before_batch=before)
+    for i, s in enumerate(stats):
+        if s is None or s.count == 0:
+            raise ValueError(f"layers[{i}] ({type(layers[i]).__name__}) saw no activations during calibration; "
+                             "expected a layer that the model's forward calls")
+    return stats  # type: ignore[return-value]
+
+
+def run_hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: Iterable[Any], *,
+               max_batches: int | None = None, callback: Callable[[int], None] | None = None,
+               before_batch: Callable[[Any], None] | None = None) -> int:
+    """Run ``batches`` through ``model`` (eval mode, no gradients) with forward pre-hooks installed.
+
+    The training flag is restored and the hooks removed afterwards, whatever happens; a failing
+    forward becomes one ``ValueError`` naming the batch. Returns the number of batches run
+    (``ValueError`` if none).
+    """
+    handles = [layer.register_forward_pre_hook(hook) for layer, hook in hooks.items()]
     was_training = model.training
     seen = 0
     try:
@@ -240,7 +261,8 @@ def collect_activation_stats(
                 if max_batches is not None and index >= max_batches:
                     break
                 try:
-                    current_mask[0] = _mask_of(batch)
+                    if before_batch is not None:
+                        before_batch(batch)
                     _call(model, batch)
                 except ValueError as err:
                     if str(err).startswith(("layers[", "batches must")):
@@ -259,11 +281,7 @@ def collect_activation_stats(
         model.train(was_training)
     if seen == 0:
         raise ValueError("batches yielded no batch; expected at least one calibration batch")
-    for i, s in enumerate(stats):
-        if s is None or s.count == 0:
-            raise ValueError(f"layers[{i}] ({type(layers[i]).__name__}) saw no activations during calibration; "
-                             "expected a layer that the model's forward calls")
-    return stats  # type: ignore[return-value]
+    return seen
 
 
 def _mask_of(batch: Any) -> torch.Tensor | None:

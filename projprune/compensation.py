@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch_pruning.pruner import function
 
-from projprune.calibration import ActivationStats
+from projprune.calibration import ActivationStats, run_hooked
 
 __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "collect_consumer_stats",
            "fold_removed_inputs", "least_squares_coefficients"]
@@ -141,37 +141,23 @@ def _patch_sums(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[torch.T
     return sums, positions
 
 
-@torch.no_grad()
 def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], batches: Iterable,
                            max_batches: int | None = None) -> dict[nn.Module, ConsumerStats]:
     """Run ``batches`` through ``model`` (eval mode, no gradients) and summarise every consumer's input.
 
     Args:
-        model: any module; a batch is passed as ``model(batch)``.
+        model: any module; a batch is passed as ``model(batch)`` (mappings as ``model(**batch)``).
         consumers: Linear / ungrouped conv modules of ``model``.
         batches: iterable of model inputs.
         max_batches: stop after this many batches (None: all).
 
     Returns:
-        ``{consumer: ConsumerStats}``. Raises ``ValueError`` for no batches or a non-consumer.
+        ``{consumer: ConsumerStats}``. Raises ``ValueError`` for no batches, a failing forward or a
+        non-consumer.
     """
     stats = {module: ConsumerStats(module) for module in consumers}
-    handles = [module.register_forward_pre_hook(lambda m, inputs: stats[m].update(inputs[0])) for module in stats]
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        for batch in batches:
-            if max_batches is not None and seen >= max_batches:
-                break
-            model(batch)
-            seen += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("batches is empty; expected at least one calibration batch")
+    run_hooked(model, {module: lambda m, inputs: stats[m].update(inputs[0]) for module in stats}, batches,
+               max_batches=max_batches)
     return stats
 
 

@@ -172,3 +172,34 @@ def plain_lazy_compensated(W, b, V, c, amount, lmbda, output_aware):
         V += torch.outer(v_i, q)
         order.append(i)
     return order, V, c
+
+
+def plain_calibrated_greedy(H, V, amount, lmbda_rel, output_aware=True, compensate=True, mean_correction=True):
+    """The §8 greedy from scratch at every step: ridge on centred activations, residual-form distances."""
+    n, T = H.shape
+    mu = H.mean(dim=1)
+    Hc = (H - mu[:, None]) / T**0.5
+    C = Hc @ Hc.T
+    lam = lmbda_rel * float(C.trace()) / n
+    V = V.clone()
+    bias = torch.zeros(V.shape[0], dtype=torch.float64)
+    alive = list(range(n))
+    order = []
+    for _ in range(amount):
+        P = torch.linalg.inv(C[alive][:, alive] + lam * torch.eye(len(alive), dtype=torch.float64))
+        R = P @ Hc[alive]
+        d = torch.linalg.vector_norm(R, dim=1) / P.diagonal()
+        if output_aware:
+            d = d * torch.linalg.vector_norm(V[:, alive], dim=0)
+        pos = int(torch.argmin(d))
+        i = alive[pos]
+        q = -P[pos] / P[pos, pos]
+        q[pos] = 0.0
+        c = V[:, i].clone()
+        if mean_correction:
+            bias += c * (mu[i] - (q @ mu[alive] if compensate else 0.0))
+        if compensate:
+            V[:, alive] += torch.outer(c, q)
+        order.append(i)
+        alive.remove(i)
+    return order, V[:, alive], bias

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import projprune as pp
-from tests.reference_impl import plain_lazy
+from tests.reference_impl import plain_calibrated_greedy, plain_lazy
 
 TOL = 1e-9
 
@@ -28,37 +28,6 @@ def stats_of(H, chunks=3):
     for part in H.T.chunk(chunks):
         s.update(part)
     return s
-
-
-def plain_calibrated_greedy(H, V, amount, lmbda_rel, output_aware=True, compensate=True, mean_correction=True):
-    """The §8 greedy from scratch at every step: ridge on centred activations, residual-form distances."""
-    n, T = H.shape
-    mu = H.mean(dim=1)
-    Hc = (H - mu[:, None]) / T**0.5
-    C = Hc @ Hc.T
-    lam = lmbda_rel * float(C.trace()) / n
-    V = V.clone()
-    bias = torch.zeros(V.shape[0], dtype=torch.float64)
-    alive = list(range(n))
-    order = []
-    for _ in range(amount):
-        P = torch.linalg.inv(C[alive][:, alive] + lam * torch.eye(len(alive), dtype=torch.float64))
-        R = P @ Hc[alive]
-        d = torch.linalg.vector_norm(R, dim=1) / P.diagonal()
-        if output_aware:
-            d = d * torch.linalg.vector_norm(V[:, alive], dim=0)
-        pos = int(torch.argmin(d))
-        i = alive[pos]
-        q = -P[pos] / P[pos, pos]
-        q[pos] = 0.0
-        c = V[:, i].clone()
-        if mean_correction:
-            bias += c * (mu[i] - (q @ mu[alive] if compensate else 0.0))
-        if compensate:
-            V[:, alive] += torch.outer(c, q)
-        order.append(i)
-        alive.remove(i)
-    return order, V[:, alive], bias
 
 
 # --------------------------------------------------------------------------- statistics
