@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_clean_install_holds_only_projprune(tmp_path):
+    # a copy of what the package is built from, so the build leaves nothing in the repository
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "projprune", source / "projprune", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
     target = tmp_path / "site"
     # build with this environment's setuptools when it has one (offline); else pip fetches it
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *isolation,
-                    "--target", str(target), str(ROOT)], check=True, cwd=tmp_path)
+                    "--target", str(target), str(source)], check=True, cwd=tmp_path)
     packages = sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info"))
     assert packages == ["projprune"]
     # -I: isolated (no cwd, no PYTHONPATH, no user site); the experiments' packages must not be found
