@@ -253,6 +253,26 @@ def _diverged(what: str, epoch: int, step: int | None, optimizer: torch.optim.Op
             f"(or the regularisation); nothing of this epoch was saved, earlier checkpoints are kept")
 
 
+def _train_epoch(net: nn.Module, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                 regularizer, device: torch.device | str, epoch: int, epochs: int,
+                 logger: logging.Logger | None) -> None:
+    """One pass over ``loader``; ``logger`` (verbose runs) gets the loss every 10 steps."""
+    set_loader_epoch(loader, epoch)
+    net.train()
+    for step, (inputs, targets) in enumerate(loader):
+        inputs, targets = inputs.to(device), targets.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(net(inputs), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(_diverged(f"training loss became {loss.item()}", epoch, step, optimizer))
+        loss.backward()
+        _regularize(regularizer, model)
+        optimizer.step()
+        if logger is not None and step % 10 == 0:
+            logger.info(f"Epoch {epoch}/{epochs}, iter {step}/{len(loader)}, loss={loss.item():.4f}, "
+                        f"lr={optimizer.param_groups[0]['lr']:.4f}")
+
+
 def train_model(
     model: nn.Module,
     train_loader: DataLoader,
@@ -317,20 +337,8 @@ def train_model(
     for epoch in progress(range(start_epoch, epochs), desc=desc, **bar_kwargs):
         if regularizer is not None and reg_warmup > 0 and isinstance(base_reg, float):
             regularizer.reg = base_reg * min(1.0, (epoch + 1) / reg_warmup)
-        set_loader_epoch(train_loader, epoch)
-        net.train()
-        for step, (inputs, targets) in enumerate(train_loader):
-            inputs, targets = inputs.to(device), targets.to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(net(inputs), targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(_diverged(f"training loss became {loss.item()}", epoch, step, optimizer))
-            loss.backward()
-            _regularize(regularizer, model)
-            optimizer.step()
-            if verbose and step % 10 == 0:
-                logger.info(f"Epoch {epoch}/{epochs}, iter {step}/{len(train_loader)}, loss={loss.item():.4f}, "
-                            f"lr={optimizer.param_groups[0]['lr']:.4f}")
+        _train_epoch(net, model, train_loader, optimizer, regularizer, device, epoch, epochs,
+                     logger if verbose else None)
         if hasattr(regularizer, "update_reg"):
             regularizer.update_reg()  # growing regularisation
         if not all(torch.isfinite(t).all() for t in unwrap(model).state_dict().values() if t.is_floating_point()):

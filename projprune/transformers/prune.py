@@ -433,6 +433,20 @@ def _collect(model, blocks, calibration, max_batches, progress) -> list[Activati
 
 
 # --------------------------------------------------------------------------- entry point
+def _apply_plans(model: nn.Module, blocks: list, plans: list) -> None:
+    """Write every block's plan and the configs; everything or nothing (restored if a write fails)."""
+    bias_configs = _bias_owner(model, blocks, plans)
+    with _restore_on_failure(model, blocks), torch.no_grad():
+        for block, plan in zip(blocks, plans):
+            if plan.unit_weight is None:
+                block.slice_units(torch.nonzero(plan.keep).flatten())
+            else:
+                block.set_weights(plan.unit_weight, plan.input_biases, plan.output_weight, plan.output_bias)
+        for config in bias_configs:
+            config.mlp_bias = True
+        _update_configs(model, blocks)
+
+
 def prune_ffn(
     model: nn.Module,
     ratio: float,
@@ -498,17 +512,7 @@ def prune_ffn(
         with torch.no_grad():
             plans, extra = _PLANNERS[spec.kind](blocks, ratio, spec, global_mode, options, stats, progress)
         _check_plans(blocks, plans)
-        bias_configs = _bias_owner(model, blocks, plans)
-        # Everything is decided: only now is the model modified (and restored if a write fails).
-        with _restore_on_failure(model, blocks), torch.no_grad():
-            for block, plan in zip(blocks, plans):
-                if plan.unit_weight is None:
-                    block.slice_units(torch.nonzero(plan.keep).flatten())
-                else:
-                    block.set_weights(plan.unit_weight, plan.input_biases, plan.output_weight, plan.output_bias)
-            for config in bias_configs:
-                config.mlp_bias = True
-            _update_configs(model, blocks)
+        _apply_plans(model, blocks, plans)
     seconds = time.perf_counter() - start
     layers = [
         LayerReport(block.name, block.family.name, before, block.width, torch.nonzero(plan.keep).flatten(),
