@@ -88,6 +88,7 @@ def test_digits_dry_run_and_subset_flags() -> None:
     assert bad.returncode != 0 and "method 'nonsense'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_digits_default_grid_adds_ours_and_per_model_pretraining() -> None:
     """The digits grid runs the compensating pruner's rows too, and VGG-19 pretrains at lr 0.01."""
     out = launch("digits.sh", "--dry-run", "--models", "vgg19,resnet20", "--output-dir", "/tmp/o")
@@ -113,6 +114,7 @@ def test_finished_runs_are_skipped(tmp_path: Path) -> None:
     assert lines[2] == f"# done, skipped: {name}" and "--method l1" in lines[1]
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_headers_and_environment_overrides() -> None:
     env = {"SBATCH_GRES": "none", "SBATCH_PARTITION": "debug", "SBATCH_TIMELIMIT": "1:00:00"}
     out = launch("cifar10.sh", "--dry-run", "--backend", "slurm", "--methods", "l2", "--models", "resnet56",

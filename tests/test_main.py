@@ -80,6 +80,7 @@ def test_prune_finetune_log_lines(pretrained, method):
     assert not list(run_dir.glob("*_last.pth")) and not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["l2", "proj_calib"])
 def test_seeded_runs_give_identical_logs(tmp_path, pretrained, method):
     args = _prune_args(tmp_path, pretrained / "digits/pretrain/digits_resnet20.pth", method, epochs=2)
@@ -95,6 +96,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_finetuning_resumes(tmp_path, pretrained, monkeypatch):
     ckpt = pretrained / "digits/pretrain/digits_resnet20.pth"
     reference = main_module.main(_prune_args(tmp_path / "ref", ckpt, "l2", epochs=3))
@@ -177,6 +179,7 @@ def test_plain_state_dict_restore_is_weights_only(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["pointnet", "dgcnn", "vgg11", "mobilenetv2"])
 def test_other_families_on_digits(tmp_path, model):
     """Point-cloud models read digits as 64-pixel clouds; every family pretrains and prunes from the CLI."""

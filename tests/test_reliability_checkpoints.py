@@ -130,6 +130,7 @@ def test_resume_with_another_restore_is_refused(tmp_path, killed_run, monkeypatc
     assert "best_acc" in resumed and not last.exists()
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_is_moved_aside_and_the_run_restarts(tmp_path, killed_run, monkeypatch):
     _, a, _ = killed_run
     last = _kill_second_epoch(tmp_path, a, monkeypatch)

@@ -110,6 +110,7 @@ def test_train_model_refuses_zero_epochs(tmp_path):
 
 
 # --------------------------------------------------------------------------- one line on the command line
+@pytest.mark.slow
 def test_command_line_error_is_one_line(tmp_path):
     import os
     import subprocess

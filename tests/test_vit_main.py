@@ -26,6 +26,7 @@ def runs(tmp_path_factory):
     return out, dirs
 
 
+@pytest.mark.slow
 def test_uniform_run_writes_csv_figure_log_and_summary(runs):
     out, dirs = runs
     run = dirs["uniform"]
@@ -47,6 +48,7 @@ def test_uniform_run_writes_csv_figure_log_and_summary(runs):
     assert (out / "vit" / "small" / "pretrain" / "small_vit_digits_seed1.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_csv(runs, tmp_path):
     out, dirs = runs
     again = main(["--output-dir", str(tmp_path), "--experiment", "uniform", "--method", "exact",
@@ -71,6 +73,7 @@ def test_adaptive_and_norm_runs(runs):
     assert (dirs["norms"] / "small-norm_analysis.png").is_file()
 
 
+@pytest.mark.slow
 def test_parse_writes_tables_and_figures(runs):
     out, _ = runs
     results = parse.main(["--output-dir", str(out)])
@@ -135,6 +138,7 @@ def test_grid_tasks_and_skipping(tmp_path, capsys):
         grid.GridSpec(methods=("nope",))
 
 
+@pytest.mark.slow
 def test_calibrated_uniform_run_logs_its_training_images(tmp_path):
     out = main(["--output-dir", str(tmp_path), "--experiment", "uniform", "--method", "calib",
                 "--amounts", "0,128", "--calib-size", "64", *FAST])
