@@ -214,7 +214,7 @@ def test_calibrated_methods_are_the_core_prune_pair_with_those_statistics(name, 
     get_method(name).prune(ours, {0: 9, 1: 20}, PruneContext(stats_batches=[images]))
     stats = PruneContext(stats_batches=[images]).activation_stats(direct, [0, 1])
     for (fc1, fc2), st, amount in zip(mlp_pairs(direct), stats, (9, 20)):
-        prune_pair(fc1, fc2, amount, name, stats=st, lmbda=1e-3)
+        prune_pair(fc1, fc2, amount, name, stats=st)  # the method's own λ
     for (a1, a2), (b1, b2) in zip(mlp_pairs(ours), mlp_pairs(direct)):
         assert a1.weight.shape == (64 - (9 if a1 is mlp_pairs(ours)[0][0] else 20), 32)
         torch.testing.assert_close(a1.weight, b1.weight)
