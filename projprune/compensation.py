@@ -69,7 +69,7 @@ class ConsumerStats:
         channels: :class:`~projprune.ActivationStats` over the ``c`` input channels (every
             batch element and spatial position is a sample).
         patch_sum: ``(c, *kernel)`` float64, the sum over output positions of the (padded)
-            input value each kernel offset reads; ``(c,)`` for a Linear.
+            input value each kernel offset reads (convs only; a Linear's are ``channels.sum``).
         patch_count: the number of output positions summed.
     """
 
@@ -78,9 +78,9 @@ class ConsumerStats:
             raise ValueError(f"module must be a Linear or an ungrouped conv, got {type(module).__name__}")
         self.module = module
         width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-        kernel = () if isinstance(module, nn.Linear) else tuple(module.kernel_size)
         self.channels = ActivationStats(width)
-        self.patch_sum = torch.zeros((width, *kernel), dtype=torch.float64)
+        self.patch_sum = None if isinstance(module, nn.Linear) else torch.zeros((width, *module.kernel_size),
+                                                                                 dtype=torch.float64)
         self.patch_count = 0
 
     @property
@@ -91,11 +91,8 @@ class ConsumerStats:
     def update(self, x: torch.Tensor) -> None:
         """Add one input batch of the consumer: ``(..., c)`` for a Linear, ``(B, c, *spatial)`` for a conv."""
         x = x.detach()
-        if isinstance(self.module, nn.Linear):
+        if self.patch_sum is None:  # Linear
             self.channels.update(x)
-            self.patch_sum = self.patch_sum.to(x.device)
-            self.patch_sum += x.reshape(-1, self.n).sum(0, dtype=torch.float64)
-            self.patch_count += x.numel() // self.n
             return
         self.channels.update(x.movedim(1, -1))
         self.patch_sum = self.patch_sum.to(x.device)
@@ -105,16 +102,20 @@ class ConsumerStats:
 
     def keep(self, kept: torch.Tensor) -> None:
         """Restrict to the input channels ``kept`` (after the others were pruned)."""
-        kept = kept.to(self.patch_sum.device)
-        channels = ActivationStats(len(kept), device=self.patch_sum.device)
+        device = self.channels.sum.device
+        kept = kept.to(device)
+        channels = ActivationStats(len(kept), device=device)
         channels.sum_outer = self.channels.sum_outer[kept][:, kept]
         channels.sum = self.channels.sum[kept]
         channels.count = self.channels.count
         self.channels = channels
-        self.patch_sum = self.patch_sum[kept]
+        if self.patch_sum is not None:
+            self.patch_sum = self.patch_sum[kept]
 
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
+        if self.patch_sum is None:
+            return self.channels.mean
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
@@ -162,6 +163,12 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
 
 
 # --------------------------------------------------------------------------- the algebra
+def _ridge(G: torch.Tensor, lmbda: float) -> float:
+    """Absolute ridge ``λ = lmbda · trace(G) / n`` (scale-free), positive even for an all-zero ``G``."""
+    energy = float(G.diagonal().sum()) / max(G.shape[0], 1)
+    return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
+
+
 def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
                                lmbda: float = 1e-3) -> torch.Tensor:
     """``A: (|R|, |K|)`` with ``h_R ≈ A h_K``: ``A = G[R, K] (G[K, K] + λ I)^{-1}`` in float64.
@@ -177,9 +184,7 @@ def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: 
         raise ValueError(f"lmbda must be >= 0, got {lmbda}")
     G = gram.to(torch.float64)
     G_kk = G[kept][:, kept]
-    energy = float(G_kk.diagonal().sum()) / max(len(kept), 1)
-    lam = lmbda * energy if energy > 0 else max(lmbda, 1e-12)
-    system = G_kk + lam * torch.eye(len(kept), dtype=G.dtype, device=G.device)
+    system = G_kk + _ridge(G_kk, lmbda) * torch.eye(len(kept), dtype=G.dtype, device=G.device)
     return torch.linalg.solve(system, G[kept][:, removed]).T
 
 
@@ -214,18 +219,18 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
         n_root = len(group[0].idxs)
         total = torch.zeros(n_root, dtype=torch.float64)
         voted = False
+        gram = _producer_gram(group) if self.data_free else None
         for item in group:
             dep, idxs = item
             layer = dep.target.module
             if dep.handler not in _IN_FNS or not is_consumer(layer) or any(r is None for r in item.root_idxs):
                 continue
-            view = self._view(group, item)
+            view = self._view(item, gram)
             if view is None:
                 continue
             C, local = view
-            energy = float(C.diagonal().mean())
-            lam = self.lmbda * energy if energy > 0 else max(self.lmbda, 1e-12)
-            P = torch.linalg.inv(C + lam * torch.eye(C.shape[0], dtype=C.dtype))
+            # an LU inverse, not the core's Cholesky: nearly dead inputs leave C + λI PD only up to rounding
+            P = torch.linalg.inv(C + _ridge(C, self.lmbda) * torch.eye(C.shape[0], dtype=C.dtype))
             weight = layer.weight.detach().to(torch.float64).cpu()
             w2 = weight.transpose(0, 1).reshape(weight.shape[1], -1).pow(2).sum(1)[local]
             signal = float((w2 * C.diagonal()).sum())
@@ -235,20 +240,20 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
             voted = True
         return total.to(torch.float32) if voted else None
 
-    def _view(self, group, item) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _view(self, item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(C, local)``: the consumer's input covariance over all its inputs (calibrated), or the
-        producers' Gram over the group's channels at the consumer inputs ``local`` (data-free)."""
+        producers' Gram ``gram`` over the group's channels at the consumer inputs ``local`` (data-free)."""
         layer = item.dep.target.module
         width = layer.weight.shape[1]
         if self.data_free:
-            return _data_free_view(group, item)
+            return _data_free_view(item, gram)
         stats = self.stats.get(layer)
         if stats is None or stats.n != width:
             return None
         return stats.channels.covariance().cpu(), torch.arange(width)
 
 
-def _data_free_view(group, item) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _data_free_view(item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The producers' Gram ``(n, n)`` and the consumer inputs ``offset + arange(n)`` it describes.
 
     A consumer reads the group's ``n`` channels at a constant offset (0, or its place in a
@@ -261,7 +266,6 @@ def _data_free_view(group, item) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not bool((offsets == offsets[0]).all()):
         return None
     width = item.dep.target.module.weight.shape[1]
-    gram = _producer_gram(group)
     if gram is None or int(offsets[0]) + gram.shape[0] > width:
         return None
     return gram.cpu(), int(offsets[0]) + torch.arange(gram.shape[0])
@@ -334,20 +338,21 @@ class CompensatingPruner(tp.pruner.BasePruner):
 
     def compensate(self, group) -> None:
         """Fold the channels ``group`` removes into every consumer of the group (weights in place)."""
+        gram = _producer_gram(group) if self.calibration is None else None
         for item in group:
             layer = item.dep.target.module
             if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
                 continue
             removed = torch.as_tensor(item.idxs, dtype=torch.int64)
             if self.calibration is None:
-                view = _data_free_view(group, item)
+                view = _data_free_view(item, gram)
                 if view is None:
                     continue
-                gram, local = view
+                G, local = view
                 keep = torch.ones(len(local), dtype=torch.bool)
                 keep[removed - local[0]] = False
                 if keep.any():
-                    self._fold(layer, removed, local[keep], gram, removed - local[0], torch.nonzero(keep).flatten())
+                    self._fold(layer, removed, local[keep], G, removed - local[0], torch.nonzero(keep).flatten())
                 continue
             stats = self.stats.get(layer)
             width = layer.weight.shape[1]
@@ -377,23 +382,13 @@ class CompensatingPruner(tp.pruner.BasePruner):
         before = (old.to(torch.float64) * M).flatten(1).sum(1)
         after = (new * M[kept]).flatten(1).sum(1)
         shift = before - after  # (out,)
-        bn = self._following_batchnorm(layer)
+        bn = _batchnorm_after(self.DG.module2node.get(layer))
         if bn is not None:
             bn.running_mean -= shift.to(bn.running_mean.dtype)
         elif layer.bias is not None:
             layer.bias.data += shift.to(layer.bias.dtype)
         else:
             layer.bias = nn.Parameter(shift.to(layer.weight.dtype), requires_grad=layer.weight.requires_grad)
-
-    def _following_batchnorm(self, layer: nn.Module) -> nn.Module | None:
-        node = self.DG.module2node.get(layer)
-        if node is None or len(node.outputs) != 1:
-            return None
-        nxt = node.outputs[0]
-        if (isinstance(nxt.module, nn.modules.batchnorm._BatchNorm) and nxt.module.track_running_stats
-                and len(nxt.inputs) == 1):
-            return nxt.module
-        return None
 
 
 def _producer_gram(group) -> torch.Tensor | None:
@@ -404,10 +399,8 @@ def _producer_gram(group) -> torch.Tensor | None:
     BatchNorm it feeds; a producer of another width (e.g. one part of a concatenation) does not.
     """
     gram = None
-    items = list(group)
-    bns = [item.dep.target.module for item in items if item.dep.handler == function.prune_batchnorm_out_channels]
     width = None
-    for item in items:
+    for item in group:
         layer = item.dep.target.module
         if item.dep.handler not in _OUT_FNS or not is_consumer(layer):
             continue
@@ -417,7 +410,7 @@ def _producer_gram(group) -> torch.Tensor | None:
             continue
         zeros = torch.zeros(width, dtype=rows.dtype, device=rows.device)
         bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else zeros
-        bn = _bn_after(group, layer, bns)
+        bn = _batchnorm_after(item.dep.target)
         if bn is not None:
             scale = bn.weight.detach().to(torch.float64) if bn.affine else torch.ones_like(bias)
             scale = scale / (bn.running_var.to(torch.float64) + bn.eps).sqrt()
@@ -429,13 +422,12 @@ def _producer_gram(group) -> torch.Tensor | None:
     return gram
 
 
-def _bn_after(group, layer: nn.Module, bns: list[nn.Module]) -> nn.Module | None:
-    """The BatchNorm of ``bns`` that reads ``layer`` directly, if any."""
-    for item in group:
-        if item.dep.target.module is layer:
-            node = item.dep.target
-            for out in node.outputs:
-                if out.module in bns:
-                    return out.module
-            break
+def _batchnorm_after(node) -> nn.Module | None:
+    """The BatchNorm (with running statistics) that alone reads the dependency-graph ``node``'s output."""
+    if node is None or len(node.outputs) != 1:
+        return None
+    nxt = node.outputs[0]
+    if (isinstance(nxt.module, nn.modules.batchnorm._BatchNorm) and nxt.module.track_running_stats
+            and len(nxt.inputs) == 1):
+        return nxt.module
     return None
