@@ -280,7 +280,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             (``pruning_ratio``, ``iterative_steps``, ``global_pruning``, ``ignored_layers``, ...).
         calibration: ``None`` for data-free compensation, or a callable returning an iterable of
             input batches (training data; called once per step) for calibrated compensation.
-        calibration_batches: how many batches of each call to use.
+        calibration_batches: use at most this many batches of each call (None: all of them).
         calibrate_every: collect statistics every this many steps; in between, the statistics of
             each pruned consumer are cut to its kept channels (exact for that consumer, slightly
             stale downstream of earlier compensation). 1 = every step.
@@ -289,12 +289,13 @@ class CompensatingPruner(tp.pruner.BasePruner):
     """
 
     def __init__(self, model: nn.Module, example_inputs, importance, *,
-                 calibration: Callable[[], Iterable] | None = None, calibration_batches: int = 1,
+                 calibration: Callable[[], Iterable] | None = None, calibration_batches: int | None = None,
                  calibrate_every: int = 1, lmbda: float = 1e-3, mean_correction: bool = True, **kwargs) -> None:
         if calibration is not None and not callable(calibration):
             raise ValueError("calibration must be None or a callable returning an iterable of input batches")
-        if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
-            raise ValueError(f"calibration_batches must be a positive int, got {calibration_batches!r}")
+        if calibration_batches is not None and (isinstance(calibration_batches, bool)
+                                                or not isinstance(calibration_batches, int) or calibration_batches < 1):
+            raise ValueError(f"calibration_batches must be a positive int or None, got {calibration_batches!r}")
         if isinstance(calibrate_every, bool) or not isinstance(calibrate_every, int) or calibrate_every < 1:
             raise ValueError(f"calibrate_every must be a positive int, got {calibrate_every!r}")
         if not lmbda >= 0:

@@ -201,6 +201,20 @@ def test_statistics_cut_between_collections_equal_fresh_ones():
     assert model[1].in_features == 4 and pruner._last_calibration == 0
 
 
+def test_every_calibration_batch_is_used_by_default():
+    """The callable decides how many images calibrate (main.py --calib-size): none is dropped."""
+    model = _linear_chain()
+    x = torch.randn(30, 5, dtype=torch.float64)
+    pruner = CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(), calibration=lambda: x.split(10),
+                                pruning_ratio=0.25, ignored_layers=[model[1]])
+    pruner.step()
+    assert pruner.stats[model[1]].channels.count == 30
+    capped = CompensatingPruner(_linear_chain(), x[:1], CalibratedProjectiveImportance(),
+                                calibration=lambda: x.split(10), calibration_batches=1, pruning_ratio=0.25)
+    capped.step()
+    assert next(iter(capped.stats.values())).channels.count == 10
+
+
 def test_pruned_checkpoint_with_a_created_bias_reloads(tmp_path):
     """The mean correction gives a bias-free consumer without a BatchNorm after it a bias; a fresh
     model adapted to the checkpoint's shapes gets it too."""
