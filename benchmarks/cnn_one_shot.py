@@ -33,17 +33,23 @@ METRICS = ("one_shot", "one_shot_bn", "best_pruned")
 COST_GOAL = 2.0
 
 
+def _grid(output_dir: Path, models: str, *flags: str) -> None:
+    """``scripts.grid`` on digits into ``output_dir`` (sequential; finished runs are skipped)."""
+    subprocess.run([sys.executable, "-m", "scripts.grid", "--dataset", "digits", "--models", models,
+                    "--output-dir", str(output_dir / "run"), "--backend", "bash",
+                    "--task-log-dir", str(output_dir / "logs"), "--log-dir", str(output_dir / "logs"), *flags],
+                   check=True)
+
+
 def run_grid(output_dir: Path, methods: str | None, finetune_epochs: int | None) -> None:
-    """The digits grid for every setting (finished runs are skipped by the grid)."""
+    """The digits grid for every setting."""
     for models, speed_ups in SETTINGS:
-        argv = [sys.executable, "-m", "scripts.grid", "--dataset", "digits", "--models", models,
-                "--speed-ups", speed_ups, "--output-dir", str(output_dir / "run"), "--backend", "bash",
-                "--task-log-dir", str(output_dir / "logs"), "--log-dir", str(output_dir / "logs")]
+        flags = ["--speed-ups", speed_ups]
         if methods:
-            argv += ["--methods", methods]
+            flags += ["--methods", methods]
         if finetune_epochs is not None:
-            argv += ["--finetune-epochs", str(finetune_epochs)]
-        subprocess.run(argv, check=True)
+            flags += ["--finetune-epochs", str(finetune_epochs)]
+        _grid(output_dir, models, *flags)
 
 
 def accuracy_table(runs_dir: Path) -> str:
@@ -93,10 +99,7 @@ def cost_table(output_dir: Path, model_name: str, calib_size: int = 64) -> str:
 
     checkpoint = output_dir / "run" / "digits" / "pretrain" / f"digits_{model_name}.pth"
     if not checkpoint.is_file():
-        subprocess.run([sys.executable, "-m", "scripts.grid", "--dataset", "digits", "--models", model_name,
-                        "--stage", "pretrain", "--output-dir", str(output_dir / "run"), "--backend", "bash",
-                        "--task-log-dir", str(output_dir / "logs"), "--log-dir", str(output_dir / "logs")],
-                       check=True)
+        _grid(output_dir, model_name, "--stage", "pretrain")
     bundle = registry.get_dataset("digits")
     digits_model = registry.get_model(model_name, bundle.num_classes, bundle.in_channels, input_size=8)
     load_model(checkpoint, digits_model)
