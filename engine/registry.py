@@ -132,7 +132,7 @@ IMPORTANCES: dict[str, Callable[[int], tp.importance.Importance]] = {
     "proj": lambda nc: ProjectiveImportance(),
     "proj_sl": lambda nc: ProjectiveImportance(normalizer="max"),
     "proj_comp": lambda nc: CalibratedProjectiveImportance(data_free=True),
-    "proj_calib": lambda nc: CalibratedProjectiveImportance(),
+    "proj_calib": lambda nc: CalibratedProjectiveImportance(flops_aware=True),
 }
 
 

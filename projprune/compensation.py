@@ -46,10 +46,11 @@ from torch_pruning.pruner import function
 
 from projprune.calibration import ActivationStats, run_hooked
 
-__all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "collect_consumer_stats",
-           "fold_removed_inputs", "least_squares_coefficients"]
+__all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
+           "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients", "output_positions"]
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
+_DEPTHWISE_OUT = function.prune_depthwise_conv_out_channels
 _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
@@ -82,6 +83,7 @@ class ConsumerStats:
         self.patch_sum = None if isinstance(module, nn.Linear) else torch.zeros((width, *module.kernel_size),
                                                                                  dtype=torch.float64)
         self.patch_count = 0
+        self._covariance: torch.Tensor | None = None  # cached until the statistics change
 
     @property
     def n(self) -> int:
@@ -91,12 +93,29 @@ class ConsumerStats:
     def update(self, x: torch.Tensor) -> None:
         """Add one input batch of the consumer: ``(..., c)`` for a Linear, ``(B, c, *spatial)`` for a conv."""
         x = x.detach()
+        self._covariance = None
         if self.patch_sum is None:  # Linear
             self.channels.update(x)
             return
-        self.channels.update(x.movedim(1, -1))
+        if x.dim() < 2 or x.shape[1] != self.n:
+            raise ValueError(f"x must have shape (B, {self.n}, *spatial), got {tuple(x.shape)}")
+        # One batch sum serves the channel means and the patch sums; the float32 (or float64)
+        # Gram of the channels-by-samples matrix is accumulated in float64 as ActivationStats does.
+        plane = x.sum(dim=0, dtype=torch.float64)  # (c, *spatial)
+        channel_sum = plane.reshape(self.n, -1).sum(dim=1)
+        if not bool(torch.isfinite(channel_sum).all()):
+            raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
+        rows = x.transpose(0, 1).reshape(self.n, -1)
+        if rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.float()
+        stats = self.channels
+        if stats.sum.device != x.device:
+            stats.sum_outer, stats.sum = stats.sum_outer.to(x.device), stats.sum.to(x.device)
+        stats.sum_outer += (rows @ rows.T).to(torch.float64)
+        stats.sum += channel_sum
+        stats.count += rows.shape[1]
         self.patch_sum = self.patch_sum.to(x.device)
-        sums, positions = _patch_sums(self.module, x)
+        sums, positions = _patch_sums(self.module, plane, x.shape[0])
         self.patch_sum += sums
         self.patch_count += positions
 
@@ -111,6 +130,14 @@ class ConsumerStats:
         self.channels = channels
         if self.patch_sum is not None:
             self.patch_sum = self.patch_sum[kept]
+        if self._covariance is not None:
+            self._covariance = self._covariance[kept][:, kept]
+
+    def covariance(self) -> torch.Tensor:
+        """``(c, c)`` float64 centred covariance of the channels (computed once per change)."""
+        if self._covariance is None:
+            self._covariance = self.channels.covariance()
+        return self._covariance
 
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
@@ -121,24 +148,31 @@ class ConsumerStats:
         return self.patch_sum / self.patch_count
 
 
-def _patch_sums(conv: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Sum over batch and output positions of the input each kernel offset reads: ``(c, *kernel)``."""
-    plane = x.sum(dim=0, dtype=torch.float64)[None]  # (1, c, *spatial): padding is linear, so sum first
+def _patch_sums(conv: nn.modules.conv._ConvNd, plane: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]:
+    """Sum over output positions of the input each kernel offset reads: ``(c, *kernel)``, and their count.
+
+    ``plane: (c, *spatial)`` is the input summed over its ``batch`` samples (padding is linear, so
+    summing first is exact).
+    """
+    plane = plane[None]
     if conv.padding_mode in _PAD_MODES and any(conv._reversed_padding_repeated_twice):
         plane = F.pad(plane, conv._reversed_padding_repeated_twice, mode=_PAD_MODES[conv.padding_mode])
-    plane = plane[0]
     out_size = [(size - d * (k - 1) - 1) // s + 1
-                for size, k, s, d in zip(plane.shape[1:], conv.kernel_size, conv.stride, conv.dilation)]
-    sums = torch.zeros((x.shape[1], *conv.kernel_size), dtype=torch.float64, device=x.device)
+                for size, k, s, d in zip(plane.shape[2:], conv.kernel_size, conv.stride, conv.dilation)]
+    positions = batch
+    for n_out in out_size:
+        positions *= n_out
+    if plane.dim() == 4:  # 2-D: every kernel offset's strided slice in one unfold
+        columns = F.unfold(plane, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+        return columns[0].sum(dim=1).reshape(plane.shape[1], *conv.kernel_size), positions
+    plane = plane[0]
+    sums = torch.zeros((plane.shape[0], *conv.kernel_size), dtype=torch.float64, device=plane.device)
     dims = tuple(range(1, plane.dim()))
     for offset in itertools.product(*(range(k) for k in conv.kernel_size)):
         index = [slice(None)]
         for o, n_out, s, d in zip(offset, out_size, conv.stride, conv.dilation):
             index.append(slice(o * d, o * d + (n_out - 1) * s + 1, s))
         sums[(slice(None), *offset)] = plane[tuple(index)].sum(dim=dims)
-    positions = x.shape[0]
-    for n_out in out_size:
-        positions *= n_out
     return sums, positions
 
 
@@ -160,6 +194,66 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
     run_hooked(model, {module: lambda m, inputs: stats[m].update(inputs[0]) for module in stats}, batches,
                max_batches=max_batches)
     return stats
+
+
+def output_positions(model: nn.Module, example_inputs) -> dict[nn.Module, int]:
+    """Output positions per sample of every conv and linear of ``model`` on ``example_inputs``.
+
+    A conv's are its output's spatial size (``H_out · W_out`` in 2-D), a Linear's the positions
+    it is applied at (1 for ``(B, features)``, the tokens for ``(B, T, features)``). Spatial sizes
+    do not change when channels are pruned, so one forward suffices.
+    """
+    positions: dict[nn.Module, int] = {}
+
+    def record(module: nn.Module, inputs, output) -> None:
+        if not isinstance(output, torch.Tensor) or output.dim() < 1:
+            return
+        width = output.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else output.shape[-1]
+        batch = output.shape[0] if output.dim() > 1 else 1
+        positions[module] = max(1, output.numel() // max(1, width * batch))
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    handles = [m.register_forward_hook(record) for m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            if isinstance(example_inputs, dict):
+                model(**example_inputs)
+            elif isinstance(example_inputs, (tuple, list)):
+                model(*example_inputs)
+            else:
+                model(example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return positions
+
+
+def channel_macs(group, positions: dict[nn.Module, int]) -> torch.Tensor:
+    """``(n,)`` float64: multiply-accumulates per sample that removing each of ``group``'s channels saves.
+
+    Every producer (conv or linear whose output channel it is, depthwise convs included) costs
+    ``weight[0].numel()`` MACs per output position, every consumer (a Linear or ungrouped conv
+    reading it) ``weight[:, i].numel()``; ``positions`` comes from :func:`output_positions`.
+    Normalisation layers are not counted.
+    """
+    cost = torch.zeros(len(group[0].idxs), dtype=torch.float64)
+    for item in group:
+        layer = item.dep.target.module
+        if layer not in positions or len(item.idxs) == 0 or any(r is None for r in item.root_idxs):
+            continue
+        if item.dep.handler in _OUT_FNS or item.dep.handler is _DEPTHWISE_OUT:
+            per_channel = layer.weight[0].numel()
+        elif item.dep.handler in _IN_FNS and is_consumer(layer):
+            per_channel = layer.weight[:, 0].numel()
+        else:
+            continue
+        roots = torch.as_tensor(item.root_idxs, dtype=torch.int64)
+        cost.scatter_add_(0, roots, torch.full((len(roots),), float(per_channel * positions[layer]),
+                                               dtype=torch.float64))
+    return cost
 
 
 # --------------------------------------------------------------------------- the algebra
@@ -205,14 +299,22 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
     ``P = (C + λI)^{-1}`` (``C``: centred covariance of the consumer's input), ``v_i`` the
     consumer's weight slice reading channel ``i`` and ``E = Σ_j ‖v_j‖² C_jj`` its signal energy.
     Without statistics for any consumer of a group the group is not scored (``None``).
+
+    With ``flops_aware=True`` each score is divided by the multiply-accumulates the channel
+    costs (:func:`channel_macs`): the error added per operation saved, the greedy answer to a
+    FLOPs target. A high-resolution channel costs several times a low-resolution one, so plain
+    scores remove many cheap channels and need more steps to reach the same speed-up. The
+    :class:`CompensatingPruner` fills :attr:`positions` (output positions per layer) for it.
     """
 
-    def __init__(self, lmbda: float = 1e-3, data_free: bool = False) -> None:
+    def __init__(self, lmbda: float = 1e-3, data_free: bool = False, flops_aware: bool = False) -> None:
         if lmbda < 0:
             raise ValueError(f"lmbda must be >= 0, got {lmbda}")
         self.lmbda = lmbda
         self.data_free = data_free
+        self.flops_aware = flops_aware
         self.stats: dict[nn.Module, ConsumerStats] = {}
+        self.positions: dict[nn.Module, int] = {}
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
@@ -238,7 +340,16 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
             positions = torch.as_tensor(idxs) - int(local[0])  # local indices -> rows of C
             total.scatter_add_(0, torch.as_tensor(item.root_idxs), scores[positions])
             voted = True
-        return total.to(torch.float32) if voted else None
+        if not voted:
+            return None
+        if self.flops_aware:
+            if not self.positions:
+                raise ValueError("flops_aware=True needs importance.positions (output_positions(model, inputs)); "
+                                 "CompensatingPruner sets them")
+            cost = channel_macs(group, self.positions)
+            if bool((cost > 0).any()):
+                total = total / torch.where(cost > 0, cost, cost.max())
+        return total.to(torch.float32)
 
     def _view(self, item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(C, local)``: the consumer's input covariance over all its inputs (calibrated), or the
@@ -250,7 +361,7 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
         stats = self.stats.get(layer)
         if stats is None or stats.n != width:
             return None
-        return stats.channels.covariance().cpu(), torch.arange(width)
+        return stats.covariance().cpu(), torch.arange(width)
 
 
 def _data_free_view(item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -310,6 +421,8 @@ class CompensatingPruner(tp.pruner.BasePruner):
         self.lmbda = lmbda
         self.mean_correction = mean_correction
         self.stats: dict[nn.Module, ConsumerStats] = {}
+        if getattr(importance, "flops_aware", False):
+            importance.positions = output_positions(model, example_inputs)
 
     def step(self, interactive: bool = False):
         """One pruning step: (calibrate,) score every group, compensate and prune.
@@ -362,7 +475,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             keep = torch.ones(width, dtype=torch.bool)
             keep[removed] = False
             kept = torch.nonzero(keep).flatten()
-            C = stats.channels.covariance() if self.mean_correction else stats.channels.sum_outer / stats.channels.count
+            C = stats.covariance() if self.mean_correction else stats.channels.sum_outer / stats.channels.count
             old = layer.weight.detach().clone()
             self._fold(layer, removed, kept, C, removed, kept)
             if self.mean_correction:

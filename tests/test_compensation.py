@@ -12,9 +12,11 @@ from projprune.compensation import (
     CalibratedProjectiveImportance,
     CompensatingPruner,
     ConsumerStats,
+    channel_macs,
     collect_consumer_stats,
     fold_removed_inputs,
     least_squares_coefficients,
+    output_positions,
 )
 
 
@@ -60,6 +62,76 @@ def test_patch_means_match_unfold():
     assert torch.allclose(stats.patch_means(), expected, atol=1e-12)
     H = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, 3) for x in batches])
     assert torch.allclose(stats.channels.sum_outer, H.T @ H, atol=1e-9)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_patch_means_of_1d_and_padded_convs_match_explicit_patches(padding_mode):
+    torch.manual_seed(0)
+    conv1d = nn.Conv1d(3, 2, kernel_size=3, stride=2, padding=1, dilation=2, padding_mode=padding_mode).double()
+    stats = ConsumerStats(conv1d)
+    x = torch.randn(4, 3, 11, dtype=torch.float64)
+    stats.update(x)
+    padded = F.pad(x, (1, 1), mode="constant" if padding_mode == "zeros" else padding_mode)
+    out_len = (11 + 2 - 2 * 2 - 1) // 2 + 1
+    expected = torch.stack([torch.stack([padded[:, c, k * 2: k * 2 + (out_len - 1) * 2 + 1: 2].mean()
+                                         for k in range(3)]) for c in range(3)])
+    assert torch.allclose(stats.patch_means(), expected, atol=1e-12)
+    conv2d = nn.Conv2d(3, 2, kernel_size=3, padding=1, padding_mode=padding_mode).double()
+    stats2d = ConsumerStats(conv2d)
+    y = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    stats2d.update(y)
+    padded2d = F.pad(y, (1, 1, 1, 1), mode="constant" if padding_mode == "zeros" else padding_mode)
+    expected2d = F.unfold(padded2d, 3).mean(dim=(0, 2)).reshape(3, 3, 3)
+    assert torch.allclose(stats2d.patch_means(), expected2d, atol=1e-12)
+
+
+def test_consumer_stats_refuse_non_finite_or_misshapen_input():
+    stats = ConsumerStats(nn.Conv2d(3, 2, 3))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        stats.update(torch.full((1, 3, 4, 4), float("nan")))
+    with pytest.raises(ValueError, match="shape"):
+        stats.update(torch.randn(1, 4, 4, 4))
+    assert stats.channels.count == 0 and stats.patch_count == 0
+
+
+def _bn_conv_chain() -> tuple[nn.Sequential, torch.Tensor]:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(4 * 4 * 3, 5))
+    return model.eval(), torch.randn(2, 3, 8, 6)
+
+
+def test_output_positions_and_channel_macs_count_by_hand():
+    model, x = _bn_conv_chain()
+    positions = output_positions(model, x[:1])
+    assert positions == {model[0]: 8 * 6, model[3]: 4 * 3, model[5]: 1}
+    graph = tp.DependencyGraph().build_dependency(model, x[:1])
+    group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=list(range(6)))
+    # producer: 3 inputs x 9 taps at 48 positions; consumer: 4 outputs x 9 taps at 12 positions
+    expected = torch.full((6,), 3 * 9 * 48 + 4 * 9 * 12, dtype=torch.float64)
+    assert torch.equal(channel_macs(group, positions), expected)
+    second = graph.get_pruning_group(model[3], tp.prune_conv_out_channels, idxs=list(range(4)))
+    # producer 6 x 9 taps at 12 positions; the Linear reads 12 flattened features per channel
+    expected = torch.full((4,), 6 * 9 * 12 + 12 * 5, dtype=torch.float64)
+    assert torch.equal(channel_macs(second, positions), expected)
+
+
+def test_flops_aware_scores_are_plain_scores_per_mac():
+    model, x = _bn_conv_chain()
+    model = model.double()
+    x = x.double()
+    plain, aware = CalibratedProjectiveImportance(), CalibratedProjectiveImportance(flops_aware=True)
+    plain.stats = aware.stats = collect_consumer_stats(model, [model[3], model[5]], [x])
+    graph = tp.DependencyGraph().build_dependency(model, x[:1])
+    group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=list(range(6)))
+    with pytest.raises(ValueError, match="positions"):
+        aware(group)
+    aware.positions = output_positions(model, x[:1])
+    macs = channel_macs(group, aware.positions)
+    assert torch.allclose(aware(group).double(), plain(group).double() / macs, rtol=1e-6)
+    pruner = CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(flops_aware=True),
+                                calibration=lambda: [x], pruning_ratio=0.5, ignored_layers=[model[5]])
+    assert pruner.importance.positions == aware.positions
 
 
 def _linear_chain() -> nn.Sequential:
