@@ -78,21 +78,25 @@ def accuracy_table(runs_dir: Path) -> str:
 
 
 def time_pruning(model: torch.nn.Module, example: torch.Tensor, method: str, calibration,
-                 calibrate_every: int = 1, speed_up: float = 2.0) -> tuple[float, float]:
-    """``(seconds, speed-up reached)`` of building ``method``'s pruner and its progressive loop on a copy."""
+                 calibrate_every: int = 1, speed_up: float = 2.0,
+                 calibrate_drift: float | None = None) -> tuple[float, float, int]:
+    """``(seconds, speed-up reached, steps)`` of building ``method``'s pruner and its progressive loop
+    on a copy (``calibrate_drift``: None = the pruner's default)."""
     import registry
     from engine.cnn import progressive_pruning
 
     model = copy.deepcopy(model)
+    extra = {} if calibrate_drift is None else {"calibrate_drift": calibrate_drift}
     start = time.perf_counter()
     pruner = registry.build_pruner(model, example, method, 10, iterative_steps=100, global_pruning=True,
-                                   calibration=calibration, calibrate_every=calibrate_every)
+                                   calibration=calibration, calibrate_every=calibrate_every, **extra)
     reached = progressive_pruning(pruner, model, speed_up, example)
-    return time.perf_counter() - start, reached
+    return time.perf_counter() - start, reached, pruner.current_step
 
 
 def cost_table(output_dir: Path, model_name: str, calib_size: int = 64) -> str:
-    """``l2`` vs ``proj_calib`` (every step / every 10 steps) on the digits-trained model (8x8 inputs)
+    """``l2`` vs ``proj_calib`` (default: statistics re-collected after every twentieth of the channels;
+    every step, the former default; every 10 steps at most) on the digits-trained model (8x8 inputs)
     and on a CIFAR-sized untrained one (32x32 random inputs: timing only)."""
     import registry
     from engine.train import load_model
@@ -112,19 +116,21 @@ def cost_table(output_dir: Path, model_name: str, calib_size: int = 64) -> str:
         "32×32, untrained": (registry.get_model(model_name, 10, 3, input_size=32).eval(), torch.randn(1, 3, 32, 32),
                              {calib_size: lambda: [cifar_images], few: lambda: [cifar_images[:few]]}),
     }
-    lines = [f"| {model_name} 2×, 100-step schedule | method | seconds | × l2 | speed-up reached |",
-             "|---|---|---|---|---|"]
+    lines = [f"| {model_name} 2×, 100-step schedule | method | seconds | × l2 | steps | speed-up reached |",
+             "|---|---|---|---|---|---|"]
     verdicts = []
     for case, (model, example, calibrations) in cases.items():
         base = None
-        runs = [("`l2`", "l2", 1, calib_size), ("`proj_calib`", "proj_calib", 1, calib_size),
-                ("`proj_calib --calib-every 10`", "proj_calib", 10, calib_size)]
-        runs += [(f"`proj_calib --calib-size {size}`", "proj_calib", 1, size)
+        runs = [("`l2`", "l2", 1, None, calib_size), ("`proj_calib`", "proj_calib", 1, None, calib_size),
+                ("`proj_calib`, statistics every step (`calibrate_drift=0`)", "proj_calib", 1, 0.0, calib_size),
+                ("`proj_calib --calib-every 10`", "proj_calib", 10, None, calib_size)]
+        runs += [(f"`proj_calib --calib-size {size}`", "proj_calib", 1, None, size)
                  for size in calibrations if size != calib_size]
-        for label, method, every, size in runs:
-            seconds, reached = time_pruning(model, example, method, calibrations[size], every)
+        for label, method, every, drift, size in runs:
+            seconds, reached, steps = time_pruning(model, example, method, calibrations[size], every,
+                                                   calibrate_drift=drift)
             base = seconds if base is None else base
-            lines.append(f"| {case} | {label} | {seconds:.2f} | {seconds / base:.2f} | {reached:.2f}× |")
+            lines.append(f"| {case} | {label} | {seconds:.2f} | {seconds / base:.2f} | {steps} | {reached:.2f}× |")
             if method != "l2":
                 verdicts.append(f"{case}, {label}: {seconds / base:.2f}×")
     lines.append(f"\nGoal: `proj_calib` (calibration included) under {COST_GOAL:g}× `l2`'s loop — "

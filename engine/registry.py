@@ -25,7 +25,7 @@ from engine.models.dgcnn import DGCNN
 from engine.models.mobilenetv2 import MobileNetV2
 from engine.models.pointnet import PointNet
 from engine.models.vgg import CONFIGS, VGG
-from projprune.compensation import CalibratedProjectiveImportance, CompensatingPruner
+from projprune.compensation import DEFAULT_CALIBRATE_DRIFT, CalibratedProjectiveImportance, CompensatingPruner
 from projprune.importance import ProjectiveImportance
 
 
@@ -111,7 +111,7 @@ PRUNERS: dict[str, PrunerKind] = {
     "bn_scale": PrunerKind(tp.pruner.BNScalePruner),
     "group_norm": PrunerKind(tp.pruner.GroupNormPruner),
     "growing_reg": PrunerKind(tp.pruner.GrowingRegPruner, ("delta_reg",)),
-    "compensating": PrunerKind(CompensatingPruner, ("calibration", "calibrate_every")),
+    "compensating": PrunerKind(CompensatingPruner, ("calibration", "calibrate_every", "calibrate_drift")),
 }
 
 
@@ -184,7 +184,7 @@ def output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 def build_pruner(model: nn.Module, example_inputs: torch.Tensor, method: str, num_classes: int, *,
                  iterative_steps: int = 400, max_pruning_ratio: float = 1.0, global_pruning: bool = False,
                  reg: float = 5e-4, delta_reg: float = 1e-4, calibration: Callable | None = None,
-                 calibrate_every: int = 1) -> tp.pruner.BasePruner:
+                 calibrate_every: int = 1, calibrate_drift: float = DEFAULT_CALIBRATE_DRIFT) -> tp.pruner.BasePruner:
     """The Torch-Pruning pruner of ``method`` as the paper ran it (``pruning_ratio=1.0``, stepped
     progressively; output layers ignored). ``reg`` goes to the sparsity-learning pruners only;
     ``calibration`` (a callable returning training batches, see :func:`calibration_batches`) to the
@@ -194,7 +194,7 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, method: str, nu
     if spec.calibrated and calibration is None:
         raise ValueError(f"method {method!r} needs calibration batches (calibration=...)")
     available = {"reg": reg, "delta_reg": delta_reg, "calibration": calibration if spec.calibrated else None,
-                 "calibrate_every": calibrate_every}
+                 "calibrate_every": calibrate_every, "calibrate_drift": calibrate_drift}
     extra = {key: available[key] for key in spec.pruner_kind.settings}
     if spec.sparsity_learning:
         extra["reg"] = reg

@@ -13,8 +13,11 @@ Two sources for ``A``:
   (BatchNorm scale and shift included), the projection of the paper; consumers' weights
   only, no bias term (it would be exact only without an activation).
 * **calibrated**: the second moments of the tensor each consumer reads, collected with
-  forward hooks on a few calibration batches at the start of every pruning step
-  (:func:`collect_consumer_stats`; every spatial position is a sample). ``A`` comes from the
+  forward hooks on a few calibration batches at the start of a pruning step
+  (:func:`collect_consumer_stats`; every spatial position is a sample) and again whenever a
+  twentieth of the channels has gone since (``calibrate_drift``); in between, each consumer's
+  statistics and the inverse ``P = (C + ρI)⁻¹`` are cut to its kept channels (a Schur
+  complement, no new inversion). ``A = C_RK (C_KK + ρI)⁻¹ = −P_RR⁻¹ P_RK`` comes from the
   centred covariance and an empirical mean correction keeps every consumer's mean output
   unchanged on the calibration data: the correction uses the mean of each kernel offset's
   input patch, so zero padding at the borders is accounted for exactly. It is folded into
@@ -22,8 +25,8 @@ Two sources for ``A``:
 
 :class:`CalibratedProjectiveImportance` scores channels from the same statistics: the
 optimal-brain-surgeon cost ``‖v_i‖² / P_ii`` of removing input ``i`` of every consumer with
-``P = (C + λI)^{-1}``, relative to the consumer's signal energy so that scores compare across
-layers in global pruning.
+``P = (C + λI)^{-1}`` (the cached inverse above), relative to the consumer's signal energy so
+that scores compare across layers in global pruning.
 
 Example::
 
@@ -52,6 +55,8 @@ __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStat
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
 _DEPTHWISE_OUT = function.prune_depthwise_conv_out_channels
 _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
+# CompensatingPruner: re-collect statistics once this fraction of the channels was pruned since the last time
+DEFAULT_CALIBRATE_DRIFT = 0.05
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
@@ -84,6 +89,8 @@ class ConsumerStats:
                                                                                  dtype=torch.float64)
         self.patch_count = 0
         self._covariance: torch.Tensor | None = None  # cached until the statistics change
+        self._precision: torch.Tensor | None = None  # (C + ridge I)^{-1}, cut along with the channels
+        self._precision_key: tuple[float, float] | None = None  # (lmbda, absolute ridge) it was made with
 
     @property
     def n(self) -> int:
@@ -93,36 +100,45 @@ class ConsumerStats:
     def update(self, x: torch.Tensor) -> None:
         """Add one input batch of the consumer: ``(..., c)`` for a Linear, ``(B, c, *spatial)`` for a conv."""
         x = x.detach()
-        self._covariance = None
+        self._covariance = self._precision = self._precision_key = None
         if self.patch_sum is None:  # Linear
             self.channels.update(x)
             return
         if x.dim() < 2 or x.shape[1] != self.n:
             raise ValueError(f"x must have shape (B, {self.n}, *spatial), got {tuple(x.shape)}")
-        # One batch sum serves the channel means and the patch sums; the float32 (or float64)
-        # Gram of the channels-by-samples matrix is accumulated in float64 as ActivationStats does.
-        plane = x.sum(dim=0, dtype=torch.float64)  # (c, *spatial)
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        # One batch sum serves the channel means and the patch sums: over the batch in the input's
+        # dtype (float32: as ActivationStats' chunked sums, ~1e-7 relative per position), over the
+        # positions in float64. The float32 (or float64) Gram of the channels-by-samples matrix is
+        # accumulated in float64 as ActivationStats does.
+        plane = x.sum(dim=0).to(torch.float64)  # (c, *spatial)
         channel_sum = plane.reshape(self.n, -1).sum(dim=1)
         if not bool(torch.isfinite(channel_sum).all()):
             raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
-        rows = x.transpose(0, 1).reshape(self.n, -1)
-        if rows.dtype not in (torch.float32, torch.float64):
-            rows = rows.float()
         stats = self.channels
         if stats.sum.device != x.device:
             stats.sum_outer, stats.sum = stats.sum_outer.to(x.device), stats.sum.to(x.device)
-        stats.sum_outer += (rows @ rows.T).to(torch.float64)
+        stats.sum_outer += _channel_gram(x).to(torch.float64)
         stats.sum += channel_sum
-        stats.count += rows.shape[1]
+        stats.count += x.numel() // self.n
         self.patch_sum = self.patch_sum.to(x.device)
         sums, positions = _patch_sums(self.module, plane, x.shape[0])
         self.patch_sum += sums
         self.patch_count += positions
 
-    def keep(self, kept: torch.Tensor) -> None:
-        """Restrict to the input channels ``kept`` (after the others were pruned)."""
+    def keep(self, kept: torch.Tensor, coefficients: torch.Tensor | None = None) -> None:
+        """Restrict to the input channels ``kept`` (after the others were pruned).
+
+        A cached :meth:`precision` is cut too, by the Schur complement
+        ``P_KK − P_KR P_RR⁻¹ P_RK = (C_KK + ρI)⁻¹`` (same absolute ridge ``ρ``, ``O(c²|R|)``);
+        ``coefficients``: the ``A = −P_RR⁻¹ P_RK: (|R|, |K|)`` of :meth:`coefficients` for these
+        channels, if already computed (saves the solve: the cut is ``P_KK + P_KR A``).
+        """
         device = self.channels.sum.device
         kept = kept.to(device)
+        if self._precision is not None:
+            self._precision = _schur_cut(self._precision, kept, coefficients)
         channels = ActivationStats(len(kept), device=device)
         channels.sum_outer = self.channels.sum_outer[kept][:, kept]
         channels.sum = self.channels.sum[kept]
@@ -139,6 +155,30 @@ class ConsumerStats:
             self._covariance = self.channels.covariance()
         return self._covariance
 
+    def precision(self, lmbda: float) -> torch.Tensor:
+        """``(c, c)`` float64 ``P = (C + ρI)⁻¹`` with ``ρ = lmbda · trace(C) / c`` (:func:`_ridge`).
+
+        Computed once per collection; :meth:`keep` then cuts it exactly with the same absolute
+        ``ρ`` (so between collections the ridge stays the one of the collected statistics).
+        """
+        if self._precision is None or self._precision_key is None or self._precision_key[0] != lmbda:
+            C = self.covariance()
+            ridge = _ridge(C, lmbda)
+            # an LU inverse, not a Cholesky: nearly dead inputs leave C + ρI PD only up to rounding
+            P = torch.linalg.inv(C + ridge * torch.eye(C.shape[0], dtype=C.dtype, device=C.device))
+            self._precision, self._precision_key = (P + P.T) * 0.5, (lmbda, ridge)
+        return self._precision
+
+    def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float) -> torch.Tensor:
+        """``A: (|R|, |K|) = C_RK (C_KK + ρI)⁻¹ = −P_RR⁻¹ P_RK`` from the cached :meth:`precision`.
+
+        The ridge ``ρ`` is the precision's (relative to all ``c`` channels' mean variance, not
+        only the kept ones' as in :func:`least_squares_coefficients`); an ``|R| × |R|`` solve.
+        """
+        P = self.precision(lmbda)
+        removed, kept = removed.to(P.device), kept.to(P.device)
+        return -torch.linalg.solve(P[removed][:, removed], P[removed][:, kept])
+
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
         if self.patch_sum is None:
@@ -146,6 +186,35 @@ class ConsumerStats:
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
+
+
+def _channel_gram(x: torch.Tensor) -> torch.Tensor:
+    """``Σ_{b, p} x[b, :, p] x[b, :, p]ᵀ: (c, c)`` in ``x``'s dtype for ``x: (B, c, *spatial)``.
+
+    Large feature maps: one batched product per image (no transposed copy of ``x``); small ones:
+    one product of the ``(c, B·positions)`` matrix (fewer, larger multiplications).
+    """
+    batch, c = x.shape[:2]
+    flat = x.reshape(batch, c, -1)
+    if flat.shape[2] >= 256:
+        return torch.bmm(flat, flat.transpose(1, 2)).sum(dim=0)
+    rows = flat.transpose(0, 1).reshape(c, -1)
+    return rows @ rows.T
+
+
+def _schur_cut(P: torch.Tensor, kept: torch.Tensor, coefficients: torch.Tensor | None = None) -> torch.Tensor:
+    """``(|K|, |K|)``: the inverse of ``P⁻¹``'s ``K × K`` block, ``P_KK − P_KR P_RR⁻¹ P_RK``, from ``P: (c, c)``
+    (``coefficients``: ``−P_RR⁻¹ P_RK: (|R|, |K|)`` if known, ``R`` the other channels in increasing order)."""
+    keep = torch.zeros(P.shape[0], dtype=torch.bool, device=P.device)
+    keep[kept] = True
+    removed = torch.nonzero(~keep).flatten()
+    if len(removed) == 0:
+        return P[kept][:, kept]
+    P_kr = P[kept][:, removed]
+    if coefficients is None:
+        coefficients = -torch.linalg.solve(P[removed][:, removed], P_kr.T)
+    out = P[kept][:, kept] + P_kr @ coefficients.to(P)
+    return (out + out.T) * 0.5
 
 
 def _patch_sums(conv: nn.modules.conv._ConvNd, plane: torch.Tensor, batch: int) -> tuple[torch.Tensor, int]:
@@ -250,10 +319,19 @@ def channel_macs(group, positions: dict[nn.Module, int]) -> torch.Tensor:
             per_channel = layer.weight[:, 0].numel()
         else:
             continue
+        value = float(per_channel * positions[layer])
+        if len(item.root_idxs) == len(cost) and _is_identity(item.root_idxs):
+            cost += value
+            continue
         roots = torch.as_tensor(item.root_idxs, dtype=torch.int64)
-        cost.scatter_add_(0, roots, torch.full((len(roots),), float(per_channel * positions[layer]),
-                                               dtype=torch.float64))
+        cost.scatter_add_(0, roots, torch.full((len(roots),), value, dtype=torch.float64))
     return cost
+
+
+def _is_identity(idxs: Sequence) -> bool:
+    """Whether ``idxs`` is ``0, 1, ..., len - 1`` (Torch-Pruning's index lists; checked at C speed)."""
+    n = len(idxs)
+    return n == 0 or (idxs[0] == 0 and idxs[-1] == n - 1 and list(idxs) == list(range(n)))
 
 
 # --------------------------------------------------------------------------- the algebra
@@ -298,7 +376,9 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
     Score of channel ``i`` = sum over the group's consumers of ``‖v_i‖² / P_ii / E`` with
     ``P = (C + λI)^{-1}`` (``C``: centred covariance of the consumer's input), ``v_i`` the
     consumer's weight slice reading channel ``i`` and ``E = Σ_j ‖v_j‖² C_jj`` its signal energy.
-    Without statistics for any consumer of a group the group is not scored (``None``).
+    ``P`` is :meth:`ConsumerStats.precision`: inverted once per collection (``λ = lmbda ·
+    trace(C) / c`` then), cut with the pruned channels in between. Without statistics for any
+    consumer of a group the group is not scored (``None``).
 
     With ``flops_aware=True`` each score is divided by the multiply-accumulates the channel
     costs (:func:`channel_macs`): the error added per operation saved, the greedy answer to a
@@ -330,15 +410,18 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
             view = self._view(item, gram)
             if view is None:
                 continue
-            C, local = view
-            # an LU inverse, not the core's Cholesky: nearly dead inputs leave C + λI PD only up to rounding
-            P = torch.linalg.inv(C + _ridge(C, self.lmbda) * torch.eye(C.shape[0], dtype=C.dtype))
-            weight = layer.weight.detach().to(torch.float64).cpu()
-            w2 = weight.transpose(0, 1).reshape(weight.shape[1], -1).pow(2).sum(1)[local]
-            signal = float((w2 * C.diagonal()).sum())
-            scores = w2 / P.diagonal() / (signal if signal > 0 else 1.0)
-            positions = torch.as_tensor(idxs) - int(local[0])  # local indices -> rows of C
-            total.scatter_add_(0, torch.as_tensor(item.root_idxs), scores[positions])
+            C_diag, P_diag, local = view
+            weight = layer.weight.detach()
+            dims = [d for d in range(weight.dim()) if d != 1]
+            w2 = weight.pow(2).sum(dim=dims, dtype=torch.float64).cpu()[local]  # (c,) ‖v_j‖²
+            signal = float((w2 * C_diag).sum())
+            scores = w2 / P_diag / (signal if signal > 0 else 1.0)
+            offset = int(local[0])  # local indices -> rows of C
+            if offset == 0 and len(scores) == n_root and _is_identity(idxs) and _is_identity(item.root_idxs):
+                total += scores  # the common case: the consumer reads the group's channels in order
+            else:
+                rows = torch.as_tensor(idxs) - offset
+                total.scatter_add_(0, torch.as_tensor(item.root_idxs), scores[rows])
             voted = True
         if not voted:
             return None
@@ -351,17 +434,28 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
                 total = total / torch.where(cost > 0, cost, cost.max())
         return total.to(torch.float32)
 
-    def _view(self, item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(C, local)``: the consumer's input covariance over all its inputs (calibrated), or the
-        producers' Gram ``gram`` over the group's channels at the consumer inputs ``local`` (data-free)."""
+    def _view(self, item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(diag C, diag P, local)``, ``P = (C + ρI)⁻¹``, each ``(n,)`` float64 on the CPU.
+
+        Calibrated: ``C`` is the consumer's input covariance over all its inputs and ``P`` its
+        cached :meth:`ConsumerStats.precision` (inverted once per collection, cut with the
+        channels in between). Data-free: the producers' Gram ``gram`` over the group's channels,
+        read at the consumer inputs ``local``, inverted here.
+        """
         layer = item.dep.target.module
         width = layer.weight.shape[1]
         if self.data_free:
-            return _data_free_view(item, gram)
+            view = _data_free_view(item, gram)
+            if view is None:
+                return None
+            G, local = view
+            # an LU inverse, not the core's Cholesky: nearly dead inputs leave G + λI PD only up to rounding
+            P = torch.linalg.inv(G + _ridge(G, self.lmbda) * torch.eye(G.shape[0], dtype=G.dtype))
+            return G.diagonal(), P.diagonal(), local
         stats = self.stats.get(layer)
         if stats is None or stats.n != width:
             return None
-        return stats.covariance().cpu(), torch.arange(width)
+        return stats.covariance().diagonal().cpu(), stats.precision(self.lmbda).diagonal().cpu(), torch.arange(width)
 
 
 def _data_free_view(item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -390,18 +484,24 @@ class CompensatingPruner(tp.pruner.BasePruner):
         model, example_inputs, importance, **kwargs: as for ``tp.pruner.BasePruner``
             (``pruning_ratio``, ``iterative_steps``, ``global_pruning``, ``ignored_layers``, ...).
         calibration: ``None`` for data-free compensation, or a callable returning an iterable of
-            input batches (training data; called once per step) for calibrated compensation.
+            input batches (training data; called at every collection) for calibrated compensation.
         calibration_batches: use at most this many batches of each call (None: all of them).
-        calibrate_every: collect statistics every this many steps; in between, the statistics of
-            each pruned consumer are cut to its kept channels (exact for that consumer, slightly
-            stale downstream of earlier compensation). 1 = every step.
+        calibrate_every: collect statistics at most every this many steps; in between, the
+            statistics of each pruned consumer are cut to its kept channels (exact for that
+            consumer, slightly stale downstream of earlier compensation).
+        calibrate_drift: and only once this fraction of the consumers' input channels has been
+            pruned since the last collection (:attr:`drift`); ``calibrate_every=1,
+            calibrate_drift=0`` collects at every step. The default re-collects after every
+            twentieth of the remaining channels: every ~5 steps of a 100-step schedule at first,
+            more often as the network shrinks and each step removes a larger share of it.
         lmbda: relative ridge of the least-squares coefficients.
         mean_correction: calibrated only: keep every consumer's mean output on the calibration data.
     """
 
     def __init__(self, model: nn.Module, example_inputs, importance, *,
                  calibration: Callable[[], Iterable] | None = None, calibration_batches: int | None = None,
-                 calibrate_every: int = 1, lmbda: float = 1e-3, mean_correction: bool = True, **kwargs) -> None:
+                 calibrate_every: int = 1, calibrate_drift: float = DEFAULT_CALIBRATE_DRIFT, lmbda: float = 1e-3,
+                 mean_correction: bool = True, **kwargs) -> None:
         if calibration is not None and not callable(calibration):
             raise ValueError("calibration must be None or a callable returning an iterable of input batches")
         if calibration_batches is not None and (isinstance(calibration_batches, bool)
@@ -409,6 +509,8 @@ class CompensatingPruner(tp.pruner.BasePruner):
             raise ValueError(f"calibration_batches must be a positive int or None, got {calibration_batches!r}")
         if isinstance(calibrate_every, bool) or not isinstance(calibrate_every, int) or calibrate_every < 1:
             raise ValueError(f"calibrate_every must be a positive int, got {calibrate_every!r}")
+        if isinstance(calibrate_drift, bool) or not 0 <= calibrate_drift < 1:
+            raise ValueError(f"calibrate_drift must be a fraction in [0, 1), got {calibrate_drift!r}")
         if not lmbda >= 0:
             raise ValueError(f"lmbda must be >= 0, got {lmbda}")
         if isinstance(importance, CalibratedProjectiveImportance) and not importance.data_free and calibration is None:
@@ -417,7 +519,9 @@ class CompensatingPruner(tp.pruner.BasePruner):
         self.calibration = calibration
         self.calibration_batches = calibration_batches
         self.calibrate_every = calibrate_every
+        self.calibrate_drift = float(calibrate_drift)
         self._last_calibration: int | None = None
+        self._collected_width = 0  # Σ consumer input widths at the last collection
         self.lmbda = lmbda
         self.mean_correction = mean_correction
         self.stats: dict[nn.Module, ConsumerStats] = {}
@@ -430,11 +534,13 @@ class CompensatingPruner(tp.pruner.BasePruner):
         With ``interactive=True`` a generator of groups whose consumers are already
         compensated: prune every group it yields (``group.prune()``).
         """
-        due = self._last_calibration is None or self.current_step - self._last_calibration >= self.calibrate_every
+        due = self._last_calibration is None or (self.current_step - self._last_calibration >= self.calibrate_every
+                                                 and self.drift >= self.calibrate_drift)
         if self.calibration is not None and due:
             consumers = [m for m in self.model.modules() if is_consumer(m)]
             self.stats = collect_consumer_stats(self.model, consumers, self.calibration(), self.calibration_batches)
             self._last_calibration = self.current_step
+            self._collected_width = sum(stats.n for stats in self.stats.values())
             if isinstance(self.importance, CalibratedProjectiveImportance):
                 self.importance.stats = self.stats
         groups = super().step(interactive=True)
@@ -443,6 +549,13 @@ class CompensatingPruner(tp.pruner.BasePruner):
         for group in self._compensated(groups):
             group.prune()
         return None
+
+    @property
+    def drift(self) -> float:
+        """The fraction of the consumers' input channels pruned since the last collection (0 before any)."""
+        if self._collected_width == 0:
+            return 0.0
+        return 1.0 - sum(stats.n for stats in self.stats.values()) / self._collected_width
 
     def _compensated(self, groups):
         for group in groups:
@@ -457,7 +570,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             layer = item.dep.target.module
             if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
                 continue
-            removed = torch.as_tensor(item.idxs, dtype=torch.int64)
+            removed = torch.unique(torch.as_tensor(item.idxs, dtype=torch.int64))  # sorted (ConsumerStats.keep)
             if self.calibration is None:
                 view = _data_free_view(item, gram)
                 if view is None:
@@ -475,27 +588,31 @@ class CompensatingPruner(tp.pruner.BasePruner):
             keep = torch.ones(width, dtype=torch.bool)
             keep[removed] = False
             kept = torch.nonzero(keep).flatten()
-            C = stats.covariance() if self.mean_correction else stats.channels.sum_outer / stats.channels.count
-            old = layer.weight.detach().clone()
-            self._fold(layer, removed, kept, C, removed, kept)
-            if self.mean_correction:
-                self._correct_mean(layer, old, kept, stats)
-            stats.keep(kept)
+            A = self._fold_calibrated(layer, removed, kept, stats)
+            stats.keep(kept, A if self.mean_correction else None)
 
-    def _fold(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
-              removed_rows: torch.Tensor, kept_rows: torch.Tensor) -> None:
-        """``V[:, kept] += V[:, removed] A`` with ``A`` from ``gram``'s rows ``removed_rows`` / ``kept_rows``."""
-        device = layer.weight.device
-        A = least_squares_coefficients(gram.to(device), removed_rows.to(device), kept_rows.to(device), self.lmbda)
-        layer.weight.data = fold_removed_inputs(layer.weight.data, removed.to(device), kept.to(device), A)
-
-    def _correct_mean(self, layer: nn.Module, old: torch.Tensor, kept: torch.Tensor, stats: ConsumerStats) -> None:
-        """Add ``mean output before − after`` (over the calibration positions) to the consumer's output."""
-        M = stats.patch_means().to(layer.weight.device)
-        new = layer.weight.detach()[:, kept].to(torch.float64)
-        before = (old.to(torch.float64) * M).flatten(1).sum(1)
-        after = (new * M[kept]).flatten(1).sum(1)
-        shift = before - after  # (out,)
+    def _fold_calibrated(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor,
+                         stats: ConsumerStats) -> torch.Tensor:
+        """``V[:, K] += V[:, R] A`` in place, ``A`` from ``stats``; with the mean correction, also add
+        the mean output lost on the calibration data, ``Σ_{r,o} V[:, r, o] (M[r, o] − Σ_k A[r, k] M[k, o])``
+        (``M``: per-offset input means; ``= Σ V M − Σ V′[:, K] M[K]``) to the consumer's output.
+        Returns ``A: (|R|, |K|)``."""
+        weight = layer.weight.data
+        removed, kept = removed.to(weight.device), kept.to(weight.device)
+        V_r = weight[:, removed].to(torch.float64)  # (out, |R|, *kernel)
+        if self.mean_correction:  # centred: A = −P_RR⁻¹ P_RK from the cached precision
+            A = stats.coefficients(removed, kept, self.lmbda).to(weight.device)
+        else:
+            C = (stats.channels.sum_outer / stats.channels.count).to(weight.device)
+            A = least_squares_coefficients(C, removed, kept, self.lmbda)
+        taps = V_r.transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
+        update = (A.T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:]).transpose(0, 1)
+        weight.index_add_(1, kept, update.to(weight.dtype))  # V[:, K] += V[:, R] A
+        if not self.mean_correction:
+            return A
+        M = stats.patch_means().to(weight.device)  # (c, *kernel)
+        residual = M[removed] - (A @ M[kept].reshape(len(kept), -1)).reshape(M[removed].shape)  # (|R|, *kernel)
+        shift = (V_r * residual).flatten(1).sum(1)  # (out,) mean output before − after
         bn = _batchnorm_after(self.DG.module2node.get(layer))
         if bn is not None:
             bn.running_mean -= shift.to(bn.running_mean.dtype)
@@ -503,6 +620,14 @@ class CompensatingPruner(tp.pruner.BasePruner):
             layer.bias.data += shift.to(layer.bias.dtype)
         else:
             layer.bias = nn.Parameter(shift.to(layer.weight.dtype), requires_grad=layer.weight.requires_grad)
+        return A
+
+    def _fold(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
+              removed_rows: torch.Tensor, kept_rows: torch.Tensor) -> None:
+        """``V[:, kept] += V[:, removed] A`` with ``A`` from ``gram``'s rows ``removed_rows`` / ``kept_rows``."""
+        device = layer.weight.device
+        A = least_squares_coefficients(gram.to(device), removed_rows.to(device), kept_rows.to(device), self.lmbda)
+        layer.weight.data = fold_removed_inputs(layer.weight.data, removed.to(device), kept.to(device), A)
 
 
 def _producer_gram(group) -> torch.Tensor | None:

@@ -303,3 +303,141 @@ def test_pruned_checkpoint_with_a_created_bias_reloads(tmp_path):
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.allclose(fresh.eval()(x), model(x))
+
+
+def _reference_precision(C: torch.Tensor, ridge: float) -> torch.Tensor:
+    return torch.linalg.inv(C + ridge * torch.eye(C.shape[0], dtype=torch.float64))
+
+
+def test_precision_is_cut_with_the_channels_by_the_schur_complement():
+    """ConsumerStats.keep cuts the cached (C + ρI)⁻¹ to the kept channels: the inverse of C_KK + ρI,
+    same absolute ρ (the collected statistics'), without a new inversion."""
+    torch.manual_seed(6)
+    conv = nn.Conv2d(7, 3, 3, padding=1).double()
+    stats = ConsumerStats(conv)
+    stats.update(torch.randn(6, 7, 5, 5, dtype=torch.float64) @ torch.randn(5, 5, dtype=torch.float64))
+    C = stats.covariance().clone()
+    ridge = 1e-2 * float(torch.trace(C)) / 7
+    assert torch.allclose(stats.precision(1e-2), _reference_precision(C, ridge), atol=1e-10)
+    kept = torch.tensor([0, 2, 3, 6])
+    stats.keep(kept)
+    expected = _reference_precision(C[kept][:, kept], ridge)
+    assert torch.allclose(stats.precision(1e-2), expected, rtol=1e-9, atol=1e-10)
+    assert torch.allclose(stats.covariance(), C[kept][:, kept], atol=1e-12)
+    A = stats.coefficients(torch.tensor([0, 2]), torch.tensor([1, 3]), 1e-2)
+    stats.keep(torch.tensor([1, 3]), A)  # twice: the cut of a cut, with the coefficients already solved
+    assert torch.allclose(stats.precision(1e-2), _reference_precision(C[[2, 6]][:, [2, 6]], ridge), rtol=1e-9)
+    stats.update(torch.randn(2, 2, 5, 5, dtype=torch.float64))  # new samples: inverted afresh
+    fresh = stats.covariance()
+    assert torch.allclose(stats.precision(1e-2), _reference_precision(fresh, 1e-2 * float(torch.trace(fresh)) / 2))
+
+
+def test_coefficients_from_the_precision_are_ridge_least_squares():
+    """A = −P_RR⁻¹ P_RK is C_RK (C_KK + ρI)⁻¹ with the precision's ρ (relative to all channels)."""
+    torch.manual_seed(7)
+    stats = ConsumerStats(nn.Linear(6, 2))
+    stats.update(torch.randn(40, 6, dtype=torch.float64) @ torch.randn(6, 6, dtype=torch.float64))
+    C = stats.covariance()
+    ridge = 1e-3 * float(torch.trace(C)) / 6
+    removed, kept = [1, 4], [0, 2, 3, 5]
+    expected = C[removed][:, kept] @ _reference_precision(C[kept][:, kept], ridge)
+    A = stats.coefficients(torch.tensor(removed), torch.tensor(kept), 1e-3)
+    assert torch.allclose(A, expected, atol=1e-10)
+
+
+def test_calibrated_fold_and_mean_shift_match_a_float64_reference():
+    """One compensation of a conv read by a BatchNorm: V[:, K] += V[:, R] A and the BatchNorm's running
+    mean moves by the exact change of the conv's mean output on the calibration data (zero padding)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1),
+                          nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 2)).double().eval()
+    x = torch.randn(10, 3, 5, 5, dtype=torch.float64)
+    V = model[2].weight.detach().clone()
+    running_mean = model[3].running_mean.clone()
+    with torch.no_grad():
+        H = model[:2](x)  # (B, 8, 5, 5): what the second conv reads
+    Hc = H.permute(0, 2, 3, 1).reshape(-1, 8)
+    C = torch.cov(Hc.T, correction=0)
+    pruner = CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(p=2), calibration=lambda: [x],
+                                pruning_ratio=0.25, ignored_layers=[model[2], model[6]])
+    groups = list(pruner.step(interactive=True))
+    removed = sorted(groups[0][0].idxs)
+    kept = [i for i in range(8) if i not in removed]
+    A = C[removed][:, kept] @ _reference_precision(C[kept][:, kept], 1e-3 * float(torch.trace(C)) / 8)
+    expected = V[:, kept] + torch.einsum("orhw,rk->okhw", V[:, removed], A)
+    patches = F.unfold(H, 3, padding=1).mean(dim=(0, 2)).reshape(8, 3, 3)  # mean input per kernel offset
+    shift = (V * patches).sum(dim=(1, 2, 3)) - (expected * patches[kept]).sum(dim=(1, 2, 3))
+    for group in groups:
+        group.prune()
+    assert torch.allclose(model[2].weight, expected, atol=1e-10)
+    assert torch.allclose(model[3].running_mean, running_mean - shift, atol=1e-10)
+
+
+def test_statistics_are_collected_again_once_the_drift_is_reached():
+    """calibrate_drift: statistics are re-collected at the first step where at least that fraction of
+    the consumers' input channels was pruned since the last collection; drift counts it."""
+    model = _linear_chain()
+    x = torch.randn(32, 5, dtype=torch.float64)
+    calls = []
+
+    def calibration():
+        calls.append(model[1].in_features)
+        return [x]
+
+    pruner = CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(), calibration=calibration,
+                                calibrate_drift=0.15, iterative_steps=8, pruning_ratio=0.75, ignored_layers=[model[1]])
+    widths = []
+    for _ in range(8):
+        pruner.step()
+        widths.append(model[1].in_features)
+        # both consumers count: Linear(5, 8) keeps its 5 inputs, Linear(8, 3) loses one per step
+        assert pruner.drift == pytest.approx(1 - (5 + model[1].in_features) / (5 + calls[-1]))
+    expected, last = [8], 8
+    for before in widths[:-1]:  # the width each later step starts from
+        if 1 - (5 + before) / (5 + last) >= 0.15:
+            expected.append(before)
+            last = before
+    assert calls == expected and len(calls) > 2
+    with pytest.raises(ValueError, match="calibrate_drift"):
+        CompensatingPruner(_linear_chain(), x[:1], CalibratedProjectiveImportance(), calibration=lambda: [x],
+                           calibrate_drift=1.0, pruning_ratio=0.5)
+
+
+def test_importance_between_collections_uses_the_cut_precision():
+    """With statistics cut (no new collection) the OBS scores use (C_KK + ρI)⁻¹, ρ of the collection."""
+    model = _linear_chain()
+    x = torch.randn(40, 5, dtype=torch.float64)
+    with torch.no_grad():
+        H = model[0](x)
+    C = torch.cov(H.T, correction=0)
+    importance = CalibratedProjectiveImportance()
+    pruner = CompensatingPruner(model, x[:1], importance, calibration=lambda: [x], calibrate_every=10,
+                                iterative_steps=2, pruning_ratio=0.5, ignored_layers=[model[1]])
+    groups = list(pruner.step(interactive=True))
+    kept = [i for i in range(8) if i not in groups[0][0].idxs]
+    for group in groups:
+        group.prune()
+    graph_group = pruner.DG.get_pruning_group(model[0], tp.prune_linear_out_channels, idxs=list(range(6)))
+    scores = importance(graph_group).double()
+    Ckk = C[kept][:, kept]
+    P = _reference_precision(Ckk, 1e-3 * float(torch.trace(C)) / 8)
+    w2 = (model[1].weight.detach() ** 2).sum(0)
+    expected = w2 / P.diagonal() / (w2 * Ckk.diagonal()).sum()
+    assert torch.allclose(scores, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", [4, 16])
+def test_conv_statistics_of_float32_maps_match_float64_sums(side):
+    """Small maps (one product of the channels-by-samples matrix) and large ones (a product per image,
+    batch sums in float32): second moments, channel sums and patch sums as a float64 computation's."""
+    torch.manual_seed(9)
+    conv = nn.Conv2d(5, 2, 3, padding=1)
+    x = torch.randn(6, 5, side, side).relu() + 0.5
+    stats = ConsumerStats(conv)
+    stats.update(x)
+    H = x.double().permute(0, 2, 3, 1).reshape(-1, 5)
+    assert torch.allclose(stats.channels.sum_outer, H.T @ H, rtol=1e-6)
+    assert torch.allclose(stats.channels.sum, H.sum(0), rtol=1e-6)
+    assert stats.channels.count == 6 * side * side
+    patches = F.unfold(x.double(), 3, padding=1).mean(dim=(0, 2)).reshape(5, 3, 3)
+    assert torch.allclose(stats.patch_means(), patches, rtol=1e-6)
