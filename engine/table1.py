@@ -33,6 +33,7 @@ from engine.train import (
     train_model,
 )
 from projprune.calibration import recalibrate_batchnorm
+from projprune.compensation import DEFAULT_CALIBRATE_DRIFT
 
 # Arguments that do not change what a fine-tuning computes (a resumed run may differ in them).
 _RESUME_IGNORED = {"verbose", "workers", "restore", "sl_restore", "output_dir", "dataroot"}
@@ -84,7 +85,10 @@ class CNNConfig:
         "help": "calibrated methods (proj_calib): training images whose activations guide selection and "
                 "compensation"})
     calib_every: int = field(default=1, metadata={
-        "help": "calibrated methods: re-collect the activation statistics every this many pruning steps"})
+        "help": "calibrated methods: re-collect the activation statistics at most every this many pruning steps"})
+    calib_drift: float = field(default=DEFAULT_CALIBRATE_DRIFT, metadata={
+        "help": "calibrated methods: re-collect the statistics once this fraction of the consumers' input "
+                "channels was pruned since the last collection (0: every step allowed by --calib-every)"})
 
 
 @dataclass
@@ -147,6 +151,7 @@ def _check_numbers(cfg: CNNConfig) -> None:
     for flag in ("weight_decay", "reg", "delta_reg", "target_flops", "sl_reg_warmup", "workers", "bn_recalibrate"):
         need(getattr(cfg, flag) >= 0, "--" + flag.replace("_", "-") if flag != "delta_reg" else "--delta_reg",
              ">= 0", getattr(cfg, flag))
+    need(0 <= cfg.calib_drift < 1, "--calib-drift", "in [0, 1)", cfg.calib_drift)
     need(0 < cfg.max_pruning_ratio <= 1, "--max-pruning-ratio", "in (0, 1]", cfg.max_pruning_ratio)
     need(cfg.total_epochs >= 0, "--total-epochs", ">= 1 (0 only to prune without --finetune)", cfg.total_epochs)
     need(cfg.sl_total_epochs >= 0, "--sl-total-epochs", ">= 1", cfg.sl_total_epochs)
@@ -299,7 +304,8 @@ def run_prune(ctx: Context) -> dict:
         pruner = registry.build_pruner(
             ctx.model, ctx.example_inputs, cfg.method, ctx.bundle.num_classes, iterative_steps=cfg.iterative_steps,
             max_pruning_ratio=cfg.max_pruning_ratio, global_pruning=cfg.global_pruning, reg=cfg.reg,
-            delta_reg=cfg.delta_reg, calibration=_calibration(ctx), calibrate_every=cfg.calib_every)
+            delta_reg=cfg.delta_reg, calibration=_calibration(ctx), calibrate_every=cfg.calib_every,
+            calibrate_drift=cfg.calib_drift)
         if registry.get_method(cfg.method).sparsity_learning:
             _sparsity_learning(ctx, pruner)
             pruner.update_regularizer()

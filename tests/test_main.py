@@ -159,6 +159,9 @@ def test_bad_arguments_fail_before_writing(tmp_path):
     with pytest.raises(ValueError, match="--calib-size must be >= 1"):
         main_module.main(["--mode", "prune", *SMALL, "--method", "proj_calib", "--calib-size", "0",
                           "--output-dir", str(out)])
+    with pytest.raises(ValueError, match=r"--calib-drift must be in \[0, 1\)"):
+        main_module.main(["--mode", "prune", *SMALL, "--method", "proj_calib", "--calib-drift", "1.5",
+                          "--output-dir", str(out)])
     assert not out.exists()
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint at all")
