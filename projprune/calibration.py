@@ -27,12 +27,23 @@ class ActivationStats:
     Args:
         n: number of units (the width the next layer reads).
         device: where the accumulators live (default CPU; moved to the data on first update).
+        gram_dtype: OPT-IN faster, less precise products: ``torch.bfloat16`` rounds the
+            activations to bfloat16 for ``Σ h hᵀ`` (about 2x faster on CPUs with AMX-bf16) and
+            sums each product of ``LOW_PRECISION_CHUNK`` tokens in float32 (a CPU bf16 matmul
+            rounds its output to bf16), then in float64. ``Σ h`` and the count stay exact.
+            Relative error of ``Σ h hᵀ`` about 1e-3 per batch (tests bound it at 3e-3), below
+            the sampling noise of a covariance from tens of thousands of tokens. Default None:
+            the activations' own dtype (float32 or float64).
     """
 
-    def __init__(self, n: int, device: torch.device | str | None = None) -> None:
+    def __init__(self, n: int, device: torch.device | str | None = None,
+                 gram_dtype: torch.dtype | None = None) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int (number of units), got {n!r}")
+        if gram_dtype not in (None, torch.bfloat16):
+            raise ValueError(f"gram_dtype must be None or torch.bfloat16, got {gram_dtype!r}")
         self.n = n
+        self.gram_dtype = gram_dtype
         self.sum_outer = torch.zeros(n, n, dtype=torch.float64, device=device)  # Σ h hᵀ
         self.sum = torch.zeros(n, dtype=torch.float64, device=device)  # Σ h
         self.count = 0
@@ -65,7 +76,11 @@ class ActivationStats:
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
-        self.sum_outer += _gram(rows)  # float32 or float64 product, accumulated in float64
+        gram_dtype = getattr(self, "gram_dtype", None)  # objects saved before the option have none
+        if gram_dtype is None:
+            self.sum_outer += _gram(rows)  # float32 or float64 product, accumulated in float64
+        else:
+            self.sum_outer += _gram_low_precision(rows, gram_dtype)  # opt-in bf16 products
         self.sum += batch_sum
         self.count += rows.shape[0]
 
@@ -91,12 +106,13 @@ class ActivationStats:
     def covariance(self) -> torch.Tensor:
         """``C = Hc Hcᵀ / T: (n, n)`` float64, ``Hc`` the centred activations."""
         mu = self.mean
-        C = self.sum_outer / self.count - torch.outer(mu, mu)
-        return (C + C.T) * 0.5
+        C = self.sum_outer / self.count
+        C -= torch.outer(mu, mu)
+        return _symmetrised(C)
 
     def to(self, device: torch.device | str) -> ActivationStats:
         """A copy on ``device``."""
-        out = ActivationStats(self.n, device=device)
+        out = ActivationStats(self.n, device=device, gram_dtype=getattr(self, "gram_dtype", None))
         out.sum_outer.copy_(self.sum_outer)
         out.sum.copy_(self.sum)
         out.count = self.count
@@ -120,26 +136,98 @@ def _column_sum(rows: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     return total
 
 
-def _gram(rows: torch.Tensor) -> torch.Tensor:
+# Symmetric products are split into at most 8 blocks of at least this many columns.
+_BLOCK_WIDTH = 256
+# Tokens per bfloat16 product in the opt-in low-precision statistics (each product is rounded to bf16).
+LOW_PRECISION_CHUNK = 1024
+
+
+def _block_edges(n: int, max_blocks: int = 8) -> list[int]:
+    """Edges of the column blocks of a symmetric ``(n, n)`` product; ``[0, n]`` when too narrow to split."""
+    blocks = max(1, min(max_blocks, n // _BLOCK_WIDTH))
+    return [round(i * n / blocks) for i in range(blocks + 1)]
+
+
+def _gram(rows: torch.Tensor, max_blocks: int = 8, upper_only: bool = False) -> torch.Tensor:
     """``rowsᵀ rows: (n, n)`` for ``rows: (T, n)``; for wide layers only the upper blocks are multiplied.
 
-    The Gram matrix is symmetric, so with ``B`` column blocks ``B (B + 1) / 2`` of the ``B²``
-    block products suffice (about 40 % fewer flops at ``B = 6``, the cost that dominates
-    calibration of a large FFN).
+    The Gram matrix is symmetric, so with ``B`` column blocks only the block rows' upper
+    parts are formed, one wide product per block row, ``rows[:, a]ᵀ rows[:, a:]``
+    (``(B + 1) / 2B`` of the flops: 56 % at ``B = 8``, the cost that dominates calibration of
+    a large FFN), and the lower blocks are copied from their mirror images. Every entry is
+    the same dot product as in ``rows.T @ rows``. Also gives ``P @ P`` for a symmetric ``P``
+    (``rows = P``). With ``upper_only`` the mirror copies are skipped: only the entries on and
+    above the diagonal are set (the rest are zero or, within diagonal blocks, also correct).
     """
     n = rows.shape[1]
-    blocks = min(8, n // 512)
-    if blocks < 2:
+    edges = _block_edges(n, max_blocks)
+    if len(edges) < 3:
         return rows.T @ rows
-    edges = [round(i * n / blocks) for i in range(blocks + 1)]
-    out = torch.empty(n, n, dtype=rows.dtype, device=rows.device)
+    out = (torch.zeros if upper_only else torch.empty)(n, n, dtype=rows.dtype, device=rows.device)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        out[lo:hi, lo:] = rows[:, lo:hi].T @ rows[:, lo:]
+    if not upper_only:
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            out[hi:, lo:hi] = out[lo:hi, hi:].T
+    return out
+
+
+def _gram_low_precision(rows: torch.Tensor, dtype: torch.dtype, chunk: int | None = None) -> torch.Tensor:
+    """``rowsᵀ rows: (n, n)`` float32 from products in ``dtype`` (bfloat16) of ``chunk`` tokens each.
+
+    Opt-in (``ActivationStats(gram_dtype=torch.bfloat16)``): the rows are rounded to ``dtype``
+    and every chunk's upper block rows (rounded to ``dtype`` by the CPU matmul) are summed in
+    float32; the lower blocks are mirrored once at the end.
+    """
+    chunk = chunk or LOW_PRECISION_CHUNK
+    T, n = rows.shape
+    low = rows.to(dtype)
+    edges = _block_edges(n)
+    out = torch.zeros(n, n, dtype=torch.float32, device=rows.device)
+    for start in range(0, T, chunk):
+        part = low[start:start + chunk]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            out[lo:hi, lo:] += part[:, lo:hi].T @ part[:, lo:]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        out[hi:, lo:hi] = out[lo:hi, hi:].T
+    return out
+
+
+def _sub_upper_product_(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> None:
+    """``M -= A Bᵀ`` on the upper block rows only (``M: (r, r)``, ``A, B: (r, K)``), in place.
+
+    For a symmetric update of a matrix of which only the upper triangle is read (see
+    :func:`_symmetric_row`): about half the flops of the full product, and every updated
+    entry gets the same arithmetic as in ``M.addmm_(A, B.T, alpha=-1)``.
+    """
+    edges = _block_edges(M.shape[0])
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        M[lo:hi, lo:].addmm_(A[lo:hi], B[lo:].T, alpha=-1.0)
+
+
+def _symmetric_row(M: torch.Tensor, r: int) -> torch.Tensor:
+    """Row ``r``: ``(n,)`` of a symmetric ``M: (n, n)`` of which only the upper triangle is valid."""
+    return torch.cat((M[:r, r], M[r, r:]))
+
+
+def _symmetrised(C: torch.Tensor, blocks: int = 12) -> torch.Tensor:
+    """``(C + Cᵀ) / 2: (n, n)``, tile by tile (the transposed read of a whole matrix is cache-hostile).
+
+    Entry for entry the same arithmetic as ``(C + C.T) * 0.5``, about twice as fast at ``n = 3072``.
+    """
+    edges = _block_edges(C.shape[0], blocks)
+    blocks = len(edges) - 1
+    if blocks < 2:
+        return (C + C.T) * 0.5
+    out = torch.empty_like(C)
     for a in range(blocks):
-        left = rows[:, edges[a]:edges[a + 1]].T
+        ra = slice(edges[a], edges[a + 1])
         for b in range(a, blocks):
-            product = left @ rows[:, edges[b]:edges[b + 1]]
-            out[edges[a]:edges[a + 1], edges[b]:edges[b + 1]] = product
+            rb = slice(edges[b], edges[b + 1])
+            tile = (C[ra, rb] + C[rb, ra].T).mul_(0.5)
+            out[ra, rb] = tile
             if b != a:
-                out[edges[b]:edges[b + 1], edges[a]:edges[a + 1]] = product.T
+                out[rb, ra] = tile.T
     return out
 
 
@@ -183,6 +271,7 @@ def collect_activation_stats(
     *,
     max_batches: int | None = None,
     callback: Callable[[int], None] | None = None,
+    gram_dtype: torch.dtype | None = None,
 ) -> list[ActivationStats]:
     """Statistics of what each of ``layers`` reads while ``model`` runs on ``batches``.
 
@@ -197,6 +286,7 @@ def collect_activation_stats(
             ``(inputs, targets)`` tuples (``model(inputs)``).
         max_batches: stop after this many batches.
         callback: called with the batch index after every batch (progress bars).
+        gram_dtype: opt-in ``torch.bfloat16`` products (see :class:`ActivationStats`); default exact.
 
     Returns:
         One :class:`ActivationStats` per layer, in order.
@@ -210,7 +300,8 @@ def collect_activation_stats(
                                     or max_batches < 1):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     stats: list[ActivationStats | None] = [
-        None if _reading_width(layer) is None else ActivationStats(_reading_width(layer)) for layer in layers
+        None if _reading_width(layer) is None else ActivationStats(_reading_width(layer), gram_dtype=gram_dtype)
+        for layer in layers
     ]
     current_mask: list[torch.Tensor | None] = [None]
 
@@ -220,7 +311,7 @@ def collect_activation_stats(
                 return
             h = _samples(module, args[0].detach())
             if stats[index] is None:
-                stats[index] = ActivationStats(h.shape[-1])
+                stats[index] = ActivationStats(h.shape[-1], gram_dtype=gram_dtype)
             mask = current_mask[0]
             use_mask = mask is not None and tuple(mask.shape) == tuple(h.shape[:-1])
             try:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from projprune._checks import check_amount, check_matrix, check_same_device_dtype, check_vector
-from projprune.calibration import ActivationStats
+from projprune.calibration import ActivationStats, _gram, _sub_upper_product_, _symmetric_row
 from projprune.options import ProjectionOptions, resolve_options
 from projprune.solvers import precision_and_residuals, regularised_inverse, solve_closed
 
@@ -73,8 +73,9 @@ class _PendingTerms:
     columns of two buffers) and apply them with one matrix product (docs/algorithm.md §5).
     """
 
-    def __init__(self, block: int) -> None:
+    def __init__(self, block: int, symmetric: bool = False) -> None:
         self.block = block
+        self.symmetric = symmetric  # every term is a aᵀ: B is A (one buffer written per step)
         self.k = 0
         self.A: torch.Tensor | None = None  # (rows, block)
         self.B: torch.Tensor | None = None  # (cols, block)
@@ -86,9 +87,10 @@ class _PendingTerms:
         """Append ``a bᵀ``; True when the block is full and the caller should flush."""
         if self.k == 0 and (self.A is None or self.A.shape[0] != a.shape[0] or self.B.shape[0] != b.shape[0]):
             self.A = a.new_empty(a.shape[0], self.block)
-            self.B = b.new_empty(b.shape[0], self.block)
+            self.B = self.A if self.symmetric else b.new_empty(b.shape[0], self.block)
         self.A[:, self.k] = a
-        self.B[:, self.k] = b
+        if not self.symmetric:
+            self.B[:, self.k] = b
         self.k += 1
         return self.k >= self.block
 
@@ -137,10 +139,12 @@ class _LayerState:
         self.W = W.to(dtype)
         self.V = None if V is None else V.to(dtype)
         self.alive = torch.ones(self.n, dtype=torch.bool, device=W.device)
+        self.n_alive = self.n  # = int(self.alive.sum()), kept without a reduction per step
         # tracks: row 0 = U_α (W rows), 1 = U_β (bias), 2 = the track used for V's columns
         self.tracks = torch.ones(3, self.n, dtype=dtype, device=W.device)
         v_strength = opts.beta if opts.v_uses_beta else opts.gamma
         self.strengths = torch.tensor([opts.alpha, opts.beta, v_strength], dtype=dtype, device=W.device)
+        self.fixed_tracks = opts.alpha == 0 and opts.beta == 0 and v_strength == 0  # tracks stay exactly 1
         self.alpha = opts.alpha
         self.output_aware = opts.output_aware
         self.compensate = opts.compensate
@@ -205,7 +209,7 @@ class _LayerState:
         q = self.coefficients(i)
         c = self._effective_column(i) if (self.compensate or self.bias_delta is not None) else None
         if self.bias_delta is not None:
-            source = self.bias_source * self.tracks[1]
+            source = self.bias_source if self.fixed_tracks else self.bias_source * self.tracks[1]
             reconstruction = q @ source if self.compensate else 0.0
             self.bias_delta += c * (source[i] - reconstruction)
         if self.fixed_v:
@@ -224,8 +228,10 @@ class _LayerState:
             self.comp_c[t] = c
             self.comp_q[t] = q
             self.n_comp += 1
-        self.tracks *= 1.0 + ratio * self.strengths.unsqueeze(1) * q.unsqueeze(0)
+        if not self.fixed_tracks:
+            self.tracks *= 1.0 + ratio * self.strengths.unsqueeze(1) * q.unsqueeze(0)
         self.alive[i] = False
+        self.n_alive -= 1
         self.order.append(i)
         self.forget(i, q, ratio)
 
@@ -372,20 +378,26 @@ class _CalibratedExactState(_LayerState):
     ``diag(P²)`` is downdated with ``P_t p = P_f p - Σ_s c_s (c_sᵀ p)`` and
     ``P_f p = S_f[:, i] - Σ_s e_s c_s[i]`` (``S_f = P_f²``, ``e_s = P_f c_s``), so a step costs
     ``O(n · block)``. Every ``block`` steps the terms are applied with matrix products,
-    ``P_f ← P_f - C Cᵀ`` and ``S_f ← S_f - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ``, and both matrices are
-    squeezed to the units still there.
+    ``P_f ← P_f - C Cᵀ`` and ``S_f ← S_f - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ`` (one product of rank
+    ``2 · block``), and both matrices are squeezed to the units still there. Both are symmetric:
+    ``S_0 = P_0²`` and every flush are formed on the upper block rows only (about half the
+    flops) and a row is read from the upper triangle.
     """
 
     def __init__(self, W, b, V, opts, dtype, amount, bias_source, C: torch.Tensor, lam: float, block: int = 64):
         super().__init__(W, b, V, opts, dtype, amount, bias_source)
         self.lam = lam
-        self.P = regularised_inverse(C.to(device=self.device, dtype=dtype), lam, "the calibration covariance")
-        self.S = self.P @ self.P
+        P = regularised_inverse(C.to(device=self.device, dtype=dtype), lam, "the calibration covariance")
+        # LAPACK returns P column-major; it is exactly symmetric, so its transpose is the same matrix row-major
+        # (rows of P are then contiguous: cheaper row reads and squeezes)
+        self.P = P.mT if not P.is_contiguous() and P.mT.is_contiguous() else P
+        # P and S are symmetric: only their upper triangles are kept up to date (rows read by _symmetric_row)
+        self.S = _gram(self.P, upper_only=True)  # P² = PᵀP
         self.diag = self.P.diagonal().clone()
         self.diag2 = self.S.diagonal().clone()
         self.idx = torch.arange(self.n, device=self.device)  # units of the rows of P and S
         self.pos = self.idx.clone()  # unit -> row of P and S
-        self.pending_c = _PendingTerms(block)  # P_t = P_f - Σ c_s c_sᵀ
+        self.pending_c = _PendingTerms(block, symmetric=True)  # P_t = P_f - Σ c_s c_sᵀ
         self.pending_e = _PendingTerms(block)  # P_f P_t = S_f - Σ e_s c_sᵀ
 
     def raw_distances(self) -> torch.Tensor:
@@ -395,7 +407,7 @@ class _CalibratedExactState(_LayerState):
     def coefficients(self, i: int) -> torch.Tensor:
         r = int(self.pos[i])
         alive = self.alive[self.idx]
-        p = self.pending_c.row(self.P[r], r) * alive  # P_t[:, i] on the rows of P
+        p = self.pending_c.row(_symmetric_row(self.P, r), r) * alive  # P_t[:, i] on the rows of P
         self._p, self._r = p, r
         q = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         q[self.idx] = -(p / p[r])
@@ -405,7 +417,7 @@ class _CalibratedExactState(_LayerState):
     def forget(self, i: int, q: torch.Tensor, ratio: float) -> None:
         p, r = self._p, self._r
         pii = p[r]
-        Pfp = self.pending_e.row(self.S[r], r)  # P_f p (p = P_t e_i)
+        Pfp = self.pending_e.row(_symmetric_row(self.S, r), r)  # P_f p (p = P_t e_i)
         Ptp = self.pending_c.times(Pfp, p)
         sub = self.idx
         self.diag[sub] -= p * p / pii
@@ -413,7 +425,7 @@ class _CalibratedExactState(_LayerState):
         root = pii.sqrt()
         c = p / root
         self.pending_e.add(c, Pfp / root)
-        full = self.pending_c.add(c, c)
+        full = self.pending_c.add(c, c)  # symmetric: c is written once
         self.diag[i] = 1.0  # unit i is gone; keeps the distance formula finite
         self.diag2[i] = 0.0
         if full:
@@ -426,13 +438,16 @@ class _CalibratedExactState(_LayerState):
         keep = self.alive[self.idx]
         dead = len(self.idx) - int(keep.sum())
         if dead >= max(self.pending_c.block, len(self.idx) // 8):  # squeeze out the removed units
-            Cm, X = Cm[keep], X[keep]
-            self.idx = self.idx[keep]
+            rows = torch.nonzero(keep, as_tuple=False).flatten()
+            Cm, X = Cm[rows], X[rows]
+            self.idx = self.idx[rows]
             self.pos[self.idx] = torch.arange(len(self.idx), device=self.device)
-            self.P = self.P[keep][:, keep]
-            self.S = self.S[keep][:, keep]
-        self.S.addmm_(X, Cm.T, alpha=-1.0).addmm_(Cm, X.T, alpha=-1.0)  # S - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ
-        self.P.addmm_(Cm, Cm.T, alpha=-1.0)
+            grid = (rows.unsqueeze(1), rows)  # one gather for rows and columns
+            self.P = self.P[grid]
+            self.S = self.S[grid]
+        # S - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ = S - [X C] [C X]ᵀ: one product of rank 2K, one pass over S
+        _sub_upper_product_(self.S, torch.cat((X, Cm), dim=1), torch.cat((Cm, X), dim=1))
+        _sub_upper_product_(self.P, Cm, Cm)
 
 
 # --------------------------------------------------------------------------- calibration helpers
@@ -531,7 +546,7 @@ def _drive(states: Sequence[_LayerState], amount: int, decay: bool, callback: St
         ratio = _step_ratio(step, amount, decay)
         best_layer, best_unit, best_value = -1, -1, float("inf")
         for li, state in enumerate(states):
-            if int(state.alive.sum()) <= 1:
+            if state.n_alive <= 1:
                 continue  # a layer keeps at least one unit
             d = state.distances()
             if normalise:

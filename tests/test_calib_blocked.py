@@ -1,13 +1,17 @@
 """The blocked calibrated exact greedy (flushes every ``block`` steps) against brute force in float64."""
 
+import pytest
 import torch
 
 import projprune as pp
+from projprune import calibration as calibration_module
 from projprune import greedy as greedy_module
 from tests.reference_impl import plain_calibrated_greedy
 
 
-def test_blocked_calibrated_greedy_matches_brute_force(monkeypatch):
+@pytest.mark.parametrize("block_width", [256, 16])  # 16: P, S and the Gram in 6 blocks, upper-only updates
+def test_blocked_calibrated_greedy_matches_brute_force(monkeypatch, block_width):
+    monkeypatch.setattr(calibration_module, "_BLOCK_WIDTH", block_width)
     block = 8
     original = greedy_module._CalibratedExactState.__init__
 
@@ -46,3 +50,46 @@ def test_float32_batch_sums_are_float64_accurate():
     reference = h.double().reshape(-1, 50).mean(dim=0)
     assert float((stats.mean - reference).abs().max()) < 1e-9 * float(reference.abs().max()) * 50
     assert stats.count == 3 * 1037
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("n", [700, 1100])  # 2 and 4 column blocks
+def test_blocked_symmetric_helpers_match_plain_float64(n):
+    g = torch.Generator().manual_seed(17)
+    rows = torch.randn(300, n, generator=g, dtype=torch.float64)
+    plain = rows.T @ rows
+    assert _rel(calibration_module._gram(rows), plain) < 1e-9
+    upper = calibration_module._gram(rows, upper_only=True)
+    assert _rel(upper.triu(), plain.triu()) < 1e-9
+    for r in (0, 1, n // 3, n - 1):  # rows of a symmetric matrix read from its upper triangle
+        assert torch.equal(calibration_module._symmetric_row(upper, r), upper.triu()[r] + upper.triu(1)[:, r])
+        assert _rel(calibration_module._symmetric_row(upper, r), plain[r]) < 1e-9
+    A, B = torch.randn(n, 12, generator=g, dtype=torch.float64), torch.randn(n, 12, generator=g, dtype=torch.float64)
+    M = upper.clone()
+    calibration_module._sub_upper_product_(M, A, B)
+    assert _rel(M.triu(), (plain - A @ B.T).triu()) < 1e-9
+    C = torch.randn(n, n, generator=g, dtype=torch.float64)
+    assert torch.equal(calibration_module._symmetrised(C), (C + C.T) * 0.5)
+
+
+def test_low_precision_statistics_are_opt_in_and_within_their_bound():
+    g = torch.Generator().manual_seed(18)
+    n, m, T = 600, 64, 5000  # two column blocks, several chunks and a partial one
+    W = torch.randn(n, m, generator=g) / m**0.5
+    h = torch.nn.functional.gelu(torch.randn(T, m, generator=g) @ W.T + 0.2)
+    exact, low = pp.ActivationStats(n), pp.ActivationStats(n, gram_dtype=torch.bfloat16)
+    assert exact.gram_dtype is None  # the default is unchanged
+    exact.update(h)
+    low.update(h)
+    reference = h.double().T @ h.double()
+    assert _rel(exact.sum_outer, reference) < 1e-6  # float32 products
+    error = float((low.sum_outer - reference).norm() / reference.norm())
+    assert 0 < error < 3e-3  # documented bound of the bf16 products
+    assert _rel(low.covariance(), exact.covariance()) < 1e-2  # centred: some cancellation
+    assert torch.equal(low.sum, exact.sum) and low.count == exact.count == T  # sums stay exact
+    assert low.to("cpu").gram_dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="gram_dtype"):
+        pp.ActivationStats(n, gram_dtype=torch.float16)
