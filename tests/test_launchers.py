@@ -90,14 +90,18 @@ def test_digits_dry_run_and_subset_flags() -> None:
 
 @pytest.mark.slow
 def test_digits_default_grid_adds_ours_and_per_model_pretraining() -> None:
-    """The digits grid runs the compensating pruner's rows too, and VGG-19 pretrains at lr 0.01."""
-    out = launch("digits.sh", "--dry-run", "--models", "vgg19,resnet20", "--output-dir", "/tmp/o")
+    """The digits grid runs the compensating pruner's rows too; VGG-19 pretrains at lr 0.01 and
+    MobileNetV2 for 60 epochs at lr 0.05, batch 32 (the ResNet schedule leaves it at .61)."""
+    out = launch("digits.sh", "--dry-run", "--models", "vgg19,resnet20,mobilenetv2", "--output-dir", "/tmp/o")
     lines = out.stdout.splitlines()
     assert out.returncode == 0, out.stderr
     pretrain = [line for line in lines if "--mode pretrain" in line]
-    assert [("--lr 0.01 " in line, "--model vgg19 " in line) for line in pretrain] == [(True, True), (False, False)]
+    assert [("--lr 0.01 " in line, "--model vgg19 " in line) for line in pretrain] == [
+        (True, True), (False, False), (False, False)]
+    assert "--total-epochs 60 --lr 0.05 --lr-decay-milestones 40,50 --batch-size 32" in pretrain[2]
+    assert "--model mobilenetv2 " in pretrain[2] and "--total-epochs 30 " in pretrain[1]
     methods = [line.split("--method ")[1].split()[0] for line in lines if "--mode prune" in line]
-    assert methods[-2:] == ["proj_comp", "proj_calib"] and len(methods) == 2 * 13
+    assert methods[-2:] == ["proj_comp", "proj_calib"] and len(methods) == 3 * 13
 
 
 def test_finished_runs_are_skipped(tmp_path: Path) -> None:
