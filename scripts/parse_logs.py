@@ -415,9 +415,10 @@ def render_tables(rows: Sequence[dict], metric: str) -> tuple[list[dict], str, s
 
 
 # --------------------------------------------------------------------------- figures
+# one colour and one marker per method: no two rows of a legend look alike (14 methods today)
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
-           "tab:olive", "tab:cyan", "black", "gold")
-_MARKERS = "os^vD<>pPX*h"
+           "tab:olive", "tab:cyan", "black", "gold", "navy", "magenta", "teal", "lime")
+_MARKERS = "os^vD<>pPX*hdH8x"
 
 
 def method_style(method: str) -> dict:
@@ -440,7 +441,8 @@ def plot_speedup(rows: Sequence[dict], metric: str, stem: Path) -> list[Path]:
     if not panels:
         return []
     reached = {(r["method"], (r["dataset"], r["model"], r["speed_up"])): r["speed_up_reached"] for r in rows}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    # the legend sits right of the last panel: room for it beyond the panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 3.0, 3.4), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for method in methods:
             points = sorted(

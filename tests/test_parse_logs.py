@@ -212,3 +212,10 @@ def test_written_lines_and_names_are_read_back(tmp_path: Path) -> None:
     assert (run.method, run.scope, run.speed_up, run.final_best) == ("proj_sl", "global", 2.0, 0.8)
     assert layout.RESUME_FINETUNE_RE.match(layout.RESUME_FINETUNE_LINE.format(path="run/x_last.pth"))
 
+
+
+def test_every_method_has_its_own_colour_and_marker() -> None:
+    """Figures tell methods apart: no two methods share a colour or a marker."""
+    styles = [parse_logs.method_style(method) for method in parse_logs.METHOD_LABELS]
+    assert len({style["color"] for style in styles}) == len(styles)
+    assert len({style["marker"] for style in styles}) == len(styles)
