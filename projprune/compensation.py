@@ -90,7 +90,7 @@ class ConsumerStats:
         self.patch_count = 0
         self._covariance: torch.Tensor | None = None  # cached until the statistics change
         self._precision: torch.Tensor | None = None  # (C + ridge I)^{-1}, cut along with the channels
-        self._precision_key: tuple[float, float] | None = None  # (lmbda, absolute ridge) it was made with
+        self._precision_lmbda: float | None = None  # the relative ridge it was made with
 
     @property
     def n(self) -> int:
@@ -100,7 +100,7 @@ class ConsumerStats:
     def update(self, x: torch.Tensor) -> None:
         """Add one input batch of the consumer: ``(..., c)`` for a Linear, ``(B, c, *spatial)`` for a conv."""
         x = x.detach()
-        self._covariance = self._precision = self._precision_key = None
+        self._covariance = self._precision = self._precision_lmbda = None
         if self.patch_sum is None:  # Linear
             self.channels.update(x)
             return
@@ -161,12 +161,9 @@ class ConsumerStats:
         Computed once per collection; :meth:`keep` then cuts it exactly with the same absolute
         ``ρ`` (so between collections the ridge stays the one of the collected statistics).
         """
-        if self._precision is None or self._precision_key is None or self._precision_key[0] != lmbda:
-            C = self.covariance()
-            ridge = _ridge(C, lmbda)
-            # an LU inverse, not a Cholesky: nearly dead inputs leave C + ρI PD only up to rounding
-            P = torch.linalg.inv(C + ridge * torch.eye(C.shape[0], dtype=C.dtype, device=C.device))
-            self._precision, self._precision_key = (P + P.T) * 0.5, (lmbda, ridge)
+        if self._precision is None or self._precision_lmbda != lmbda:
+            P = _ridge_inverse(self.covariance(), lmbda)
+            self._precision, self._precision_lmbda = (P + P.T) * 0.5, lmbda
         return self._precision
 
     def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float) -> torch.Tensor:
@@ -341,6 +338,15 @@ def _ridge(G: torch.Tensor, lmbda: float) -> float:
     return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
 
 
+def _ridge_inverse(G: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`.
+
+    An LU inverse, not the core's Cholesky: nearly dead inputs leave ``G + ρI`` positive definite
+    only up to rounding, which the Cholesky refuses.
+    """
+    return torch.linalg.inv(G + _ridge(G, lmbda) * torch.eye(G.shape[0], dtype=G.dtype, device=G.device))
+
+
 def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
                                lmbda: float = 1e-3) -> torch.Tensor:
     """``A: (|R|, |K|)`` with ``h_R ≈ A h_K``: ``A = G[R, K] (G[K, K] + λ I)^{-1}`` in float64.
@@ -364,9 +370,15 @@ def fold_removed_inputs(weight: torch.Tensor, removed: torch.Tensor, kept: torch
                         A: torch.Tensor) -> torch.Tensor:
     """A copy of ``weight: (out, c, *kernel)`` with ``W[:, K] += W[:, R] A`` (``A: (|R|, |K|)``)."""
     out = weight.clone()
-    update = torch.einsum("or...,rk->ok...", weight[:, removed].to(torch.float64), A.to(torch.float64))
-    out[:, kept] += update.to(weight.dtype)
+    _fold_into_(out, removed, kept, A)
     return out
+
+
+def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor, A: torch.Tensor) -> None:
+    """``W[:, K] += W[:, R] A`` in place (``weight: (out, c, *kernel)``, ``A: (|R|, |K|)``), in float64."""
+    taps = weight[:, removed].to(torch.float64).transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
+    update = (A.to(torch.float64).T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:])
+    weight.index_add_(1, kept, update.transpose(0, 1).to(weight.dtype))
 
 
 # --------------------------------------------------------------------------- importance
@@ -449,9 +461,7 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
             if view is None:
                 return None
             G, local = view
-            # an LU inverse, not the core's Cholesky: nearly dead inputs leave G + λI PD only up to rounding
-            P = torch.linalg.inv(G + _ridge(G, self.lmbda) * torch.eye(G.shape[0], dtype=G.dtype))
-            return G.diagonal(), P.diagonal(), local
+            return G.diagonal(), _ridge_inverse(G, self.lmbda).diagonal(), local
         stats = self.stats.get(layer)
         if stats is None or stats.n != width:
             return None
@@ -599,15 +609,13 @@ class CompensatingPruner(tp.pruner.BasePruner):
         Returns ``A: (|R|, |K|)``."""
         weight = layer.weight.data
         removed, kept = removed.to(weight.device), kept.to(weight.device)
-        V_r = weight[:, removed].to(torch.float64)  # (out, |R|, *kernel)
+        V_r = weight[:, removed].to(torch.float64)  # (out, |R|, *kernel), before the fold
         if self.mean_correction:  # centred: A = −P_RR⁻¹ P_RK from the cached precision
             A = stats.coefficients(removed, kept, self.lmbda).to(weight.device)
         else:
             C = (stats.channels.sum_outer / stats.channels.count).to(weight.device)
             A = least_squares_coefficients(C, removed, kept, self.lmbda)
-        taps = V_r.transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
-        update = (A.T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:]).transpose(0, 1)
-        weight.index_add_(1, kept, update.to(weight.dtype))  # V[:, K] += V[:, R] A
+        _fold_into_(weight, removed, kept, A)  # V[:, K] += V[:, R] A
         if not self.mean_correction:
             return A
         M = stats.patch_means().to(weight.device)  # (c, *kernel)
@@ -627,7 +635,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
         """``V[:, kept] += V[:, removed] A`` with ``A`` from ``gram``'s rows ``removed_rows`` / ``kept_rows``."""
         device = layer.weight.device
         A = least_squares_coefficients(gram.to(device), removed_rows.to(device), kept_rows.to(device), self.lmbda)
-        layer.weight.data = fold_removed_inputs(layer.weight.data, removed.to(device), kept.to(device), A)
+        _fold_into_(layer.weight.data, removed.to(device), kept.to(device), A)
 
 
 def _producer_gram(group) -> torch.Tensor | None:
