@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from projprune._symmetric import block_edges, gram, mirror_upper_, symmetrised
+
 __all__ = ["ActivationStats", "collect_activation_stats", "recalibrate_batchnorm"]
 
 
@@ -76,11 +78,10 @@ class ActivationStats:
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
-        gram_dtype = getattr(self, "gram_dtype", None)  # objects saved before the option have none
-        if gram_dtype is None:
-            self.sum_outer += _gram(rows)  # float32 or float64 product, accumulated in float64
+        if self.gram_dtype is None:
+            self.sum_outer += gram(rows)  # float32 or float64 product, accumulated in float64
         else:
-            self.sum_outer += _gram_low_precision(rows, gram_dtype)  # opt-in bf16 products
+            self.sum_outer += _gram_low_precision(rows, self.gram_dtype)  # opt-in bf16 products
         self.sum += batch_sum
         self.count += rows.shape[0]
 
@@ -108,11 +109,11 @@ class ActivationStats:
         mu = self.mean
         C = self.sum_outer / self.count
         C -= torch.outer(mu, mu)
-        return _symmetrised(C)
+        return symmetrised(C)
 
     def to(self, device: torch.device | str) -> ActivationStats:
         """A copy on ``device``."""
-        out = ActivationStats(self.n, device=device, gram_dtype=getattr(self, "gram_dtype", None))
+        out = ActivationStats(self.n, device=device, gram_dtype=self.gram_dtype)
         out.sum_outer.copy_(self.sum_outer)
         out.sum.copy_(self.sum)
         out.count = self.count
@@ -136,40 +137,8 @@ def _column_sum(rows: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     return total
 
 
-# Symmetric products are split into at most 8 blocks of at least this many columns.
-_BLOCK_WIDTH = 256
 # Tokens per bfloat16 product in the opt-in low-precision statistics (each product is rounded to bf16).
 LOW_PRECISION_CHUNK = 1024
-
-
-def _block_edges(n: int, max_blocks: int = 8) -> list[int]:
-    """Edges of the column blocks of a symmetric ``(n, n)`` product; ``[0, n]`` when too narrow to split."""
-    blocks = max(1, min(max_blocks, n // _BLOCK_WIDTH))
-    return [round(i * n / blocks) for i in range(blocks + 1)]
-
-
-def _gram(rows: torch.Tensor, max_blocks: int = 8, upper_only: bool = False) -> torch.Tensor:
-    """``rowsᵀ rows: (n, n)`` for ``rows: (T, n)``; for wide layers only the upper blocks are multiplied.
-
-    The Gram matrix is symmetric, so with ``B`` column blocks only the block rows' upper
-    parts are formed, one wide product per block row, ``rows[:, a]ᵀ rows[:, a:]``
-    (``(B + 1) / 2B`` of the flops: 56 % at ``B = 8``, the cost that dominates calibration of
-    a large FFN), and the lower blocks are copied from their mirror images. Every entry is
-    the same dot product as in ``rows.T @ rows``. Also gives ``P @ P`` for a symmetric ``P``
-    (``rows = P``). With ``upper_only`` the mirror copies are skipped: only the entries on and
-    above the diagonal are set (the rest are zero or, within diagonal blocks, also correct).
-    """
-    n = rows.shape[1]
-    edges = _block_edges(n, max_blocks)
-    if len(edges) < 3:
-        return rows.T @ rows
-    out = (torch.zeros if upper_only else torch.empty)(n, n, dtype=rows.dtype, device=rows.device)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        out[lo:hi, lo:] = rows[:, lo:hi].T @ rows[:, lo:]
-    if not upper_only:
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            out[hi:, lo:hi] = out[lo:hi, hi:].T
-    return out
 
 
 def _gram_low_precision(rows: torch.Tensor, dtype: torch.dtype, chunk: int | None = None) -> torch.Tensor:
@@ -182,52 +151,13 @@ def _gram_low_precision(rows: torch.Tensor, dtype: torch.dtype, chunk: int | Non
     chunk = chunk or LOW_PRECISION_CHUNK
     T, n = rows.shape
     low = rows.to(dtype)
-    edges = _block_edges(n)
+    edges = block_edges(n)
     out = torch.zeros(n, n, dtype=torch.float32, device=rows.device)
     for start in range(0, T, chunk):
         part = low[start:start + chunk]
         for lo, hi in zip(edges[:-1], edges[1:]):
             out[lo:hi, lo:] += part[:, lo:hi].T @ part[:, lo:]
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        out[hi:, lo:hi] = out[lo:hi, hi:].T
-    return out
-
-
-def _sub_upper_product_(M: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> None:
-    """``M -= A Bᵀ`` on the upper block rows only (``M: (r, r)``, ``A, B: (r, K)``), in place.
-
-    For a symmetric update of a matrix of which only the upper triangle is read (see
-    :func:`_symmetric_row`): about half the flops of the full product, and every updated
-    entry gets the same arithmetic as in ``M.addmm_(A, B.T, alpha=-1)``.
-    """
-    edges = _block_edges(M.shape[0])
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        M[lo:hi, lo:].addmm_(A[lo:hi], B[lo:].T, alpha=-1.0)
-
-
-def _symmetric_row(M: torch.Tensor, r: int) -> torch.Tensor:
-    """Row ``r``: ``(n,)`` of a symmetric ``M: (n, n)`` of which only the upper triangle is valid."""
-    return torch.cat((M[:r, r], M[r, r:]))
-
-
-def _symmetrised(C: torch.Tensor, blocks: int = 12) -> torch.Tensor:
-    """``(C + Cᵀ) / 2: (n, n)``, tile by tile (the transposed read of a whole matrix is cache-hostile).
-
-    Entry for entry the same arithmetic as ``(C + C.T) * 0.5``, about twice as fast at ``n = 3072``.
-    """
-    edges = _block_edges(C.shape[0], blocks)
-    blocks = len(edges) - 1
-    if blocks < 2:
-        return (C + C.T) * 0.5
-    out = torch.empty_like(C)
-    for a in range(blocks):
-        ra = slice(edges[a], edges[a + 1])
-        for b in range(a, blocks):
-            rb = slice(edges[b], edges[b + 1])
-            tile = (C[ra, rb] + C[rb, ra].T).mul_(0.5)
-            out[ra, rb] = tile
-            if b != a:
-                out[rb, ra] = tile.T
+    mirror_upper_(out, edges)
     return out
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from projprune._checks import check_amount, check_matrix, check_same_device_dtype, check_vector
-from projprune.calibration import ActivationStats, _gram, _sub_upper_product_, _symmetric_row
+from projprune._symmetric import gram, sub_upper_product_, symmetric_row
+from projprune.calibration import ActivationStats
 from projprune.options import ProjectionOptions, resolve_options
 from projprune.solvers import precision_and_residuals, regularised_inverse, solve_closed
 
@@ -392,7 +393,7 @@ class _CalibratedExactState(_LayerState):
         # (rows of P are then contiguous: cheaper row reads and squeezes)
         self.P = P.mT if not P.is_contiguous() and P.mT.is_contiguous() else P
         # P and S are symmetric: only their upper triangles are kept up to date (rows read by _symmetric_row)
-        self.S = _gram(self.P, upper_only=True)  # P² = PᵀP
+        self.S = gram(self.P, upper_only=True)  # P² = PᵀP
         self.diag = self.P.diagonal().clone()
         self.diag2 = self.S.diagonal().clone()
         self.idx = torch.arange(self.n, device=self.device)  # units of the rows of P and S
@@ -407,7 +408,7 @@ class _CalibratedExactState(_LayerState):
     def coefficients(self, i: int) -> torch.Tensor:
         r = int(self.pos[i])
         alive = self.alive[self.idx]
-        p = self.pending_c.row(_symmetric_row(self.P, r), r) * alive  # P_t[:, i] on the rows of P
+        p = self.pending_c.row(symmetric_row(self.P, r), r) * alive  # P_t[:, i] on the rows of P
         self._p, self._r = p, r
         q = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         q[self.idx] = -(p / p[r])
@@ -417,7 +418,7 @@ class _CalibratedExactState(_LayerState):
     def forget(self, i: int, q: torch.Tensor, ratio: float) -> None:
         p, r = self._p, self._r
         pii = p[r]
-        Pfp = self.pending_e.row(_symmetric_row(self.S, r), r)  # P_f p (p = P_t e_i)
+        Pfp = self.pending_e.row(symmetric_row(self.S, r), r)  # P_f p (p = P_t e_i)
         Ptp = self.pending_c.times(Pfp, p)
         sub = self.idx
         self.diag[sub] -= p * p / pii
@@ -446,8 +447,8 @@ class _CalibratedExactState(_LayerState):
             self.P = self.P[grid]
             self.S = self.S[grid]
         # S - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ = S - [X C] [C X]ᵀ: one product of rank 2K, one pass over S
-        _sub_upper_product_(self.S, torch.cat((X, Cm), dim=1), torch.cat((Cm, X), dim=1))
-        _sub_upper_product_(self.P, Cm, Cm)
+        sub_upper_product_(self.S, torch.cat((X, Cm), dim=1), torch.cat((Cm, X), dim=1))
+        sub_upper_product_(self.P, Cm, Cm)
 
 
 # --------------------------------------------------------------------------- calibration helpers

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 import projprune as pp
-from projprune import calibration as calibration_module
+from projprune import _symmetric as symmetric_module
 from projprune import greedy as greedy_module
 from tests.reference_impl import plain_calibrated_greedy
 
 
 @pytest.mark.parametrize("block_width", [256, 16])  # 16: P, S and the Gram in 6 blocks, upper-only updates
 def test_blocked_calibrated_greedy_matches_brute_force(monkeypatch, block_width):
-    monkeypatch.setattr(calibration_module, "_BLOCK_WIDTH", block_width)
+    monkeypatch.setattr(symmetric_module, "_BLOCK_WIDTH", block_width)
     block = 8
     original = greedy_module._CalibratedExactState.__init__
 
@@ -61,18 +61,18 @@ def test_blocked_symmetric_helpers_match_plain_float64(n):
     g = torch.Generator().manual_seed(17)
     rows = torch.randn(300, n, generator=g, dtype=torch.float64)
     plain = rows.T @ rows
-    assert _rel(calibration_module._gram(rows), plain) < 1e-9
-    upper = calibration_module._gram(rows, upper_only=True)
+    assert _rel(symmetric_module.gram(rows), plain) < 1e-9
+    upper = symmetric_module.gram(rows, upper_only=True)
     assert _rel(upper.triu(), plain.triu()) < 1e-9
     for r in (0, 1, n // 3, n - 1):  # rows of a symmetric matrix read from its upper triangle
-        assert torch.equal(calibration_module._symmetric_row(upper, r), upper.triu()[r] + upper.triu(1)[:, r])
-        assert _rel(calibration_module._symmetric_row(upper, r), plain[r]) < 1e-9
+        assert torch.equal(symmetric_module.symmetric_row(upper, r), upper.triu()[r] + upper.triu(1)[:, r])
+        assert _rel(symmetric_module.symmetric_row(upper, r), plain[r]) < 1e-9
     A, B = torch.randn(n, 12, generator=g, dtype=torch.float64), torch.randn(n, 12, generator=g, dtype=torch.float64)
     M = upper.clone()
-    calibration_module._sub_upper_product_(M, A, B)
+    symmetric_module.sub_upper_product_(M, A, B)
     assert _rel(M.triu(), (plain - A @ B.T).triu()) < 1e-9
     C = torch.randn(n, n, generator=g, dtype=torch.float64)
-    assert torch.equal(calibration_module._symmetrised(C), (C + C.T) * 0.5)
+    assert torch.equal(symmetric_module.symmetrised(C), (C + C.T) * 0.5)
 
 
 def test_low_precision_statistics_are_opt_in_and_within_their_bound():
