@@ -308,7 +308,7 @@ def channel_macs(group, positions: dict[nn.Module, int]) -> torch.Tensor:
     cost = torch.zeros(len(group[0].idxs), dtype=torch.float64)
     for item in group:
         layer = item.dep.target.module
-        if layer not in positions or len(item.idxs) == 0 or any(r is None for r in item.root_idxs):
+        if layer not in positions or len(item.idxs) == 0 or None in item.root_idxs:
             continue
         if item.dep.handler in _OUT_FNS or item.dep.handler is _DEPTHWISE_OUT:
             per_channel = layer.weight[0].numel()
@@ -374,9 +374,13 @@ def fold_removed_inputs(weight: torch.Tensor, removed: torch.Tensor, kept: torch
     return out
 
 
-def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor, A: torch.Tensor) -> None:
-    """``W[:, K] += W[:, R] A`` in place (``weight: (out, c, *kernel)``, ``A: (|R|, |K|)``), in float64."""
-    taps = weight[:, removed].to(torch.float64).transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
+def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor, A: torch.Tensor,
+                removed_slices: torch.Tensor | None = None) -> None:
+    """``W[:, K] += W[:, R] A`` in place (``weight: (out, c, *kernel)``, ``A: (|R|, |K|)``), in float64
+    (``removed_slices``: ``W[:, R]`` in float64 if the caller already gathered it)."""
+    if removed_slices is None:
+        removed_slices = weight[:, removed].to(torch.float64)
+    taps = removed_slices.transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
     update = (A.to(torch.float64).T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:])
     weight.index_add_(1, kept, update.transpose(0, 1).to(weight.dtype))
 
@@ -417,7 +421,7 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
         for item in group:
             dep, idxs = item
             layer = dep.target.module
-            if dep.handler not in _IN_FNS or not is_consumer(layer) or any(r is None for r in item.root_idxs):
+            if dep.handler not in _IN_FNS or not is_consumer(layer) or None in item.root_idxs:
                 continue
             view = self._view(item, gram)
             if view is None:
@@ -615,7 +619,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
         else:
             C = (stats.channels.sum_outer / stats.channels.count).to(weight.device)
             A = least_squares_coefficients(C, removed, kept, self.lmbda)
-        _fold_into_(weight, removed, kept, A)  # V[:, K] += V[:, R] A
+        _fold_into_(weight, removed, kept, A, V_r)  # V[:, K] += V[:, R] A
         if not self.mean_correction:
             return A
         M = stats.patch_means().to(weight.device)  # (c, *kernel)
