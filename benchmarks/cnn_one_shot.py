@@ -2,7 +2,7 @@
 
     python -m benchmarks.cnn_one_shot [--output-dir run/one_shot] [--methods l2,proj_calib]
         [--finetune-epochs 6] [--skip-grid] [--seed-methods slim,l2,obdc,proj_comp,proj_calib]
-        [--cost-model resnet56]
+        [--noise-methods slim,l2,proj_comp,proj_calib] [--cost-model resnet56]
 
 Runs the digits Table 1 grid (``scripts.grid``: pretraining, then ``main.py --mode prune`` with
 ``--bn-recalibrate 4`` for every method, the usual short fine-tuning) on four settings — ResNet-20
@@ -16,8 +16,14 @@ Then the noise: the same one-shot runs on ResNet-20 (2× and 3×) for a few meth
 fine-tuning; mean, min and max of ``one_shot`` and ``one_shot_bn`` over seeds 1-5 (seed 1 is the
 grid's run). One test image is .0022, and a single seed decides little.
 
+Then the recalibration noise: the seed-1 pruned ResNet-20s (2×, 3×; no fine-tuning, saved before any
+recalibration) and the unpruned one, on the test split with no recalibration, after recalibrating on
+4 shuffled training batches of 64 (mean, min and max over 8 draws) and on the whole training split.
+Which 4 batches are drawn moves ``one_shot_bn`` about as much as the methods differ.
+
 Then the cost: the progressive pruning loop of ``l2`` and of ``proj_calib`` (calibration included)
-on the same pretrained ResNet-56, timed side by side in this process (goal: under 2× ``l2``).
+on the same pretrained ResNet-56, timed side by side in this process (goal: under 2× ``l2``), with
+the digits grid's 100-step schedule and the paper's 400 steps.
 The tables are printed and written to ``<output-dir>/one_shot.md``.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
 import subprocess
 import sys
@@ -83,19 +90,40 @@ def accuracy_table(runs_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _seed_run(output_dir: Path, model: str, method: str, speed_up: float, seed: int) -> Path:
-    """The grid's pruning run of ``method`` with ``--seed seed`` and no fine-tuning; returns its log."""
+def _set_flag(argv: list[str], flag: str, value: str) -> None:
+    """Set ``flag``'s value in ``argv`` (appended when absent)."""
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+
+
+def _seed_run(output_dir: Path, model: str, method: str, speed_up: float, seed: int, *,
+              runs_dir: Path | None = None, bn_recalibrate: int | None = None,
+              sl_restore: Path | None = None) -> Path:
+    """The grid's pruning run of ``method`` with ``--seed seed`` and no fine-tuning; returns its log.
+
+    ``runs_dir``: its ``--output-dir`` (default ``<output_dir>/seeds/seed<seed>``); ``bn_recalibrate``:
+    None keeps the grid's ``--bn-recalibrate``; ``sl_restore``: a sparse checkpoint to start from.
+    Skipped when its log and pruned checkpoint are already there."""
     from engine import table1_layout as layout
     from scripts import grid
 
-    seeds_dir = output_dir / "seeds" / f"seed{seed}"
+    runs_dir = output_dir / "seeds" / f"seed{seed}" if runs_dir is None else runs_dir
     task = grid._prune_task(grid.GridConfig(datasets=("digits",), output_dir=str(output_dir / "run")),
                             "digits", model, method, speed_up)
     argv = [a for a in task.command if a != "--finetune"]
-    argv[argv.index("--seed") + 1] = str(seed)
-    argv[argv.index("--output-dir") + 1] = str(seeds_dir)
-    log = layout.log_path(seeds_dir, "digits", "prune", layout.run_name("digits", model, method, speed_up))
-    if not (log.is_file() and "BN Acc:" in log.read_text()):
+    _set_flag(argv, "--seed", str(seed))
+    _set_flag(argv, "--output-dir", str(runs_dir))
+    if bn_recalibrate is not None:
+        _set_flag(argv, "--bn-recalibrate", str(bn_recalibrate))
+    if sl_restore is not None:
+        argv += ["--sl-restore", str(sl_restore)]
+    recalibrates = "--bn-recalibrate" in argv and int(argv[argv.index("--bn-recalibrate") + 1]) > 0
+    log = layout.log_path(runs_dir, "digits", "prune", layout.run_name("digits", model, method, speed_up))
+    checkpoint = layout.pruned_checkpoint(log.parent, "digits", model, method)
+    marker = "BN Acc:" if recalibrates else "Acc:"
+    if not (log.is_file() and checkpoint.is_file() and marker in log.read_text()):
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return log
 
@@ -124,18 +152,90 @@ def seed_table(output_dir: Path, methods: Sequence[str], seeds: Sequence[int] = 
     return "\n".join(lines)
 
 
+def _recalibrated_accuracy(model: torch.nn.Module, batches: Sequence, test_loader) -> float:
+    """Test accuracy of a copy of ``model`` with its BatchNorm statistics re-estimated on ``batches``
+    (none: as it is)."""
+    from engine.train import evaluate
+    from projprune.calibration import recalibrate_batchnorm
+
+    model = copy.deepcopy(model)
+    if batches:
+        recalibrate_batchnorm(model, batches, max_batches=len(batches))
+    return evaluate(model.eval(), test_loader)[0]
+
+
+def _recal_cells(model: torch.nn.Module, bundle, draws: int, batches: int = 4, batch_size: int = 64) -> list[str]:
+    """``[no recalibration, mean [min, max] over draws of batches, the whole training split]`` as text.
+
+    Draw ``d`` is the first ``batches`` of ``main.py --seed d``'s training loader, so draw 1 is the
+    grid's recalibration (but for sparsity-learning methods, whose training consumed the loader first)."""
+    from torch.utils.data import DataLoader
+
+    from engine.harness import progress
+    from engine.train import make_loader
+
+    test_loader = DataLoader(bundle.test, batch_size=256)
+    accs = []
+    for draw in progress(range(1, draws + 1), desc="recalibration draws", leave=False):
+        loader = make_loader(bundle.train, batch_size, True, draw)
+        accs.append(_recalibrated_accuracy(model, list(itertools.islice(loader, batches)), test_loader))
+    whole = list(DataLoader(bundle.train, batch_size=batch_size))
+    return [f"{_recalibrated_accuracy(model, [], test_loader):.3f}",
+            f"{sum(accs) / len(accs):.3f} [{min(accs):.3f}, {max(accs):.3f}]",
+            f"{_recalibrated_accuracy(model, whole, test_loader):.3f}"]
+
+
+def recal_noise_table(output_dir: Path, methods: Sequence[str], draws: int = 8, model_name: str = "resnet20",
+                      speed_ups: Sequence[float] = (2.0, 3.0), batches: int = 4) -> str:
+    """Markdown: test accuracy of the seed-1 pruned models (grid command, no fine-tuning, no recalibration,
+    into ``<output_dir>/recal_noise``) without recalibration, over ``draws`` draws of ``batches`` shuffled
+    training batches of 64 (mean [min, max]) and with the whole training split; plus the unpruned model."""
+    import registry
+    from engine import table1_layout as layout
+    from engine.train import load_model
+    from scripts import grid, parse_logs
+
+    bundle = registry.get_dataset("digits")
+
+    def fresh() -> torch.nn.Module:
+        return registry.get_model(model_name, bundle.num_classes, bundle.in_channels, input_size=bundle.input_size)
+
+    head = ["method"] + [f"{model_name} {s:g}× {what}" for s in speed_ups
+                         for what in ("none", f"{batches}×64 ({draws} draws)", "whole train")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    unpruned = fresh()
+    load_model(layout.pretrain_checkpoint(output_dir / "run", "digits", model_name), unpruned)
+    lines.append("| unpruned | " + " | ".join(_recal_cells(unpruned, bundle, draws, batches) * len(speed_ups)) + " |")
+    for method in methods:
+        cells = [parse_logs.METHOD_LABELS.get(method, method) + f" (`{method}`)"]
+        for speed_up in speed_ups:
+            name = layout.run_name("digits", model_name, method, speed_up)
+            sparse = None
+            if registry.get_method(method).sparsity_learning:  # the grid's sparse model, when there
+                sparse = layout.sparse_checkpoint(layout.run_dir(output_dir / "run", "digits", "prune", name),
+                                                  "digits", model_name, method, grid.SL_REG)
+                sparse = sparse if sparse.is_file() else None
+            log = _seed_run(output_dir, model_name, method, speed_up, grid.SEED, runs_dir=output_dir / "recal_noise",
+                            bn_recalibrate=0, sl_restore=sparse)
+            model = fresh()
+            load_model(layout.pruned_checkpoint(log.parent, "digits", model_name, method), model)
+            cells += _recal_cells(model, bundle, draws, batches)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def time_pruning(model: torch.nn.Module, example: torch.Tensor, method: str, calibration,
                  calibrate_every: int = 1, speed_up: float = 2.0,
-                 calibrate_drift: float | None = None) -> tuple[float, float, int]:
+                 calibrate_drift: float | None = None, iterative_steps: int = 100) -> tuple[float, float, int]:
     """``(seconds, speed-up reached, steps)`` of building ``method``'s pruner and its progressive loop
-    on a copy (``calibrate_drift``: None = the pruner's default)."""
+    of ``iterative_steps`` on a copy (``calibrate_drift``: None = the pruner's default)."""
     import registry
     from engine.cnn import progressive_pruning
 
     model = copy.deepcopy(model)
     extra = {} if calibrate_drift is None else {"calibrate_drift": calibrate_drift}
     start = time.perf_counter()
-    pruner = registry.build_pruner(model, example, method, 10, iterative_steps=100, global_pruning=True,
+    pruner = registry.build_pruner(model, example, method, 10, iterative_steps=iterative_steps, global_pruning=True,
                                    calibration=calibration, calibrate_every=calibrate_every, **extra)
     reached = progressive_pruning(pruner, model, speed_up, example)
     return time.perf_counter() - start, reached, pruner.current_step
@@ -144,7 +244,8 @@ def time_pruning(model: torch.nn.Module, example: torch.Tensor, method: str, cal
 def cost_table(output_dir: Path, model_name: str, calib_size: int = 64) -> str:
     """``l2`` vs ``proj_calib`` (default: statistics re-collected after every twentieth of the channels;
     every step, the former default; every 10 steps at most) on the digits-trained model (8x8 inputs)
-    and on a CIFAR-sized untrained one (32x32 random inputs: timing only)."""
+    and on a CIFAR-sized untrained one (32x32 random inputs: timing only), with the digits grid's
+    100-step schedule; then ``l2`` vs ``proj_calib`` with the paper's 400 steps."""
     import registry
     from engine.train import load_model
 
@@ -163,23 +264,26 @@ def cost_table(output_dir: Path, model_name: str, calib_size: int = 64) -> str:
         "32×32, untrained": (registry.get_model(model_name, 10, 3, input_size=32).eval(), torch.randn(1, 3, 32, 32),
                              {calib_size: lambda: [cifar_images], few: lambda: [cifar_images[:few]]}),
     }
-    lines = [f"| {model_name} 2×, 100-step schedule | method | seconds | × l2 | steps | speed-up reached |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| {model_name} 2× | steps schedule | method | seconds | × l2 | steps | speed-up reached |",
+             "|---|---|---|---|---|---|---|"]
     verdicts = []
-    for case, (model, example, calibrations) in cases.items():
-        base = None
-        runs = [("`l2`", "l2", 1, None, calib_size), ("`proj_calib`", "proj_calib", 1, None, calib_size),
-                ("`proj_calib`, statistics every step (`calibrate_drift=0`)", "proj_calib", 1, 0.0, calib_size),
-                ("`proj_calib --calib-every 10`", "proj_calib", 10, None, calib_size)]
-        runs += [(f"`proj_calib --calib-size {size}`", "proj_calib", 1, None, size)
-                 for size in calibrations if size != calib_size]
-        for label, method, every, drift, size in runs:
-            seconds, reached, steps = time_pruning(model, example, method, calibrations[size], every,
-                                                   calibrate_drift=drift)
-            base = seconds if base is None else base
-            lines.append(f"| {case} | {label} | {seconds:.2f} | {seconds / base:.2f} | {steps} | {reached:.2f}× |")
-            if method != "l2":
-                verdicts.append(f"{case}, {label}: {seconds / base:.2f}×")
+    for schedule in (100, 400):
+        for case, (model, example, calibrations) in cases.items():
+            base = None  # the first row of each (case, schedule): l2 with the same schedule
+            runs = [("`l2`", "l2", 1, None, calib_size), ("`proj_calib`", "proj_calib", 1, None, calib_size)]
+            if schedule == 100:
+                runs += [("`proj_calib`, statistics every step (`calibrate_drift=0`)", "proj_calib", 1, 0.0,
+                          calib_size), ("`proj_calib --calib-every 10`", "proj_calib", 10, None, calib_size)]
+                runs += [(f"`proj_calib --calib-size {size}`", "proj_calib", 1, None, size)
+                         for size in calibrations if size != calib_size]
+            for label, method, every, drift, size in runs:
+                seconds, reached, steps = time_pruning(model, example, method, calibrations[size], every,
+                                                       calibrate_drift=drift, iterative_steps=schedule)
+                base = seconds if base is None else base
+                lines.append(f"| {case} | {schedule} | {label} | {seconds:.2f} | {seconds / base:.2f} | {steps} "
+                             f"| {reached:.2f}× |")
+                if method != "l2":
+                    verdicts.append(f"{case}, {schedule} steps, {label}: {seconds / base:.2f}×")
     lines.append(f"\nGoal: `proj_calib` (calibration included) under {COST_GOAL:g}× `l2`'s loop — "
                  + "; ".join(verdicts) + ".")
     return "\n".join(lines)
@@ -193,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skip-grid", action="store_true", help="only tabulate the logs already there")
     parser.add_argument("--seed-methods", default="slim,l2,obdc,proj_comp,proj_calib",
                         help="comma list for the seeds table ('' skips it)")
+    parser.add_argument("--noise-methods", default="slim,l2,proj_comp,proj_calib",
+                        help="comma list for the recalibration-noise table ('' skips it)")
     parser.add_argument("--cost-model", default="resnet56")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -203,6 +309,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     methods = [m.strip() for m in args.seed_methods.split(",") if m.strip()]
     if methods:
         text += "\n\nOver seeds 1-5 (ResNet-20, no fine-tuning):\n\n" + seed_table(args.output_dir, methods)
+    methods = [m.strip() for m in args.noise_methods.split(",") if m.strip()]
+    if methods:
+        text += ("\n\nRecalibration noise (ResNet-20, seed 1, no fine-tuning; test accuracy with no BatchNorm "
+                 "recalibration, over 8 draws of 4 training batches of 64, with the whole training split):\n\n"
+                 + recal_noise_table(args.output_dir, methods))
     text += "\n\n" + cost_table(args.output_dir, args.cost_model)
     print(text)
     from engine.harness import atomic_write_text

@@ -1,0 +1,59 @@
+"""benchmarks/cnn_one_shot.py: the pruning-run command, the recalibration copies and the timed schedule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchmarks import cnn_one_shot
+
+
+def _flag(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_seed_run_builds_the_no_recalibration_command_and_skips_finished_runs(tmp_path, monkeypatch):
+    calls: list[list[str]] = []
+    monkeypatch.setattr(cnn_one_shot.subprocess, "run", lambda argv, **kw: calls.append(list(argv)))
+    sparse = tmp_path / "reg.pth"
+    log = cnn_one_shot._seed_run(tmp_path, "resnet20", "slim", 2.0, 1, runs_dir=tmp_path / "noise",
+                                 bn_recalibrate=0, sl_restore=sparse)
+    (argv,) = calls
+    assert "--finetune" not in argv and _flag(argv, "--bn-recalibrate") == "0"
+    assert _flag(argv, "--seed") == "1" and _flag(argv, "--output-dir") == str(tmp_path / "noise")
+    assert _flag(argv, "--sl-restore") == str(sparse)
+    assert log == tmp_path / "noise/digits/prune/digits-global-slim-2.0-resnet20/digits-global-slim-2.0-resnet20.txt"
+    log.parent.mkdir(parents=True)
+    log.write_text("Acc: 0.9911 => 0.4467\n")
+    cnn_one_shot._seed_run(tmp_path, "resnet20", "slim", 2.0, 1, runs_dir=tmp_path / "noise", bn_recalibrate=0)
+    assert len(calls) == 2  # the log alone is not enough: the pruned checkpoint is missing
+    (log.parent / "digits_resnet20_slim.pth").write_bytes(b"x")
+    cnn_one_shot._seed_run(tmp_path, "resnet20", "slim", 2.0, 1, runs_dir=tmp_path / "noise", bn_recalibrate=0)
+    assert len(calls) == 2
+    # the seeds table's runs keep the grid's --bn-recalibrate and need its "BN Acc:" line
+    seed_log = cnn_one_shot._seed_run(tmp_path, "resnet20", "l2", 3.0, 4)
+    assert _flag(calls[-1], "--bn-recalibrate") == "4" and "--sl-restore" not in calls[-1]
+    assert seed_log.parents[3] == tmp_path / "seeds" / "seed4"
+
+
+def test_recalibrated_accuracy_leaves_the_model_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    x, y = torch.randn(32, 1, 8, 8) * 3 + 1, torch.randint(0, 10, (32,))
+    norm = model[1]
+    before = norm.running_mean.clone(), norm.running_var.clone()
+    test = [(x, y)]
+    plain = cnn_one_shot._recalibrated_accuracy(model, [], test)
+    cnn_one_shot._recalibrated_accuracy(model, [(x, y)], test)
+    assert torch.equal(norm.running_mean, before[0]) and torch.equal(norm.running_var, before[1])
+    assert cnn_one_shot._recalibrated_accuracy(model, [], test) == plain
+
+
+def test_time_pruning_follows_the_schedule():
+    import registry
+
+    model = registry.get_model("resnet20", 10, 1, input_size=8).eval()
+    example = torch.randn(1, 1, 8, 8)
+    _, reached_short, steps_short = cnn_one_shot.time_pruning(model, example, "l2", None, iterative_steps=4)
+    _, _, steps_long = cnn_one_shot.time_pruning(model, example, "l2", None, iterative_steps=40)
+    assert steps_short <= 4 < steps_long and reached_short > 1.5
