@@ -14,6 +14,7 @@ from torch import nn
 from engine.classify import evaluate_accuracy
 from params.comparisons import Variant
 from params.config import FAILED, MODES
+from projprune import recalibrate_batchnorm as core_recalibrate_batchnorm
 
 
 def stage_percents(stages: int) -> list[int]:
@@ -157,25 +158,10 @@ def prune_in_stages(
     return results
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
     """Re-estimate every BatchNorm's running mean/variance on ``x`` (N, ...); no weight changes.
 
     Pruning a conv's input channels shifts the statistics its BatchNorm saw in training; this is the
-    standard cheap repair (a cumulative average over ``x``, dropout kept in eval mode).
+    standard cheap repair: the core's :func:`projprune.recalibrate_batchnorm` over ``x`` in batches.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    was_training = model.training
-    momenta = [m.momentum for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts equally
-        m.train()
-    for start in range(0, len(x), batch_size):
-        model(x[start : start + batch_size])
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+    core_recalibrate_batchnorm(model, x.split(batch_size))
