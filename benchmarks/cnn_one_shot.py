@@ -301,23 +301,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="comma list for the recalibration-noise table ('' skips it)")
     parser.add_argument("--cost-model", default="resnet56")
     args = parser.parse_args(argv)
+    import registry
+    from engine.harness import atomic_write_text, split_list
+
+    seed_methods, noise_methods = split_list(args.seed_methods), split_list(args.noise_methods)
+    unknown = sorted(set(seed_methods + noise_methods) - set(registry.METHODS))
+    if unknown:  # before hours of grid runs, not after
+        parser.error(f"--seed-methods/--noise-methods: unknown method(s) {', '.join(unknown)}; "
+                     f"expected some of {', '.join(registry.METHODS)}")
     torch.set_num_threads(1)
     if not args.skip_grid:
         run_grid(args.output_dir, args.methods, args.finetune_epochs)
     text = (f"one_shot / one_shot_bn / best_pruned on digits (test split; {time.strftime('%Y-%m-%d')})\n\n"
             + accuracy_table(args.output_dir / "run"))
-    methods = [m.strip() for m in args.seed_methods.split(",") if m.strip()]
-    if methods:
-        text += "\n\nOver seeds 1-5 (ResNet-20, no fine-tuning):\n\n" + seed_table(args.output_dir, methods)
-    methods = [m.strip() for m in args.noise_methods.split(",") if m.strip()]
-    if methods:
+    if seed_methods:
+        text += "\n\nOver seeds 1-5 (ResNet-20, no fine-tuning):\n\n" + seed_table(args.output_dir, seed_methods)
+    if noise_methods:
         text += ("\n\nRecalibration noise (ResNet-20, seed 1, no fine-tuning; test accuracy with no BatchNorm "
-                 "recalibration, over 8 draws of 4 training batches of 64, with the whole training split):\n\n"
-                 + recal_noise_table(args.output_dir, methods))
+                 "recalibration, over draws of training batches, with the whole training split):\n\n"
+                 + recal_noise_table(args.output_dir, noise_methods))
     text += "\n\n" + cost_table(args.output_dir, args.cost_model)
     print(text)
-    from engine.harness import atomic_write_text
-
     atomic_write_text(args.output_dir / "one_shot.md", text + "\n")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -57,3 +58,10 @@ def test_time_pruning_follows_the_schedule():
     _, reached_short, steps_short = cnn_one_shot.time_pruning(model, example, "l2", None, iterative_steps=4)
     _, _, steps_long = cnn_one_shot.time_pruning(model, example, "l2", None, iterative_steps=40)
     assert steps_short <= 4 < steps_long and reached_short > 1.5
+
+
+def test_unknown_method_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cnn_one_shot, "run_grid", lambda *a: pytest.fail("the grid ran"))
+    with pytest.raises(SystemExit):
+        cnn_one_shot.main(["--output-dir", str(tmp_path / "out"), "--noise-methods", "l2,nosuch"])
+    assert "nosuch" in capsys.readouterr().err and not (tmp_path / "out").exists()
