@@ -15,7 +15,10 @@ def _flag(argv: list[str], flag: str) -> str:
 
 def test_seed_run_builds_the_no_recalibration_command_and_skips_finished_runs(tmp_path, monkeypatch):
     calls: list[list[str]] = []
-    monkeypatch.setattr(cnn_one_shot.subprocess, "run", lambda argv, **kw: calls.append(list(argv)))
+    envs: list[dict[str, str]] = []
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cnn_one_shot.subprocess, "run",
+                        lambda argv, **kw: (calls.append(list(argv)), envs.append(kw["env"])))
     sparse = tmp_path / "reg.pth"
     log = cnn_one_shot._seed_run(tmp_path, "resnet20", "slim", 2.0, 1, runs_dir=tmp_path / "noise",
                                  bn_recalibrate=0, sl_restore=sparse)
@@ -23,6 +26,7 @@ def test_seed_run_builds_the_no_recalibration_command_and_skips_finished_runs(tm
     assert "--finetune" not in argv and _flag(argv, "--bn-recalibrate") == "0"
     assert _flag(argv, "--seed") == "1" and _flag(argv, "--output-dir") == str(tmp_path / "noise")
     assert _flag(argv, "--sl-restore") == str(sparse)
+    assert envs[0]["OMP_NUM_THREADS"] == "1"  # one thread, as scripts/digits.sh: the Quick start's networks
     assert log == tmp_path / "noise/digits/prune/digits-global-slim-2.0-resnet20/digits-global-slim-2.0-resnet20.txt"
     log.parent.mkdir(parents=True)
     log.write_text("Acc: 0.9911 => 0.4467\n")
@@ -35,6 +39,9 @@ def test_seed_run_builds_the_no_recalibration_command_and_skips_finished_runs(tm
     seed_log = cnn_one_shot._seed_run(tmp_path, "resnet20", "l2", 3.0, 4)
     assert _flag(calls[-1], "--bn-recalibrate") == "4" and "--sl-restore" not in calls[-1]
     assert seed_log.parents[3] == tmp_path / "seeds" / "seed4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # an explicit choice is kept
+    cnn_one_shot._seed_run(tmp_path, "resnet20", "l2", 3.0, 5)
+    assert envs[-1]["OMP_NUM_THREADS"] == "2"
 
 
 def test_recalibrated_accuracy_leaves_the_model_untouched():
