@@ -102,6 +102,8 @@ def test_digits_default_grid_adds_ours_and_per_model_pretraining() -> None:
     assert "--model mobilenetv2 " in pretrain[2] and "--total-epochs 30 " in pretrain[1]
     methods = [line.split("--method ")[1].split()[0] for line in lines if "--mode prune" in line]
     assert methods[-2:] == ["proj_comp", "proj_calib"] and len(methods) == 3 * 13
+    resnet56 = launch("digits.sh", "--dry-run", "--models", "resnet56", "--output-dir", "/tmp/o").stdout
+    assert "--model resnet56 " in resnet56 and "--lr 0.02 " in resnet56  # diverges at the ResNet-20 lr 0.1
 
 
 def test_finished_runs_are_skipped(tmp_path: Path) -> None:
