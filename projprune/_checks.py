@@ -10,6 +10,50 @@ import math
 import numbers
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.weight_norm import WeightNorm
+
+_REMOVE = "remove it first with "
+
+
+def check_plain_layer(layer: nn.Module, name: str) -> None:
+    """``layer``'s own parameters are plain, materialised ``nn.Parameter`` objects that surgery can replace.
+
+    Refused, each with one ``ValueError`` starting ``"{name} ({type})"``: a parametrization
+    (``torch.nn.utils.parametrizations.weight_norm``, ...), the deprecated
+    ``torch.nn.utils.weight_norm`` (``weight_g``/``weight_v`` and a forward pre-hook) and a
+    ``torch.nn.utils.prune`` mask (``weight_orig``/``weight_mask`` and a forward pre-hook): each
+    recomputes ``weight`` from tensors a write would not cut, so the layer would silently keep
+    its old width or fail on the next forward. Also refused: parameters or buffers on the meta
+    device (no values to compute with).
+    """
+    label = f"{name} ({type(layer).__name__})"
+    if parametrize.is_parametrized(layer):
+        raise ValueError(f"{label} is parametrized (a parametrization such as parametrizations.weight_norm on "
+                         f"{sorted(layer.parametrizations.keys())}); expected plain parameters: {_REMOVE}"
+                         "torch.nn.utils.parametrize.remove_parametrizations")
+    for hook in layer._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm):
+            raise ValueError(f"{label} has torch.nn.utils.weight_norm on {hook.name!r} ({hook.name}_g, "
+                             f"{hook.name}_v); expected plain parameters: {_REMOVE}"
+                             f"torch.nn.utils.remove_weight_norm(layer, {hook.name!r})")
+        if isinstance(hook, BasePruningMethod):
+            tensor = getattr(hook, "_tensor_name", "weight")
+            raise ValueError(f"{label} has a torch.nn.utils.prune mask on {tensor!r} ({tensor}_orig, "
+                             f"{tensor}_mask); expected plain parameters: {_REMOVE}"
+                             f"torch.nn.utils.prune.remove(layer, {tensor!r})")
+    for attr in ("weight", "bias"):
+        value = layer.__dict__.get(attr)
+        if isinstance(value, torch.Tensor):  # a plain attribute, not a registered parameter: computed by a hook
+            raise ValueError(f"{label}.{attr} is a plain tensor attribute, not an nn.Parameter (set by a forward "
+                             "hook?); expected plain parameters")
+    meta = [key for key, t in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]
+            if t is not None and t.is_meta]
+    if meta:
+        raise ValueError(f"{label} is on the meta device; materialise the weights first ({', '.join(meta)} hold "
+                         "no values: e.g. module.to_empty(device='cpu') and load_state_dict)")
 
 
 def check_matrix(W: torch.Tensor, name: str, rows: int | None = None, cols: int | None = None) -> None:
@@ -40,6 +84,8 @@ def check_vector(b: torch.Tensor, name: str, length: int) -> None:
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
+    if x.is_meta:
+        raise ValueError(f"{name} is on the meta device; materialise the weights first (a meta tensor holds no values)")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf; expected finite values")
 

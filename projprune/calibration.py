@@ -60,6 +60,9 @@ class ActivationStats:
         if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.dim() < 1 or h.shape[-1] != self.n:
             shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
             raise ValueError(f"h must be a floating tensor of shape (..., {self.n}), got {shape}")
+        if h.is_meta:
+            raise ValueError("h is on the meta device; materialise the model's weights first (meta tensors hold "
+                             "no values)")
         rows = h.reshape(-1, self.n)
         if mask is not None:
             if tuple(mask.shape) != tuple(h.shape[:-1]):
@@ -74,14 +77,23 @@ class ActivationStats:
         # input without a pass of its own, before anything is accumulated.
         batch_sum = _column_sum(rows)
         if not bool(torch.isfinite(batch_sum).all()):
+            if bool(torch.isfinite(rows).all()):
+                raise ValueError(_overflow_message(rows, "their sums", rows.dtype))
             raise ValueError("h contains NaN or Inf; expected finite activations")
+        if self.gram_dtype is None:
+            batch_gram = gram(rows)  # float32 or float64 product, accumulated in float64
+        else:
+            batch_gram = _gram_low_precision(rows, self.gram_dtype)  # opt-in bf16 products, float32 sums
+        # Finite activations whose squares exceed the product's dtype (|h| > ~1e19 in float32) give an
+        # infinite Gram matrix: said here, not later as a singular covariance.
+        if not bool(torch.isfinite(batch_gram).all()):
+            where = ("the sums of their bfloat16 products (gram_dtype=torch.bfloat16)" if self.gram_dtype is not None
+                     else "their products h hᵀ")
+            raise ValueError(_overflow_message(rows, where, batch_gram.dtype))
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
-        if self.gram_dtype is None:
-            self.sum_outer += gram(rows)  # float32 or float64 product, accumulated in float64
-        else:
-            self.sum_outer += _gram_low_precision(rows, self.gram_dtype)  # opt-in bf16 products
+        self.sum_outer += batch_gram
         self.sum += batch_sum
         self.count += rows.shape[0]
 
@@ -118,6 +130,15 @@ class ActivationStats:
         out.sum.copy_(self.sum)
         out.count = self.count
         return out
+
+
+def _overflow_message(rows: torch.Tensor, where: str, dtype: torch.dtype) -> str:
+    """Why finite activations ``rows: (T, n)`` gave infinite statistics in ``dtype``, and what to do."""
+    largest = float(rows.abs().max())
+    remedy = "" if dtype == torch.float64 else ", or calibrate in float64 (model.double(), gram_dtype=None)"
+    return (f"h overflows: activations up to |h| = {largest:.3g} are finite, but {where} exceed {dtype}'s largest "
+            f"value {torch.finfo(dtype).max:.3g}; expected activations whose squares fit: check the model for "
+            f"diverged weights or inputs{remedy}")
 
 
 def _column_sum(rows: torch.Tensor, chunk: int = 64) -> torch.Tensor:
@@ -312,6 +333,18 @@ def _mask_of(batch: Any) -> torch.Tensor | None:
     return None
 
 
+def _check_running_stats(model: nn.Module, norms: Sequence[nn.Module], index: int) -> None:
+    """Every recalibrated running mean and variance is still finite after batch ``index``."""
+    for norm in norms:
+        if not (bool(torch.isfinite(norm.running_mean).all()) and bool(torch.isfinite(norm.running_var).all())):
+            name = next((n for n, m in model.named_modules() if m is norm), type(norm).__name__)
+            raise ValueError(
+                f"batches: batch {index} made the running statistics of BatchNorm {name!r} NaN or Inf (NaN/Inf in "
+                f"the batch, or an overflow of {norm.running_var.dtype}); expected finite activations: the old "
+                "running statistics were kept"
+            )
+
+
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batches: int | None = None) -> int:
     """Re-estimate every BatchNorm's running statistics on ``batches``; no gradient step.
 
@@ -329,6 +362,10 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batch
 
     Returns:
         The number of BatchNorm layers recalibrated (0: the model has none, nothing ran).
+
+    Raises:
+        ValueError: a batch fails or makes any running statistic NaN or Inf (NaN/Inf inputs, a
+            float16 overflow); every BatchNorm then keeps its old statistics, counter and momentum.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -353,6 +390,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batch
                 if max_batches is not None and index >= max_batches:
                     break
                 _call(model, batch)
+                _check_running_stats(model, norms, index)
                 seen += 1
         if seen == 0:
             raise ValueError("batches yielded no batch; expected at least one calibration batch")

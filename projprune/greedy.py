@@ -388,7 +388,8 @@ class _CalibratedExactState(_LayerState):
     def __init__(self, W, b, V, opts, dtype, amount, bias_source, C: torch.Tensor, lam: float, block: int = 64):
         super().__init__(W, b, V, opts, dtype, amount, bias_source)
         self.lam = lam
-        P = regularised_inverse(C.to(device=self.device, dtype=dtype), lam, "the calibration covariance")
+        P = regularised_inverse(C.to(device=self.device, dtype=dtype), lam, "the calibration covariance",
+                                CALIBRATION_SINGULAR_HINT)
         # LAPACK returns P column-major; it is exactly symmetric, so its transpose is the same matrix row-major
         # (rows of P are then contiguous: cheaper row reads and squeezes)
         self.P = P.mT if not P.is_contiguous() and P.mT.is_contiguous() else P
@@ -452,6 +453,30 @@ class _CalibratedExactState(_LayerState):
 
 
 # --------------------------------------------------------------------------- calibration helpers
+#: Why a calibration covariance with enough samples is singular (λ there is lmbda × the mean variance).
+CALIBRATION_SINGULAR_HINT = (
+    "some units' activations are linearly dependent on the calibration data (dead, constant or duplicated "
+    "units); use lmbda > 0 (relative: λ = lmbda × mean activation variance) or more varied calibration data"
+)
+
+
+def check_samples(stats: ActivationStats, width: int, lmbda: float, name: str = "") -> None:
+    """Enough calibration samples for a covariance of ``width`` units: said before any solve.
+
+    One sample gives a zero covariance (and a λ relative to its trace of zero); at ``lmbda = 0``
+    the covariance of ``width`` units from ``count <= width`` samples has rank ``<= count - 1``.
+    """
+    count = stats.count
+    if count == 1:
+        raise ValueError(f"stats{name}: {count} calibration samples for width {width}; the covariance of one "
+                         "sample is zero: collect more calibration data (tokens, pixels or images: more than "
+                         f"{width} samples for a full-rank covariance)")
+    if lmbda == 0 and count <= width:
+        raise ValueError(f"stats{name}: {count} calibration samples for width {width}; at lmbda=0 the covariance "
+                         f"of {width} units needs more than {width} samples (it has rank <= {count - 1}): collect "
+                         "more calibration data, or use lmbda > 0")
+
+
 def _calibration(stats: ActivationStats, lmbda: float, device: torch.device, dtype: torch.dtype):
     """``(C, μ, λ)`` from statistics: covariance ``(n, n)``, means ``(n,)``, absolute λ (relative × trace/n)."""
     C = stats.covariance().to(device=device, dtype=dtype)
@@ -488,10 +513,11 @@ def refit_next_layer(
     Returns:
         ``V': (k, n')`` and the bias change ``(k,)`` (None without mean correction), in ``V``'s dtype.
     """
+    check_samples(stats, int(keep.sum()), lmbda)
     C, mu, lam = _calibration(stats, lmbda, V.device, torch.float64)
     K = torch.nonzero(keep, as_tuple=False).flatten()
     Vd = V.to(torch.float64)
-    P = regularised_inverse(C[K][:, K], lam, "the kept units' calibration covariance")
+    P = regularised_inverse(C[K][:, K], lam, "the kept units' calibration covariance", CALIBRATION_SINGULAR_HINT)
     V_new = (Vd @ C[:, K]) @ P
     delta = Vd @ mu - V_new @ mu[K] if mean_correction else None
     return V_new.to(V.dtype), None if delta is None else delta.to(V.dtype)
@@ -530,6 +556,7 @@ def _validate_layer(W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | N
                          "of what the next layer reads from these units")
     if stats.count == 0:
         raise ValueError(f"stats{name} hold no samples; expected at least one calibration batch")
+    check_samples(stats, n, opts.lmbda, name)
     opts.check_calibrated()
     if (opts.mean_correction or opts.refit) and V is None:
         raise ValueError("mean_correction and refit need V (the next layer's weight, shape (k, n))")

@@ -41,8 +41,12 @@ def _compute_dtype(W: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     return dtype
 
 
-def _cholesky(A: torch.Tensor, lmbda: float, what: str) -> torch.Tensor:
-    """Lower Cholesky factor of the SPD matrix ``A``; a clear error when it is singular.
+#: Why a weight Gram matrix is singular, and what to do (the default of :func:`regularised_inverse`).
+WEIGHT_SINGULAR_HINT = "use lmbda > 0 (rows are linearly dependent, or n > m)"
+
+
+def _cholesky(A: torch.Tensor, lmbda: float, what: str, hint: str = WEIGHT_SINGULAR_HINT) -> torch.Tensor:
+    """Lower Cholesky factor of the SPD matrix ``A``; a clear error (ending with ``hint``) when it is singular.
 
     With ``lmbda = 0`` a singular Gram matrix sometimes factors anyway, rounding leaving a
     tiny positive pivot; pivots below ``n · eps`` of the largest are treated as singular, so
@@ -55,8 +59,7 @@ def _cholesky(A: torch.Tensor, lmbda: float, what: str) -> torch.Tensor:
         singular = bool(pivots.min() <= pivots.max() * A.shape[0] * torch.finfo(A.dtype).eps * 16)
     if singular:
         raise ValueError(
-            f"lmbda={lmbda}: the regularised Gram matrix of {what} is singular or not positive definite; "
-            "use lmbda > 0 (rows are linearly dependent, or n > m)"
+            f"lmbda={lmbda}: the regularised Gram matrix of {what} is singular or not positive definite; {hint}"
         )
     return L
 
@@ -112,14 +115,15 @@ def precision_and_residuals(
     return P, P @ Wc, P.diagonal().clone()
 
 
-def regularised_inverse(G: torch.Tensor, lmbda: float, what: str = "W") -> torch.Tensor:
+def regularised_inverse(G: torch.Tensor, lmbda: float, what: str = "W", hint: str = WEIGHT_SINGULAR_HINT
+                        ) -> torch.Tensor:
     """``(G + λI)^{-1}`` for a symmetric PSD ``G: (n, n)`` by one Cholesky (``G`` is not modified).
 
-    Raises ``ValueError`` naming ``what`` when ``G + λI`` is singular.
+    Raises ``ValueError`` naming ``what`` when ``G + λI`` is singular; ``hint`` says why and what to do.
     """
     A = G.clone()
     A.diagonal().add_(lmbda)
-    return torch.cholesky_inverse(_cholesky(A, lmbda, what))
+    return torch.cholesky_inverse(_cholesky(A, lmbda, what, hint))
 
 
 def gram_inverse(W: torch.Tensor, lmbda: float = 1e-3, dtype: torch.dtype | None = None) -> torch.Tensor:

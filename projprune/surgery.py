@@ -13,9 +13,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from projprune._checks import check_amount, check_finite, check_matrix
+from projprune._checks import check_amount, check_finite, check_matrix, check_plain_layer
 from projprune.calibration import ActivationStats
 from projprune.greedy import PruneResult, StepCallback, apply_pruning, greedy_global
 from projprune.options import ProjectionOptions, resolve_options
@@ -35,17 +34,12 @@ __all__ = [
 def _check_layer(layer: nn.Module, name: str) -> None:
     if not isinstance(layer, (nn.Linear, nn.Conv2d)):
         raise ValueError(f"{name} must be nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+    check_plain_layer(layer, name)  # weight norm, pruning masks, meta device: before any value is read
     weight = layer.weight
     expected = 2 if isinstance(layer, nn.Linear) else 4
     if weight.dim() != expected:
         raise ValueError(
             f"{name}.weight must be {expected}-D for {type(layer).__name__}, got shape {tuple(weight.shape)}"
-        )
-    if parametrize.is_parametrized(layer):
-        raise ValueError(
-            f"{name} ({type(layer).__name__}) has a parametrization (e.g. weight_norm) on "
-            f"{sorted(layer.parametrizations.keys())}; expected plain parameters: remove it first with "
-            "torch.nn.utils.parametrize.remove_parametrizations"
         )
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         raise ValueError(f"{name}: grouped convolutions (groups={layer.groups}) are not supported; expected groups=1")
@@ -79,8 +73,7 @@ def _check_pair(layer1: nn.Module, layer2: nn.Module, norm: nn.Module | None, la
         if isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) != 1:
             raise ValueError(f"bn{label}: a LayerNorm over the units must have a 1-D normalized_shape, "
                              f"got {tuple(norm.normalized_shape)}")
-        if parametrize.is_parametrized(norm):
-            raise ValueError(f"bn{label} has a parametrization; expected plain parameters")
+        check_plain_layer(norm, f"bn{label}")
         width = norm.num_features if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) else norm.normalized_shape[-1]
         if width != n:
             raise ValueError(f"bn{label} normalises {width} features but layer1{label} produces {n}")

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from projprune._checks import check_plain_layer
 from projprune.calibration import ActivationStats, collect_activation_stats
 from projprune.greedy import PruneResult, apply_pruning, apply_refit, greedy_global
 from projprune.methods import PAIR_METHODS, PairMethod, select_baseline_global
@@ -324,17 +324,15 @@ def _update_configs(model: nn.Module, blocks: Sequence[FFNBlock]) -> None:
 
 # --------------------------------------------------------------------------- checks and rollback
 def _check_blocks(model: nn.Module, blocks: Sequence[FFNBlock]) -> None:
-    """Refuse what a write could not handle: parametrized, tied or non-finite projections."""
+    """Refuse what a write could not handle: parametrized, weight-normed, masked, meta, tied, non-finite projections."""
     counts: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         counts.setdefault(id(param), []).append(name)
+    module_names = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
     for block in blocks:
         for layer in (*block.inputs, block.output):
-            if parametrize.is_parametrized(layer):
-                raise ValueError(f"model: FFN block {block.name!r} has a parametrized projection "
-                                 f"({type(layer).__name__}, {sorted(layer.parametrizations.keys())}); expected plain "
-                                 "parameters: remove it with "
-                                 "torch.nn.utils.parametrize.remove_parametrizations first")
+            # parametrizations, weight_norm, pruning masks, meta device: before any value is read
+            check_plain_layer(layer, f"model: FFN block {block.name!r} projection {module_names.get(id(layer))!r}")
             for kind in ("weight", "bias"):
                 param = getattr(layer, kind, None)
                 if param is None:
