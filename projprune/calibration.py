@@ -375,6 +375,10 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, max_batch
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
+    meta = next((m for m in norms if m.running_mean.is_meta), None)
+    if meta is not None:
+        name = next(n for n, m in model.named_modules() if m is meta)
+        raise ValueError(f"model: BatchNorm {name!r} is on the meta device; materialise the weights first")
     saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
              for m in norms]
     modes = {m: m.training for m in model.modules()}

@@ -240,6 +240,10 @@ def install_results(pairs, bns, results: Sequence[PruneResult]) -> None:
     Each pair is re-read just before it is written: in a chain ``((fc1, fc2), (fc2, fc3))``
     writing one pair shrinks the next pair's ``W`` columns.
     """
+    for li, ((layer1, layer2), norm) in enumerate(zip(pairs, bns)):
+        for module, name in ((layer1, "layer1"), (layer2, "layer2"), (norm, "bn")):
+            if module is not None:
+                check_plain_layer(module, f"{name}[{li}]")
     with _transaction([m for pair in pairs for m in pair] + list(bns)):
         for li, ((layer1, layer2), norm, result) in enumerate(zip(pairs, bns, results)):
             W, b, V = pair_matrices(layer1, layer2)

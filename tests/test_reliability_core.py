@@ -130,6 +130,20 @@ def test_plain_layer_check_is_one_shared_function():
     _old_weight_norm(layer)
     with pytest.raises(ValueError, match=r"^consumer \(Linear\) .*weight_norm.*weight_g"):
         check_plain_layer(layer, "consumer")
+    spectral = torch.nn.utils.spectral_norm(nn.Linear(3, 2))  # any hook-computed weight: a plain attribute
+    with pytest.raises(ValueError, match=r"^s \(Linear\)\.weight is a plain tensor attribute, not an nn.Parameter"):
+        check_plain_layer(spectral, "s")
+
+
+def test_install_results_refuses_a_masked_layer():
+    fc1, fc2 = _linear_pair()
+    W, b, V = pp.pair_matrices(fc1, fc2)
+    results = pp.greedy_global([W], 3, bs=[b], Vs=[V])
+    _prune_mask(fc2)  # masked after the results were computed
+    before = _snapshot(fc1, fc2)
+    with pytest.raises(ValueError, match=r"layer2\[0\] \(Linear\) has a torch.nn.utils.prune mask"):
+        pp.install_results([(fc1, fc2)], [None], results)
+    _assert_unchanged(before, fc1, fc2)
 
 
 def _bert() -> nn.Module:
@@ -221,6 +235,13 @@ def test_recalibrate_batchnorm_keeps_old_statistics_on_nan_or_inf_batch(bad):
     _assert_bn_state(net, saved)
     assert not net.training
     assert pp.recalibrate_batchnorm(net, [good, good]) == 2  # still usable afterwards
+
+
+def test_recalibrate_batchnorm_refuses_a_meta_model():
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6))
+    with pytest.raises(ValueError, match=r"BatchNorm '1' is on the meta device; materialise the weights first"):
+        pp.recalibrate_batchnorm(net, [torch.randn(8, 4)])
 
 
 def test_recalibrate_batchnorm_float16_overflow_keeps_old_statistics():
