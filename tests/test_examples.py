@@ -109,3 +109,19 @@ def test_cnn_and_pair_examples_refuse_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="--ratio"):
         load_example("prune_layer_pair.py").main(["--ratio", "1", "--output-dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("document", ["README.md", "docs/api.md"])
+def test_every_python_snippet_of_the_docs_runs(document, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch_pruning")
+    pytest.importorskip("transformers")
+    snippets = re.findall(r"```python\n(.*?)```", (ROOT / document).read_text(encoding="utf-8"), re.DOTALL)
+    assert snippets, f"{document} has no python snippet"
+    monkeypatch.chdir(tmp_path)  # anything a snippet writes stays out of the repository
+    for index, code in enumerate(snippets):
+        exec(compile(code, f"{document} snippet {index}", "exec"), {"__name__": "__main__"})  # raises if broken
+    assert not any(tmp_path.iterdir())
+    printed = capsys.readouterr().out
+    if document == "docs/api.md":  # the shapes the comments promise
+        assert "724 724 724" in printed and "20 20 20" in printed and "[90, 90]" in printed and "True" in printed
