@@ -53,14 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="resnet18", help="a torchvision.models builder, e.g. resnet18, mobilenet_v2")
     parser.add_argument("--speed-up", type=float, default=2.0, help="FLOPs of the original / FLOPs after")
     parser.add_argument("--image-size", type=int, default=64, help="input height and width")
-    parser.add_argument("--quick", action="store_true", help="32x32 inputs and 20 steps (CI)")
+    parser.add_argument("--quick", action="store_true", help="32x32 inputs and 12 steps (CI)")
     parser.add_argument("--output-dir", default="run/examples/prune_torchvision_cnn", help="where the model goes")
     args = parser.parse_args(argv)
     if args.speed_up <= 1:
         raise ValueError(f"--speed-up must be > 1 (FLOPs before / after), got {args.speed_up}")
     if not hasattr(torchvision.models, args.model):
         raise ValueError(f"--model: torchvision.models has no {args.model!r} (try resnet18, mobilenet_v2)")
-    size, steps = (32, 20) if args.quick else (args.image_size, 50)
+    size, steps = (32, 12) if args.quick else (args.image_size, 50)
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.model)(num_classes=10).eval()
