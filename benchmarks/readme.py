@@ -1,16 +1,18 @@
-"""Regenerate README's result tables from the commands that produce them.
+"""Regenerate the result tables of docs/results.md from the commands that produce them.
 
-    python -m benchmarks.readme [--sections demo,vit] [--readme README.md] [--output-dir run/readme] [--check]
+    python -m benchmarks.readme [--sections demo,vit] [--results docs/results.md] [--output-dir run/readme] [--check]
 
-Each section of README sits between ``<!-- readme:NAME:begin -->`` and ``<!-- readme:NAME:end -->``
-and is rewritten with what the command prints now, so README never drifts from the code:
+Each regenerated section of docs/results.md sits between ``<!-- results:NAME:begin -->`` and
+``<!-- results:NAME:end -->`` and is rewritten with what the command prints now, so the document
+never drifts from the code (other ``results:`` sections, e.g. the digits tables, come from their own
+scripts and are left alone):
 
 - ``demo``: ``python -m engine.demo`` with its defaults (seed 1);
-- ``vit``: ``python vit/main.py --model small --experiment uniform --amounts 64,100,131`` for the
-  README's methods (the digits ViT is trained once into ``--output-dir`` and reused).
+- ``vit``: ``python -m vit.main --model small --experiment uniform --amounts 64,100,131`` for the
+  table's methods (the digits ViT is trained once into ``--output-dir`` and reused).
 
 Numbers are reproducible on the same machine and thread count; prune times vary with the load.
-``--check`` writes nothing and exits 1 when README differs (e.g. in CI after a behaviour change).
+``--check`` writes nothing and exits 1 when the file differs (e.g. in CI after a behaviour change).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from engine.harness import atomic_write_text, read_csv, run_cli, split_list
 from engine.report import markdown_table
 
 VIT_AMOUNTS = (64, 100, 131)
-VIT_METHODS = {  # README label of each digits ViT method, in the table's order
+VIT_METHODS = {  # table label of each digits ViT method, in the table's order
     "calib": "calib (ours, on activations)",
     "act_norm": "act_norm (data-aware baseline)",
     "exact_oac": "exact_oac (ours, data-free)",
@@ -90,27 +92,27 @@ def replace_section(text: str, name: str, body: str) -> str:
     Raises:
         ValueError: the markers are missing or out of order.
     """
-    begin, end = f"<!-- readme:{name}:begin -->", f"<!-- readme:{name}:end -->"
+    begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
     pattern = re.compile(re.escape(begin) + r"\n.*?" + re.escape(end), re.DOTALL)
     if len(pattern.findall(text)) != 1:
-        raise ValueError(f"--readme: expected one {begin} ... {end} block for section {name!r}")
+        raise ValueError(f"--results: expected one {begin} ... {end} block for section {name!r}")
     return pattern.sub(lambda _: f"{begin}\n{body.rstrip()}\n{end}", text)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", default="README.md", help="the file whose marked sections are rewritten")
+    parser.add_argument("--results", default="docs/results.md", help="the file whose marked sections are rewritten")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {list(SECTIONS)}")
     parser.add_argument("--output-dir", default="run/readme", help="where the commands write their runs")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if README would change")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file would change")
     args = parser.parse_args(argv)
     sections = split_list(args.sections, unique=True)
     if not sections or any(s not in SECTIONS for s in sections):
         raise ValueError(f"--sections: expected a comma-separated subset of {list(SECTIONS)}, got {args.sections!r}")
-    readme = Path(args.readme)
-    if not readme.is_file():
-        raise FileNotFoundError(f"--readme: {readme} does not exist")
-    old = readme.read_text(encoding="utf-8")
+    results = Path(args.results)
+    if not results.is_file():
+        raise FileNotFoundError(f"--results: {results} does not exist")
+    old = results.read_text(encoding="utf-8")
     for name in sections:
         replace_section(old, name, "")  # every marker checked before anything runs
     bodies = {name: SECTIONS[name](Path(args.output_dir)) for name in sections}
@@ -119,10 +121,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         new = replace_section(new, name, body)
     if args.check:
         if new != old:
-            print(f"{readme}: sections {sections} differ from what the commands print", file=sys.stderr)
+            print(f"{results}: sections {sections} differ from what the commands print", file=sys.stderr)
             raise SystemExit(1)
     elif new != old:
-        atomic_write_text(readme, new)
+        atomic_write_text(results, new)
     for name, body in bodies.items():
         print(f"## {name}\n\n{body}")
     return new
