@@ -21,15 +21,20 @@ error of the second moments); the default is the exact float32 products.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+if __package__ in (None, ""):  # `python benchmarks/calib_cost.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import parse_config, seed_everything
-from engine.report import markdown_table
-from projprune import PAIR_METHODS, ActivationStats, greedy_exact
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from engine.harness import parse_config, run_cli, seed_everything  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
+from projprune import PAIR_METHODS, ActivationStats, greedy_exact  # noqa: E402
 
 # case -> (layers, units n, input width m, tokens, goal in seconds)
 CASES = {"bert-base": (12, 3072, 768, 512 * 128, 60.0), "gpt2-xl": (1, 6400, 1600, 65536, 90.0)}
@@ -98,4 +103,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/calib_cost.py")

@@ -17,16 +17,21 @@ busy shared machine, CPU seconds are what an idle core would take; wall time inc
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-import torch
-from torch import nn
+if __package__ in (None, ""):  # `python benchmarks/gpt2_prune.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import num_threads
-from engine.report import markdown_table
-from gpt2.model import CausalSelfAttention, GPT2ModelConfig
-from gpt2.prune import (
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from engine.harness import num_threads, run_cli  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
+from gpt2.model import CausalSelfAttention, GPT2ModelConfig  # noqa: E402
+from gpt2.prune import (  # noqa: E402
     ATTENTION_METHODS,
     attention_keep_count,
     head_rows,
@@ -34,7 +39,7 @@ from gpt2.prune import (
     proj_coef_scores,
     proj_distance_scores,
 )
-from projprune.solvers import solve_normal_equations
+from projprune.solvers import solve_normal_equations  # noqa: E402
 
 XL = {"n_embd": 1600, "n_head": 25, "n_inner": 6400}
 
@@ -139,4 +144,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/gpt2_prune.py")

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # `python benchmarks/minilm_lambda.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.real_minilm import batches, calibration_sentences, embed, load_minilm
-from engine.harness import split_list
-from engine.report import markdown_table
+import torch  # noqa: E402
+
+from benchmarks.real_minilm import batches, calibration_sentences, embed, load_minilm  # noqa: E402
+from engine.harness import run_cli, split_list  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -50,4 +55,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/minilm_lambda.py")

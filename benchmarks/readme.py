@@ -22,8 +22,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine.harness import atomic_write_text, read_csv, run_cli, split_list
-from engine.report import markdown_table
+if __package__ in (None, ""):  # `python benchmarks/readme.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import atomic_write_text, read_csv, run_cli, split_list  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
 
 VIT_AMOUNTS = (64, 100, 131)
 VIT_METHODS = {  # README label of each digits ViT method, in the table's order

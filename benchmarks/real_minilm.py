@@ -18,16 +18,20 @@ from __future__ import annotations
 import copy
 import importlib
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+if __package__ in (None, ""):  # `python benchmarks/real_minilm.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import atomic_write_csv, atomic_write_text, parse_config, save_figure, seed_everything
-from engine.report import markdown_table
+import torch  # noqa: E402
+
+from engine.harness import atomic_write_csv, atomic_write_text, parse_config, run_cli, save_figure, seed_everything  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
 
 CALIBRATION_MODULES = ("argparse", "asyncio", "collections", "concurrent.futures", "csv", "dataclasses", "decimal",
                        "email", "functools", "http.client", "inspect", "json", "logging", "os", "pathlib", "pickle",
@@ -191,4 +195,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/real_minilm.py")

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # `python benchmarks/solvers.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import projprune as pp
-from engine.harness import atomic_write_text, progress
-from engine.report import markdown_table
+import torch  # noqa: E402
+
+import projprune as pp  # noqa: E402
+from engine.harness import atomic_write_text, progress, run_cli  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -135,4 +140,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/solvers.py")

@@ -19,17 +19,22 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-import torch
-from torchvision.models import vit_b_16
+if __package__ in (None, ""):  # `python benchmarks/vit_prune.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import num_threads, split_list
-from engine.report import markdown_table
-from projprune import PAIR_METHODS, greedy_lazy
-from vit.methods import PruneContext, get_method
-from vit.models import mlp_pairs
+import torch  # noqa: E402
+from torchvision.models import vit_b_16  # noqa: E402
+
+from engine.harness import num_threads, run_cli, split_list  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
+from projprune import PAIR_METHODS, greedy_lazy  # noqa: E402
+from vit.methods import PruneContext, get_method  # noqa: E402
+from vit.models import mlp_pairs  # noqa: E402
 
 GOAL_SECONDS = 60.0
 
@@ -115,4 +120,4 @@ def _time_methods(args: argparse.Namespace) -> list[tuple[str, float, str]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/vit_prune.py")

@@ -11,13 +11,17 @@ model/data set, one line per method, the unpruned model at rate 0).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.harness import atomic_write_csv, atomic_write_text, parse_config, read_csv, save_figure, split_list
-from engine.report import latex_table, markdown_table
-from gpt2.prune import ATTENTION_METHODS
+if __package__ in (None, ""):  # `python gpt2/parse.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import atomic_write_csv, atomic_write_text, parse_config, read_csv, run_cli, save_figure, split_list  # noqa: E402
+from engine.report import latex_table, markdown_table  # noqa: E402
+from gpt2.prune import ATTENTION_METHODS  # noqa: E402
 
 __all__ = ["ParseConfig", "collect", "main", "plot", "table_rows", "to_latex", "to_markdown"]
 
@@ -145,4 +149,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "gpt2/parse.py")

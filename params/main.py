@@ -6,11 +6,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from engine.harness import parse_config, run_cli
-from params.analysis import ParamsConfig, run_analysis
+if __package__ in (None, ""):  # `python params/main.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import parse_config, run_cli  # noqa: E402
+from params.analysis import ParamsConfig, run_analysis  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

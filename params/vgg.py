@@ -9,16 +9,20 @@ FashionMNIST given the files); the paper's CIFAR-10/100 and ImageNet runs need t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+if __package__ in (None, ""):  # `python params/vgg.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import parse_config, run_cli, split_list
-from params.analysis import (
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from engine.harness import parse_config, run_cli, split_list  # noqa: E402
+from params.analysis import (  # noqa: E402
     Comparison,
     ModelFactory,
     Variant,
@@ -26,7 +30,7 @@ from params.analysis import (
     check_study_flags,
     run_study,
 )
-from params.data import DATASETS, load_dataset, resolve_split_sizes
+from params.data import DATASETS, load_dataset, resolve_split_sizes  # noqa: E402
 
 # torchvision's VGG-16 ("D"): 13 convs in five blocks, "M" = 2x2 max-pool.
 VGG16_LAYOUT: tuple[int | str, ...] = (

@@ -55,7 +55,7 @@ def finished(tmp_path_factory):
     main_module.main(_prune_args(out, ckpt))
     name = "digits-local-l2-2.0-resnet20"
     run_dir = out / "digits/prune" / name
-    return out, ckpt, run_dir / f"digits_resnet20_l2.pth", run_dir / f"{name}.txt"
+    return out, ckpt, run_dir / "digits_resnet20_l2.pth", run_dir / f"{name}.txt"
 
 
 def _snapshot(*paths: Path) -> list[bytes]:

@@ -20,11 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.harness import split_list
-from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, resolve_backend, run_stages
-from vit.main import EXPERIMENTS, ViTConfig, run_dir, run_name
-from vit.methods import VIT_METHODS
-from vit.models import VIT_MODELS
+if __package__ in (None, ""):  # `python vit/grid.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import run_cli, split_list  # noqa: E402
+from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, resolve_backend, run_stages  # noqa: E402
+from vit.main import EXPERIMENTS, ViTConfig, run_dir, run_name  # noqa: E402
+from vit.methods import VIT_METHODS  # noqa: E402
+from vit.models import VIT_MODELS  # noqa: E402
 
 __all__ = ["PAPER_MODELS", "GridSpec", "build_stages", "main"]
 
@@ -114,4 +117,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "vit/grid.py"))
