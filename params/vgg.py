@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `python params/vgg.py`: import engine etc. from
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from engine.harness import parse_config, run_cli, split_list  # noqa: E402
+from engine.harness import parse_config, run_cli, split_list, wrote  # noqa: E402
 from params.analysis import (  # noqa: E402
     Comparison,
     ModelFactory,
@@ -197,7 +197,9 @@ def run_vgg(cfg: VGGConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse flags into a :class:`VGGConfig` and run the ablation; returns what was written."""
-    return run_vgg(parse_config(VGGConfig, argv, description=__doc__))
+    written = run_vgg(parse_config(VGGConfig, argv, description=__doc__))
+    wrote(written["output_dir"])
+    return written
 
 
 if __name__ == "__main__":
