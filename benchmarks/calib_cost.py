@@ -29,12 +29,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/calib_cost.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from engine.harness import parse_config, run_cli, seed_everything  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
-from projprune import PAIR_METHODS, ActivationStats, greedy_exact  # noqa: E402
 
 # case -> (layers, units n, input width m, tokens, goal in seconds)
 CASES = {"bert-base": (12, 3072, 768, 512 * 128, 60.0), "gpt2-xl": (1, 6400, 1600, 65536, 90.0)}
@@ -53,6 +50,11 @@ class CostConfig:
 
 
 def run_case(name: str, cfg: CostConfig) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from projprune import PAIR_METHODS, ActivationStats, greedy_exact
+
     layers, n, m, tokens, goal = CASES[name]
     tokens = max(cfg.batch_tokens, int(tokens * cfg.tokens_scale))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -86,6 +88,7 @@ def run_case(name: str, cfg: CostConfig) -> dict:
 
 def main(argv=None) -> list[dict]:
     cfg = parse_config(CostConfig, argv, description=__doc__.splitlines()[0])
+    import torch
     names = [c.strip() for c in cfg.cases.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]
     if unknown or not names:

@@ -19,9 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/minilm_lambda.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
-from benchmarks.real_minilm import batches, calibration_sentences, embed, load_minilm  # noqa: E402
 from engine.harness import run_cli, split_list  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
@@ -33,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--calibration-sentences", type=int, default=256)
     parser.add_argument("--validation-sentences", type=int, default=128)
     args = parser.parse_args(argv)
+    import torch
+
+    from benchmarks.real_minilm import batches, calibration_sentences, embed, load_minilm
     from projprune.transformers import prune_ffn
 
     torch.manual_seed(1)

@@ -20,15 +20,17 @@ import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python benchmarks/solvers.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
-import projprune as pp  # noqa: E402
-from engine.harness import atomic_write_text, progress, run_cli  # noqa: E402
+from engine.harness import atomic_write_text, progress, run_cli, wrote  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 
 def timed(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -45,6 +47,8 @@ def timed(fn: Callable[[], object], repeats: int = 3) -> float:
 
 def plain_lazy_steps(W: torch.Tensor, Q: torch.Tensor, amount: int, steps: int, alpha: float = 0.5) -> None:
     """docs/algorithm.md §4 line by line (boolean masks, the full Q), as the reference code does it."""
+    import torch
+
     n = W.shape[0]
     M = torch.ones(n, dtype=torch.bool)
     Q = Q.clone()
@@ -68,6 +72,9 @@ def main(argv: list[str] | None = None) -> str:
                         help="steps of the plain §4 loop to time (0 = all); lazy is timed on the same steps too")
     parser.add_argument("--out", default="benchmarks/results/solvers.md")
     args = parser.parse_args(argv)
+    import torch
+
+    import projprune as pp
 
     m = 768 if not args.quick else 96
     sizes = [256, 512, 1024, 3072] if not args.quick else [32, 64, 128, 384]
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> str:
     table = header + markdown_table(cells, columns=["case", "shape", "dtype", "seconds", "ratio"])
     print(table)
     atomic_write_text(args.out, table)
+    wrote(args.out)
     return table
 
 

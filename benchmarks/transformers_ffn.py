@@ -17,14 +17,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python benchmarks/transformers_ffn.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
 from engine.harness import num_threads, parse_config, run_cli, seed_everything, split_list  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+
 
 # Named runs: a method of FFN_METHODS plus option overrides.
 RUNS: dict[str, tuple[str, dict]] = {
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def _time_method(cfg: BenchConfig, name: str) -> dict:
     """Prune a fresh model with run ``name`` of :data:`RUNS`; one table row."""
+    import torch
+
     from projprune.transformers import prune_ffn
 
     method, options = RUNS[name]
