@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python benchmarks/gpt2_prune.py`: import engin
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from engine.harness import num_threads, run_cli  # noqa: E402
+from engine.harness import num_threads, plain_text, run_cli  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def to_markdown(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--layers", type=int, default=48, help="XL attention layers to score")
     parser.add_argument("--greedy-layers", type=int, default=2, help="layers for the greedy methods (extrapolated)")
     parser.add_argument("--threads", type=int, default=1,

@@ -20,12 +20,12 @@ if __package__ in (None, ""):  # `python benchmarks/minilm_lambda.py`: import en
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from engine.harness import run_cli, split_list  # noqa: E402
+from engine.harness import plain_text, run_cli, split_list  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--lambdas", default="1e-3,1e-2,1e-1,3e-1")
     parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--calibration-sentences", type=int, default=256)

@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/readme.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import atomic_write_text, read_csv, run_cli, split_list  # noqa: E402
+from engine.harness import atomic_write_text, plain_text, read_csv, run_cli, split_list  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
 VIT_AMOUNTS = (64, 100, 131)
@@ -101,7 +101,7 @@ def replace_section(text: str, name: str, body: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--readme", default="README.md", help="the file whose marked sections are rewritten")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {list(SECTIONS)}")
     parser.add_argument("--output-dir", default="run/readme", help="where the commands write their runs")

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # `python benchmarks/solvers.py`: import engine e
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from engine.harness import atomic_write_text, progress, run_cli, wrote  # noqa: E402
+from engine.harness import atomic_write_text, plain_text, progress, run_cli, wrote  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ def plain_lazy_steps(W: torch.Tensor, Q: torch.Tensor, amount: int, steps: int, 
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=plain_text(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--plain-steps", type=int, default=0,
                         help="steps of the plain §4 loop to time (0 = all); lazy is timed on the same steps too")

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python benchmarks/vit_prune.py`: import engine
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from engine.harness import num_threads, run_cli, split_list  # noqa: E402
+from engine.harness import num_threads, plain_text, run_cli, split_list  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def time_lazy_extrapolated(model: torch.nn.Module, method: str, layers: int, amo
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--amount", type=int, default=1000)
     parser.add_argument("--methods", default="exact,exact_oac,proj550,l2")

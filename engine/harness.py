@@ -458,6 +458,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_REST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` (a docstring) without reStructuredText markup, for ``--help``: roles and double backquotes
+    dropped (``:func:`x``` and ````x```` read ``x``), a literal block's ``::`` made ``:``."""
+    if text is None:
+        return None
+    text = _REST_ROLE.sub(r"\1", text).replace("``", "")
+    return re.sub(r"::$", ":", text, flags=re.M)
+
+
 def config_parser(
     cls: type, description: str | None = None, parser: argparse.ArgumentParser | None = None
 ) -> argparse.ArgumentParser:
@@ -467,14 +479,14 @@ def config_parser(
     ``flag`` (the exact flag name, e.g. ``--delta_reg``), ``help`` and ``choices``.
     ``bool`` fields default False become ``store_true`` switches; others take a value.
     """
-    parser = parser or argparse.ArgumentParser(description=description)
+    parser = parser or argparse.ArgumentParser(description=plain_text(description))
     hints = typing.get_type_hints(cls)  # resolves string annotations (``from __future__ import annotations``)
     for field in dataclasses.fields(cls):
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         # argparse %-formats help strings: a literal "%" must be doubled.
-        help_line = f"{help_text} (default: {default})".replace("%", "%%")
+        help_line = plain_text(f"{help_text} (default: {default})").replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_line}
         ftype = hints[field.name]
         if ftype is bool:

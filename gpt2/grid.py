@@ -25,8 +25,8 @@ if __package__ in (None, ""):  # `python gpt2/grid.py`: import engine etc. from 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.harness import run_cli, split_list  # noqa: E402
+from gpt2.main import ATTENTION_METHOD_NAMES as ATTENTION_METHODS  # noqa: E402  (torch-free)
 from gpt2.main import GPT2Config, run_name  # noqa: E402
-from gpt2.prune import ATTENTION_METHODS  # noqa: E402
 from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, run_stages  # noqa: E402
 
 # Preset -> model -> data sets. "paper": the models and data sets of the paper's §4.2 table.

@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python vit/grid.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import run_cli, split_list  # noqa: E402
+from engine.harness import plain_text, run_cli, split_list  # noqa: E402
 from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, resolve_backend, run_stages  # noqa: E402
 from vit.main import EXPERIMENTS, ViTConfig, run_dir, run_name  # noqa: E402
 from vit.methods import VIT_METHODS  # noqa: E402
@@ -88,7 +88,7 @@ def _csv(text: str, default: tuple[str, ...]) -> tuple[str, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run or submit the grid; with ``--parse``, write the tables once it has finished here."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]))
     parser.add_argument("--models", default="", help=f"comma list (default {','.join(PAPER_MODELS)}; small = digits)")
     parser.add_argument("--methods", default="", help="comma list (default: every method of vit/methods.py)")
     parser.add_argument("--experiments", default="", help=f"comma list of {','.join(EXPERIMENTS)} (default all)")
