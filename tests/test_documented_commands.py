@@ -38,8 +38,6 @@ HEAVY = ("torch", "transformers", "torch_pruning", "torchvision")
 HEAVY_HELP = {
     "engine.hf_compare": "imports torch at module level (its wrapper belongs to the transformers helper)",
     "benchmarks.cnn_one_shot": "imports torch at module level (owned by the digits benchmark)",
-    "params.vgg": "VGGConfig lives beside the VGG-16 nn.Module",
-    "vit.grid": "expands the grid from vit.methods' registry (which methods prune a layer twice)",
 }
 
 
