@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/readme.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import atomic_write_text, plain_text, read_csv, run_cli, split_list  # noqa: E402
+from engine.harness import atomic_write_text, plain_text, read_csv, run_cli, split_list, wrote  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
 VIT_AMOUNTS = (64, 100, 131)
@@ -128,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         atomic_write_text(readme, new)
     for name, body in bodies.items():
         print(f"## {name}\n\n{body}")
+    if not args.check:
+        wrote(*([readme] if new != old else []), args.output_dir)
     return new
 
 

@@ -228,3 +228,24 @@ def test_traceback_switch_still_raises(monkeypatch):
 
     with pytest.raises(OSError):
         run_cli(fails, "prog")
+
+
+# --------------------------------------------------------------------------- item 13: the batches actually run
+def test_bn_line_names_the_batches_that_ran(tmp_path, finished):
+    """``--bn-recalibrate 1000`` on digits (22 training batches of 64) logs 22, and says so; parse_logs reads it."""
+    import math
+    import re
+
+    from engine import table1_layout as layout
+
+    _, ckpt, _, _ = finished
+    args = ["--mode", "prune", *SMALL, "--restore", str(ckpt), "--speed-up", "2", "--method", "l2",
+            "--iterative-steps", "10", "--bn-recalibrate", "1000", "--output-dir", str(tmp_path)]
+    result = main_module.main(args)
+    batches = math.ceil(1347 / 64)  # engine.digits' training split, in batches of --batch-size
+    text = Path(result["log"]).read_text()
+    assert re.search(rf"INFO: BN recalibrated \(\d+ layers, {batches} training batches\)$", text, re.M)
+    assert f"--bn-recalibrate 1000: the training split has only {batches} batches" in text
+    messages = [layout.LINE_RE.match(line)["msg"] for line in text.splitlines()]
+    bn = [layout.BN_ACC_RE.match(m) for m in messages if layout.BN_ACC_RE.match(m)]
+    assert len(bn) == 1 and float(bn[0][2]) == pytest.approx(result["bn_acc"], abs=5e-5)
