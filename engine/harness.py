@@ -336,7 +336,7 @@ def content_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
         value = tensors[key].detach().cpu().contiguous()
         digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
         if value.numel():
-            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     return digest.hexdigest()
 
 

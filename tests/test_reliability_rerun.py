@@ -149,6 +149,16 @@ def test_a_non_finite_weight_is_refused(tmp_path, bad):
     assert str(path) in str(info.value)
 
 
+def test_hash_round_trips_every_dtype(tmp_path):
+    tensors = {"bf16": torch.randn(3, 2).to(torch.bfloat16), "scalar": torch.tensor(2.5), "mask": torch.rand(4) > 0.5,
+               "steps": torch.arange(5), "empty": torch.zeros(0, 3), "half": torch.randn(2).half()}
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(path, tensors, {"k": "v"})
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"k": "v"} and set(loaded) == set(tensors)
+    assert all(loaded[k].dtype == v.dtype and torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
 def test_checkpoint_without_hash_still_loads(tmp_path):
     from safetensors.torch import save
 
