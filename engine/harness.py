@@ -539,7 +539,7 @@ def run_cli(main: Callable[[], Any], prog: str | None = None) -> Any:
 
 def _os_error_line(exc: OSError) -> str:
     """``<path>: <what the errno means> [Errno N]`` (plus a hint for the common cases)."""
-    meaning = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    meaning = exc.strerror or os.strerror(exc.errno)
     where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None) or "(no file named)"
     hints = {errno.ENOSPC: "free some space or choose another --output-dir",
              errno.EROFS: "choose a writable --output-dir", errno.EACCES: "check its permissions",
