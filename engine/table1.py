@@ -247,8 +247,9 @@ def previous_run(cfg: CNNConfig) -> dict | None:
         keys = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
         flags = ", ".join(f"--{k.replace('_', '-').removesuffix('-sha256')}" for k in keys)
         state = "finished" if meta.get("complete") else "unfinished"
+        remove = final if cfg.mode == "pretrain" else final.parent  # pretraining folders hold every model
         raise ValueError(f"{final} holds the {state} {cfg.mode} run of other arguments ({flags} differ); it is kept: "
-                         f"choose another --output-dir, or delete {final.parent} to run again")
+                         f"choose another --output-dir, or delete {remove} to run again")
     if not meta.get("complete") or any(last.is_file() for last, _ in points):
         return None
     return {"skipped": True, "checkpoint": str(final), "acc": meta.get("acc"), "run_dir": str(final.parent),
