@@ -48,7 +48,7 @@ VARIANTS: dict[str, tuple[float, float, float]] = {
 
 
 # Optional dependencies: the module a lazily imported name needs and the extra that installs it.
-_EXTRAS = {"torch_pruning": ("Torch-Pruning", "tp"), "transformers": ("Hugging Face transformers", "hf")}
+_EXTRAS = {"torch_pruning": ("Torch-Pruning", "tp")}
 
 
 def _lazy(module: str, name: str):
