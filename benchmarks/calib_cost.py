@@ -21,15 +21,17 @@ error of the second moments); the default is the exact float32 products.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+if __package__ in (None, ""):  # `python benchmarks/calib_cost.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import parse_config, seed_everything
-from engine.report import markdown_table
-from projprune import PAIR_METHODS, ActivationStats, greedy_exact
+
+from engine.harness import parse_config, run_cli, seed_everything  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
 
 # case -> (layers, units n, input width m, tokens, goal in seconds)
 CASES = {"bert-base": (12, 3072, 768, 512 * 128, 60.0), "gpt2-xl": (1, 6400, 1600, 65536, 90.0)}
@@ -48,6 +50,11 @@ class CostConfig:
 
 
 def run_case(name: str, cfg: CostConfig) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from projprune import PAIR_METHODS, ActivationStats, greedy_exact
+
     layers, n, m, tokens, goal = CASES[name]
     tokens = max(cfg.batch_tokens, int(tokens * cfg.tokens_scale))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -81,6 +88,7 @@ def run_case(name: str, cfg: CostConfig) -> dict:
 
 def main(argv=None) -> list[dict]:
     cfg = parse_config(CostConfig, argv, description=__doc__.splitlines()[0])
+    import torch
     names = [c.strip() for c in cfg.cases.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]
     if unknown or not names:
@@ -98,4 +106,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/calib_cost.py")

@@ -17,30 +17,35 @@ busy shared machine, CPU seconds are what an idle core would take; wall time inc
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if __package__ in (None, ""):  # `python benchmarks/gpt2_prune.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import num_threads
-from engine.report import markdown_table
-from gpt2.model import CausalSelfAttention, GPT2ModelConfig
-from gpt2.prune import (
-    ATTENTION_METHODS,
-    attention_keep_count,
-    head_rows,
-    norm_scores,
-    proj_coef_scores,
-    proj_distance_scores,
-)
-from projprune.solvers import solve_normal_equations
+
+from engine.harness import num_threads, plain_text, run_cli  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+
+    from gpt2.model import CausalSelfAttention
+
 
 XL = {"n_embd": 1600, "n_head": 25, "n_inner": 6400}
 
 
 def _proj_coef_fast(attn: CausalSelfAttention, lmbda: float = 1e-3) -> torch.Tensor:
     """``proj_coef`` with the reference's rank-1 loop solver (for the side-by-side ratio)."""
+    import torch
+
+    from gpt2.prune import head_rows
+    from projprune.solvers import solve_normal_equations
+
     scores = []
     for head in range(attn.n_head):
         Q_h, K_h = head_rows(attn, head)
@@ -52,6 +57,11 @@ def _proj_coef_fast(attn: CausalSelfAttention, lmbda: float = 1e-3) -> torch.Ten
 
 def _timed_over_layers(fn: Callable[[CausalSelfAttention], object], layers: int, seed: int) -> tuple[float, float]:
     """``(wall, cpu)`` seconds of ``fn`` summed over ``layers`` freshly initialised XL attention layers."""
+    import torch
+    from torch import nn
+
+    from gpt2.model import CausalSelfAttention, GPT2ModelConfig
+
     config = GPT2ModelConfig(n_layer=1, n_positions=8, vocab_size=8, **XL)
     total, cpu = 0.0, 0.0
     for layer in range(layers):
@@ -68,6 +78,10 @@ def _timed_over_layers(fn: Callable[[CausalSelfAttention], object], layers: int,
 
 
 def bench_scores(layers: int, greedy_layers: int, seed: int) -> list[dict]:
+    import torch
+
+    from gpt2.prune import ATTENTION_METHODS, attention_keep_count, norm_scores, proj_coef_scores, proj_distance_scores
+
     rows = []
     n_keep = attention_keep_count(64, 0.3)
     plain = {
@@ -91,6 +105,9 @@ def bench_scores(layers: int, greedy_layers: int, seed: int) -> list[dict]:
 
 
 def bench_mlp(seed: int, rate: float = 0.3) -> dict:
+    import torch
+    from torch import nn
+
     from projprune import prune_linear_pair
 
     torch.manual_seed(seed)
@@ -115,7 +132,7 @@ def to_markdown(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--layers", type=int, default=48, help="XL attention layers to score")
     parser.add_argument("--greedy-layers", type=int, default=2, help="layers for the greedy methods (extrapolated)")
     parser.add_argument("--threads", type=int, default=1,
@@ -123,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--skip-mlp", action="store_true", help="only the QK scores")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    import torch
     if args.layers < 1 or args.greedy_layers < 1:
         raise ValueError("--layers and --greedy-layers must be >= 1")
     with num_threads(args.threads):
@@ -139,4 +157,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/gpt2_prune.py")

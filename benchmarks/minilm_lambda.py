@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # `python benchmarks/minilm_lambda.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.real_minilm import batches, calibration_sentences, embed, load_minilm
-from engine.harness import split_list
-from engine.report import markdown_table
+
+from engine.harness import plain_text, run_cli, split_list  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--lambdas", default="1e-3,1e-2,1e-1,3e-1")
     parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--calibration-sentences", type=int, default=256)
     parser.add_argument("--validation-sentences", type=int, default=128)
     args = parser.parse_args(argv)
+    import torch
+
+    from benchmarks.real_minilm import batches, calibration_sentences, embed, load_minilm
     from projprune.transformers import prune_ffn
 
     torch.manual_seed(1)
@@ -50,4 +56,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/minilm_lambda.py")

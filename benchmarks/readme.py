@@ -24,8 +24,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine.harness import atomic_write_text, read_csv, run_cli, split_list
-from engine.report import markdown_table
+if __package__ in (None, ""):  # `python benchmarks/readme.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import atomic_write_text, plain_text, read_csv, run_cli, split_list, wrote  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
 
 VIT_AMOUNTS = (64, 100, 131)
 VIT_METHODS = {  # table label of each digits ViT method, in the table's order
@@ -100,7 +103,7 @@ def replace_section(text: str, name: str, body: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--results", default="docs/results.md", help="the file whose marked sections are rewritten")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {list(SECTIONS)}")
     parser.add_argument("--output-dir", default="run/readme", help="where the commands write their runs")
@@ -127,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         atomic_write_text(results, new)
     for name, body in bodies.items():
         print(f"## {name}\n\n{body}")
+    if not args.check:
+        wrote(*([results] if new != old else []), args.output_dir)
     return new
 
 

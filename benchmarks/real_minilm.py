@@ -18,16 +18,29 @@ from __future__ import annotations
 import copy
 import importlib
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if __package__ in (None, ""):  # `python benchmarks/real_minilm.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import atomic_write_csv, atomic_write_text, parse_config, save_figure, seed_everything
-from engine.report import markdown_table
+from engine.harness import (  # noqa: E402
+    atomic_write_csv,
+    atomic_write_text,
+    parse_config,
+    run_cli,
+    save_figure,
+    seed_everything,
+    wrote,
+)
+from engine.report import markdown_table  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 CALIBRATION_MODULES = ("argparse", "asyncio", "collections", "concurrent.futures", "csv", "dataclasses", "decimal",
                        "email", "functools", "http.client", "inspect", "json", "logging", "os", "pathlib", "pickle",
@@ -103,9 +116,17 @@ def batches(tokenizer, sentences: Sequence[str], batch_size: int, max_length: in
                            return_tensors="pt")) for i in range(0, len(sentences), batch_size)]
 
 
-@torch.no_grad()
 def embed(model, inputs: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
     """Mean-pooled, L2-normalised sentence embeddings ``(sentences, d)`` (sentence-transformers' pooling)."""
+    import torch
+
+    with torch.no_grad():
+        return _embed(model, inputs)
+
+
+def _embed(model, inputs: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    import torch
+
     out = []
     for batch in inputs:
         hidden = model(**batch).last_hidden_state
@@ -115,6 +136,8 @@ def embed(model, inputs: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
 
 
 def run(method: str, ratio: float, global_mode: bool, model, reference, calib, evaluation, seed: int) -> dict[str, Any]:
+    import torch
+
     from projprune import PAIR_METHODS
     from projprune.transformers import prune_ffn
 
@@ -159,6 +182,8 @@ def _figure(rows: list[dict[str, Any]], stem: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     cfg = parse_config(MiniLMConfig, argv, description=__doc__.splitlines()[0])
+    import torch
+
     from projprune import PAIR_METHODS
 
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
@@ -187,8 +212,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                       f"calibration: stdlib docstrings; evaluation: pydoc_data.topics\n\n{table}")
     _figure(rows, out / "fidelity")
     print(table)
+    wrote(out / "results.md", out / "results.csv", out / "fidelity.png")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/real_minilm.py")

@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if __package__ in (None, ""):  # `python benchmarks/solvers.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import projprune as pp
-from engine.harness import atomic_write_text, progress
-from engine.report import markdown_table
+
+from engine.harness import atomic_write_text, plain_text, progress, run_cli, wrote  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 
 def timed(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -40,6 +47,8 @@ def timed(fn: Callable[[], object], repeats: int = 3) -> float:
 
 def plain_lazy_steps(W: torch.Tensor, Q: torch.Tensor, amount: int, steps: int, alpha: float = 0.5) -> None:
     """docs/algorithm.md §4 line by line (boolean masks, the full Q), as the reference code does it."""
+    import torch
+
     n = W.shape[0]
     M = torch.ones(n, dtype=torch.bool)
     Q = Q.clone()
@@ -57,12 +66,16 @@ def plain_lazy_steps(W: torch.Tensor, Q: torch.Tensor, amount: int, steps: int, 
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=plain_text(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--plain-steps", type=int, default=0,
                         help="steps of the plain §4 loop to time (0 = all); lazy is timed on the same steps too")
     parser.add_argument("--out", default="benchmarks/results/solvers.md")
     args = parser.parse_args(argv)
+    import torch
+
+    import projprune as pp
 
     m = 768 if not args.quick else 96
     sizes = [256, 512, 1024, 3072] if not args.quick else [32, 64, 128, 384]
@@ -131,8 +144,9 @@ def main(argv: list[str] | None = None) -> str:
     table = header + markdown_table(cells, columns=["case", "shape", "dtype", "seconds", "ratio"])
     print(table)
     atomic_write_text(args.out, table)
+    wrote(args.out)
     return table
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/solvers.py")

@@ -13,13 +13,22 @@ slowest layer and the parameter counts. The goal for ``exact`` + ``compensate`` 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if __package__ in (None, ""):  # `python benchmarks/transformers_ffn.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import num_threads, parse_config, seed_everything, split_list
-from engine.report import markdown_table
+
+from engine.harness import num_threads, parse_config, run_cli, seed_everything, split_list  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+
 
 # Named runs: a method of FFN_METHODS plus option overrides.
 RUNS: dict[str, tuple[str, dict]] = {
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def _time_method(cfg: BenchConfig, name: str) -> dict:
     """Prune a fresh model with run ``name`` of :data:`RUNS`; one table row."""
+    import torch
+
     from projprune.transformers import prune_ffn
 
     method, options = RUNS[name]
@@ -89,4 +100,4 @@ def _time_method(cfg: BenchConfig, name: str) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/transformers_ffn.py")

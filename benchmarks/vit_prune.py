@@ -19,17 +19,22 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torchvision.models import vit_b_16
+if __package__ in (None, ""):  # `python benchmarks/vit_prune.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import num_threads, split_list
-from engine.report import markdown_table
-from projprune import PAIR_METHODS, greedy_lazy
-from vit.methods import PruneContext, get_method
-from vit.models import mlp_pairs
+
+from engine.harness import num_threads, plain_text, run_cli, split_list  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+
 
 GOAL_SECONDS = 60.0
 
@@ -40,6 +45,9 @@ class _Stop(Exception):
 
 def time_full(model: torch.nn.Module, method: str, layers: int, amount: int) -> float:
     """Seconds to prune ``amount`` units from each of the first ``layers`` MLPs of a copy of ``model``."""
+    from vit.methods import PruneContext, get_method
+    from vit.models import mlp_pairs
+
     pruned = copy.deepcopy(model)
     start = time.perf_counter()
     get_method(method).prune(pruned, {layer: amount for layer in range(layers)}, PruneContext())
@@ -50,6 +58,9 @@ def time_full(model: torch.nn.Module, method: str, layers: int, amount: int) -> 
 
 def time_lazy_extrapolated(model: torch.nn.Module, method: str, layers: int, amount: int, steps: int) -> float:
     """Seconds for the lazy method on ``layers`` layers, extrapolated from ``steps`` steps of layer 0."""
+    from projprune import PAIR_METHODS, greedy_lazy
+    from vit.models import mlp_pairs
+
     fc1, fc2 = mlp_pairs(model)[0]
     W, b, V = fc1.weight.detach(), fc1.bias.detach(), fc2.weight.detach()
     n = W.shape[0]
@@ -72,7 +83,7 @@ def time_lazy_extrapolated(model: torch.nn.Module, method: str, layers: int, amo
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--amount", type=int, default=1000)
     parser.add_argument("--methods", default="exact,exact_oac,proj550,l2")
@@ -98,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 def _time_methods(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     """``(method, seconds, how)`` per method of ``--methods``."""
+    import torch
+    from torchvision.models import vit_b_16
+
+    from projprune import PAIR_METHODS
+
     torch.manual_seed(args.seed)
     model = vit_b_16().eval()
     rows = []
@@ -115,4 +131,4 @@ def _time_methods(args: argparse.Namespace) -> list[tuple[str, float, str]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "benchmarks/vit_prune.py")

@@ -1,35 +1,35 @@
-"""Demo on the embedded default: an MLP on scikit-learn's ``digits``, pruned 50 % by each method.
+"""Demo on the embedded default: an MLP on scikit-learn's digits, pruned 50 % by each method.
 
-    python -m engine.demo [--seed 1] [--epochs 40] [--ratio 0.5] [--output-dir run/demo]
+    python -m engine.demo [--seed 1] [--epochs 40] [--ratio 0.5] [--methods l2,exact_oac] [--output-dir run/demo]
 
-Trains ``64 -> 256 -> 256 -> 10`` (ReLU) in a few seconds, then, from the same trained
-weights, removes ``ratio`` of the units of both hidden layers with every method of
-``projprune.PAIR_METHODS`` (no fine-tuning) and prints accuracy before and after. The table
-is also written to ``<output-dir>/demo.md`` and ``demo.csv``.
+Trains 64 -> 256 -> 256 -> 10 (ReLU) in a few seconds, then, from the same trained weights,
+removes --ratio of the units of both hidden layers with every method of projprune.PAIR_METHODS
+(no fine-tuning) and prints accuracy before and after. The table is also written to
+<output-dir>/demo.md and demo.csv.
 """
 
 from __future__ import annotations
 
-import copy
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
-from torch import nn
+if __package__ in (None, ""):  # `python engine/demo.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import projprune as pp
-from engine.classify import evaluate_accuracy, train_classifier
-from engine.digits import digits_tensors
-from engine.harness import (
+from engine.harness import (  # noqa: E402  (torch-free: --help imports no torch)
     atomic_write_csv,
     atomic_write_text,
     count_params,
     parse_config,
     progress,
+    run_cli,
     seed_everything,
     split_list,
+    wrote,
 )
-from engine.report import markdown_table
+from engine.report import markdown_table  # noqa: E402
 
 
 @dataclass
@@ -40,28 +40,42 @@ class DemoConfig:
     ratio: float = field(default=0.5, metadata={"help": "fraction of hidden units removed per layer"})
     calib_size: int = field(default=256, metadata={
         "help": "training images whose activations calib / act_norm summarise (never test images)"})
-    methods: str = field(default="random,l2,proj000,proj550,proj555,exact,exact_oac",
-                         metadata={"help": "comma-separated names from projprune.PAIR_METHODS"})
+    methods: str = field(default="all", metadata={
+        "help": "comma-separated names from projprune.PAIR_METHODS, or 'all' for every one (README's table)"})
     output_dir: str = field(default="run/demo", metadata={"help": "where demo.md and demo.csv go"})
 
 
-def make_mlp(hidden: int) -> nn.Sequential:
+def make_mlp(hidden: int):
+    """``64 -> hidden -> hidden -> 10`` with ReLUs: an ``nn.Sequential``."""
+    from torch import nn
+
     return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, 10))
 
 
 def run(cfg: DemoConfig) -> list[dict]:
     """Train once, prune a copy per method; returns one row per method."""
+    import copy
+
+    import torch
+
+    import projprune as pp
+    from engine.classify import evaluate_accuracy, train_classifier
+    from engine.digits import digits_tensors
+
     if not 0.0 <= cfg.ratio < 1.0:
-        raise ValueError(f"ratio must be in [0, 1), got {cfg.ratio}")
+        raise ValueError(f"--ratio must be in [0, 1) (fraction of hidden units removed), got {cfg.ratio}")
+    if cfg.epochs < 0:
+        raise ValueError(f"--epochs must be >= 0, got {cfg.epochs}")
     if cfg.hidden < 2:
         raise ValueError(f"--hidden must be >= 2 (width of both hidden layers), got {cfg.hidden}")
     if cfg.calib_size < 1:
         raise ValueError(f"--calib-size must be >= 1 (training images for calib / act_norm), got {cfg.calib_size}")
-    methods = split_list(cfg.methods)
+    methods = list(pp.PAIR_METHODS) if cfg.methods.strip() == "all" else split_list(cfg.methods, unique=True)
     unknown = [m for m in methods if m not in pp.PAIR_METHODS]
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; valid: {sorted(pp.PAIR_METHODS)}")
+    if unknown or not methods:
+        raise ValueError(f"--methods: unknown {unknown or cfg.methods!r}; expected 'all' or names from "
+                         f"{', '.join(pp.PAIR_METHODS)}")
     seed_everything(cfg.seed)
     x_tr, y_tr, x_te, y_te = digits_tensors(seed=0)
     model = make_mlp(cfg.hidden)
@@ -99,14 +113,17 @@ def markdown(rows: list[dict], cfg: DemoConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    cfg = parse_config(DemoConfig, argv, description=__doc__)
+    """Parse ``argv``, run the demo, write ``demo.csv`` and ``demo.md``; returns the rows."""
+    cfg = parse_config(DemoConfig, argv, description=__doc__.split("\n\n")[0])
     rows = run(cfg)
     table = markdown(rows, cfg)
-    atomic_write_csv(f"{cfg.output_dir}/demo.csv", rows)
-    atomic_write_text(f"{cfg.output_dir}/demo.md", table)
+    out = Path(cfg.output_dir)
+    atomic_write_csv(out / "demo.csv", rows)
+    atomic_write_text(out / "demo.md", table)
     print(table)
+    wrote(out / "demo.md", out / "demo.csv")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "python -m engine.demo")

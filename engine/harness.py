@@ -1,9 +1,12 @@
 """The shared experiment harness: seeding, logging, run directories, atomic writes,
 results CSVs, checkpoints and dataclass-driven command lines.
 
-Every entry point (``main.py``, ``vit/``, ``gpt2/``, ``params/``, ``projprune.demo``)
+Every entry point (``main.py``, ``vit/``, ``gpt2/``, ``params/``, ``engine.demo``)
 uses these helpers instead of its own copy, so run layouts, log lines and checkpoint
 formats are the same everywhere.
+
+Importing this module is cheap (no torch, no NumPy): entry points build their parser from it and
+answer ``--help`` before anything heavy is imported; torch is imported by the functions that use it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import errno
+import hashlib
 import io
 import json
 import logging
@@ -25,13 +30,10 @@ import sys
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-import torch
-
-from projprune._io import atomic_write_bytes as _atomic_write
-from projprune._io import load_tensors as _load_tensors
+if TYPE_CHECKING:
+    import torch
 
 LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
 LOG_DATEFMT = "%m/%d %H:%M:%S"
@@ -43,6 +45,9 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- seeding
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA); optionally ask for deterministic kernels."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -54,6 +59,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 def default_device() -> torch.device:
     """``cuda`` when available, else ``cpu``."""
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -238,9 +245,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     A killed process leaves either the old file or the new one, never half of one; its temp
     file (``.<name>.<host>.<pid>.<random>.tmp``) is removed by the next write of ``path``.
     """
+    from projprune._io import atomic_write_bytes as _atomic_write
+
     target = _atomic_target(path)
     remove_orphan_temps(target.parent, target.name)
-    return _atomic_write(target, data, temp_prefix=f".{target.name}.{_host()}.{os.getpid()}.")
+    try:
+        return _atomic_write(target, data, temp_prefix=f".{target.name}.{_host()}.{os.getpid()}.")
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # a failed write (full disk: ENOSPC) names no file; name the one that was being written
+        raise OSError(exc.errno, os.strerror(exc.errno), str(target)) from exc
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -305,13 +320,34 @@ def save_figure(fig: Any, path_stem: str | os.PathLike, formats: Iterable[str] =
 
 
 # --------------------------------------------------------------------------- checkpoints
+_CONTENT_HASH_KEY = "content_sha256"  # in a checkpoint's meta: sha256 of its tensors (see content_sha256)
+
+
+class CheckpointIntegrityError(ValueError):
+    """A readable checkpoint whose tensors are not what was saved (hash mismatch) or hold NaN/Inf."""
+
+
+def content_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order (independent of the file layout)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        if value.numel():
+            digest.update(value.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
+    return digest.hexdigest()
+
+
 def save_checkpoint(
     path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping | None = None
 ) -> Path:
     """Save tensors (safetensors format) plus JSON-able ``meta`` atomically.
 
     ``meta`` should carry whatever rebuilds the model's shapes (config, per-layer widths),
-    so the file is loadable without unpickling anything.
+    so the file is loadable without unpickling anything. The meta also records the tensors'
+    :func:`content_sha256`, which :func:`load_checkpoint` verifies.
     """
     from safetensors.torch import save
 
@@ -323,7 +359,8 @@ def save_checkpoint(
         if ptr in seen and ptr != -1:
             tensors[key] = value.clone()
         seen.add(ptr)
-    metadata = {"projprune_meta": json.dumps(dict(meta or {}), default=str)}
+    stored = {**dict(meta or {}), _CONTENT_HASH_KEY: content_sha256(tensors)}
+    metadata = {"projprune_meta": json.dumps(stored, default=str)}
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -332,11 +369,20 @@ def load_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a checkpoint written by :func:`save_checkpoint`: ``(state_dict, meta)``.
 
+    The tensors are verified against the stored content hash (files written before it was
+    recorded load without that check) and every floating-point tensor must be finite.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        CheckpointIntegrityError: (a ValueError) the tensors differ from what was saved, or hold
+            NaN/Inf; names the file and the tensor.
         ValueError: the file is not a readable safetensors checkpoint (truncated, corrupt,
             or another format).
     """
+    import torch
+
+    from projprune._io import load_tensors as _load_tensors
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a file written by a previous run)")
@@ -347,6 +393,14 @@ def load_checkpoint(
         reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ValueError(f"checkpoint {path} is damaged (corrupt or truncated) or not a safetensors "
                          f"checkpoint: {reason}") from None
+    expected = meta.pop(_CONTENT_HASH_KEY, None)
+    if expected is not None and content_sha256(tensors) != expected:
+        raise CheckpointIntegrityError(f"checkpoint {path} is damaged: its tensors do not match the content hash "
+                                       f"recorded when it was saved (a changed byte); restore a good copy")
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointIntegrityError(f"checkpoint {path} holds NaN/Inf values in {key}: it was saved from a "
+                                           f"diverged run or damaged; use another checkpoint")
     return {key: value.to(device) for key, value in tensors.items()}, meta
 
 
@@ -404,6 +458,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_REST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` (a docstring) without reStructuredText markup, for ``--help``: roles and double backquotes
+    dropped (``:func:`x``` and ````x```` read ``x``), a literal block's ``::`` made ``:``."""
+    if text is None:
+        return None
+    text = _REST_ROLE.sub(r"\1", text).replace("``", "")
+    return re.sub(r"::$", ":", text, flags=re.M)
+
+
 def config_parser(
     cls: type, description: str | None = None, parser: argparse.ArgumentParser | None = None
 ) -> argparse.ArgumentParser:
@@ -413,14 +479,14 @@ def config_parser(
     ``flag`` (the exact flag name, e.g. ``--delta_reg``), ``help`` and ``choices``.
     ``bool`` fields default False become ``store_true`` switches; others take a value.
     """
-    parser = parser or argparse.ArgumentParser(description=description)
+    parser = parser or argparse.ArgumentParser(description=plain_text(description))
     hints = typing.get_type_hints(cls)  # resolves string annotations (``from __future__ import annotations``)
     for field in dataclasses.fields(cls):
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         # argparse %-formats help strings: a literal "%" must be doubled.
-        help_line = f"{help_text} (default: {default})".replace("%", "%%")
+        help_line = plain_text(f"{help_text} (default: {default})").replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_line}
         ftype = hints[field.name]
         if ftype is bool:
@@ -453,20 +519,39 @@ def config_to_dict(config: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def run_cli(main: Callable[[], Any], prog: str | None = None) -> None:
-    """Run an entry point's ``main()``; a bad argument or file (ValueError, FileNotFoundError,
-    FloatingPointError, RunLockedError) ends it with one ``<prog>: error: ...`` line and exit code 2.
+def run_cli(main: Callable[[], Any], prog: str | None = None) -> Any:
+    """Run an entry point's ``main()``; returns what it returns.
 
-    ``PROJPRUNE_TRACEBACK=1`` shows the full traceback instead.
+    A bad argument or file (ValueError, FileNotFoundError, FloatingPointError, RunLockedError) or a
+    file-system failure (OSError: read-only or missing directory, full disk, ...) ends it with one
+    ``<prog>: error: ...`` line and exit code 2. ``PROJPRUNE_TRACEBACK=1`` shows the full traceback instead.
     """
     try:
-        main()
-    except (ValueError, FileNotFoundError, FloatingPointError, RunLockedError) as exc:
+        return main()
+    except (ValueError, FloatingPointError, RunLockedError, OSError) as exc:
         if os.environ.get("PROJPRUNE_TRACEBACK") == "1":
             raise
         name = prog or os.path.basename(sys.argv[0])
-        print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        message = _os_error_line(exc) if isinstance(exc, OSError) and exc.errno is not None else str(exc)
+        print(f"{name}: error: {' '.join(message.split())}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<path>: <what the errno means> [Errno N]`` (plus a hint for the common cases)."""
+    meaning = exc.strerror or os.strerror(exc.errno)
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None) or "(no file named)"
+    hints = {errno.ENOSPC: "free some space or choose another --output-dir",
+             errno.EROFS: "choose a writable --output-dir", errno.EACCES: "check its permissions",
+             errno.ENOTDIR: "a part of the path is a file, not a directory",
+             errno.EDQUOT: "free some space or choose another --output-dir"}
+    hint = hints.get(exc.errno)
+    return f"{where}: {meaning} [Errno {exc.errno}]" + (f"; {hint}" if hint else "")
+
+
+def wrote(*paths: str | os.PathLike) -> None:
+    """Print where an entry point wrote its files: one ``wrote <path>, ...`` line at its end."""
+    print("wrote " + ", ".join(str(p) for p in paths), flush=True)
 
 
 # --------------------------------------------------------------------------- progress
@@ -502,6 +587,8 @@ def num_threads(threads: int | None) -> Iterator[int]:
 
     Yields the count in effect inside the block.
     """
+    import torch
+
     previous = torch.get_num_threads()
     if threads:
         if threads < 0:

@@ -21,17 +21,21 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+if __package__ in (None, ""):  # `python engine/hf_compare.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import harness
-from engine.report import markdown_table
-from projprune.transformers.compare import evaluate_fidelity
+import torch  # noqa: E402
+
+from engine import harness  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
+from projprune.transformers.compare import evaluate_fidelity  # noqa: E402
 
 __all__ = ["CompareConfig", "main"]
 

@@ -1,13 +1,16 @@
-"""The Table 1 experiment behind ``main.py``: its configuration (:class:`CNNConfig`, every flag of
-the paper's script) and the pretrain, prune (+ sparsity learning and fine-tuning) and test modes,
+"""The Table 1 experiment behind ``main.py``: the pretrain, prune (+ sparsity learning and fine-tuning)
+and test modes of :class:`CNNConfig` (every flag of the paper's script, in :mod:`engine.table1_config`),
 with the paper's run layout and log lines (both in :mod:`engine.table1_layout`).
+
+A run directory holds one run: a rerun there with other arguments is refused before anything is
+logged (:func:`previous_run`), an interrupted one resumes, a finished one of the same arguments is kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,18 @@ from engine import registry
 from engine import table1_layout as layout
 from engine.cnn import count_flops_params, progressive_pruning
 from engine.datasets import DatasetBundle
-from engine.harness import close_logger, config_to_dict, default_device, get_logger, log_config, seed_everything
+from engine.harness import (
+    CheckpointIntegrityError,
+    close_logger,
+    config_to_dict,
+    default_device,
+    get_logger,
+    load_checkpoint,
+    log_config,
+    save_checkpoint,
+    seed_everything,
+)
+from engine.table1_config import CNNConfig
 from engine.train import (
     DistInfo,
     check_checkpoint,
@@ -33,62 +47,10 @@ from engine.train import (
     train_model,
 )
 from projprune.calibration import recalibrate_batchnorm
-from projprune.compensation import DEFAULT_CALIBRATE_DRIFT
 
 # Arguments that do not change what a fine-tuning computes (a resumed run may differ in them).
 _RESUME_IGNORED = {"verbose", "workers", "restore", "sl_restore", "output_dir", "dataroot"}
 MODES = layout.MODES
-
-
-@dataclass
-class CNNConfig:
-    """Every flag of the paper's ``main.py`` with its default, plus a few for small machines."""
-
-    mode: str = field(default="prune", metadata={"choices": ["pretrain", "prune", "test"]})
-    model: str = field(default="resnet56", metadata={"help": "model name (see registry.MODELS)"})
-    verbose: bool = field(default=False, metadata={"help": "log iterations and the pruned model"})
-    dataset: str = field(default="digits", metadata={"help": "digits, cifar10, cifar100, modelnet40, imagenet"})
-    dataroot: str = field(default="data", metadata={"help": "folder holding the data sets"})
-    batch_size: int = 128
-    total_epochs: int = 100
-    lr_decay_milestones: str = "60,80"
-    lr_decay_gamma: float = 0.1
-    lr: float = 0.01
-    restore: str | None = field(default=None, metadata={"help": "checkpoint to start from"})
-    output_dir: str = field(default="run", metadata={"help": "root of the run folders"})
-    finetune: bool = field(default=False, metadata={"help": "fine-tune after pruning"})
-    method: str | None = field(default=None, metadata={"help": "pruning method (see registry.METHODS)"})
-    speed_up: float = field(default=2.0, metadata={"help": "target FLOPs speed-up"})
-    max_pruning_ratio: float = 1.0
-    soft_keeping_ratio: float = field(default=0.0, metadata={"help": "kept for the paper's launchers (unused)"})
-    reg: float = field(default=5e-4, metadata={"help": "sparsity-learning regularisation strength"})
-    delta_reg: float = field(default=1e-4, metadata={"flag": "--delta_reg", "help": "growing_reg increment"})
-    weight_decay: float = 5e-4
-    seed: int | None = field(default=None, metadata={"help": "random seed (unset: 0)"})
-    global_pruning: bool = False
-    sl_total_epochs: int = 100
-    sl_lr: float = 0.01
-    sl_lr_decay_milestones: str = "60,80"
-    sl_reg_warmup: int = field(default=0, metadata={"help": "epochs to ramp the regulariser up"})
-    sl_restore: str | None = None
-    iterative_steps: int = 400
-    # Additions (not in the paper's script): small models, data layout, ImageNet target.
-    width_mult: float = field(default=1.0, metadata={"help": "hidden-width multiplier of the model"})
-    num_points: int = field(default=1024, metadata={"help": "points per cloud (ModelNet40)"})
-    image_size: int = field(default=224, metadata={"help": "ImageNet crop size"})
-    target_flops: float = field(default=0.0, metadata={"help": "prune to this many GFLOPs instead of --speed-up"})
-    workers: int = field(default=0, metadata={"help": "data-loader worker processes"})
-    bn_recalibrate: int = field(default=0, metadata={
-        "help": "after pruning, re-estimate BatchNorm statistics on this many training batches (0: the paper's "
-                "behaviour, none)"})
-    calib_size: int = field(default=64, metadata={
-        "help": "calibrated methods (proj_calib): training images whose activations guide selection and "
-                "compensation"})
-    calib_every: int = field(default=1, metadata={
-        "help": "calibrated methods: re-collect the activation statistics at most every this many pruning steps"})
-    calib_drift: float = field(default=DEFAULT_CALIBRATE_DRIFT, metadata={
-        "help": "calibrated methods: re-collect the statistics once this fraction of the consumers' input "
-                "channels was pruned since the last collection (0: every step allowed by --calib-every)"})
 
 
 @dataclass
@@ -182,8 +144,9 @@ def build_context(cfg: CNNConfig) -> Context:
     bundle = registry.get_dataset(cfg.dataset, cfg.dataroot, input_kind=spec.input_kind,
                                   num_points=cfg.num_points, image_size=cfg.image_size)
     model = registry.get_model(cfg.model, bundle.num_classes, bundle.in_channels, cfg.width_mult, bundle.input_size)
-    for path in (cfg.restore, cfg.sl_restore):  # another task's checkpoint: refused before any write
+    for path in (cfg.restore, cfg.sl_restore):  # another task's (or a damaged) checkpoint: refused before any write
         if path:
+            _verify_checkpoint(path)
             check_checkpoint(path, model, _identity(cfg, bundle), bundle.example_inputs(1), f"--dataset {cfg.dataset}")
     name = run_name(cfg)
     run_dir = layout.run_dir(cfg.output_dir, cfg.dataset, cfg.mode, name)
@@ -208,7 +171,95 @@ def _identity(cfg: CNNConfig, bundle: DatasetBundle) -> dict:
 
 
 def _meta(ctx: Context) -> dict:
-    return {**_identity(ctx.cfg, ctx.bundle), "config": config_to_dict(ctx.cfg)}
+    """A checkpoint's metadata: identity, config and ``run`` (the arguments a rerun must share with it)."""
+    return {**_identity(ctx.cfg, ctx.bundle), "config": config_to_dict(ctx.cfg),
+            "run": _resume_signature(ctx.cfg, ctx.cfg.mode)}
+
+
+def _verify_checkpoint(path: str) -> None:
+    """Refuse a safetensors checkpoint with NaN/Inf weights or a changed byte (one line naming it).
+
+    Other unreadable files are left to :func:`engine.train.load_model`, which also reads torch state dicts.
+    """
+    try:
+        load_checkpoint(path)
+    except CheckpointIntegrityError:
+        raise
+    except ValueError:
+        pass
+
+
+def _final_checkpoint(cfg: CNNConfig) -> Path:
+    """The checkpoint a finished run of ``cfg`` leaves (pretrain: the best epoch; prune: the pruned model)."""
+    if cfg.mode == "pretrain":
+        return layout.pretrain_checkpoint(cfg.output_dir, cfg.dataset, cfg.model)
+    folder = layout.run_dir(cfg.output_dir, cfg.dataset, cfg.mode, run_name(cfg))
+    return layout.pruned_checkpoint(folder, cfg.dataset, cfg.model, cfg.method)
+
+
+def _resume_points(cfg: CNNConfig) -> list[tuple[Path, dict]]:
+    """Every ``(last-epoch checkpoint, signature)`` a run of ``cfg`` would resume from."""
+    final = _final_checkpoint(cfg)
+    if cfg.mode == "pretrain":
+        return [(layout.resume_checkpoint(final), _resume_signature(cfg, "pretrain"))]
+    points = []
+    if cfg.mode == "prune" and registry.get_method(cfg.method).sparsity_learning and not cfg.sl_restore:
+        sparse = layout.sparse_checkpoint(final.parent, cfg.dataset, cfg.model, cfg.method, cfg.reg)
+        points.append((layout.resume_checkpoint(sparse), _resume_signature(cfg, "sparsity_learning")))
+    if cfg.mode == "prune" and cfg.finetune:
+        points.append((layout.finetune_resume_checkpoint(final.parent, run_name(cfg)),
+                       _resume_signature(cfg, "finetune")))
+    return points
+
+
+def previous_run(cfg: CNNConfig) -> dict | None:
+    """What the run directory of ``cfg`` already holds, checked before anything is logged or written.
+
+    Returns:
+        ``None`` when the run is to go ahead (nothing there, an interrupted run of these arguments to
+        resume, or an unfinished one to redo); the stored result when the final checkpoint is the
+        finished run of these same arguments (kept: nothing is rerun).
+
+    Raises:
+        ValueError: the directory holds a run (interrupted or finished) of other arguments; its files
+            are kept and nothing is appended to its log.
+    """
+    if cfg.mode == "test":
+        return None
+    points = _resume_points(cfg)
+    for last, signature in points:
+        try:
+            load_checkpoint(last)
+        except (ValueError, FileNotFoundError):
+            continue  # absent, or damaged: the run moves it aside and redoes that phase
+        check_resume(last, signature)  # other arguments: ValueError naming them
+    final = _final_checkpoint(cfg)
+    try:
+        _, meta = load_checkpoint(final)
+    except (ValueError, FileNotFoundError):
+        return None
+    expected = _resume_signature(cfg, cfg.mode)
+    stored = meta.get("run")
+    if stored is None:  # written before the signature was recorded: compare the flags
+        expected = {k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_IGNORED}
+        stored = {k: v for k, v in (meta.get("config") or {}).items() if k not in _RESUME_IGNORED}
+    if stored != expected:
+        keys = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+        flags = ", ".join(f"--{k.replace('_', '-').removesuffix('-sha256')}" for k in keys)
+        state = "finished" if meta.get("complete") else "unfinished"
+        remove = final if cfg.mode == "pretrain" else final.parent  # pretraining folders hold every model
+        raise ValueError(f"{final} holds the {state} {cfg.mode} run of other arguments ({flags} differ); it is kept: "
+                         f"choose another --output-dir, or delete {remove} to run again")
+    if not meta.get("complete") or any(last.is_file() for last, _ in points):
+        return None
+    return {"skipped": True, "checkpoint": str(final), "acc": meta.get("acc"), "run_dir": str(final.parent),
+            "log": str(layout.log_path(cfg.output_dir, cfg.dataset, cfg.mode, run_name(cfg)))}
+
+
+def _mark_complete(path: Path) -> None:
+    """Record in ``path``'s metadata that its run finished (a rerun of the same arguments keeps it)."""
+    tensors, meta = load_checkpoint(path)
+    save_checkpoint(path, tensors, {**meta, "complete": True})
 
 
 def _resume_signature(cfg: CNNConfig, phase: str) -> dict:
@@ -239,6 +290,8 @@ def run_pretrain(ctx: Context) -> dict:
                        logger=ctx.logger, device=ctx.device, on_best=_saver(ckpt, _meta(ctx)),
                        resume_path=layout.resume_checkpoint(ckpt),
                        resume_meta=_resume_signature(cfg, "pretrain"), verbose=cfg.verbose, desc="pretrain")
+    if ctx.dist.is_main:
+        _mark_complete(ckpt)
     return {"best_acc": best, "checkpoint": str(ckpt)}
 
 
@@ -332,8 +385,8 @@ def run_prune(ctx: Context) -> dict:
                   "ori_params": ori_params, "params": params, "speed_up": ori_flops / flops}
         if cfg.bn_recalibrate > 0:
             result["bn_acc"] = _recalibrate(ctx, ori_acc)
-        if ctx.dist.is_main:
-            save_model(final, ctx.model, {**_meta(ctx), "acc": acc, "pruned": True})
+        if ctx.dist.is_main:  # without fine-tuning, this is the run's result
+            save_model(final, ctx.model, {**_meta(ctx), "acc": acc, "pruned": True, "complete": not cfg.finetune})
     if cfg.finetune:
         logger.info(layout.FINETUNING)
         result["best_acc"] = train_model(
@@ -341,6 +394,8 @@ def run_prune(ctx: Context) -> dict:
             milestones=cfg.lr_decay_milestones, gamma=cfg.lr_decay_gamma, weight_decay=cfg.weight_decay,
             logger=logger, device=ctx.device, on_best=_saver(final, {**_meta(ctx), "pruned": True}),
             resume_path=ft_last, resume_meta=signature, verbose=cfg.verbose, desc="finetune")
+        if ctx.dist.is_main:
+            _mark_complete(final)
     result["checkpoint"] = str(final)
     return result
 
@@ -348,9 +403,19 @@ def run_prune(ctx: Context) -> dict:
 def _recalibrate(ctx: Context, ori_acc: float) -> float:
     """Re-estimate BatchNorm statistics on ``--bn-recalibrate`` training batches; log and return the accuracy."""
     cfg = ctx.cfg
-    count = recalibrate_batchnorm(ctx.model, ctx.train_loader, max_batches=cfg.bn_recalibrate)
+    seen = [0]
+
+    def batches():  # counts what ran: the training split may hold fewer batches than asked for
+        for batch in ctx.train_loader:
+            seen[0] += 1
+            yield batch
+
+    count = recalibrate_batchnorm(ctx.model, batches(), max_batches=cfg.bn_recalibrate)
+    ran = min(seen[0], cfg.bn_recalibrate)  # the loop draws one batch past its limit before it stops
     acc, loss = evaluate(ctx.model, ctx.test_loader, ctx.device)
-    ctx.logger.info(layout.BN_LINE.format(layers=count, batches=cfg.bn_recalibrate))
+    if ran < cfg.bn_recalibrate:
+        ctx.logger.info(f"--bn-recalibrate {cfg.bn_recalibrate}: the training split has only {ran} batches")
+    ctx.logger.info(layout.BN_LINE.format(layers=count, batches=ran))
     ctx.logger.info(layout.BN_ACC_LINE.format(before=ori_acc, after=acc))
     return acc
 
@@ -370,7 +435,18 @@ RUNNERS = {"pretrain": run_pretrain, "prune": run_prune, "test": run_test}
 
 
 def run(cfg: CNNConfig) -> dict:
-    """Run ``cfg.mode``; returns the run's numbers plus ``model`` (the final model, for tests)."""
+    """Run ``cfg.mode``; returns the run's numbers plus ``model`` (the final model, for tests).
+
+    A finished run of the same arguments in the same place is kept, not rerun: returns its stored
+    result with ``skipped=True``. A run of other arguments there is refused (ValueError) before
+    anything is logged or written.
+    """
+    validate(cfg)
+    kept = previous_run(cfg)
+    if kept is not None:
+        print(f"{kept['checkpoint']} is the finished {cfg.mode} run of these arguments: kept, nothing rerun "
+              f"(delete it to run again)")
+        return kept
     ctx = build_context(cfg)
     try:
         result = RUNNERS[cfg.mode](ctx)

@@ -19,11 +19,15 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from engine.harness import split_list
-from gpt2.main import GPT2Config, run_name
-from gpt2.prune import ATTENTION_METHODS
-from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, run_stages
+if __package__ in (None, ""):  # `python gpt2/grid.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import run_cli, split_list  # noqa: E402
+from gpt2.main import ATTENTION_METHOD_NAMES as ATTENTION_METHODS  # noqa: E402  (torch-free)
+from gpt2.main import GPT2Config, run_name  # noqa: E402
+from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, run_stages  # noqa: E402
 
 # Preset -> model -> data sets. "paper": the models and data sets of the paper's §4.2 table.
 PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -108,4 +112,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "gpt2/grid.py"))

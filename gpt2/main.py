@@ -3,8 +3,8 @@
 One run = one model, one data set, one attention method and rate (plus an optional MLP
 method and rate). Examples::
 
-    python -m gpt2.main --model tiny --method proj --rate 0.2          # embedded default
-    python -m gpt2.main --model gpt2 --dataset wikitext2 --method proj_coef --rate 0.1
+    python gpt2/main.py --model tiny --method proj --rate 0.2          # embedded default
+    python gpt2/main.py --model gpt2 --dataset wikitext2 --method proj_coef --rate 0.1
 
 Outputs ``<output-dir>/gpt2/<dataset>-<method>-<rate>-<model>/``: the log ``<name>.txt``
 (every argument first) and ``result.csv`` (one row); ``python -m gpt2.parse`` gathers them.
@@ -12,29 +12,22 @@ Outputs ``<output-dir>/gpt2/<dataset>-<method>-<rate>-<model>/``: the log ``<nam
 
 from __future__ import annotations
 
-import time
+import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # `python gpt2/main.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import (
-    atomic_write_csv,
-    close_logger,
-    count_params,
-    get_logger,
-    log_config,
-    num_threads,
-    parse_config,
-    seed_everything,
-)
-from gpt2 import data
-from gpt2.model import GPT2, HF_MODEL_NAMES, load_hf_tokenizer, save_model
-from gpt2.prune import ATTENTION_METHODS, prune_attention, prune_mlp
-from gpt2.tiny import TinyConfig, load_or_train_tiny, stdlib_corpus
+from engine.harness import parse_config, run_cli, wrote  # noqa: E402  (torch-free: --help imports no torch)
 
-METHODS = ("none", *ATTENTION_METHODS)
+# gpt2.model.HF_MODEL_NAMES, gpt2.prune.ATTENTION_METHODS and gpt2.tiny.TinyConfig's defaults, named here so that
+# parsing the flags imports no torch (tests/test_gpt2_main.py checks that they agree).
+HF_MODEL_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+ATTENTION_METHOD_NAMES = ("random", "norm", "proj_coef", "proj", "proj_exact", "proj_comp", "depgraph")
+TINY_DEFAULTS = {"steps": 1500, "n_layer": 4, "n_embd": 128, "vocab_size": 2048}
+METHODS = ("none", *ATTENTION_METHOD_NAMES)
 DATASETS = ("stdlib", "ptb", "wikitext2", "text")
 
 
@@ -63,10 +56,10 @@ class GPT2Config:
     save_model: bool = field(default=False, metadata={"help": "also save the pruned model (safetensors)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (0 = torch's default)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    tiny_steps: int = field(default=TinyConfig.steps, metadata={"help": "training steps of the tiny GPT-2"})
-    tiny_layers: int = field(default=TinyConfig.n_layer, metadata={"help": "layers of the tiny GPT-2"})
-    tiny_embd: int = field(default=TinyConfig.n_embd, metadata={"help": "width of the tiny GPT-2"})
-    tiny_vocab: int = field(default=TinyConfig.vocab_size, metadata={"help": "BPE vocabulary of the tiny GPT-2"})
+    tiny_steps: int = field(default=TINY_DEFAULTS["steps"], metadata={"help": "training steps of the tiny GPT-2"})
+    tiny_layers: int = field(default=TINY_DEFAULTS["n_layer"], metadata={"help": "layers of the tiny GPT-2"})
+    tiny_embd: int = field(default=TINY_DEFAULTS["n_embd"], metadata={"help": "width of the tiny GPT-2"})
+    tiny_vocab: int = field(default=TINY_DEFAULTS["vocab_size"], metadata={"help": "BPE vocabulary of the tiny GPT-2"})
     tiny_corpus_dir: str = field(default="", metadata={
         "help": "tree of .py files whose docstrings/comments train the tiny GPT-2 ('' = the standard library)"})
 
@@ -78,6 +71,11 @@ def run_name(cfg: GPT2Config) -> str:
     if cfg.mlp_rate > 0:
         name += f"-mlp_{cfg.mlp_method}-{cfg.mlp_rate:.2f}"
     return name
+
+
+def run_dir(cfg: GPT2Config) -> Path:
+    """``<output-dir>/gpt2/<run name>``: the log, ``result.csv`` (and the pruned model)."""
+    return Path(cfg.output_dir) / "gpt2" / run_name(cfg)
 
 
 def validate(cfg: GPT2Config) -> GPT2Config:
@@ -115,100 +113,15 @@ def validate(cfg: GPT2Config) -> GPT2Config:
     return cfg
 
 
-def tiny_config(cfg: GPT2Config) -> TinyConfig:
-    return TinyConfig(steps=cfg.tiny_steps, n_layer=cfg.tiny_layers, n_embd=cfg.tiny_embd, vocab_size=cfg.tiny_vocab,
-                      seed=cfg.seed, corpus_dir=cfg.tiny_corpus_dir)
-
-
-def load_model_and_text(cfg: GPT2Config, logger) -> tuple[GPT2, object, str]:
-    """``(model, tokenizer, evaluation text)`` for the configured model and data set."""
-    tiny_text = None
-    if cfg.model == "tiny":
-        model, tokenizer, tiny_text = load_or_train_tiny(tiny_config(cfg), cfg.output_dir, logger)
-    else:
-        model, tokenizer = GPT2.from_pretrained(cfg.model), load_hf_tokenizer(cfg.model)
-    text_loaders = {
-        "stdlib": lambda: tiny_text if tiny_text is not None else stdlib_corpus(cfg.tiny_corpus_dir or None)["test"][
-            : TinyConfig.max_test_chars],
-        "ptb": lambda: data.load_hf_test_text("ptb"),
-        "wikitext2": lambda: data.load_hf_test_text("wikitext2"),
-        "text": lambda: data.read_text_file(cfg.text_file),
-    }
-    return model, tokenizer, text_loaders[cfg.dataset]()
-
-
-def calibration_batches(cfg: GPT2Config, tokenizer, block_size: int, model: GPT2, logger) -> list[torch.Tensor] | None:
-    """Token blocks ``(1, T)`` of calibration text for the calibrated MLP methods (``None`` for the others).
-
-    The text is ``--calib-text-file`` or the training split of the tiny corpus, never the evaluation text.
-    """
-    from projprune import PAIR_METHODS
-
-    if not PAIR_METHODS[cfg.mlp_method].needs_stats:
-        return None
-    text = (data.read_text_file(cfg.calib_text_file) if cfg.calib_text_file
-            else stdlib_corpus(cfg.tiny_corpus_dir or None)["train"])
-    ids = data.encode(tokenizer, text)[: cfg.calib_tokens + 1]
-    blocks = data.make_blocks(ids, min(block_size, model.config.n_positions + 1), 0)
-    logger.info(f"Calibration: {sum(b.numel() for b in blocks)} tokens of "
-                f"{cfg.calib_text_file or 'the tiny corpus training split'}")
-    return [b.reshape(1, -1) for b in blocks]
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run one pruning + perplexity evaluation; returns the result row."""
     cfg = validate(parse_config(GPT2Config, argv, description=__doc__.splitlines()[0]))
-    with num_threads(cfg.threads):
-        return _run(cfg)
+    from gpt2.run import run  # torch (and transformers for the hub models): after the arguments parsed
 
-
-def _run(cfg: GPT2Config) -> dict:
-    name = run_name(cfg)
-    run_dir = Path(cfg.output_dir) / "gpt2" / name
-    logger = get_logger(name, run_dir / f"{name}.txt")
-    try:
-        log_config(logger, cfg)
-        seed_everything(cfg.seed)
-        model, tokenizer, text = load_model_and_text(cfg, logger)
-        ids = data.encode(tokenizer, text)
-        block_size = cfg.block_size or model.config.n_positions
-        blocks = data.make_blocks(ids, min(block_size, model.config.n_positions + 1), cfg.max_blocks)
-        logger.info(f"Text: {len(text)} characters, {ids.numel()} tokens, {len(blocks)} blocks of {block_size}")
-
-        params_before = count_params(model)
-        start = time.perf_counter()
-        if cfg.method != "none" and cfg.rate > 0:
-            prune_attention(model, cfg.rate, cfg.method, lmbda=cfg.lmbda, seed=cfg.seed)
-        if cfg.mlp_rate > 0:
-            prune_mlp(model, cfg.mlp_rate, cfg.mlp_method, seed=cfg.seed,
-                      calibration=calibration_batches(cfg, tokenizer, block_size, model, logger))
-        prune_seconds = time.perf_counter() - start
-        model = model.to(cfg.device)  # pruned on the CPU: many small per-head solves
-        params_after = count_params(model)
-        logger.info(f"Params: {params_before / 1e6:.2f} M => {params_after / 1e6:.2f} M "
-                    f"({100 * params_after / params_before:.2f}%)")
-        logger.info(f"QK dims per head: {model.config.qk_dims}; MLP widths: {model.config.mlp_dims}")
-        logger.info(f"Pruning time: {prune_seconds:.2f} s")
-
-        result = data.evaluate_perplexity(model, blocks, cfg.batch_size, cfg.device)
-        logger.info(f"Perplexity={result.perplexity:.4f}, Loss={result.loss:.4f}, Tokens={result.tokens}, "
-                    f"Tokens/s={result.tokens_per_s:.1f}")
-        row = {
-            "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method, "rate": cfg.rate,
-            "mlp_method": cfg.mlp_method if cfg.mlp_rate > 0 else "none", "mlp_rate": cfg.mlp_rate,
-            "lmbda": cfg.lmbda, "seed": cfg.seed, "perplexity": f"{result.perplexity:.6f}",
-            "loss": f"{result.loss:.6f}", "tokens": result.tokens, "blocks": result.blocks,
-            "params": params_after, "params_before": params_before,
-            "prune_seconds": f"{prune_seconds:.3f}", "tokens_per_s": f"{result.tokens_per_s:.1f}",
-        }
-        if cfg.save_model:
-            save_model(run_dir / "model.safetensors", model, {"run": asdict(cfg)})
-        atomic_write_csv(run_dir / "result.csv", [row])
-        logger.info(f"Result: {run_dir / 'result.csv'}")
-        return row
-    finally:
-        close_logger(logger)
+    row = run(cfg)
+    wrote(run_dir(cfg))
+    return row
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "gpt2/main.py")

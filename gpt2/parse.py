@@ -11,13 +11,26 @@ model/data set, one line per method, the unpruned model at rate 0).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.harness import atomic_write_csv, atomic_write_text, parse_config, read_csv, save_figure, split_list
-from engine.report import latex_table, markdown_table
-from gpt2.prune import ATTENTION_METHODS
+if __package__ in (None, ""):  # `python gpt2/parse.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import (  # noqa: E402
+    atomic_write_csv,
+    atomic_write_text,
+    parse_config,
+    read_csv,
+    run_cli,
+    save_figure,
+    split_list,
+    wrote,
+)
+from engine.report import latex_table, markdown_table  # noqa: E402
+from gpt2.main import ATTENTION_METHOD_NAMES as ATTENTION_METHODS  # noqa: E402  (torch-free)
 
 __all__ = ["ParseConfig", "collect", "main", "plot", "table_rows", "to_latex", "to_markdown"]
 
@@ -141,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     atomic_write_text(out / "table.tex", to_latex(wide_rows, methods, rates))
     plot(wide_rows, methods, rates, out / "ppl_vs_rate")
     print(markdown, end="")
+    wrote(out / "table.md", out / "table.csv", out / "table.tex", out / "ppl_vs_rate.png")
     return markdown
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "gpt2/parse.py")

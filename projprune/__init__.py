@@ -47,17 +47,33 @@ VARIANTS: dict[str, tuple[float, float, float]] = {
 }
 
 
+# Optional dependencies: the module a lazily imported name needs and the extra that installs it.
+_EXTRAS = {"torch_pruning": ("Torch-Pruning", "tp")}
+
+
+def _lazy(module: str, name: str):
+    """``getattr(import_module(module), name)``; a missing optional dependency names the extra to install."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in _EXTRAS:
+            raise
+        label, extra = _EXTRAS[missing]
+        raise ImportError(f"projprune.{name} needs {label} ({missing}), which is not installed: "
+                          f"pip install 'projprune[{extra}]'") from exc
+
+
 def __getattr__(name: str):
     # The Torch-Pruning plug-in is imported on first use, so the core does not import torch_pruning.
     if name == "ProjectiveImportance":
-        from projprune.importance import ProjectiveImportance
-
-        return ProjectiveImportance
+        return _lazy("projprune.importance", name)
     if name in ("CompensatingPruner", "CalibratedProjectiveImportance"):
-        from projprune import compensation
-
-        return getattr(compensation, name)
+        return _lazy("projprune.compensation", name)
     raise AttributeError(f"module 'projprune' has no attribute {name!r}")
+
 
 __all__ = [
     "PAIR_METHODS",

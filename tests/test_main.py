@@ -83,13 +83,15 @@ def test_prune_finetune_log_lines(pretrained, method):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["l2", "proj_calib"])
 def test_seeded_runs_give_identical_logs(tmp_path, pretrained, method):
-    args = _prune_args(tmp_path, pretrained / "digits/pretrain/digits_resnet20.pth", method, epochs=2)
-    main_module.main(args)
-    log = tmp_path / f"digits/prune/digits-global-{method}-2.0-resnet20/digits-global-{method}-2.0-resnet20.txt"
-    first = _lines(log)
-    main_module.main(args)  # same folder: the log is appended
-    both = _lines(log)
-    assert len(both) == 2 * len(first) and both[len(first):] == first
+    ckpt = pretrained / "digits/pretrain/digits_resnet20.pth"
+    name = f"digits-global-{method}-2.0-resnet20"
+    logs = []
+    for folder in ("a", "b"):
+        main_module.main(_prune_args(tmp_path / folder, ckpt, method, epochs=2))
+        logs.append(_lines(tmp_path / folder / "digits/prune" / name / f"{name}.txt"))
+    assert logs[0] == [line.replace(f"{tmp_path}/b", f"{tmp_path}/a") for line in logs[1]]
+    kept = main_module.main(_prune_args(tmp_path / "a", ckpt, method, epochs=2))  # finished: kept, not rerun
+    assert kept["skipped"] and _lines(tmp_path / "a/digits/prune" / name / f"{name}.txt") == logs[0]
 
 
 class Killed(Exception):
@@ -143,6 +145,22 @@ def test_every_paper_flag_and_default():
             assert defaults[key] == value, flag
     cfg = parser.parse_args(["--delta_reg", "0.5", "--speed-up", "3", "--global-pruning"])
     assert cfg.delta_reg == 0.5 and cfg.speed_up == 3.0 and cfg.global_pruning is True
+
+
+def test_flags_parse_without_torch():
+    """``main.py --help`` answers from engine.table1_config, whose default drift is the library's."""
+    import subprocess
+    import sys
+
+    from engine.table1_config import DEFAULT_CALIBRATE_DRIFT
+    from projprune.compensation import DEFAULT_CALIBRATE_DRIFT as LIBRARY_DRIFT
+
+    assert DEFAULT_CALIBRATE_DRIFT == LIBRARY_DRIFT
+    code = ("import sys, main; main.CNNConfig; from engine.harness import parse_config; "
+            "parse_config(main.CNNConfig, ['--mode', 'test']); print(sorted({'torch', 'numpy'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"
 
 
 def test_bad_arguments_fail_before_writing(tmp_path):

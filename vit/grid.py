@@ -20,15 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.harness import split_list
-from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, resolve_backend, run_stages
-from vit.main import EXPERIMENTS, ViTConfig, run_dir, run_name
-from vit.methods import VIT_METHODS
-from vit.models import VIT_MODELS
+if __package__ in (None, ""):  # `python vit/grid.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import plain_text, run_cli, split_list  # noqa: E402
+from scripts.gridrun import Stage, Task, add_grid_arguments, options_from_args, resolve_backend, run_stages  # noqa: E402
+from vit.main import EXPERIMENTS, VIT_METHOD_NAMES, VIT_MODEL_NAMES, ViTConfig, run_dir, run_name  # noqa: E402
 
 __all__ = ["PAPER_MODELS", "GridSpec", "build_stages", "main"]
 
-PAPER_MODELS: tuple[str, ...] = tuple(VIT_MODELS)  # B/16, B/32, L/16, L/32, H/14
+PAPER_MODELS: tuple[str, ...] = VIT_MODEL_NAMES  # B/16, B/32, L/16, L/32, H/14
 SEED = 1
 
 
@@ -37,7 +38,7 @@ class GridSpec:
     """Which part of the grid to run and the flags every task gets."""
 
     models: tuple[str, ...] = PAPER_MODELS
-    methods: tuple[str, ...] = tuple(VIT_METHODS)
+    methods: tuple[str, ...] = VIT_METHOD_NAMES
     experiments: tuple[str, ...] = EXPERIMENTS
     output_dir: str = "run"
     dataroot: str = "data/imagenet"
@@ -45,8 +46,8 @@ class GridSpec:
     python: str = sys.executable
 
     def __post_init__(self) -> None:
-        for label, values, known in (("models", self.models, ("small", *VIT_MODELS)),
-                                     ("methods", self.methods, tuple(VIT_METHODS)),
+        for label, values, known in (("models", self.models, ("small", *VIT_MODEL_NAMES)),
+                                     ("methods", self.methods, VIT_METHOD_NAMES),
                                      ("experiments", self.experiments, EXPERIMENTS)):
             unknown = [v for v in values if v not in known]
             if unknown or not values:
@@ -58,7 +59,7 @@ def _task(spec: GridSpec, model: str, experiment: str, method: str) -> Task:
     name = run_name(cfg)
     command = [spec.python, "-m", "vit.main", "--model", model, "--experiment", experiment, "--method", method,
                "--output-dir", spec.output_dir, "--seed", str(SEED)]
-    if model in VIT_MODELS:
+    if model in VIT_MODEL_NAMES:
         command += ["--dataroot", spec.dataroot]
     return Task(name=f"vit-{name}", command=[*command, *spec.extra],
                 done_path=str(run_dir(cfg) / f"{name}.json"))
@@ -66,6 +67,8 @@ def _task(spec: GridSpec, model: str, experiment: str, method: str) -> Task:
 
 def build_stages(spec: GridSpec) -> list[Stage]:
     """``[analysis, prune]`` stages (empty stages dropped)."""
+    from vit.methods import VIT_METHODS  # which methods prune a layer twice (adaptive)
+
     analysis = [_task(spec, model, "norm_analysis", spec.methods[0])
                 for model in spec.models if "norm_analysis" in spec.experiments]
     prune = [
@@ -85,7 +88,7 @@ def _csv(text: str, default: tuple[str, ...]) -> tuple[str, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run or submit the grid; with ``--parse``, write the tables once it has finished here."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.split("\n\n")[0]))
     parser.add_argument("--models", default="", help=f"comma list (default {','.join(PAPER_MODELS)}; small = digits)")
     parser.add_argument("--methods", default="", help="comma list (default: every method of vit/methods.py)")
     parser.add_argument("--experiments", default="", help=f"comma list of {','.join(EXPERIMENTS)} (default all)")
@@ -97,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = GridSpec(
         models=_csv(args.models, PAPER_MODELS),
-        methods=_csv(args.methods, tuple(VIT_METHODS)),
+        methods=_csv(args.methods, VIT_METHOD_NAMES),
         experiments=_csv(args.experiments, EXPERIMENTS),
         output_dir=args.output_dir,
         dataroot=args.dataroot,
@@ -114,4 +117,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "vit/grid.py"))

@@ -10,13 +10,17 @@ speed-up), ``vit_adaptive_<model>.csv``, all of them in ``vit_tables.md``; figur
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.harness import atomic_write_csv, atomic_write_text, parse_config, read_csv
-from engine.report import markdown_table as _markdown_table
-from vit.plots import plot_adaptive, plot_norms, plot_uniform
+if __package__ in (None, ""):  # `python vit/parse.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.harness import atomic_write_csv, atomic_write_text, parse_config, read_csv, run_cli, wrote  # noqa: E402
+from engine.report import markdown_table as _markdown_table  # noqa: E402
+from vit.plots import plot_adaptive, plot_norms, plot_uniform  # noqa: E402
 
 __all__ = ["ParseConfig", "adaptive_table", "collect_runs", "main", "markdown_table", "uniform_tables"]
 
@@ -141,8 +145,9 @@ def main(argv: list[str] | None = None) -> Path:
         for r in by_kind["norm_analysis"]:
             plot_norms(r.rows, f"{model}: MLP weights per layer", out / f"vit_norms_{model}")
     atomic_write_text(out / "vit_tables.md", "\n".join(markdown))
+    wrote(out)
     return out
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "vit/parse.py")
