@@ -39,18 +39,24 @@ Example::
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+from torch.nn.utils.weight_norm import WeightNorm
 from torch_pruning.pruner import function
 
+from projprune._checks import check_lmbda
 from projprune.calibration import ActivationStats, run_hooked
 
 __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
-           "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients", "output_positions"]
+           "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients", "output_positions",
+           "refuse_unsupported_layers"]
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
 _DEPTHWISE_OUT = function.prune_depthwise_conv_out_channels
@@ -103,6 +109,7 @@ class ConsumerStats:
         self._covariance = self._precision = self._precision_lmbda = None
         if self.patch_sum is None:  # Linear
             self.channels.update(x)
+            _check_no_overflow(self.channels.sum_outer, x)  # a failed collection discards these statistics
             return
         if x.dim() < 2 or x.shape[1] != self.n:
             raise ValueError(f"x must have shape (B, {self.n}, *spatial), got {tuple(x.shape)}")
@@ -119,7 +126,9 @@ class ConsumerStats:
         stats = self.channels
         if stats.sum.device != x.device:
             stats.sum_outer, stats.sum = stats.sum_outer.to(x.device), stats.sum.to(x.device)
-        stats.sum_outer += _channel_gram(x).to(torch.float64)
+        batch_gram = _channel_gram(x)
+        _check_no_overflow(batch_gram, x)
+        stats.sum_outer += batch_gram.to(torch.float64)
         stats.sum += channel_sum
         stats.count += x.numel() // self.n
         self.patch_sum = self.patch_sum.to(x.device)
@@ -185,6 +194,23 @@ class ConsumerStats:
         return self.patch_sum / self.patch_count
 
 
+class StatisticsOverflowError(ValueError):
+    """The second moments of a consumer's input left the floating-point range."""
+
+
+def _check_no_overflow(gram: torch.Tensor, x: torch.Tensor) -> None:
+    """``StatisticsOverflowError`` if the Gram ``(c, c)`` of ``x`` holds Inf or NaN (``x`` is finite).
+
+    Its diagonal suffices: ``|Σ x_i x_j| ≤ max(Σ x_i², Σ x_j²)`` (Cauchy–Schwarz).
+    """
+    if not bool(torch.isfinite(gram.diagonal()).all()):
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        raise StatisticsOverflowError(
+            f"overflow: the second moments of the input overflow {dtype} (activations up to "
+            f"{float(x.detach().abs().max()):.3g}, squares above {torch.finfo(dtype).max:.3g}); expected activations "
+            "whose squares sum to a finite value: rescale the inputs or run the model in float64")
+
+
 def _channel_gram(x: torch.Tensor) -> torch.Tensor:
     """``Σ_{b, p} x[b, :, p] x[b, :, p]ᵀ: (c, c)`` in ``x``'s dtype for ``x: (B, c, *spatial)``.
 
@@ -243,7 +269,8 @@ def _patch_sums(conv: nn.modules.conv._ConvNd, plane: torch.Tensor, batch: int) 
 
 
 def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], batches: Iterable,
-                           max_batches: int | None = None) -> dict[nn.Module, ConsumerStats]:
+                           max_batches: int | None = None,
+                           names: dict[nn.Module, str] | None = None) -> dict[nn.Module, ConsumerStats]:
     """Run ``batches`` through ``model`` (eval mode, no gradients) and summarise every consumer's input.
 
     Args:
@@ -251,14 +278,29 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
         consumers: Linear / ungrouped conv modules of ``model``.
         batches: iterable of model inputs.
         max_batches: stop after this many batches (None: all).
+        names: consumer names for error messages (default: the names in ``model``).
 
     Returns:
-        ``{consumer: ConsumerStats}``. Raises ``ValueError`` for no batches, a failing forward or a
-        non-consumer.
+        ``{consumer: ConsumerStats}``. Raises ``ValueError`` for no batches, a failing forward, a
+        non-consumer or statistics that overflow (naming the consumer).
     """
     stats = {module: ConsumerStats(module) for module in consumers}
-    run_hooked(model, {module: lambda m, inputs: stats[m].update(inputs[0]) for module in stats}, batches,
-               max_batches=max_batches)
+    if names is None:
+        names = {module: name for name, module in model.named_modules()}
+
+    def update(module: nn.Module, inputs: tuple) -> None:
+        try:
+            stats[module].update(inputs[0])
+        except StatisticsOverflowError as err:
+            raise StatisticsOverflowError(f"consumer {names.get(module, type(module).__name__)!r} "
+                                          f"({type(module).__name__}): {err}") from None
+
+    try:
+        run_hooked(model, {module: update for module in stats}, batches, max_batches=max_batches)
+    except ValueError as err:
+        if isinstance(err.__cause__, StatisticsOverflowError):  # not "the forward failed": say what overflowed
+            raise err.__cause__ from None
+        raise
     return stats
 
 
@@ -358,8 +400,7 @@ def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: 
     """
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must be square (n, n), got {tuple(gram.shape)}")
-    if lmbda < 0:
-        raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+    check_lmbda(lmbda)
     G = gram.to(torch.float64)
     G_kk = G[kept][:, kept]
     system = G_kk + _ridge(G_kk, lmbda) * torch.eye(len(kept), dtype=G.dtype, device=G.device)
@@ -404,9 +445,8 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
     """
 
     def __init__(self, lmbda: float = 1e-3, data_free: bool = False, flops_aware: bool = False) -> None:
-        if lmbda < 0:
-            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
-        self.lmbda = lmbda
+        check_lmbda(lmbda)
+        self.lmbda = float(lmbda)
         self.data_free = data_free
         self.flops_aware = flops_aware
         self.stats: dict[nn.Module, ConsumerStats] = {}
@@ -491,8 +531,30 @@ def _data_free_view(item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torc
 
 
 # --------------------------------------------------------------------------- the pruner
+class _Fold:
+    """One consumer's planned compensation (everything computed, nothing written yet).
+
+    ``removed``/``kept``: input channels of ``layer`` (unpruned coordinates); ``A: (|R|, |K|)``;
+    ``shift``: ``(out,)`` mean output to add (calibrated mean correction) or None; ``stats``: the
+    consumer's statistics to cut to ``kept`` afterwards, with ``cut``: the ``−P_RR⁻¹ P_RK`` of the
+    Schur cut if its precision is cached.
+    """
+
+    __slots__ = ("layer", "removed", "kept", "A", "shift", "stats", "cut")
+
+    def __init__(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, A: torch.Tensor,
+                 shift: torch.Tensor | None = None, stats: ConsumerStats | None = None,
+                 cut: torch.Tensor | None = None) -> None:
+        self.layer, self.removed, self.kept, self.A = layer, removed, kept, A
+        self.shift, self.stats, self.cut = shift, stats, cut
+
+
 class CompensatingPruner(tp.pruner.BasePruner):
     """Torch-Pruning's pruner that folds every removed channel into the group's consumers first.
+
+    A step is all or nothing: the groups of the step are chosen, every coefficient of every
+    consumer is computed, and only then are weights written and the groups cut; a failing solve
+    (e.g. a singular covariance at ``lmbda=0``) leaves every tensor of the model unchanged.
 
     Args:
         model, example_inputs, importance, **kwargs: as for ``tp.pruner.BasePruner``
@@ -508,8 +570,12 @@ class CompensatingPruner(tp.pruner.BasePruner):
             calibrate_drift=0`` collects at every step. The default re-collects after every
             twentieth of the remaining channels: every ~5 steps of a 100-step schedule at first,
             more often as the network shrinks and each step removes a larger share of it.
-        lmbda: relative ridge of the least-squares coefficients.
+        lmbda: relative ridge of the least-squares coefficients (a finite number >= 0).
         mean_correction: calibrated only: keep every consumer's mean output on the calibration data.
+
+    Refused with a ``ValueError`` before anything changes: weight-normalised (old or
+    parametrized) layers, ``torch.nn.utils.prune`` masks, weights tied between layers, and
+    circular-padded convs (Torch-Pruning's graph tracing does not terminate on them).
     """
 
     def __init__(self, model: nn.Module, example_inputs, importance, *,
@@ -523,12 +589,15 @@ class CompensatingPruner(tp.pruner.BasePruner):
             raise ValueError(f"calibration_batches must be a positive int or None, got {calibration_batches!r}")
         if isinstance(calibrate_every, bool) or not isinstance(calibrate_every, int) or calibrate_every < 1:
             raise ValueError(f"calibrate_every must be a positive int, got {calibrate_every!r}")
-        if isinstance(calibrate_drift, bool) or not 0 <= calibrate_drift < 1:
+        if (isinstance(calibrate_drift, bool) or not isinstance(calibrate_drift, numbers.Real)
+                or not 0 <= calibrate_drift < 1):
             raise ValueError(f"calibrate_drift must be a fraction in [0, 1), got {calibrate_drift!r}")
-        if not lmbda >= 0:
-            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+        check_lmbda(lmbda)
         if isinstance(importance, CalibratedProjectiveImportance) and not importance.data_free and calibration is None:
             raise ValueError("CalibratedProjectiveImportance needs calibration batches (calibration=...)")
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        refuse_unsupported_layers(model)
         super().__init__(model, example_inputs, importance=importance, **kwargs)
         self.calibration = calibration
         self.calibration_batches = calibration_batches
@@ -536,9 +605,10 @@ class CompensatingPruner(tp.pruner.BasePruner):
         self.calibrate_drift = float(calibrate_drift)
         self._last_calibration: int | None = None
         self._collected_width = 0  # Σ consumer input widths at the last collection
-        self.lmbda = lmbda
+        self.lmbda = float(lmbda)
         self.mean_correction = mean_correction
         self.stats: dict[nn.Module, ConsumerStats] = {}
+        self._names = {module: name for name, module in model.named_modules()}
         if getattr(importance, "flops_aware", False):
             importance.positions = output_positions(model, example_inputs)
 
@@ -546,21 +616,30 @@ class CompensatingPruner(tp.pruner.BasePruner):
         """One pruning step: (calibrate,) score every group, compensate and prune.
 
         With ``interactive=True`` a generator of groups whose consumers are already
-        compensated: prune every group it yields (``group.prune()``).
+        compensated: prune every group it yields (``group.prune()``), in order.
         """
+        refuse_unsupported_layers(self.model)  # a weight norm or mask may have been added since __init__
         due = self._last_calibration is None or (self.current_step - self._last_calibration >= self.calibrate_every
                                                  and self.drift >= self.calibrate_drift)
         if self.calibration is not None and due:
             consumers = [m for m in self.model.modules() if is_consumer(m)]
-            self.stats = collect_consumer_stats(self.model, consumers, self.calibration(), self.calibration_batches)
+            self.stats = collect_consumer_stats(self.model, consumers, self.calibration(), self.calibration_batches,
+                                                names=self._names)
             self._last_calibration = self.current_step
             self._collected_width = sum(stats.n for stats in self.stats.values())
             if isinstance(self.importance, CalibratedProjectiveImportance):
                 self.importance.stats = self.stats
-        groups = super().step(interactive=True)
+        # Every group of the step is chosen on the unpruned model (Torch-Pruning scores all groups
+        # before it yields the first), every fold is planned, then written, then the groups are cut.
+        groups = list(super().step(interactive=True))
+        with torch.no_grad():
+            folds = self._plan(groups)  # every solve of the step; raises before anything is written
+            for fold in folds:
+                self._apply(fold)
+        regrouped = self._regrouped(groups)
         if interactive:
-            return self._compensated(groups)
-        for group in self._compensated(groups):
+            return regrouped
+        for group in regrouped:
             group.prune()
         return None
 
@@ -571,75 +650,178 @@ class CompensatingPruner(tp.pruner.BasePruner):
             return 0.0
         return 1.0 - sum(stats.n for stats in self.stats.values()) / self._collected_width
 
-    def _compensated(self, groups):
-        for group in groups:
-            with torch.no_grad():
-                self.compensate(group)
-            yield group
+    def _regrouped(self, groups):
+        """The step's groups, each re-indexed on the model as pruned by the ones before it (a
+        concatenation's offsets move when an earlier group cuts one of its inputs)."""
+        for position, group in enumerate(groups):
+            if position == 0:
+                yield group
+                continue
+            root = group[0]
+            fresh = self.DG.get_pruning_group(root.dep.target.module, root.dep.handler, list(root.idxs))
+            for i, item in enumerate(group):  # members Torch-Pruning emptied (grouped-query attention) stay empty
+                if len(item.idxs) == 0 and i < len(fresh) and fresh[i].dep.target.module is item.dep.target.module:
+                    fresh[i] = (fresh[i].dep, [])
+            yield fresh
 
     def compensate(self, group) -> None:
-        """Fold the channels ``group`` removes into every consumer of the group (weights in place)."""
-        gram = _producer_gram(group) if self.calibration is None else None
-        for item in group:
-            layer = item.dep.target.module
-            if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
-                continue
-            removed = torch.unique(torch.as_tensor(item.idxs, dtype=torch.int64))  # sorted (ConsumerStats.keep)
-            if self.calibration is None:
+        """Fold the channels ``group`` removes into every consumer of the group (weights in place):
+        every coefficient is computed before the first weight is written."""
+        with torch.no_grad():
+            for fold in self._plan([group]):
+                self._apply(fold)
+
+    def _plan(self, groups: Sequence) -> list[_Fold]:
+        """Every consumer's fold for ``groups`` (one step, unpruned coordinates), nothing written.
+
+        Data-free: one fold per (group, consumer), from the group's producer Gram. Calibrated: one
+        fold per consumer for the union of the channels every group removes from it (one solve).
+        """
+        folds: list[_Fold] = []
+        removed_by_layer: dict[nn.Module, list[torch.Tensor]] = {}
+        for group in groups:
+            gram = _producer_gram(group) if self.calibration is None else None
+            for item in group:
+                layer = item.dep.target.module
+                if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
+                    continue
+                removed = torch.as_tensor(item.idxs, dtype=torch.int64)
+                if self.calibration is not None:
+                    removed_by_layer.setdefault(layer, []).append(removed)
+                    continue
                 view = _data_free_view(item, gram)
                 if view is None:
                     continue
                 G, local = view
+                removed = torch.unique(removed)
                 keep = torch.ones(len(local), dtype=torch.bool)
                 keep[removed - local[0]] = False
-                if keep.any():
-                    self._fold(layer, removed, local[keep], G, removed - local[0], torch.nonzero(keep).flatten())
-                continue
-            stats = self.stats.get(layer)
-            width = layer.weight.shape[1]
-            if stats is None or stats.n != width or len(removed) >= width:
-                continue
-            keep = torch.ones(width, dtype=torch.bool)
-            keep[removed] = False
-            kept = torch.nonzero(keep).flatten()
-            A = self._fold_calibrated(layer, removed, kept, stats)
-            stats.keep(kept, A if self.mean_correction else None)
+                if not keep.any():
+                    continue
+                rows_r, rows_k = removed - local[0], torch.nonzero(keep).flatten()
+                A = self._solved(layer, None, least_squares_coefficients, G, rows_r, rows_k, self.lmbda)
+                folds.append(_Fold(layer, removed, local[keep], A))
+        for layer, parts in removed_by_layer.items():
+            fold = self._plan_calibrated(layer, torch.unique(torch.cat(parts)))
+            if fold is not None:
+                folds.append(fold)
+        return folds
 
-    def _fold_calibrated(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor,
-                         stats: ConsumerStats) -> torch.Tensor:
-        """``V[:, K] += V[:, R] A`` in place, ``A`` from ``stats``; with the mean correction, also add
-        the mean output lost on the calibration data, ``Σ_{r,o} V[:, r, o] (M[r, o] − Σ_k A[r, k] M[k, o])``
-        (``M``: per-offset input means; ``= Σ V M − Σ V′[:, K] M[K]``) to the consumer's output.
-        Returns ``A: (|R|, |K|)``."""
-        weight = layer.weight.data
-        removed, kept = removed.to(weight.device), kept.to(weight.device)
-        V_r = weight[:, removed].to(torch.float64)  # (out, |R|, *kernel), before the fold
+    def _plan_calibrated(self, layer: nn.Module, removed: torch.Tensor) -> _Fold | None:
+        """The calibrated fold of ``layer`` for its sorted input channels ``removed`` (None: no statistics).
+
+        ``A`` from the cached precision (centred, with the mean correction) or the uncentred second
+        moments; the mean correction ``Σ_{r,o} V[:, r, o] (M[r, o] − Σ_k A[r, k] M[k, o])`` (``M``:
+        per-offset input means) is the consumer's mean output lost on the calibration data.
+        """
+        stats = self.stats.get(layer)
+        width = layer.weight.shape[1]
+        if stats is None or stats.n != width or len(removed) >= width:
+            return None
+        if stats.channels.count < 2:
+            raise ValueError(f"consumer {self._name(layer)!r}: calibration gave {stats.channels.count} sample(s) of "
+                             "its input; a covariance needs at least 2 (give more calibration data)")
+        if self.lmbda == 0 and stats.channels.count <= stats.n:  # rank <= count - 1 < n: singular for certain
+            raise ValueError(self._singular_message(layer, stats, "rank below the width"))
+        keep = torch.ones(width, dtype=torch.bool)
+        keep[removed] = False
+        kept = torch.nonzero(keep).flatten()
+        weight = layer.weight.detach()
+        removed_d, kept_d = removed.to(weight.device), kept.to(weight.device)
         if self.mean_correction:  # centred: A = −P_RR⁻¹ P_RK from the cached precision
-            A = stats.coefficients(removed, kept, self.lmbda).to(weight.device)
+            A = self._solved(layer, stats, stats.coefficients, removed, kept, self.lmbda).to(weight.device)
+            cut = A
         else:
             C = (stats.channels.sum_outer / stats.channels.count).to(weight.device)
-            A = least_squares_coefficients(C, removed, kept, self.lmbda)
-        _fold_into_(weight, removed, kept, A, V_r)  # V[:, K] += V[:, R] A
-        if not self.mean_correction:
-            return A
-        M = stats.patch_means().to(weight.device)  # (c, *kernel)
-        residual = M[removed] - (A @ M[kept].reshape(len(kept), -1)).reshape(M[removed].shape)  # (|R|, *kernel)
-        shift = (V_r * residual).flatten(1).sum(1)  # (out,) mean output before − after
-        bn = _batchnorm_after(self.DG.module2node.get(layer))
-        if bn is not None:
-            bn.running_mean -= shift.to(bn.running_mean.dtype)
-        elif layer.bias is not None:
-            layer.bias.data += shift.to(layer.bias.dtype)
-        else:
-            layer.bias = nn.Parameter(shift.to(layer.weight.dtype), requires_grad=layer.weight.requires_grad)
+            A = self._solved(layer, stats, least_squares_coefficients, C, removed_d, kept_d, self.lmbda)
+            cut = None
+            if stats._precision is not None:  # the Schur cut of the cached precision, solved now
+                cut = self._solved(layer, stats, stats.coefficients, removed, kept, self.lmbda)
+        shift = None
+        if self.mean_correction:
+            V_r = weight[:, removed_d].to(torch.float64)  # (out, |R|, *kernel), before the fold
+            M = stats.patch_means().to(weight.device)  # (c, *kernel)
+            residual = M[removed_d] - (A @ M[kept_d].reshape(len(kept), -1)).reshape(M[removed_d].shape)
+            shift = (V_r * residual).flatten(1).sum(1)  # (out,) mean output before − after
+        return _Fold(layer, removed, kept, A, shift, stats, cut)
+
+    def _solved(self, layer: nn.Module, stats: ConsumerStats | None, solve: Callable[..., torch.Tensor],
+                *args) -> torch.Tensor:
+        """``solve(*args)``, with a singular system or non-finite coefficients turned into one ValueError
+        that says why (too few calibration samples for the width, or dead/duplicate inputs)."""
+        try:
+            A = solve(*args)
+        except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
+            raise ValueError(self._singular_message(layer, stats, f"{type(err).__name__}: {err}")) from err
+        if not bool(torch.isfinite(A).all()):
+            raise ValueError(self._singular_message(layer, stats, "non-finite coefficients"))
         return A
 
-    def _fold(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
-              removed_rows: torch.Tensor, kept_rows: torch.Tensor) -> None:
-        """``V[:, kept] += V[:, removed] A`` with ``A`` from ``gram``'s rows ``removed_rows`` / ``kept_rows``."""
-        device = layer.weight.device
-        A = least_squares_coefficients(gram.to(device), removed_rows.to(device), kept_rows.to(device), self.lmbda)
-        _fold_into_(layer.weight.data, removed.to(device), kept.to(device), A)
+    def _singular_message(self, layer: nn.Module, stats: ConsumerStats | None, detail: str) -> str:
+        where = f"consumer {self._name(layer)!r} ({type(layer).__name__})"
+        if stats is not None and stats.channels.count <= stats.n:
+            return (f"{where}: {stats.channels.count} calibration samples for {stats.n} input channels: the covariance "
+                    f"is singular ({detail}); give more calibration samples than input channels, or lmbda > 0")
+        source = "input covariance" if stats is not None else "producers' Gram matrix"
+        return (f"{where}: the {source} is singular at lmbda={self.lmbda} ({detail}): some inputs are dead or "
+                "linearly dependent (e.g. channels a ReLU never activates); use lmbda > 0")
+
+    def _name(self, layer: nn.Module) -> str:
+        return self._names.get(layer, type(layer).__name__)
+
+    def _apply(self, fold: _Fold) -> None:
+        """Write one planned fold: ``V[:, K] += V[:, R] A``, the mean shift, the statistics' cut."""
+        layer = fold.layer
+        weight = layer.weight.data
+        _fold_into_(weight, fold.removed.to(weight.device), fold.kept.to(weight.device), fold.A)
+        if fold.shift is not None:
+            bn = _batchnorm_after(self.DG.module2node.get(layer))
+            if bn is not None:
+                bn.running_mean -= fold.shift.to(bn.running_mean)
+            elif layer.bias is not None:
+                layer.bias.data += fold.shift.to(layer.bias)
+            else:
+                layer.bias = nn.Parameter(fold.shift.to(weight), requires_grad=layer.weight.requires_grad)
+        if fold.stats is not None:
+            fold.stats.keep(fold.kept, fold.cut)
+
+
+def refuse_unsupported_layers(model: nn.Module) -> None:
+    """``ValueError`` naming the first layer the compensating pruner cannot write correctly.
+
+    Weight norm (``torch.nn.utils.weight_norm`` or a parametrization): the pruned tensors are not
+    the ones the forward uses; a ``torch.nn.utils.prune`` mask: ``weight`` is recomputed from
+    ``weight_orig``; a weight shared by two layers: the fold would silently change (and the cut
+    untie) the other layer; circular padding: Torch-Pruning's graph tracing does not terminate.
+    """
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for key, param in module._parameters.items():
+            if param is not None:
+                owners.setdefault(id(param), []).append(f"{name}.{key}" if name else key)
+    for name, module in model.named_modules():
+        label = f"model: layer {name or '<root>'!r} ({type(module).__name__})"
+        if parametrize.is_parametrized(module):
+            raise ValueError(f"{label} has a parametrization (e.g. weight_norm) on "
+                             f"{sorted(module.parametrizations.keys())}; expected plain parameters: remove it with "
+                             "torch.nn.utils.parametrize.remove_parametrizations first")
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                raise ValueError(f"{label} is weight-normalised (torch.nn.utils.weight_norm); expected plain "
+                                 "parameters: remove it with torch.nn.utils.remove_weight_norm first")
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                raise ValueError(f"{label} has a torch.nn.utils.prune mask on {hook._tensor_name!r}; expected plain "
+                                 "parameters: make it permanent with torch.nn.utils.prune.remove first")
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            for key in ("weight", "bias"):
+                param = module._parameters.get(key)
+                if param is not None and len(owners.get(id(param), [])) > 1:
+                    raise ValueError(f"{label} shares its {key} with {owners[id(param)]}; compensating and pruning "
+                                     "would change the other layer and untie them silently: expected untied layers")
+        if (isinstance(module, nn.modules.conv._ConvNd) and module.padding_mode == "circular"
+                and any(module._reversed_padding_repeated_twice)):
+            raise ValueError(f"{label} uses padding_mode='circular', on which Torch-Pruning's dependency graph "
+                             "does not terminate; expected padding_mode 'zeros', 'reflect' or 'replicate'")
 
 
 def _producer_gram(group) -> torch.Tensor | None:
