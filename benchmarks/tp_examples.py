@@ -92,16 +92,19 @@ def build_model(name: str, input_size: int) -> nn.Module:
     import torchvision.models.detection as tvd
     import torchvision.models.segmentation as tvs
 
-    if name.startswith("vit_") and input_size:
-        return getattr(tvm, name)(image_size=input_size)
+    if name.startswith("vit_"):  # torchvision zero-initialises the head: random, so the output change is measurable
+        model = getattr(tvm, name)(image_size=input_size) if input_size else getattr(tvm, name)()
+        nn.init.normal_(model.heads.head.weight, std=model.heads.head.in_features ** -0.5)
+        return model
     if name in ("googlenet", "inception_v3"):
         return getattr(tvm, name)(aux_logits=False, init_weights=True)
-    if name in SEGMENTATION:
-        return getattr(tvs, name)(aux_loss=None) if not name.startswith("lraspp") else getattr(tvs, name)()
+    if name in SEGMENTATION:  # random weights: no backbone download (the example's machine had them cached)
+        extra = {} if name.startswith("lraspp") else {"aux_loss": None}
+        return getattr(tvs, name)(weights=None, weights_backbone=None, **extra)
     if name in DETECTION:
         builder = getattr(tvd, name)
         if name.startswith("ssd"):
-            return builder()
+            return builder(weights=None, weights_backbone=None)
         return builder(weights=None, weights_backbone=None, trainable_backbone_layers=5)
     return getattr(tvm, name)()
 

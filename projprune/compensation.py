@@ -200,7 +200,7 @@ class ConsumerStats:
         ``ρ`` (so between collections the ridge stays the one of the collected statistics).
         """
         if self._precision is None or self._precision_lmbda != lmbda:
-            P = _ridge_inverse(self.covariance(), lmbda)
+            P = _ridge_inverse(self.covariance(), lmbda)  # float32 when wide (FLOAT32_PRECISION_WIDTH)
             self._precision, self._precision_lmbda = (P + P.T) * 0.5, lmbda
         return self._precision
 
@@ -212,7 +212,9 @@ class ConsumerStats:
         """
         P = self.precision(lmbda)
         removed, kept = removed.to(P.device), kept.to(P.device)
-        return -torch.linalg.solve(P[removed][:, removed], P[removed][:, kept])
+        rows = P[removed]
+        # P_RR is positive definite (a principal block of P): a float32 P is solved in float32 too
+        return -_spd_solve(rows[:, removed], rows[:, kept], fast=P.dtype == torch.float32)
 
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
@@ -479,22 +481,35 @@ FLOAT32_PRECISION_WIDTH = 512
 
 
 def _ridge_inverse(G: torch.Tensor, lmbda: float) -> torch.Tensor:
-    """``(G + ρI)⁻¹: (n, n)`` in ``G``'s dtype, with the scale-free ridge ``ρ`` of :func:`_ridge`.
+    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`.
 
-    Wide (``n >= FLOAT32_PRECISION_WIDTH``) and ridged (``lmbda > 0``): a float32 Cholesky inverse
-    (``cond(G + ρI) <= 1 + n / lmbda``; relative error about 1e-4 on activation covariances,
-    tests/test_compensation_scale.py), else, or if that factorisation fails, a float64-capable LU
-    inverse: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI`` positive definite only up to
-    rounding, which a Cholesky refuses.
+    Wide (``n >= FLOAT32_PRECISION_WIDTH``) and ridged (``lmbda > 0``): a float32 Cholesky inverse,
+    returned in float32 (``cond(G + ρI) <= 1 + n / lmbda``; relative error about 1e-5 on
+    activation covariances, tests/test_compensation_scale.py); else, or if that factorisation
+    fails, an LU inverse in ``G``'s dtype: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI``
+    positive definite only up to rounding, which a Cholesky refuses.
     """
-    system = G + _ridge(G, lmbda) * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    system = G.clone()
+    system.diagonal().add_(_ridge(G, lmbda))
     if lmbda > 0 and G.shape[0] >= FLOAT32_PRECISION_WIDTH:
         factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
         if int(info) == 0:
             inverse = torch.cholesky_inverse(factor)
             if bool(torch.isfinite(inverse.diagonal()).all()):
-                return inverse.to(G.dtype)
+                return inverse
     return torch.linalg.inv(system)
+
+
+def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``system⁻¹ rhs`` in float64 for a symmetric positive definite ``system: (n, n)``, ``rhs: (n, k)``:
+    with ``fast`` and ``n >= FLOAT32_PRECISION_WIDTH`` a float32 Cholesky solve (LU if it fails)."""
+    if fast and system.shape[0] >= FLOAT32_PRECISION_WIDTH:
+        factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
+        if int(info) == 0:
+            out = torch.cholesky_solve(rhs.to(torch.float32), factor)
+            if bool(torch.isfinite(out).all()):
+                return out.to(torch.float64)
+    return torch.linalg.solve(system.to(torch.float64), rhs.to(torch.float64))
 
 
 def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
@@ -510,9 +525,10 @@ def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: 
         raise ValueError(f"gram must be square (n, n), got {tuple(gram.shape)}")
     check_lmbda(lmbda)
     G = gram.to(torch.float64)
-    G_kk = G[kept][:, kept]
-    system = G_kk + _ridge(G_kk, lmbda) * torch.eye(len(kept), dtype=G.dtype, device=G.device)
-    return torch.linalg.solve(system, G[kept][:, removed]).T
+    rows = G[kept]
+    system = rows[:, kept]
+    system.diagonal().add_(_ridge(system, lmbda))
+    return _spd_solve(system, rows[:, removed], fast=lmbda > 0).T
 
 
 def fold_removed_inputs(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
