@@ -110,8 +110,12 @@ def build_model(name: str, input_size: int) -> nn.Module:
 
 
 def ignored_layers(model: nn.Module, name: str) -> list[nn.Module]:
-    """The example's ignored layers: 1000-way classifiers and the detection heads."""
+    """The example's ignored layers: 1000-way classifiers and the detection heads; and (not in the
+    example, which halves them) the segmentation models' 21-class output convs, so that every method
+    keeps the outputs whose change is measured (our compensating importances never score them)."""
     ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1000]
+    if name in SEGMENTATION:
+        ignored += [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 21]
     if name.startswith("ssd"):
         ignored.append(model.head)
     if name.startswith("fasterrcnn"):

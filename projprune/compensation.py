@@ -23,6 +23,12 @@ Two sources for ``A``:
   input patch, so zero padding at the borders is accounted for exactly. It is folded into
   the BatchNorm that reads the consumer, else into (or as) the consumer's bias.
 
+A Linear reading a flattened feature map whose dense statistics would exceed
+``statistics_budget`` keeps them per channel instead (every position a sample, as a conv's;
+docs/algorithm.md §8.1.1). A step is all or nothing: every coefficient of every consumer is
+computed before the first weight is written. Example inputs and calibration batches may be
+tensors, tuples, lists or dicts, as Torch-Pruning's ``example_inputs``.
+
 :class:`CalibratedProjectiveImportance` scores channels from the same statistics: the
 optimal-brain-surgeon cost ``‖v_i‖² / P_ii`` of removing input ``i`` of every consumer with
 ``P = (C + λI)^{-1}`` (the cached inverse above), relative to the consumer's signal energy so

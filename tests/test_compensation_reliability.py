@@ -224,3 +224,34 @@ def test_too_few_calibration_samples_for_the_width_say_so():
     with pytest.raises(ValueError, match="1 sample.*at least 2"):
         single.step()
     _assert_unchanged(model, before)
+
+
+class _Concat(nn.Module):
+    """Two convs of 6 filters spanning 3 dimensions each, concatenated and read by one conv: a step
+    cuts both groups, and the second is re-indexed after the first shrinks the concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.a = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        with torch.no_grad():
+            for conv in (self.a, self.b):
+                conv.weight.copy_((torch.randn(6, 3) @ torch.randn(3, 27)).reshape(6, 3, 3, 3))
+        self.c = nn.Conv2d(12, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(torch.cat([self.a(x), self.b(x)], dim=1))
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_a_step_cutting_both_inputs_of_a_concatenation_keeps_the_output(calibrated):
+    model = _Concat().double()
+    x = torch.randn(8, 3, 5, 5, dtype=torch.float64)
+    before = model(x)
+    pruner = CompensatingPruner(model, x[:1], tp.importance.MagnitudeImportance(),
+                                calibration=(lambda: [x]) if calibrated else None, lmbda=1e-12,
+                                pruning_ratio=0.5, ignored_layers=[model.c])
+    pruner.step()
+    assert model.a.out_channels == 3 and model.b.out_channels == 3 and model.c.in_channels == 6
+    assert torch.allclose(model(x), before, atol=1e-6)
