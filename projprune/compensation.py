@@ -207,7 +207,9 @@ class ConsumerStats:
         """
         if self._precision is None or self._precision_lmbda != lmbda:
             P = _ridge_inverse(self.covariance(), lmbda)  # float32 when wide (FLOAT32_PRECISION_WIDTH)
-            self._precision, self._precision_lmbda = (P + P.T) * 0.5, lmbda
+            if P.dtype != torch.float32:  # the LU inverse is symmetric up to rounding, the Cholesky one exactly
+                P = (P + P.T) * 0.5
+            self._precision, self._precision_lmbda = P, lmbda
         return self._precision
 
     def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float) -> torch.Tensor:
