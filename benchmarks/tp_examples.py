@@ -16,7 +16,7 @@ Every (model, method) runs in its own subprocess, so peak memory (``ru_maxrss``)
 Per run: ``pruned`` or the first line of the error, the pruning time (pruner construction +
 step, calibration included), its ratio to magnitude's time on the same model, peak memory,
 parameters kept, and the mean relative output change ``‖f'(x) − f(x)‖ / ‖f(x)‖`` over the
-samples of the calibration batch and of a fresh batch (detection models: the backbone's
+first ``--probe`` images of the calibration batch and of a fresh batch (detection models: the backbone's
 feature maps, as their box lists differ in length). The last lines give, over the models where
 both finished, the median ratio of ``proj_calib``'s (and ``proj_comp``'s) output change to
 magnitude's.
@@ -72,8 +72,10 @@ class TPExamplesConfig:
     methods: str = field(default=",".join(METHODS), metadata={"help": f"comma-separated of {METHODS}"})
     input_size: int = field(default=0, metadata={"help": "image side (0: the example's, 224 / 299 for "
                                                          "inception_v3 / 300x400 and 500x400 for detection)"})
-    batch: int = field(default=8, metadata={"help": "images per calibration batch and per fresh batch "
-                                                    "(detection: lists of 2 images)"})
+    batch: int = field(default=32, metadata={"help": "calibration images (proj_calib's one batch; detection: a "
+                                                     "list of images)"})
+    probe: int = field(default=8, metadata={"help": "images the output change is measured on: the first of the "
+                                                    "calibration batch, and a fresh batch of as many"})
     ratio: float = field(default=0.5, metadata={"help": "pruning ratio (the example's 0.5)"})
     timeout: float = field(default=1800.0, metadata={"help": "seconds per (model, method) before it is stopped"})
     threads: int = field(default=1, metadata={"help": "torch threads per run"})
@@ -134,22 +136,23 @@ def ignored_layers(model: nn.Module, name: str) -> list[nn.Module]:
     return ignored
 
 
-def make_inputs(name: str, input_size: int, batch: int, generator: torch.Generator):
+def make_inputs(name: str, input_size: int, batch: int, probe: int, generator: torch.Generator):
     """``(example_inputs, calibration batch, fresh batch)`` in the example's structure: a tensor, or
-    for detection a list of images (two per example, ``batch`` per batch, of two sizes)."""
+    for detection a list of images (two for the example, of two sizes); ``batch`` calibration and
+    ``probe`` fresh images."""
     if kind_of(name) == "detection":
         sizes = [(input_size, input_size)] * 2 if input_size else [(300, 400), (500, 400)]
 
         def images(count: int) -> list[torch.Tensor]:
             return [torch.rand(3, *sizes[i % 2], generator=generator) for i in range(count)]
 
-        return images(2), images(max(2, batch)), images(max(2, batch))
+        return images(2), images(batch), images(probe)
     side = input_size or (299 if name == "inception_v3" else 224)
 
     def tensor(count: int) -> torch.Tensor:
         return torch.randn(count, 3, side, side, generator=generator)
 
-    return tensor(1), tensor(batch), tensor(batch)
+    return tensor(1), tensor(batch), tensor(probe)
 
 
 def probe_output(model: nn.Module, name: str, inputs) -> torch.Tensor:
@@ -208,9 +211,11 @@ def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
     model = build_model(name, cfg.input_size).eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    example_inputs, calibration_batch, fresh_batch = make_inputs(name, cfg.input_size, cfg.batch, generator)
+    example_inputs, calibration_batch, fresh_batch = make_inputs(name, cfg.input_size, cfg.batch, cfg.probe,
+                                                                 generator)
+    probes = (calibration_batch[:cfg.probe], fresh_batch)
     params = sum(p.numel() for p in model.parameters())
-    before = [probe_output(model, name, b) for b in (calibration_batch, fresh_batch)]
+    before = [probe_output(model, name, b) for b in probes]
     row = {"model": name, "method": method, "status": "pruned", "params_kept": "", "time_s": "",
            "change_calib": "", "change_fresh": ""}
     start = time.perf_counter()
@@ -220,7 +225,7 @@ def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
         if isinstance(model, VisionTransformer):
             model.hidden_dim = model.conv_proj.out_channels
         elapsed = time.perf_counter() - start
-        after = [probe_output(model, name, b) for b in (calibration_batch, fresh_batch)]
+        after = [probe_output(model, name, b) for b in probes]
     except Exception as err:  # noqa: BLE001 - the table reports the first line of any failure
         row["status"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
         row["time_s"] = f"{time.perf_counter() - start:.1f}"
@@ -285,8 +290,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError(f"--models: expected names from {MODELS}, got {cfg.models!r}")
     if not methods or any(m not in METHODS for m in methods):
         raise ValueError(f"--methods: expected names from {METHODS}, got {cfg.methods!r}")
-    if cfg.input_size < 0 or cfg.batch < 1 or not 0 < cfg.ratio < 1 or cfg.timeout <= 0:
-        raise ValueError("--input-size must be >= 0, --batch >= 1, --ratio in (0, 1), --timeout > 0")
+    if cfg.input_size < 0 or cfg.batch < 1 or not 1 <= cfg.probe <= cfg.batch or not 0 < cfg.ratio < 1 \
+            or cfg.timeout <= 0:
+        raise ValueError("--input-size must be >= 0, --batch >= 1, --probe in [1, --batch], --ratio in (0, 1), "
+                         "--timeout > 0")
     rows = []
     for name in models:
         for method in methods:
