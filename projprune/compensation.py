@@ -585,13 +585,14 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
         self.flops_aware = flops_aware
         self.stats: dict[nn.Module, ConsumerStats] = {}
         self.positions: dict[nn.Module, int] = {}
+        self.gram_cache: dict | None = None  # set by CompensatingPruner for one step (weights unchanged)
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         n_root = len(group[0].idxs)
         total = torch.zeros(n_root, dtype=torch.float64)
         voted = False
-        gram = _producer_gram(group) if self.data_free else None
+        gram = _producer_gram(group, self.gram_cache) if self.data_free else None
         gram_precision = None  # (G + ρI)⁻¹ of the group: inverted once, read by every consumer
         for item in group:
             dep, idxs = item
@@ -790,6 +791,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
         self.mean_correction = mean_correction
         self.stats: dict[nn.Module, ConsumerStats] = {}
         self._names = {module: name for name, module in model.named_modules()}
+        self._gram_cache: dict | None = None
         self._forward = self._batch_forward(example_inputs, kwargs.get("forward_fn"))
         # The consumers some prunable group cuts, with their statistics' block size (per-channel
         # statistics for a flattened map whose dense covariance would exceed the budget).
@@ -816,9 +818,19 @@ class CompensatingPruner(tp.pruner.BasePruner):
                 self.importance.stats = self.stats
         # Every group of the step is chosen on the unpruned model (Torch-Pruning scores all groups
         # before it yields the first), every fold is planned, then written, then the groups are cut.
-        groups = list(super().step(interactive=True))
+        # Until the first write the producers' Grams are shared by the scores and the plan.
+        self._gram_cache = {}
+        if isinstance(self.importance, CalibratedProjectiveImportance):
+            self.importance.gram_cache = self._gram_cache
+        try:
+            groups = list(super().step(interactive=True))
+            with torch.no_grad():
+                folds = self._plan(groups)  # every solve of the step; raises before anything is written
+        finally:
+            self._gram_cache = None
+            if isinstance(self.importance, CalibratedProjectiveImportance):
+                self.importance.gram_cache = None
         with torch.no_grad():
-            folds = self._plan(groups)  # every solve of the step; raises before anything is written
             for fold in folds:
                 self._apply(fold)
         regrouped = self._regrouped(groups)
@@ -912,7 +924,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
         folds: list[_Fold] = []
         removed_by_layer: dict[nn.Module, list[torch.Tensor]] = {}
         for group in groups:
-            gram = _producer_gram(group) if self.calibration is None else None
+            gram = _producer_gram(group, self._gram_cache) if self.calibration is None else None
             solved: dict[tuple[int, ...], torch.Tensor] = {}
             for item in group:
                 layer = item.dep.target.module
@@ -1066,34 +1078,45 @@ def refuse_unsupported_layers(model: nn.Module) -> None:
                              "does not terminate; expected padding_mode 'zeros', 'reflect' or 'replicate'")
 
 
-def _producer_gram(group) -> torch.Tensor | None:
-    """``(n, n)`` Gram of the effective producer rows of a group (BatchNorm folded), or None.
+def _producer_gram(group, cache: dict | None = None) -> torch.Tensor | None:
+    """``(n, n)`` float64 Gram of the effective producer rows of a group (BatchNorm folded), or None.
 
     Every ungrouped conv / linear whose output channels are the group's ``n`` channels
     contributes its rows (weights and bias as one more column), scaled and shifted by the
     BatchNorm it feeds; a producer of another width (e.g. one part of a concatenation) does not.
+    The product is formed in the weights' dtype (float32 rows: ~1e-6 relative, as the calibrated
+    statistics' products) and summed in float64. ``cache``: Grams by the group's root (valid while
+    no weight changes: the pruner keeps one for the scoring and planning of a step).
     """
+    key = (group[0].dep.target.module, group[0].dep.handler)
+    if cache is not None and key in cache:
+        return cache[key]
     gram = None
     width = None
     for item in group:
         layer = item.dep.target.module
         if item.dep.handler not in _OUT_FNS or not is_consumer(layer):
             continue
-        rows = layer.weight.detach().to(torch.float64).flatten(1)
+        weight = layer.weight.detach()
+        dtype = torch.promote_types(weight.dtype, torch.float32)
+        rows = weight.flatten(1).to(dtype)
         width = rows.shape[0] if width is None else width
         if rows.shape[0] != width:
             continue
-        zeros = torch.zeros(width, dtype=rows.dtype, device=rows.device)
-        bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else zeros
+        bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else torch.zeros(
+            width, dtype=torch.float64, device=rows.device)
         bn = _batchnorm_after(item.dep.target)
         if bn is not None:
             scale = bn.weight.detach().to(torch.float64) if bn.affine else torch.ones_like(bias)
             scale = scale / (bn.running_var.to(torch.float64) + bn.eps).sqrt()
             beta = bn.bias.detach().to(torch.float64) if bn.affine else 0.0
             shift = beta - scale * bn.running_mean.to(torch.float64)
-            rows, bias = rows * scale[:, None], bias * scale + shift
-        rows = torch.cat([rows, bias[:, None]], dim=1)
-        gram = rows @ rows.T if gram is None else gram + rows @ rows.T
+            rows, bias = rows * scale[:, None].to(dtype), bias * scale + shift
+        rows = torch.cat([rows, bias[:, None].to(dtype)], dim=1)
+        product = (rows @ rows.T).to(torch.float64)
+        gram = product if gram is None else gram + product
+    if cache is not None:
+        cache[key] = gram
     return gram
 
 

@@ -255,3 +255,29 @@ def test_wide_precisions_in_float32_stay_close_to_float64(noise):
     A = -compensation._spd_solve(P[R][:, R].float(), P[R][:, K].float(), fast=True)  # as ConsumerStats does
     A_reference = -torch.linalg.solve(reference[R][:, R], reference[R][:, K])
     assert float((A - A_reference).norm() / A_reference.norm()) < 1e-3
+
+
+def test_data_free_gram_of_float32_producers_matches_float64_and_is_shared_within_a_step(monkeypatch):
+    """The producers' Gram (BatchNorm folded) is formed in float32 for float32 weights, within 1e-5 of a
+    float64 reference, and computed once per group and step (scores and plan share it)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+    graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 6, 6))
+    group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=list(range(16)))
+    G = compensation._producer_gram(group)
+    bn = model[1]
+    scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().double()
+    rows = model[0].weight.detach().double().flatten(1) * scale[:, None]
+    bias = (model[0].bias.detach().double() - bn.running_mean.double()) * scale + bn.bias.detach().double()
+    reference = torch.cat([rows, bias[:, None]], dim=1) @ torch.cat([rows, bias[:, None]], dim=1).T
+    assert G.dtype == torch.float64 and torch.allclose(G, reference, rtol=1e-5, atol=1e-5)
+    computed = []
+    original = compensation._batchnorm_after  # called once per producer whenever a Gram is computed
+    monkeypatch.setattr(compensation, "_batchnorm_after", lambda node: computed.append(1) or original(node))
+    CompensatingPruner(model, torch.randn(1, 3, 6, 6), CalibratedProjectiveImportance(data_free=True),
+                       pruning_ratio=0.5, ignored_layers=[model[3]]).step()
+    assert model[0].out_channels == 8 and len(computed) == 1
