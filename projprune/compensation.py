@@ -221,8 +221,9 @@ class ConsumerStats:
         P = self.precision(lmbda)
         removed, kept = removed.to(P.device), kept.to(P.device)
         rows = P[removed]
-        # P_RR is positive definite (a principal block of P): a float32 P is solved in float32 too
-        return -_spd_solve(rows[:, removed], rows[:, kept], fast=P.dtype == torch.float32)
+        # P_RR: a principal block of P, so cond(P_RR) <= cond(P): a float32 P (made only when well
+        # conditioned) is solved in float32 too
+        return -_spd_solve(rows[:, removed], rows[:, kept], 0.0, well_conditioned=P.dtype == torch.float32)
 
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
@@ -483,41 +484,66 @@ def _ridge(G: torch.Tensor, lmbda: float) -> float:
     return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
 
 
-# _ridge_inverse: from this width on (with a ridge) the inverse is a float32 Cholesky one (about 5x faster
-# than a float64 LU; tests bound the difference), below it float64 LU
+# _ridge_inverse: from this width on (with a ridge) the inverse is tried as a float32 Cholesky one (about
+# 5x faster than float64 LU), kept if its residual on probe vectors is at most FLOAT32_RESIDUAL (a
+# condition number below ~1e3: ~1e-4 relative error; tests bound it), else made in float64
 FLOAT32_PRECISION_WIDTH = 512
+FLOAT32_RESIDUAL = 1e-4
 
 
-def _ridge_inverse(G: torch.Tensor, lmbda: float) -> torch.Tensor:
-    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`.
+def _accurate_in_float32(system: torch.Tensor, inverse: torch.Tensor, probes: int = 4) -> bool:
+    """Whether ``‖system · inverse · v − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``probes`` fixed
+    random vectors ``v`` (``O(n²)`` each): the float32 inverse is as good as a float64 one needs to be."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    vectors = torch.randn(system.shape[0], probes, generator=generator, dtype=torch.float64).to(system.device)
+    residual = system.to(torch.float64) @ (inverse.to(torch.float64) @ vectors) - vectors
+    return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(vectors.norm())
 
-    Wide (``n >= FLOAT32_PRECISION_WIDTH``) and ridged (``lmbda > 0``): a float32 Cholesky inverse,
-    returned in float32 (``cond(G + ρI) <= 1 + n / lmbda``; relative error about 1e-5 on
-    activation covariances, tests/test_compensation_scale.py); else, or if that factorisation
-    fails, an LU inverse in ``G``'s dtype: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI``
-    positive definite only up to rounding, which a Cholesky refuses.
+
+def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge: float,
+                          well_conditioned: bool = False) -> torch.Tensor:
+    """``system⁻¹`` (``rhs`` None) or ``system⁻¹ rhs`` (float64) for a symmetric positive definite
+    ``system: (n, n)`` with smallest eigenvalue at least ``ridge``.
+
+    Wide and ridged: an inverse is tried in float32 (Cholesky) and kept, in float32, if
+    :func:`_accurate_in_float32`; a solve is float32 only when ``well_conditioned`` (a block of such
+    a float32 precision). Otherwise a float64 Cholesky; LU if that fails or without a ridge:
+    nearly dead inputs at ``lmbda = 0`` leave ``G + ρI`` positive definite only up to rounding,
+    which a Cholesky refuses.
     """
-    system = G.clone()
-    system.diagonal().add_(_ridge(G, lmbda))
-    if lmbda > 0 and G.shape[0] >= FLOAT32_PRECISION_WIDTH:
+    wide = system.shape[0] >= FLOAT32_PRECISION_WIDTH
+    if rhs is None and ridge > 0 and wide:
         factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
         if int(info) == 0:
             inverse = torch.cholesky_inverse(factor)
-            if bool(torch.isfinite(inverse.diagonal()).all()):
+            if _accurate_in_float32(system, inverse):
                 return inverse
-    return torch.linalg.inv(system)
-
-
-def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, fast: bool) -> torch.Tensor:
-    """``system⁻¹ rhs`` in float64 for a symmetric positive definite ``system: (n, n)``, ``rhs: (n, k)``:
-    with ``fast`` and ``n >= FLOAT32_PRECISION_WIDTH`` a float32 Cholesky solve (LU if it fails)."""
-    if fast and system.shape[0] >= FLOAT32_PRECISION_WIDTH:
-        factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
+    if (ridge > 0 or well_conditioned) and wide:
+        dtype = torch.float32 if well_conditioned and rhs is not None else torch.float64
+        factor, info = torch.linalg.cholesky_ex(system.to(dtype))
         if int(info) == 0:
-            out = torch.cholesky_solve(rhs.to(torch.float32), factor)
+            out = torch.cholesky_inverse(factor) if rhs is None else torch.cholesky_solve(rhs.to(dtype), factor)
             if bool(torch.isfinite(out).all()):
-                return out.to(torch.float64)
-    return torch.linalg.solve(system.to(torch.float64), rhs.to(torch.float64))
+                return out if rhs is None else out.to(torch.float64)
+    system = system.to(torch.float64)
+    if rhs is None:
+        return torch.linalg.inv(system)
+    return torch.linalg.solve(system, rhs.to(torch.float64))
+
+
+def _ridge_inverse(G: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge` (float32 when wide and
+    accurate so, see :func:`_spd_inverse_or_solve`; tests/test_compensation_scale.py bounds it)."""
+    system = G.clone()
+    ridge = _ridge(G, lmbda)
+    system.diagonal().add_(ridge)
+    return _spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0)
+
+
+def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, ridge: float, well_conditioned: bool = False) -> torch.Tensor:
+    """``system⁻¹ rhs: (n, k)`` in float64 for a positive definite ``system: (n, n)`` whose smallest
+    eigenvalue is at least ``ridge`` (0: unknown, float64 LU unless ``well_conditioned``)."""
+    return _spd_inverse_or_solve(system, rhs, ridge, well_conditioned)
 
 
 def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
@@ -535,8 +561,9 @@ def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: 
     G = gram.to(torch.float64)
     rows = G[kept]
     system = rows[:, kept]
-    system.diagonal().add_(_ridge(system, lmbda))
-    return _spd_solve(system, rows[:, removed], fast=lmbda > 0).T
+    ridge = _ridge(system, lmbda)
+    system.diagonal().add_(ridge)
+    return _spd_solve(system, rows[:, removed], ridge if lmbda > 0 else 0.0).T
 
 
 def fold_removed_inputs(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
