@@ -200,13 +200,15 @@ class ConsumerStats:
         return self._covariance
 
     def precision(self, lmbda: float) -> torch.Tensor:
-        """``(c, c)`` float64 ``P = (C + ρI)⁻¹`` with ``ρ = lmbda · trace(C) / c`` (:func:`_ridge`).
+        """``(c, c)`` ``P = (C + ρI)⁻¹`` with ``ρ = lmbda · trace(C) / min(c, samples − 1)`` (:func:`_ridge`; float32
+        when wide and accurate so, else float64).
 
         Computed once per collection; :meth:`keep` then cuts it exactly with the same absolute
         ``ρ`` (so between collections the ridge stays the one of the collected statistics).
         """
         if self._precision is None or self._precision_lmbda != lmbda:
-            P = _ridge_inverse(self.covariance(), lmbda)  # float32 when wide (FLOAT32_PRECISION_WIDTH)
+            # rank <= samples − 1: with fewer samples than inputs the ridge is relative to the nonzero spectrum
+            P = _ridge_inverse(self.covariance(), lmbda, rank=self.channels.count - 1)
             if P.dtype != torch.float32:  # the LU inverse is symmetric up to rounding, the Cholesky one exactly
                 P = (P + P.T) * 0.5
             self._precision, self._precision_lmbda = P, lmbda
@@ -478,9 +480,11 @@ def _is_identity(idxs: Sequence) -> bool:
 
 
 # --------------------------------------------------------------------------- the algebra
-def _ridge(G: torch.Tensor, lmbda: float) -> float:
-    """Absolute ridge ``λ = lmbda · trace(G) / n`` (scale-free), positive even for an all-zero ``G``."""
-    energy = float(G.diagonal().sum()) / max(G.shape[0], 1)
+def _ridge(G: torch.Tensor, lmbda: float, rank: int | None = None) -> float:
+    """Absolute ridge ``λ = lmbda · trace(G) / min(n, rank)`` (scale-free: relative to the mean nonzero
+    eigenvalue when ``G`` is known to have rank ``rank < n``, e.g. a covariance of fewer samples than
+    inputs), positive even for an all-zero ``G``."""
+    energy = float(G.diagonal().sum()) / max(min(G.shape[0], rank or G.shape[0]), 1)
     return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
 
 
@@ -531,11 +535,11 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
     return torch.linalg.solve(system, rhs.to(torch.float64))
 
 
-def _ridge_inverse(G: torch.Tensor, lmbda: float) -> torch.Tensor:
+def _ridge_inverse(G: torch.Tensor, lmbda: float, rank: int | None = None) -> torch.Tensor:
     """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge` (float32 when wide and
     accurate so, see :func:`_spd_inverse_or_solve`; tests/test_compensation_scale.py bounds it)."""
     system = G.clone()
-    ridge = _ridge(G, lmbda)
+    ridge = _ridge(G, lmbda, rank)
     system.diagonal().add_(ridge)
     return _spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0)
 
