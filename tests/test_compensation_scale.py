@@ -284,3 +284,21 @@ def test_data_free_gram_of_float32_producers_matches_float64_and_is_shared_withi
     CompensatingPruner(model, torch.randn(1, 3, 6, 6), CalibratedProjectiveImportance(data_free=True),
                        pruning_ratio=0.5, ignored_layers=[model[3]]).step()
     assert model[0].out_channels == 8 and len(computed) == 1
+
+
+def test_with_fewer_samples_than_inputs_the_ridge_follows_the_nonzero_spectrum():
+    """T = 9 samples of 40 inputs: the covariance has rank 8 and trace / 40 understates its eigenvalues
+    five-fold; the ridge is lmbda · trace / 8 (with T > c it stays lmbda · trace / c)."""
+    torch.manual_seed(10)
+    stats = ConsumerStats(nn.Linear(40, 2))
+    X = torch.randn(9, 40, dtype=torch.float64)
+    stats.update(X)
+    C = torch.cov(X.T, correction=0)
+    expected = torch.linalg.inv(C + 1e-2 * float(torch.trace(C)) / 8 * torch.eye(40, dtype=torch.float64))
+    assert torch.allclose(stats.precision(1e-2), expected, rtol=1e-8, atol=1e-8)
+    many = ConsumerStats(nn.Linear(40, 2))
+    Y = torch.randn(200, 40, dtype=torch.float64)
+    many.update(Y)
+    D = torch.cov(Y.T, correction=0)
+    reference = torch.linalg.inv(D + 1e-2 * float(torch.trace(D)) / 40 * torch.eye(40, dtype=torch.float64))
+    assert torch.allclose(many.precision(1e-2), reference, rtol=1e-8, atol=1e-10)
