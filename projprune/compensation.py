@@ -23,6 +23,12 @@ Two sources for ``A``:
   input patch, so zero padding at the borders is accounted for exactly. It is folded into
   the BatchNorm that reads the consumer, else into (or as) the consumer's bias.
 
+A Linear reading a flattened feature map whose dense statistics would exceed
+``statistics_budget`` keeps them per channel instead (every position a sample, as a conv's;
+docs/algorithm.md §8.1.1). A step is all or nothing: every coefficient of every consumer is
+computed before the first weight is written. Example inputs and calibration batches may be
+tensors, tuples, lists or dicts, as Torch-Pruning's ``example_inputs``.
+
 :class:`CalibratedProjectiveImportance` scores channels from the same statistics: the
 optimal-brain-surgeon cost ``‖v_i‖² / P_ii`` of removing input ``i`` of every consumer with
 ``P = (C + λI)^{-1}`` (the cached inverse above), relative to the consumer's signal energy so
@@ -39,24 +45,35 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+import logging
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+from torch.nn.utils.weight_norm import WeightNorm
 from torch_pruning.pruner import function
 
+from projprune._checks import check_lmbda
 from projprune.calibration import ActivationStats, run_hooked
 
 __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
-           "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients", "output_positions"]
+           "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients", "output_positions",
+           "refuse_unsupported_layers", "spreads_inputs", "structured_forward"]
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
 _DEPTHWISE_OUT = function.prune_depthwise_conv_out_channels
 _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 # CompensatingPruner: re-collect statistics once this fraction of the channels was pruned since the last time
 DEFAULT_CALIBRATE_DRIFT = 0.05
+# CompensatingPruner: bytes one consumer's dense statistics may take before a flattened map's fall back to channels
+DEFAULT_STATISTICS_BUDGET = 256 * 2**20
+_LOG = logging.getLogger(__name__)
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
@@ -79,14 +96,22 @@ class ConsumerStats:
         patch_count: the number of output positions summed.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, blocks: int = 1) -> None:
         if not is_consumer(module):
             raise ValueError(f"module must be a Linear or an ungrouped conv, got {type(module).__name__}")
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+        if blocks > 1 and (not isinstance(module, nn.Linear) or module.in_features % blocks):
+            raise ValueError(f"blocks={blocks} needs a Linear whose in_features are a multiple of it "
+                             f"(channels x positions), got {module}")
         self.module = module
-        width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        self.blocks = blocks
+        width = module.in_features // blocks if isinstance(module, nn.Linear) else module.in_channels
         self.channels = ActivationStats(width)
-        self.patch_sum = None if isinstance(module, nn.Linear) else torch.zeros((width, *module.kernel_size),
-                                                                                 dtype=torch.float64)
+        if isinstance(module, nn.Linear):
+            self.patch_sum = None if blocks == 1 else torch.zeros((width, blocks), dtype=torch.float64)
+        else:
+            self.patch_sum = torch.zeros((width, *module.kernel_size), dtype=torch.float64)
         self.patch_count = 0
         self._covariance: torch.Tensor | None = None  # cached until the statistics change
         self._precision: torch.Tensor | None = None  # (C + ridge I)^{-1}, cut along with the channels
@@ -94,17 +119,31 @@ class ConsumerStats:
 
     @property
     def n(self) -> int:
-        """Input width ``c``."""
+        """Number of input channels ``c`` the statistics describe (for ``blocks > 1``: flattened-map channels)."""
         return self.channels.n
 
+    @property
+    def width(self) -> int:
+        """The consumer's input width these statistics cover: ``c · blocks`` for a Linear, ``c`` for a conv."""
+        return self.n * self.blocks
+
     def update(self, x: torch.Tensor) -> None:
-        """Add one input batch of the consumer: ``(..., c)`` for a Linear, ``(B, c, *spatial)`` for a conv."""
+        """Add one input batch of the consumer: ``(..., c · blocks)`` for a Linear, ``(B, c, *spatial)`` for a conv.
+
+        With ``blocks > 1`` a Linear's input is a flattened ``(c, blocks)`` map: every position of
+        a channel is one sample of that channel, and ``patch_sum: (c, blocks)`` keeps per-position sums.
+        """
         x = x.detach()
         self._covariance = self._precision = self._precision_lmbda = None
-        if self.patch_sum is None:  # Linear
+        if self.patch_sum is None:  # Linear, one statistic per input
             self.channels.update(x)
+            _check_no_overflow(self.channels.sum_outer, x)  # a failed collection discards these statistics
             return
-        if x.dim() < 2 or x.shape[1] != self.n:
+        if self.blocks > 1:
+            if x.dim() < 1 or x.shape[-1] != self.width:
+                raise ValueError(f"x must have shape (..., {self.width}), got {tuple(x.shape)}")
+            x = x.reshape(-1, self.n, self.blocks)
+        elif x.dim() < 2 or x.shape[1] != self.n:
             raise ValueError(f"x must have shape (B, {self.n}, *spatial), got {tuple(x.shape)}")
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()
@@ -119,11 +158,16 @@ class ConsumerStats:
         stats = self.channels
         if stats.sum.device != x.device:
             stats.sum_outer, stats.sum = stats.sum_outer.to(x.device), stats.sum.to(x.device)
-        stats.sum_outer += _channel_gram(x).to(torch.float64)
+        batch_gram = _channel_gram(x)
+        _check_no_overflow(batch_gram, x)
+        stats.sum_outer += batch_gram.to(torch.float64)
         stats.sum += channel_sum
         stats.count += x.numel() // self.n
         self.patch_sum = self.patch_sum.to(x.device)
-        sums, positions = _patch_sums(self.module, plane, x.shape[0])
+        if self.blocks > 1:  # the "kernel" is the whole map, read at one output position
+            sums, positions = plane, x.shape[0]
+        else:
+            sums, positions = _patch_sums(self.module, plane, x.shape[0])
         self.patch_sum += sums
         self.patch_count += positions
 
@@ -156,14 +200,18 @@ class ConsumerStats:
         return self._covariance
 
     def precision(self, lmbda: float) -> torch.Tensor:
-        """``(c, c)`` float64 ``P = (C + ρI)⁻¹`` with ``ρ = lmbda · trace(C) / c`` (:func:`_ridge`).
+        """``(c, c)`` ``P = (C + ρI)⁻¹`` with ``ρ = lmbda · trace(C) / min(c, samples − 1)`` (:func:`_ridge`; float32
+        when wide and accurate so, else float64).
 
         Computed once per collection; :meth:`keep` then cuts it exactly with the same absolute
         ``ρ`` (so between collections the ridge stays the one of the collected statistics).
         """
         if self._precision is None or self._precision_lmbda != lmbda:
-            P = _ridge_inverse(self.covariance(), lmbda)
-            self._precision, self._precision_lmbda = (P + P.T) * 0.5, lmbda
+            # rank <= samples − 1: with fewer samples than inputs the ridge is relative to the nonzero spectrum
+            P = _ridge_inverse(self.covariance(), lmbda, rank=self.channels.count - 1)
+            if P.dtype != torch.float32:  # the LU inverse is symmetric up to rounding, the Cholesky one exactly
+                P = (P + P.T) * 0.5
+            self._precision, self._precision_lmbda = P, lmbda
         return self._precision
 
     def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float) -> torch.Tensor:
@@ -174,7 +222,10 @@ class ConsumerStats:
         """
         P = self.precision(lmbda)
         removed, kept = removed.to(P.device), kept.to(P.device)
-        return -torch.linalg.solve(P[removed][:, removed], P[removed][:, kept])
+        rows = P[removed]
+        # P_RR: a principal block of P, so cond(P_RR) <= cond(P): a float32 P (made only when well
+        # conditioned) is solved in float32 too
+        return -_spd_solve(rows[:, removed], rows[:, kept], 0.0, well_conditioned=P.dtype == torch.float32)
 
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
@@ -183,6 +234,23 @@ class ConsumerStats:
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
+
+
+class StatisticsOverflowError(ValueError):
+    """The second moments of a consumer's input left the floating-point range."""
+
+
+def _check_no_overflow(gram: torch.Tensor, x: torch.Tensor) -> None:
+    """``StatisticsOverflowError`` if the Gram ``(c, c)`` of ``x`` holds Inf or NaN (``x`` is finite).
+
+    Its diagonal suffices: ``|Σ x_i x_j| ≤ max(Σ x_i², Σ x_j²)`` (Cauchy–Schwarz).
+    """
+    if not bool(torch.isfinite(gram.diagonal()).all()):
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        raise StatisticsOverflowError(
+            f"overflow: the second moments of the input overflow {dtype} (activations up to "
+            f"{float(x.detach().abs().max()):.3g}, squares above {torch.finfo(dtype).max:.3g}); expected activations "
+            "whose squares sum to a finite value: rescale the inputs or run the model in float64")
 
 
 def _channel_gram(x: torch.Tensor) -> torch.Tensor:
@@ -243,31 +311,114 @@ def _patch_sums(conv: nn.modules.conv._ConvNd, plane: torch.Tensor, batch: int) 
 
 
 def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], batches: Iterable,
-                           max_batches: int | None = None) -> dict[nn.Module, ConsumerStats]:
+                           max_batches: int | None = None, names: dict[nn.Module, str] | None = None, *,
+                           blocks: dict[nn.Module, int] | None = None,
+                           forward: Callable[[nn.Module, Any], Any] | None = None) -> dict[nn.Module, ConsumerStats]:
     """Run ``batches`` through ``model`` (eval mode, no gradients) and summarise every consumer's input.
 
     Args:
-        model: any module; a batch is passed as ``model(batch)`` (mappings as ``model(**batch)``).
+        model: any module.
         consumers: Linear / ungrouped conv modules of ``model``.
-        batches: iterable of model inputs.
+        batches: iterable of model inputs: by default a tensor is passed as ``model(batch)``, a
+            mapping as ``model(**batch)``, a tuple/list as ``model(batch[0])`` (inputs, targets).
         max_batches: stop after this many batches (None: all).
+        names: consumer names for error messages (default: the names in ``model``).
+        blocks: per consumer (Linear reading a flattened map), positions per channel: its
+            statistics are kept per channel (:class:`ConsumerStats` ``blocks``); default 1.
+        forward: ``forward(model, batch)`` runs one batch (e.g. :func:`structured_forward`).
 
     Returns:
-        ``{consumer: ConsumerStats}``. Raises ``ValueError`` for no batches, a failing forward or a
-        non-consumer.
+        ``{consumer: ConsumerStats}``. Raises ``ValueError`` for no batches, a failing forward, a
+        non-consumer or statistics that overflow (naming the consumer).
     """
-    stats = {module: ConsumerStats(module) for module in consumers}
-    run_hooked(model, {module: lambda m, inputs: stats[m].update(inputs[0]) for module in stats}, batches,
-               max_batches=max_batches)
+    blocks = blocks or {}
+    stats = {module: ConsumerStats(module, blocks.get(module, 1)) for module in consumers}
+    if names is None:
+        names = {module: name for name, module in model.named_modules()}
+
+    def update(module: nn.Module, inputs: tuple) -> None:
+        try:
+            stats[module].update(inputs[0])
+        except StatisticsOverflowError as err:
+            raise StatisticsOverflowError(f"consumer {names.get(module, type(module).__name__)!r} "
+                                          f"({type(module).__name__}): {err}") from None
+
+    runner, runs = (model, batches) if forward is None else (_Forward(model, forward), ({"batch": b} for b in batches))
+    try:
+        run_hooked(runner, {module: update for module in stats}, runs, max_batches=max_batches)
+    except ValueError as err:
+        if isinstance(err.__cause__, StatisticsOverflowError):  # not "the forward failed": say what overflowed
+            raise err.__cause__ from None
+        raise
     return stats
 
 
-def output_positions(model: nn.Module, example_inputs) -> dict[nn.Module, int]:
+class _Forward(nn.Module):
+    """``model`` behind ``forward(model, batch)``, called as ``_Forward(batch=...)`` (how run_hooked
+    passes a mapping): lets batches of any structure through the shared hooked loop."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[nn.Module, Any], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # run_hooked restores this flag on the whole model
+        self._forward = forward
+
+    def forward(self, batch: Any) -> Any:
+        return self._forward(self.model, batch)
+
+
+def to_device(inputs: Any, device: torch.device) -> Any:
+    """``inputs`` (a tensor, or tuples / lists / dicts of them, nested) with every tensor on ``device``."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, Mapping):
+        return {key: to_device(value, device) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(to_device(value, device) for value in inputs)
+    return inputs
+
+
+def structured_forward(model: nn.Module, inputs: Any, spread: bool = True) -> Any:
+    """``model`` on ``inputs`` as Torch-Pruning calls its ``example_inputs``.
+
+    A mapping: ``model(**inputs)``; a tuple or list: ``model(*inputs)`` if ``spread`` (positional
+    arguments), else ``model(inputs)`` (e.g. a detection model's list of images); anything else:
+    ``model(inputs)``. Tensors are moved to the model's device first.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = to_device(inputs, device)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)) and spread:
+        return model(*inputs)
+    return model(inputs)
+
+
+def spreads_inputs(model: nn.Module, example_inputs: Any) -> bool:
+    """Whether a tuple/list ``example_inputs`` are ``model``'s positional arguments (Torch-Pruning's
+    rule: ``model(*inputs)`` if that runs, else ``model(inputs)``); one forward, eval mode, no gradients."""
+    if not isinstance(example_inputs, (tuple, list)):
+        return False
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            structured_forward(model, example_inputs, spread=True)
+        return True
+    except Exception:  # noqa: BLE001 - Torch-Pruning's own rule: any failure means "one argument"
+        return False
+    finally:
+        model.train(was_training)
+
+
+def output_positions(model: nn.Module, example_inputs, forward: Callable[[nn.Module, Any], Any] | None = None
+                     ) -> dict[nn.Module, int]:
     """Output positions per sample of every conv and linear of ``model`` on ``example_inputs``.
 
     A conv's are its output's spatial size (``H_out · W_out`` in 2-D), a Linear's the positions
     it is applied at (1 for ``(B, features)``, the tokens for ``(B, T, features)``). Spatial sizes
-    do not change when channels are pruned, so one forward suffices.
+    do not change when channels are pruned, so one forward suffices (``forward(model, inputs)``;
+    default :func:`structured_forward` with positional tuples).
     """
     positions: dict[nn.Module, int] = {}
 
@@ -284,12 +435,7 @@ def output_positions(model: nn.Module, example_inputs) -> dict[nn.Module, int]:
     try:
         model.eval()
         with torch.no_grad():
-            if isinstance(example_inputs, dict):
-                model(**example_inputs)
-            elif isinstance(example_inputs, (tuple, list)):
-                model(*example_inputs)
-            else:
-                model(example_inputs)
+            (forward or structured_forward)(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -328,23 +474,80 @@ def channel_macs(group, positions: dict[nn.Module, int]) -> torch.Tensor:
 def _is_identity(idxs: Sequence) -> bool:
     """Whether ``idxs`` is ``0, 1, ..., len - 1`` (Torch-Pruning's index lists; checked at C speed)."""
     n = len(idxs)
+    if isinstance(idxs, torch.Tensor):
+        return n == 0 or bool((idxs == torch.arange(n, device=idxs.device)).all())
     return n == 0 or (idxs[0] == 0 and idxs[-1] == n - 1 and list(idxs) == list(range(n)))
 
 
 # --------------------------------------------------------------------------- the algebra
-def _ridge(G: torch.Tensor, lmbda: float) -> float:
-    """Absolute ridge ``λ = lmbda · trace(G) / n`` (scale-free), positive even for an all-zero ``G``."""
-    energy = float(G.diagonal().sum()) / max(G.shape[0], 1)
+def _ridge(G: torch.Tensor, lmbda: float, rank: int | None = None) -> float:
+    """Absolute ridge ``λ = lmbda · trace(G) / min(n, rank)`` (scale-free: relative to the mean nonzero
+    eigenvalue when ``G`` is known to have rank ``rank < n``, e.g. a covariance of fewer samples than
+    inputs), positive even for an all-zero ``G``."""
+    energy = float(G.diagonal().sum()) / max(min(G.shape[0], rank or G.shape[0]), 1)
     return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
 
 
-def _ridge_inverse(G: torch.Tensor, lmbda: float) -> torch.Tensor:
-    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`.
+# _ridge_inverse: from this width on (with a ridge) the inverse is tried as a float32 Cholesky one (about
+# 5x faster than float64 LU), kept if its residual on probe vectors is at most FLOAT32_RESIDUAL (a
+# condition number below ~1e3: ~1e-4 relative error; tests bound it), else made in float64
+FLOAT32_PRECISION_WIDTH = 512
+FLOAT32_RESIDUAL = 1e-4
 
-    An LU inverse, not the core's Cholesky: nearly dead inputs leave ``G + ρI`` positive definite
-    only up to rounding, which the Cholesky refuses.
+
+def _accurate_in_float32(system: torch.Tensor, inverse: torch.Tensor, probes: int = 4) -> bool:
+    """Whether ``‖system · inverse · v − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``probes`` fixed
+    random vectors ``v`` (``O(n²)`` each): the float32 inverse is as good as a float64 one needs to be."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    vectors = torch.randn(system.shape[0], probes, generator=generator, dtype=torch.float64).to(system.device)
+    residual = system.to(torch.float64) @ (inverse.to(torch.float64) @ vectors) - vectors
+    return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(vectors.norm())
+
+
+def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge: float,
+                          well_conditioned: bool = False) -> torch.Tensor:
+    """``system⁻¹`` (``rhs`` None) or ``system⁻¹ rhs`` (float64) for a symmetric positive definite
+    ``system: (n, n)`` with smallest eigenvalue at least ``ridge``.
+
+    Wide and ridged: an inverse is tried in float32 (Cholesky) and kept, in float32, if
+    :func:`_accurate_in_float32`; a solve is float32 only when ``well_conditioned`` (a block of such
+    a float32 precision). Otherwise a float64 Cholesky; LU if that fails or without a ridge:
+    nearly dead inputs at ``lmbda = 0`` leave ``G + ρI`` positive definite only up to rounding,
+    which a Cholesky refuses.
     """
-    return torch.linalg.inv(G + _ridge(G, lmbda) * torch.eye(G.shape[0], dtype=G.dtype, device=G.device))
+    wide = system.shape[0] >= FLOAT32_PRECISION_WIDTH
+    if rhs is None and ridge > 0 and wide:
+        factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            if _accurate_in_float32(system, inverse):
+                return inverse
+    if (ridge > 0 or well_conditioned) and wide:
+        dtype = torch.float32 if well_conditioned and rhs is not None else torch.float64
+        factor, info = torch.linalg.cholesky_ex(system.to(dtype))
+        if int(info) == 0:
+            out = torch.cholesky_inverse(factor) if rhs is None else torch.cholesky_solve(rhs.to(dtype), factor)
+            if bool(torch.isfinite(out).all()):
+                return out if rhs is None else out.to(torch.float64)
+    system = system.to(torch.float64)
+    if rhs is None:
+        return torch.linalg.inv(system)
+    return torch.linalg.solve(system, rhs.to(torch.float64))
+
+
+def _ridge_inverse(G: torch.Tensor, lmbda: float, rank: int | None = None) -> torch.Tensor:
+    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge` (float32 when wide and
+    accurate so, see :func:`_spd_inverse_or_solve`; tests/test_compensation_scale.py bounds it)."""
+    system = G.clone()
+    ridge = _ridge(G, lmbda, rank)
+    system.diagonal().add_(ridge)
+    return _spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0)
+
+
+def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, ridge: float, well_conditioned: bool = False) -> torch.Tensor:
+    """``system⁻¹ rhs: (n, k)`` in float64 for a positive definite ``system: (n, n)`` whose smallest
+    eigenvalue is at least ``ridge`` (0: unknown, float64 LU unless ``well_conditioned``)."""
+    return _spd_inverse_or_solve(system, rhs, ridge, well_conditioned)
 
 
 def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
@@ -358,12 +561,13 @@ def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: 
     """
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must be square (n, n), got {tuple(gram.shape)}")
-    if lmbda < 0:
-        raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+    check_lmbda(lmbda)
     G = gram.to(torch.float64)
-    G_kk = G[kept][:, kept]
-    system = G_kk + _ridge(G_kk, lmbda) * torch.eye(len(kept), dtype=G.dtype, device=G.device)
-    return torch.linalg.solve(system, G[kept][:, removed]).T
+    rows = G[kept]
+    system = rows[:, kept]
+    ridge = _ridge(system, lmbda)
+    system.diagonal().add_(ridge)
+    return _spd_solve(system, rows[:, removed], ridge if lmbda > 0 else 0.0).T
 
 
 def fold_removed_inputs(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
@@ -376,12 +580,14 @@ def fold_removed_inputs(weight: torch.Tensor, removed: torch.Tensor, kept: torch
 
 def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor, A: torch.Tensor,
                 removed_slices: torch.Tensor | None = None) -> None:
-    """``W[:, K] += W[:, R] A`` in place (``weight: (out, c, *kernel)``, ``A: (|R|, |K|)``), in float64
-    (``removed_slices``: ``W[:, R]`` in float64 if the caller already gathered it)."""
+    """``W[:, K] += W[:, R] A`` in place (``weight: (out, c, *kernel)``, ``A: (|R|, |K|)``), the product
+    in the weight's dtype (float32 at least: a float32 weight stores the result in float32 anyway)
+    (``removed_slices``: ``W[:, R]`` if the caller already gathered it)."""
+    dtype = torch.promote_types(weight.dtype, torch.float32)
     if removed_slices is None:
-        removed_slices = weight[:, removed].to(torch.float64)
-    taps = removed_slices.transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
-    update = (A.to(torch.float64).T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:])
+        removed_slices = weight[:, removed]
+    taps = removed_slices.to(dtype).transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
+    update = (A.to(dtype).T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:])
     weight.index_add_(1, kept, update.transpose(0, 1).to(weight.dtype))
 
 
@@ -404,40 +610,51 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
     """
 
     def __init__(self, lmbda: float = 1e-3, data_free: bool = False, flops_aware: bool = False) -> None:
-        if lmbda < 0:
-            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
-        self.lmbda = lmbda
+        check_lmbda(lmbda)
+        self.lmbda = float(lmbda)
         self.data_free = data_free
         self.flops_aware = flops_aware
         self.stats: dict[nn.Module, ConsumerStats] = {}
         self.positions: dict[nn.Module, int] = {}
+        self.gram_cache: dict | None = None  # set by CompensatingPruner for one step (weights unchanged)
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         n_root = len(group[0].idxs)
         total = torch.zeros(n_root, dtype=torch.float64)
         voted = False
-        gram = _producer_gram(group) if self.data_free else None
+        gram = _producer_gram(group, self.gram_cache) if self.data_free else None
+        gram_precision = None  # (G + ρI)⁻¹ of the group: inverted once, read by every consumer
         for item in group:
             dep, idxs = item
             layer = dep.target.module
             if dep.handler not in _IN_FNS or not is_consumer(layer) or None in item.root_idxs:
                 continue
-            view = self._view(item, gram)
-            if view is None:
+            if self.data_free:
+                view = _data_free_view(item, gram)
+                if view is None:
+                    continue
+                G, first, blocks = view
+                if gram_precision is None:
+                    gram_precision = _ridge_inverse(G, self.lmbda).diagonal()
+                C_diag, P_diag = G.diagonal(), gram_precision
+            else:
+                stats = self.stats.get(layer)
+                if stats is None or stats.width != layer.weight.shape[1] or stats.channels.count == 0:
+                    continue
+                C_diag, P_diag = stats.covariance().diagonal().cpu(), stats.precision(self.lmbda).diagonal().cpu()
+                first, blocks = 0, stats.blocks
+            mapped = _item_channels(item, blocks)
+            if mapped is None:
                 continue
-            C_diag, P_diag, local = view
-            weight = layer.weight.detach()
-            dims = [d for d in range(weight.dim()) if d != 1]
-            w2 = weight.pow(2).sum(dim=dims, dtype=torch.float64).cpu()[local]  # (c,) ‖v_j‖²
+            channels, roots = mapped
+            w2 = _channel_energy(layer, blocks)[first:first + len(C_diag)]  # (n,) ‖v_j‖²
             signal = float((w2 * C_diag).sum())
             scores = w2 / P_diag / (signal if signal > 0 else 1.0)
-            offset = int(local[0])  # local indices -> rows of C
-            if offset == 0 and len(scores) == n_root and _is_identity(idxs) and _is_identity(item.root_idxs):
+            if first == 0 and len(scores) == n_root and _is_identity(channels) and _is_identity(roots):
                 total += scores  # the common case: the consumer reads the group's channels in order
             else:
-                rows = torch.as_tensor(idxs) - offset
-                total.scatter_add_(0, torch.as_tensor(item.root_idxs), scores[rows])
+                total.scatter_add_(0, roots, scores[channels - first])
             voted = True
         if not voted:
             return None
@@ -450,49 +667,94 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
                 total = total / torch.where(cost > 0, cost, cost.max())
         return total.to(torch.float32)
 
-    def _view(self, item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """``(diag C, diag P, local)``, ``P = (C + ρI)⁻¹``, each ``(n,)`` float64 on the CPU.
 
-        Calibrated: ``C`` is the consumer's input covariance over all its inputs and ``P`` its
-        cached :meth:`ConsumerStats.precision` (inverted once per collection, cut with the
-        channels in between). Data-free: the producers' Gram ``gram`` over the group's channels,
-        read at the consumer inputs ``local``, inverted here.
-        """
-        layer = item.dep.target.module
-        width = layer.weight.shape[1]
-        if self.data_free:
-            view = _data_free_view(item, gram)
-            if view is None:
-                return None
-            G, local = view
-            return G.diagonal(), _ridge_inverse(G, self.lmbda).diagonal(), local
-        stats = self.stats.get(layer)
-        if stats is None or stats.n != width:
-            return None
-        return stats.covariance().diagonal().cpu(), stats.precision(self.lmbda).diagonal().cpu(), torch.arange(width)
+def _channel_energy(layer: nn.Module, blocks: int) -> torch.Tensor:
+    """``(c,)`` float64 on the CPU: ``‖v_j‖²`` of every input channel of ``layer`` (a channel of a
+    flattened map, ``blocks`` consecutive inputs of a Linear, counts as one)."""
+    weight = _channel_view(layer.weight.detach(), blocks)
+    dims = [d for d in range(weight.dim()) if d != 1]
+    return weight.pow(2).sum(dim=dims, dtype=torch.float64).cpu()
 
 
-def _data_free_view(item, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The producers' Gram ``(n, n)`` and the consumer inputs ``offset + arange(n)`` it describes.
+def _channel_view(weight: torch.Tensor, blocks: int) -> torch.Tensor:
+    """A consumer's weight as ``(out, c, *kernel)``: a Linear reading a flattened ``(c, blocks)`` map
+    as ``(out, c, blocks)`` (a view: writes go to the weight)."""
+    return weight if blocks == 1 else weight.view(weight.shape[0], -1, blocks)
+
+
+def _block_size(item) -> int:
+    """Consecutive consumer inputs per root channel of a group member (a flatten: the map's positions)."""
+    roots = torch.as_tensor(item.root_idxs, dtype=torch.int64)
+    distinct = len(torch.unique(roots)) if len(roots) else 0
+    if distinct == 0 or len(roots) % distinct:
+        return 1
+    return len(roots) // distinct
+
+
+def _item_channels(item, blocks: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(channels, roots)``, int64: the consumer input channels a group member cuts (``blocks``
+    consecutive inputs per channel) and each one's root index; None if the inputs are not whole blocks."""
+    idxs = torch.as_tensor(item.idxs, dtype=torch.int64)
+    roots = torch.as_tensor(item.root_idxs, dtype=torch.int64)
+    if blocks == 1:
+        return idxs, roots
+    if len(idxs) % blocks:
+        return None
+    rows, root_rows = idxs.view(-1, blocks), roots.view(-1, blocks)
+    if (not bool((rows == rows[:, :1] + torch.arange(blocks)).all()) or bool((rows[:, 0] % blocks).any())
+            or not bool((root_rows == root_rows[:, :1]).all())):
+        return None
+    return rows[:, 0] // blocks, root_rows[:, 0]
+
+
+def _data_free_view(item, gram: torch.Tensor | None) -> tuple[torch.Tensor, int, int] | None:
+    """``(G, first, blocks)``: the producers' Gram ``(n, n)`` on the CPU, describing the consumer's
+    input channels ``first .. first + n − 1``, each ``blocks`` consecutive inputs (a flattened map).
 
     A consumer reads the group's ``n`` channels at a constant offset (0, or its place in a
-    concatenation); other layouts (a flatten that repeats channels) are left alone.
+    concatenation), one input per channel or one block of positions per channel; other layouts are
+    left alone.
     """
-    idxs, roots = torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs)
-    if len(idxs) == 0 or len(idxs) != len(roots):
+    if gram is None:
         return None
-    offsets = idxs - roots
+    blocks = _block_size(item)
+    mapped = _item_channels(item, blocks)
+    if mapped is None or len(mapped[0]) == 0:
+        return None
+    offsets = mapped[0] - mapped[1]
     if not bool((offsets == offsets[0]).all()):
         return None
     width = item.dep.target.module.weight.shape[1]
-    if gram is None or int(offsets[0]) + gram.shape[0] > width:
+    if width % blocks or int(offsets[0]) + gram.shape[0] > width // blocks:
         return None
-    return gram.cpu(), int(offsets[0]) + torch.arange(gram.shape[0])
+    return gram.cpu(), int(offsets[0]), blocks
 
 
 # --------------------------------------------------------------------------- the pruner
+class _Fold:
+    """One consumer's planned compensation (everything computed, nothing written yet).
+
+    ``removed``/``kept``: input channels of ``layer`` (unpruned coordinates); ``A: (|R|, |K|)``;
+    ``shift``: ``(out,)`` mean output to add (calibrated mean correction) or None; ``stats``: the
+    consumer's statistics to cut to ``kept`` afterwards, with ``cut``: the ``−P_RR⁻¹ P_RK`` of the
+    Schur cut if its precision is cached.
+    """
+
+    __slots__ = ("layer", "removed", "kept", "A", "blocks", "shift", "stats", "cut")
+
+    def __init__(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, A: torch.Tensor, blocks: int = 1,
+                 shift: torch.Tensor | None = None, stats: ConsumerStats | None = None,
+                 cut: torch.Tensor | None = None) -> None:
+        self.layer, self.removed, self.kept, self.A, self.blocks = layer, removed, kept, A, blocks
+        self.shift, self.stats, self.cut = shift, stats, cut
+
+
 class CompensatingPruner(tp.pruner.BasePruner):
     """Torch-Pruning's pruner that folds every removed channel into the group's consumers first.
+
+    A step is all or nothing: the groups of the step are chosen, every coefficient of every
+    consumer is computed, and only then are weights written and the groups cut; a failing solve
+    (e.g. a singular covariance at ``lmbda=0``) leaves every tensor of the model unchanged.
 
     Args:
         model, example_inputs, importance, **kwargs: as for ``tp.pruner.BasePruner``
@@ -508,14 +770,29 @@ class CompensatingPruner(tp.pruner.BasePruner):
             calibrate_drift=0`` collects at every step. The default re-collects after every
             twentieth of the remaining channels: every ~5 steps of a 100-step schedule at first,
             more often as the network shrinks and each step removes a larger share of it.
-        lmbda: relative ridge of the least-squares coefficients.
+        lmbda: relative ridge of the least-squares coefficients (a finite number >= 0).
         mean_correction: calibrated only: keep every consumer's mean output on the calibration data.
+        statistics_budget: bytes one consumer's dense statistics may take: a Linear reading a
+            flattened feature map (channels x positions) whose ``(c·s)²`` float64 covariance would
+            exceed it keeps per-channel statistics instead (``c²``, docs/algorithm.md §8.1.1;
+            logged once). Other consumers' statistics are ``(c, c)`` with ``c`` their input channels.
+
+    Example inputs and calibration batches may be tensors, tuples, lists or dicts, as
+    Torch-Pruning's ``example_inputs``: a dict is passed as ``model(**batch)``, a tuple/list as
+    ``model(*batch)`` if ``model(*example_inputs)`` runs, else as ``model(batch)``; with tensor
+    example inputs a tuple/list batch is ``(inputs, targets)`` (``model(batch[0])``). A
+    ``forward_fn(model, inputs)`` given to the pruner is used for every batch.
+
+    Refused with a ``ValueError`` before anything changes: weight-normalised (old or
+    parametrized) layers, ``torch.nn.utils.prune`` masks, weights tied between layers, and
+    circular-padded convs (Torch-Pruning's graph tracing does not terminate on them).
     """
 
     def __init__(self, model: nn.Module, example_inputs, importance, *,
                  calibration: Callable[[], Iterable] | None = None, calibration_batches: int | None = None,
                  calibrate_every: int = 1, calibrate_drift: float = DEFAULT_CALIBRATE_DRIFT, lmbda: float = 1e-3,
-                 mean_correction: bool = True, **kwargs) -> None:
+                 mean_correction: bool = True, statistics_budget: int = DEFAULT_STATISTICS_BUDGET,
+                 **kwargs) -> None:
         if calibration is not None and not callable(calibration):
             raise ValueError("calibration must be None or a callable returning an iterable of input batches")
         if calibration_batches is not None and (isinstance(calibration_batches, bool)
@@ -523,12 +800,17 @@ class CompensatingPruner(tp.pruner.BasePruner):
             raise ValueError(f"calibration_batches must be a positive int or None, got {calibration_batches!r}")
         if isinstance(calibrate_every, bool) or not isinstance(calibrate_every, int) or calibrate_every < 1:
             raise ValueError(f"calibrate_every must be a positive int, got {calibrate_every!r}")
-        if isinstance(calibrate_drift, bool) or not 0 <= calibrate_drift < 1:
+        if (isinstance(calibrate_drift, bool) or not isinstance(calibrate_drift, numbers.Real)
+                or not 0 <= calibrate_drift < 1):
             raise ValueError(f"calibrate_drift must be a fraction in [0, 1), got {calibrate_drift!r}")
-        if not lmbda >= 0:
-            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+        check_lmbda(lmbda)
+        if isinstance(statistics_budget, bool) or not isinstance(statistics_budget, int) or statistics_budget < 1:
+            raise ValueError(f"statistics_budget must be a positive int (bytes), got {statistics_budget!r}")
         if isinstance(importance, CalibratedProjectiveImportance) and not importance.data_free and calibration is None:
             raise ValueError("CalibratedProjectiveImportance needs calibration batches (calibration=...)")
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        refuse_unsupported_layers(model)
         super().__init__(model, example_inputs, importance=importance, **kwargs)
         self.calibration = calibration
         self.calibration_batches = calibration_batches
@@ -536,31 +818,56 @@ class CompensatingPruner(tp.pruner.BasePruner):
         self.calibrate_drift = float(calibrate_drift)
         self._last_calibration: int | None = None
         self._collected_width = 0  # Σ consumer input widths at the last collection
-        self.lmbda = lmbda
+        self.lmbda = float(lmbda)
         self.mean_correction = mean_correction
         self.stats: dict[nn.Module, ConsumerStats] = {}
+        self._names = {module: name for name, module in model.named_modules()}
+        self._gram_cache: dict | None = None
+        self._forward = self._batch_forward(example_inputs, kwargs.get("forward_fn"))
+        # The consumers some prunable group cuts, with their statistics' block size (per-channel
+        # statistics for a flattened map whose dense covariance would exceed the budget).
+        self._blocks = self._consumer_blocks(statistics_budget) if calibration is not None else {}
         if getattr(importance, "flops_aware", False):
-            importance.positions = output_positions(model, example_inputs)
+            importance.positions = output_positions(model, example_inputs, self._forward)
 
     def step(self, interactive: bool = False):
         """One pruning step: (calibrate,) score every group, compensate and prune.
 
         With ``interactive=True`` a generator of groups whose consumers are already
-        compensated: prune every group it yields (``group.prune()``).
+        compensated: prune every group it yields (``group.prune()``), in order.
         """
+        refuse_unsupported_layers(self.model)  # a weight norm or mask may have been added since __init__
         due = self._last_calibration is None or (self.current_step - self._last_calibration >= self.calibrate_every
                                                  and self.drift >= self.calibrate_drift)
         if self.calibration is not None and due:
-            consumers = [m for m in self.model.modules() if is_consumer(m)]
-            self.stats = collect_consumer_stats(self.model, consumers, self.calibration(), self.calibration_batches)
+            self.stats = collect_consumer_stats(self.model, list(self._blocks), self.calibration(),
+                                                self.calibration_batches, names=self._names, blocks=self._blocks,
+                                                forward=self._forward)
             self._last_calibration = self.current_step
-            self._collected_width = sum(stats.n for stats in self.stats.values())
+            self._collected_width = self._consumer_width()
             if isinstance(self.importance, CalibratedProjectiveImportance):
                 self.importance.stats = self.stats
-        groups = super().step(interactive=True)
+        # Every group of the step is chosen on the unpruned model (Torch-Pruning scores all groups
+        # before it yields the first), every fold is planned, then written, then the groups are cut.
+        # Until the first write the producers' Grams are shared by the scores and the plan.
+        self._gram_cache = {}
+        if isinstance(self.importance, CalibratedProjectiveImportance):
+            self.importance.gram_cache = self._gram_cache
+        try:
+            groups = list(super().step(interactive=True))
+            with torch.no_grad():
+                folds = self._plan(groups)  # every solve of the step; raises before anything is written
+        finally:
+            self._gram_cache = None
+            if isinstance(self.importance, CalibratedProjectiveImportance):
+                self.importance.gram_cache = None
+        with torch.no_grad():
+            for fold in folds:
+                self._apply(fold)
+        regrouped = self._regrouped(groups)
         if interactive:
-            return self._compensated(groups)
-        for group in self._compensated(groups):
+            return regrouped
+        for group in regrouped:
             group.prune()
         return None
 
@@ -569,107 +876,278 @@ class CompensatingPruner(tp.pruner.BasePruner):
         """The fraction of the consumers' input channels pruned since the last collection (0 before any)."""
         if self._collected_width == 0:
             return 0.0
-        return 1.0 - sum(stats.n for stats in self.stats.values()) / self._collected_width
+        return 1.0 - self._consumer_width() / self._collected_width
 
-    def _compensated(self, groups):
-        for group in groups:
-            with torch.no_grad():
-                self.compensate(group)
-            yield group
+    def _consumer_width(self) -> int:
+        return sum(m.weight.shape[1] for m in self.model.modules() if is_consumer(m))
+
+    def _batch_forward(self, example_inputs: Any, forward_fn: Callable | None) -> Callable[[nn.Module, Any], Any]:
+        """How a calibration batch runs, from the structure of ``example_inputs`` (class docstring)."""
+        if forward_fn is not None:
+            return forward_fn
+        if isinstance(example_inputs, Mapping):
+            def run(model, batch):
+                if not isinstance(batch, Mapping):
+                    raise ValueError("calibration batches must be dicts, as example_inputs is; got "
+                                     f"{type(batch).__name__}")
+                return structured_forward(model, batch)
+            return run
+        if isinstance(example_inputs, (tuple, list)):
+            spread = spreads_inputs(self.model, example_inputs)
+            return lambda model, batch: structured_forward(model, batch, spread=spread)
+
+        def run_tensor(model, batch):
+            if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+                batch = batch[0]  # (inputs, targets)
+            return structured_forward(model, batch)
+        return run_tensor
+
+    def _consumer_blocks(self, budget: int) -> dict[nn.Module, int]:
+        """``{consumer: blocks}`` for every consumer a prunable group cuts: 1 (one statistic per
+        input channel), or, for a Linear reading a flattened ``(c, s)`` map whose dense ``(c·s)²``
+        float64 covariance exceeds ``budget`` bytes, ``s`` (per-channel statistics, logged once)."""
+        blocks: dict[nn.Module, int] = {}
+        for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
+                                            root_module_types=self.root_module_types):
+            for item in group:
+                layer = item.dep.target.module
+                if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
+                    continue
+                size = _block_size(item) if isinstance(layer, nn.Linear) else 1
+                dense = layer.weight.shape[1] ** 2 * 8
+                fits = size > 1 and layer.weight.shape[1] % size == 0 and _item_channels(item, size) is not None
+                blocks[layer] = size if fits and dense > budget else blocks.get(layer, 1)
+        bounded = [f"{self._name(m)} ({m.weight.shape[1]} = {m.weight.shape[1] // b} x {b})"
+                   for m, b in blocks.items() if b > 1]
+        if bounded:
+            _LOG.warning("CompensatingPruner: per-channel statistics (docs/algorithm.md §8.1.1) for %d consumer(s) "
+                         "whose dense covariance would exceed statistics_budget=%d bytes: %s",
+                         len(bounded), budget, ", ".join(bounded))
+        return blocks
+
+    def _regrouped(self, groups):
+        """The step's groups, each re-indexed on the model as pruned by the ones before it (a
+        concatenation's offsets move when an earlier group cuts one of its inputs)."""
+        for position, group in enumerate(groups):
+            if position == 0:
+                yield group
+                continue
+            root = group[0]
+            fresh = self.DG.get_pruning_group(root.dep.target.module, root.dep.handler, list(root.idxs))
+            for i, item in enumerate(group):  # members Torch-Pruning emptied (grouped-query attention) stay empty
+                if len(item.idxs) == 0 and i < len(fresh) and fresh[i].dep.target.module is item.dep.target.module:
+                    fresh[i] = (fresh[i].dep, [])
+            yield fresh
 
     def compensate(self, group) -> None:
-        """Fold the channels ``group`` removes into every consumer of the group (weights in place)."""
-        gram = _producer_gram(group) if self.calibration is None else None
-        for item in group:
-            layer = item.dep.target.module
-            if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
-                continue
-            removed = torch.unique(torch.as_tensor(item.idxs, dtype=torch.int64))  # sorted (ConsumerStats.keep)
-            if self.calibration is None:
+        """Fold the channels ``group`` removes into every consumer of the group (weights in place):
+        every coefficient is computed before the first weight is written."""
+        with torch.no_grad():
+            for fold in self._plan([group]):
+                self._apply(fold)
+
+    def _plan(self, groups: Sequence) -> list[_Fold]:
+        """Every consumer's fold for ``groups`` (one step, unpruned coordinates), nothing written.
+
+        Data-free: one fold per (group, consumer), from the group's producer Gram. Calibrated: one
+        fold per consumer for the union of the channels every group removes from it (one solve).
+        """
+        folds: list[_Fold] = []
+        removed_by_layer: dict[nn.Module, list[torch.Tensor]] = {}
+        for group in groups:
+            gram = _producer_gram(group, self._gram_cache) if self.calibration is None else None
+            solved: dict[tuple[int, ...], torch.Tensor] = {}
+            for item in group:
+                layer = item.dep.target.module
+                if item.dep.handler not in _IN_FNS or not is_consumer(layer) or len(item.idxs) == 0:
+                    continue
+                if self.calibration is not None:
+                    stats = self.stats.get(layer)
+                    mapped = None if stats is None else _item_channels(item, stats.blocks)
+                    if mapped is not None:
+                        removed_by_layer.setdefault(layer, []).append(mapped[0])
+                    continue
                 view = _data_free_view(item, gram)
                 if view is None:
                     continue
-                G, local = view
-                keep = torch.ones(len(local), dtype=torch.bool)
-                keep[removed - local[0]] = False
-                if keep.any():
-                    self._fold(layer, removed, local[keep], G, removed - local[0], torch.nonzero(keep).flatten())
-                continue
-            stats = self.stats.get(layer)
-            width = layer.weight.shape[1]
-            if stats is None or stats.n != width or len(removed) >= width:
-                continue
-            keep = torch.ones(width, dtype=torch.bool)
-            keep[removed] = False
-            kept = torch.nonzero(keep).flatten()
-            A = self._fold_calibrated(layer, removed, kept, stats)
-            stats.keep(kept, A if self.mean_correction else None)
+                G, first, blocks = view
+                removed = torch.unique(_item_channels(item, blocks)[0])
+                keep = torch.ones(G.shape[0], dtype=torch.bool)
+                keep[removed - first] = False
+                if not keep.any():
+                    continue
+                rows_r, rows_k = removed - first, torch.nonzero(keep).flatten()
+                key = tuple(rows_r.tolist())  # consumers reading the group alike share one solve
+                if key not in solved:
+                    solved[key] = self._solved(layer, None, least_squares_coefficients, G, rows_r, rows_k, self.lmbda)
+                folds.append(_Fold(layer, removed, rows_k + first, solved[key], blocks))
+        for layer, parts in removed_by_layer.items():
+            fold = self._plan_calibrated(layer, torch.unique(torch.cat(parts)))
+            if fold is not None:
+                folds.append(fold)
+        return folds
 
-    def _fold_calibrated(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor,
-                         stats: ConsumerStats) -> torch.Tensor:
-        """``V[:, K] += V[:, R] A`` in place, ``A`` from ``stats``; with the mean correction, also add
-        the mean output lost on the calibration data, ``Σ_{r,o} V[:, r, o] (M[r, o] − Σ_k A[r, k] M[k, o])``
-        (``M``: per-offset input means; ``= Σ V M − Σ V′[:, K] M[K]``) to the consumer's output.
-        Returns ``A: (|R|, |K|)``."""
-        weight = layer.weight.data
-        removed, kept = removed.to(weight.device), kept.to(weight.device)
-        V_r = weight[:, removed].to(torch.float64)  # (out, |R|, *kernel), before the fold
+    def _plan_calibrated(self, layer: nn.Module, removed: torch.Tensor) -> _Fold | None:
+        """The calibrated fold of ``layer`` for its sorted input channels ``removed`` (None: no statistics).
+
+        ``A`` from the cached precision (centred, with the mean correction) or the uncentred second
+        moments; the mean correction ``Σ_{r,o} V[:, r, o] (M[r, o] − Σ_k A[r, k] M[k, o])`` (``M``:
+        per-offset input means) is the consumer's mean output lost on the calibration data.
+        """
+        stats = self.stats.get(layer)
+        if stats is None or stats.width != layer.weight.shape[1] or len(removed) >= stats.n:
+            return None
+        if stats.channels.count == 0:  # never ran on the calibration data (e.g. an unused detection branch)
+            return None
+        width = stats.n
+        if stats.channels.count < 2:
+            raise ValueError(f"consumer {self._name(layer)!r}: calibration gave {stats.channels.count} sample(s) of "
+                             "its input; a covariance needs at least 2 (give more calibration data)")
+        if self.lmbda == 0 and stats.channels.count <= stats.n:  # rank <= count - 1 < n: singular for certain
+            raise ValueError(self._singular_message(layer, stats, "rank below the width"))
+        keep = torch.ones(width, dtype=torch.bool)
+        keep[removed] = False
+        kept = torch.nonzero(keep).flatten()
+        weight = _channel_view(layer.weight.detach(), stats.blocks)
+        removed_d, kept_d = removed.to(weight.device), kept.to(weight.device)
         if self.mean_correction:  # centred: A = −P_RR⁻¹ P_RK from the cached precision
-            A = stats.coefficients(removed, kept, self.lmbda).to(weight.device)
+            A = self._solved(layer, stats, stats.coefficients, removed, kept, self.lmbda).to(weight.device)
+            cut = A
         else:
             C = (stats.channels.sum_outer / stats.channels.count).to(weight.device)
-            A = least_squares_coefficients(C, removed, kept, self.lmbda)
-        _fold_into_(weight, removed, kept, A, V_r)  # V[:, K] += V[:, R] A
-        if not self.mean_correction:
-            return A
-        M = stats.patch_means().to(weight.device)  # (c, *kernel)
-        residual = M[removed] - (A @ M[kept].reshape(len(kept), -1)).reshape(M[removed].shape)  # (|R|, *kernel)
-        shift = (V_r * residual).flatten(1).sum(1)  # (out,) mean output before − after
-        bn = _batchnorm_after(self.DG.module2node.get(layer))
-        if bn is not None:
-            bn.running_mean -= shift.to(bn.running_mean.dtype)
-        elif layer.bias is not None:
-            layer.bias.data += shift.to(layer.bias.dtype)
-        else:
-            layer.bias = nn.Parameter(shift.to(layer.weight.dtype), requires_grad=layer.weight.requires_grad)
+            A = self._solved(layer, stats, least_squares_coefficients, C, removed_d, kept_d, self.lmbda)
+            cut = None
+            if stats._precision is not None:  # the Schur cut of the cached precision, solved now
+                cut = self._solved(layer, stats, stats.coefficients, removed, kept, self.lmbda)
+        shift = None
+        if self.mean_correction:
+            V_r = weight[:, removed_d].to(torch.float64)  # (out, |R|, *kernel), before the fold
+            M = stats.patch_means().to(weight.device)  # (c, *kernel)
+            residual = M[removed_d] - (A @ M[kept_d].reshape(len(kept), -1)).reshape(M[removed_d].shape)
+            shift = (V_r * residual).flatten(1).sum(1)  # (out,) mean output before − after
+        return _Fold(layer, removed, kept, A, stats.blocks, shift, stats, cut)
+
+    def _solved(self, layer: nn.Module, stats: ConsumerStats | None, solve: Callable[..., torch.Tensor],
+                *args) -> torch.Tensor:
+        """``solve(*args)``, with a singular system or non-finite coefficients turned into one ValueError
+        that says why (too few calibration samples for the width, or dead/duplicate inputs)."""
+        try:
+            A = solve(*args)
+        except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
+            raise ValueError(self._singular_message(layer, stats, f"{type(err).__name__}: {err}")) from err
+        if not bool(torch.isfinite(A).all()):
+            raise ValueError(self._singular_message(layer, stats, "non-finite coefficients"))
         return A
 
-    def _fold(self, layer: nn.Module, removed: torch.Tensor, kept: torch.Tensor, gram: torch.Tensor,
-              removed_rows: torch.Tensor, kept_rows: torch.Tensor) -> None:
-        """``V[:, kept] += V[:, removed] A`` with ``A`` from ``gram``'s rows ``removed_rows`` / ``kept_rows``."""
-        device = layer.weight.device
-        A = least_squares_coefficients(gram.to(device), removed_rows.to(device), kept_rows.to(device), self.lmbda)
-        _fold_into_(layer.weight.data, removed.to(device), kept.to(device), A)
+    def _singular_message(self, layer: nn.Module, stats: ConsumerStats | None, detail: str) -> str:
+        where = f"consumer {self._name(layer)!r} ({type(layer).__name__})"
+        if stats is not None and stats.channels.count <= stats.n:
+            return (f"{where}: {stats.channels.count} calibration samples for {stats.n} input channels: the covariance "
+                    f"is singular ({detail}); give more calibration samples than input channels, or lmbda > 0")
+        source = "input covariance" if stats is not None else "producers' Gram matrix"
+        return (f"{where}: the {source} is singular at lmbda={self.lmbda} ({detail}): some inputs are dead or "
+                "linearly dependent (e.g. channels a ReLU never activates); use lmbda > 0")
+
+    def _name(self, layer: nn.Module) -> str:
+        return self._names.get(layer, type(layer).__name__)
+
+    def _apply(self, fold: _Fold) -> None:
+        """Write one planned fold: ``V[:, K] += V[:, R] A``, the mean shift, the statistics' cut."""
+        layer = fold.layer
+        weight = layer.weight.data
+        channels = _channel_view(weight, fold.blocks)
+        _fold_into_(channels, fold.removed.to(weight.device), fold.kept.to(weight.device), fold.A)
+        if fold.shift is not None:
+            bn = _batchnorm_after(self.DG.module2node.get(layer))
+            if bn is not None:
+                bn.running_mean -= fold.shift.to(bn.running_mean)
+            elif layer.bias is not None:
+                layer.bias.data += fold.shift.to(layer.bias)
+            else:
+                layer.bias = nn.Parameter(fold.shift.to(weight), requires_grad=layer.weight.requires_grad)
+        # After the schedule's last step the statistics are never read again: not cut (they describe
+        # the model before that step)
+        if fold.stats is not None and self.current_step < self.iterative_steps:
+            fold.stats.keep(fold.kept, fold.cut)
 
 
-def _producer_gram(group) -> torch.Tensor | None:
-    """``(n, n)`` Gram of the effective producer rows of a group (BatchNorm folded), or None.
+def refuse_unsupported_layers(model: nn.Module) -> None:
+    """``ValueError`` naming the first layer the compensating pruner cannot write correctly.
+
+    Weight norm (``torch.nn.utils.weight_norm`` or a parametrization): the pruned tensors are not
+    the ones the forward uses; a ``torch.nn.utils.prune`` mask: ``weight`` is recomputed from
+    ``weight_orig``; a weight shared by two layers: the fold would silently change (and the cut
+    untie) the other layer; circular padding: Torch-Pruning's graph tracing does not terminate.
+    """
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for key, param in module._parameters.items():
+            if param is not None:
+                owners.setdefault(id(param), []).append(f"{name}.{key}" if name else key)
+    for name, module in model.named_modules():
+        label = f"model: layer {name or '<root>'!r} ({type(module).__name__})"
+        if parametrize.is_parametrized(module):
+            raise ValueError(f"{label} has a parametrization (e.g. weight_norm) on "
+                             f"{sorted(module.parametrizations.keys())}; expected plain parameters: remove it with "
+                             "torch.nn.utils.parametrize.remove_parametrizations first")
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                raise ValueError(f"{label} is weight-normalised (torch.nn.utils.weight_norm); expected plain "
+                                 "parameters: remove it with torch.nn.utils.remove_weight_norm first")
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                raise ValueError(f"{label} has a torch.nn.utils.prune mask on {hook._tensor_name!r}; expected plain "
+                                 "parameters: make it permanent with torch.nn.utils.prune.remove first")
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            for key in ("weight", "bias"):
+                param = module._parameters.get(key)
+                if param is not None and len(owners.get(id(param), [])) > 1:
+                    raise ValueError(f"{label} shares its {key} with {owners[id(param)]}; compensating and pruning "
+                                     "would change the other layer and untie them silently: expected untied layers")
+        if (isinstance(module, nn.modules.conv._ConvNd) and module.padding_mode == "circular"
+                and any(module._reversed_padding_repeated_twice)):
+            raise ValueError(f"{label} uses padding_mode='circular', on which Torch-Pruning's dependency graph "
+                             "does not terminate; expected padding_mode 'zeros', 'reflect' or 'replicate'")
+
+
+def _producer_gram(group, cache: dict | None = None) -> torch.Tensor | None:
+    """``(n, n)`` float64 Gram of the effective producer rows of a group (BatchNorm folded), or None.
 
     Every ungrouped conv / linear whose output channels are the group's ``n`` channels
     contributes its rows (weights and bias as one more column), scaled and shifted by the
     BatchNorm it feeds; a producer of another width (e.g. one part of a concatenation) does not.
+    The product is formed in the weights' dtype (float32 rows: ~1e-6 relative, as the calibrated
+    statistics' products) and summed in float64. ``cache``: Grams by the group's root (valid while
+    no weight changes: the pruner keeps one for the scoring and planning of a step).
     """
+    key = (group[0].dep.target.module, group[0].dep.handler)
+    if cache is not None and key in cache:
+        return cache[key]
     gram = None
     width = None
     for item in group:
         layer = item.dep.target.module
         if item.dep.handler not in _OUT_FNS or not is_consumer(layer):
             continue
-        rows = layer.weight.detach().to(torch.float64).flatten(1)
+        weight = layer.weight.detach()
+        dtype = torch.promote_types(weight.dtype, torch.float32)
+        rows = weight.flatten(1).to(dtype)
         width = rows.shape[0] if width is None else width
         if rows.shape[0] != width:
             continue
-        zeros = torch.zeros(width, dtype=rows.dtype, device=rows.device)
-        bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else zeros
+        bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else torch.zeros(
+            width, dtype=torch.float64, device=rows.device)
         bn = _batchnorm_after(item.dep.target)
         if bn is not None:
             scale = bn.weight.detach().to(torch.float64) if bn.affine else torch.ones_like(bias)
             scale = scale / (bn.running_var.to(torch.float64) + bn.eps).sqrt()
             beta = bn.bias.detach().to(torch.float64) if bn.affine else 0.0
             shift = beta - scale * bn.running_mean.to(torch.float64)
-            rows, bias = rows * scale[:, None], bias * scale + shift
-        rows = torch.cat([rows, bias[:, None]], dim=1)
-        gram = rows @ rows.T if gram is None else gram + rows @ rows.T
+            rows, bias = rows * scale[:, None].to(dtype), bias * scale + shift
+        rows = torch.cat([rows, bias[:, None].to(dtype)], dim=1)
+        product = (rows @ rows.T).to(torch.float64)
+        gram = product if gram is None else gram + product
+    if cache is not None:
+        cache[key] = gram
     return gram
 
 

@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner import function
 
+from projprune._checks import check_lmbda
+
 __all__ = ["ProjectiveImportance"]
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
@@ -62,11 +64,10 @@ class ProjectiveImportance(tp.importance.GroupMagnitudeImportance):
         target_types: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,
                                           nn.LayerNorm),
     ) -> None:
-        if lmbda < 0:
-            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+        check_lmbda(lmbda)
         super().__init__(p=2, group_reduction=group_reduction, normalizer=normalizer, bias=False,
                          target_types=list(target_types))
-        self.lmbda = lmbda
+        self.lmbda = float(lmbda)
 
     def member_scores(self, layer: nn.Module, prune_fn, idxs: list[int]) -> torch.Tensor | None:
         """Scores of one group member for the channels ``idxs`` (``None``: the member does not vote)."""

@@ -1,0 +1,315 @@
+"""Benchmark: our pruners on Torch-Pruning's torchvision example models, beside its magnitude pruning.
+
+Torch-Pruning's torchvision example prunes every torchvision classification, detection and
+segmentation model to 50 % of its channels in one local step (random weights, ``L1`` magnitude
+importance, ``round_to`` = heads for ViTs, the classifier and detection heads ignored). This
+script builds the same models with the same ignored layers and settings (written here from
+its list) and prunes each with
+
+* ``magnitude``: Torch-Pruning's ``MagnitudePruner`` + ``MagnitudeImportance(p=1)`` (the example);
+* ``proj``: the same pruner with :class:`projprune.ProjectiveImportance`;
+* ``proj_comp``: :class:`~projprune.CompensatingPruner`, data-free (``CalibratedProjectiveImportance(data_free=True)``);
+* ``proj_calib``: :class:`~projprune.CompensatingPruner` calibrated on one batch of random images
+  (``CalibratedProjectiveImportance(flops_aware=True)``), as ``engine.registry`` builds them.
+
+Every (model, method) runs in its own subprocess, so peak memory (``ru_maxrss``) is its own.
+Per run: ``pruned`` or the first line of the error, the pruning time (pruner construction +
+step, calibration included), its ratio to magnitude's time on the same model, peak memory,
+parameters kept, and the mean relative output change ``‖f'(x) − f(x)‖ / ‖f(x)‖`` over the
+first ``--probe`` images of the calibration batch and of a fresh batch (detection models: the backbone's
+feature maps, as their box lists differ in length). The last lines give, over the models where
+both finished, the median ratio of ``proj_calib``'s (and ``proj_comp``'s) output change to
+magnitude's.
+
+    PYTHONPATH=. python benchmarks/tp_examples.py --models alexnet,vgg16 --input-size 64
+    PYTHONPATH=. python benchmarks/tp_examples.py --models vit_b_16 --methods magnitude,proj_calib
+    PYTHONPATH=. python benchmarks/tp_examples.py            # every model of the example (hours)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from engine.harness import parse_config, run_cli, split_list
+from engine.report import markdown_table
+
+CLASSIFICATION = [
+    "alexnet", "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14",
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+    "densenet121", "densenet169", "densenet201", "densenet161",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s", "efficientnet_v2_m",
+    "efficientnet_v2_l", "googlenet", "inception_v3", "mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3",
+    "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+    "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
+    "regnet_y_32gf", "regnet_y_128gf",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+    "wide_resnet50_2", "wide_resnet101_2", "squeezenet1_0", "squeezenet1_1",
+    "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+]
+SEGMENTATION = ["fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
+                "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
+DETECTION = ["ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
+             "fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fcos_resnet50_fpn",
+             "keypointrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2"]
+MODELS = CLASSIFICATION + SEGMENTATION + DETECTION
+METHODS = ["magnitude", "proj", "proj_comp", "proj_calib"]
+
+
+@dataclass
+class TPExamplesConfig:
+    models: str = field(default=",".join(MODELS), metadata={"help": "comma-separated torchvision model names"})
+    methods: str = field(default=",".join(METHODS), metadata={"help": f"comma-separated of {METHODS}"})
+    input_size: int = field(default=0, metadata={"help": "image side (0: the example's, 224 / 299 for "
+                                                         "inception_v3 / 300x400 and 500x400 for detection)"})
+    batch: int = field(default=32, metadata={"help": "calibration images (proj_calib's one batch; detection: a "
+                                                     "list of images)"})
+    probe: int = field(default=8, metadata={"help": "images the output change is measured on: the first of the "
+                                                    "calibration batch, and a fresh batch of as many"})
+    ratio: float = field(default=0.5, metadata={"help": "pruning ratio (the example's 0.5)"})
+    timeout: float = field(default=1800.0, metadata={"help": "seconds per (model, method) before it is stopped"})
+    threads: int = field(default=1, metadata={"help": "torch threads per run"})
+    seed: int = 0
+    worker: str = field(default="", metadata={"help": "internal: run one 'model:method' and print its JSON"})
+
+
+# --------------------------------------------------------------------------- the example's models
+def kind_of(name: str) -> str:
+    return "detection" if name in DETECTION else "segmentation" if name in SEGMENTATION else "classification"
+
+
+def build_model(name: str, input_size: int) -> nn.Module:
+    """The example's construction of ``name`` (random weights; trainable backbones, no aux heads)."""
+    import torchvision.models as tvm
+    import torchvision.models.detection as tvd
+    import torchvision.models.segmentation as tvs
+
+    if name.startswith("vit_"):  # torchvision zero-initialises the head: random, so the output change is measurable
+        model = getattr(tvm, name)(image_size=input_size) if input_size else getattr(tvm, name)()
+        nn.init.normal_(model.heads.head.weight, std=model.heads.head.in_features ** -0.5)
+        return model
+    if name in ("googlenet", "inception_v3"):
+        return getattr(tvm, name)(aux_logits=False, init_weights=True)
+    if name in SEGMENTATION:  # random weights: no backbone download (the example's machine had them cached)
+        extra = {} if name.startswith("lraspp") else {"aux_loss": None}
+        return getattr(tvs, name)(weights=None, weights_backbone=None, **extra)
+    if name in DETECTION:
+        builder = getattr(tvd, name)
+        if name.startswith("ssd"):
+            return builder(weights=None, weights_backbone=None)
+        return builder(weights=None, weights_backbone=None, trainable_backbone_layers=5)
+    return getattr(tvm, name)()
+
+
+def ignored_layers(model: nn.Module, name: str) -> list[nn.Module]:
+    """The example's ignored layers: 1000-way classifiers and the detection heads; and (not in the
+    example, which halves them) the segmentation models' 21-class output convs, so that every method
+    keeps the outputs whose change is measured (our compensating importances never score them)."""
+    ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1000]
+    if name in SEGMENTATION:
+        ignored += [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 21]
+    if name.startswith("ssd"):
+        ignored.append(model.head)
+    if name.startswith("fasterrcnn"):
+        ignored += [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, model.backbone.fpn, model.roi_heads]
+    if name == "fcos_resnet50_fpn":
+        ignored += [model.head.classification_head.cls_logits, model.head.regression_head.bbox_reg,
+                    model.head.regression_head.bbox_ctrness]
+    if name == "keypointrcnn_resnet50_fpn":
+        ignored += [model.rpn.head.cls_logits, model.backbone.fpn.layer_blocks, model.rpn.head.bbox_pred,
+                    model.roi_heads.box_head, model.roi_heads.box_predictor, model.roi_heads.keypoint_predictor]
+    if name == "maskrcnn_resnet50_fpn_v2":
+        ignored += [model.rpn.head.cls_logits, model.rpn.head.bbox_pred, model.roi_heads.box_predictor,
+                    model.roi_heads.mask_predictor]
+    if name == "retinanet_resnet50_fpn_v2":
+        ignored += [model.head.classification_head.cls_logits, model.head.regression_head.bbox_reg]
+    return ignored
+
+
+def make_inputs(name: str, input_size: int, batch: int, probe: int, generator: torch.Generator):
+    """``(example_inputs, calibration batch, fresh batch)`` in the example's structure: a tensor, or
+    for detection a list of images (two for the example, of two sizes); ``batch`` calibration and
+    ``probe`` fresh images."""
+    if kind_of(name) == "detection":
+        sizes = [(input_size, input_size)] * 2 if input_size else [(300, 400), (500, 400)]
+
+        def images(count: int) -> list[torch.Tensor]:
+            return [torch.rand(3, *sizes[i % 2], generator=generator) for i in range(count)]
+
+        return images(2), images(batch), images(probe)
+    side = input_size or (299 if name == "inception_v3" else 224)
+
+    def tensor(count: int) -> torch.Tensor:
+        return torch.randn(count, 3, side, side, generator=generator)
+
+    return tensor(1), tensor(batch), tensor(probe)
+
+
+def probe_output(model: nn.Module, name: str, inputs) -> torch.Tensor:
+    """``(samples, features)`` float64: what the output change is measured on."""
+    with torch.no_grad():
+        if kind_of(name) == "detection":
+            captured = []
+            handle = model.backbone.register_forward_hook(lambda m, i, out: captured.append(out))
+            try:
+                model(inputs)
+            finally:
+                handle.remove()
+            maps = captured[0].values() if isinstance(captured[0], dict) else [captured[0]]
+            return torch.cat([m.flatten(1) for m in maps], dim=1).double()
+        out = model(inputs)
+        if isinstance(out, dict):
+            out = out["out"]
+        return out.flatten(1).double()
+
+
+def relative_change(after: torch.Tensor, before: torch.Tensor) -> float:
+    """Mean over samples of ``‖after − before‖ / ‖before‖``."""
+    if after.shape != before.shape:
+        return float("nan")
+    return float(((after - before).norm(dim=1) / before.norm(dim=1).clamp_min(1e-30)).mean())
+
+
+def build_pruner(model: nn.Module, name: str, method: str, example_inputs, calibration_batch, ratio: float):
+    import torch_pruning as tp
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from projprune import ProjectiveImportance
+    from projprune.compensation import CalibratedProjectiveImportance, CompensatingPruner
+
+    settings = dict(iterative_steps=1, pruning_ratio=ratio, global_pruning=False,
+                    ignored_layers=ignored_layers(model, name),
+                    round_to=model.encoder.layers[0].num_heads if isinstance(model, VisionTransformer) else None)
+    if method == "magnitude":
+        return tp.pruner.MagnitudePruner(model, example_inputs, tp.importance.MagnitudeImportance(p=1), **settings)
+    if method == "proj":
+        return tp.pruner.MagnitudePruner(model, example_inputs, ProjectiveImportance(), **settings)
+    if method == "proj_comp":
+        return CompensatingPruner(model, example_inputs, CalibratedProjectiveImportance(data_free=True), **settings)
+    if method == "proj_calib":
+        return CompensatingPruner(model, example_inputs, CalibratedProjectiveImportance(flops_aware=True),
+                                  calibration=lambda: [calibration_batch], **settings)
+    raise ValueError(f"--methods: expected names from {METHODS}, got {method!r}")
+
+
+def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
+    """Build, prune and measure one (model, method) in this process."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    model = build_model(name, cfg.input_size).eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    example_inputs, calibration_batch, fresh_batch = make_inputs(name, cfg.input_size, cfg.batch, cfg.probe,
+                                                                 generator)
+    probes = (calibration_batch[:cfg.probe], fresh_batch)
+    params = sum(p.numel() for p in model.parameters())
+    before = [probe_output(model, name, b) for b in probes]
+    row = {"model": name, "method": method, "status": "pruned", "params_kept": "", "time_s": "",
+           "change_calib": "", "change_fresh": ""}
+    start = time.perf_counter()
+    try:
+        pruner = build_pruner(model, name, method, example_inputs, calibration_batch, cfg.ratio)
+        pruner.step()
+        if isinstance(model, VisionTransformer):
+            model.hidden_dim = model.conv_proj.out_channels
+        elapsed = time.perf_counter() - start
+        after = [probe_output(model, name, b) for b in probes]
+    except Exception as err:  # noqa: BLE001 - the table reports the first line of any failure
+        row["status"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
+        row["time_s"] = f"{time.perf_counter() - start:.1f}"
+    else:
+        row["time_s"] = f"{elapsed:.1f}"
+        row["params_kept"] = f"{sum(p.numel() for p in model.parameters()) / params:.2f}"
+        row["change_calib"] = f"{relative_change(after[0], before[0]):.4g}"
+        row["change_fresh"] = f"{relative_change(after[1], before[1]):.4g}"
+    row["peak_mb"] = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+    return row
+
+
+def run_isolated(name: str, method: str, cfg: TPExamplesConfig, argv: list[str]) -> dict:
+    """``run_one`` in a subprocess (its own peak memory), stopped after ``cfg.timeout`` seconds."""
+    command = [sys.executable, "-m", "benchmarks.tp_examples", *argv, "--worker", f"{name}:{method}"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads))
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=cfg.timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "method": method, "status": f"stopped after {cfg.timeout:.0f} s",
+                "time_s": f">{time.perf_counter() - start:.0f}"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        error = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        status = f"exit {done.returncode}: {error[-1] if error else ''}"
+        return {"model": name, "method": method, "status": status[:160]}
+    return json.loads(lines[-1])
+
+
+def summarise(rows: list[dict]) -> list[str]:
+    """Median ratios of the compensating methods' output change to magnitude's, where both pruned."""
+    by_key = {(r["model"], r["method"]): r for r in rows}
+    lines = []
+    for method in ("proj", "proj_comp", "proj_calib"):
+        for column in ("change_calib", "change_fresh"):
+            ratios = []
+            for (model, m), row in by_key.items():
+                base = by_key.get((model, "magnitude"))
+                if m != method or not base or row.get("status") != "pruned" or base.get("status") != "pruned":
+                    continue
+                if float(base[column]) > 0:
+                    ratios.append(float(row[column]) / float(base[column]))
+            if ratios:
+                lines.append(f"median {method}/magnitude {column}: {statistics.median(ratios):.3f} "
+                             f"over {len(ratios)} models")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(TPExamplesConfig, argv, description=__doc__.splitlines()[0])
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.worker:
+        name, _, method = cfg.worker.partition(":")
+        print(json.dumps(run_one(name, method, cfg)))
+        return []
+    models = split_list(cfg.models, name="--models", unique=True)
+    methods = split_list(cfg.methods, name="--methods", unique=True)
+    if not models or any(m not in MODELS for m in models):
+        raise ValueError(f"--models: expected names from {MODELS}, got {cfg.models!r}")
+    if not methods or any(m not in METHODS for m in methods):
+        raise ValueError(f"--methods: expected names from {METHODS}, got {cfg.methods!r}")
+    if cfg.input_size < 0 or cfg.batch < 1 or not 1 <= cfg.probe <= cfg.batch or not 0 < cfg.ratio < 1 \
+            or cfg.timeout <= 0:
+        raise ValueError("--input-size must be >= 0, --batch >= 1, --probe in [1, --batch], --ratio in (0, 1), "
+                         "--timeout > 0")
+    rows = []
+    for name in models:
+        for method in methods:
+            row = run_isolated(name, method, cfg, argv)
+            base = next((r for r in rows if r["model"] == name and r["method"] == "magnitude"), None)
+            if base and base.get("status") == "pruned" and row.get("status") == "pruned":
+                row["x_magnitude_time"] = f"{float(row['time_s']) / max(float(base['time_s']), 1e-3):.1f}"
+            rows.append(row)
+            print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
+    columns = ["model", "method", "status", "time_s", "x_magnitude_time", "peak_mb", "params_kept",
+               "change_calib", "change_fresh"]
+    print(markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns=columns))
+    for line in summarise(rows):
+        print(line)
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main, prog="tp_examples")
