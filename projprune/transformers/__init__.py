@@ -11,6 +11,7 @@ See :mod:`~projprune.transformers.families` for the supported architectures and
 :mod:`~projprune.transformers.prunenet` for the PruneNet baseline.
 """
 
+from projprune.transformers.blocks import BLOCK_METHODS, BlocksReport, prune_blocks
 from projprune.transformers.families import (
     ATTENTION_FAMILIES,
     FAMILIES,
@@ -46,6 +47,7 @@ from projprune.transformers.prunenet import (
 
 __all__ = [
     "ATTENTION_FAMILIES",
+    "BLOCK_METHODS",
     "CALIBRATED_HEAD_METHODS",
     "FAMILIES",
     "FFN_METHODS",
@@ -54,6 +56,7 @@ __all__ = [
     "WIDTHS_KEY",
     "AttentionBlock",
     "AttentionFamily",
+    "BlocksReport",
     "FFNBlock",
     "FFNFamily",
     "HeadCurve",
@@ -69,6 +72,7 @@ __all__ = [
     "head_curves",
     "load_policy",
     "policy_filename",
+    "prune_blocks",
     "prune_ffn",
     "prune_heads",
     "resize_attention_blocks",

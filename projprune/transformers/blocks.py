@@ -1,0 +1,450 @@
+"""Prune whole transformer blocks: attention heads and FFN units in one call (docs/algorithm.md §8.3).
+
+    >>> from projprune.transformers import prune_blocks
+    >>> report = prune_blocks(model, 0.5, "calib", calibration=batches, global_mode=True)
+
+``ratio`` is the fraction of the parameters of the attention and FFN projections removed (both
+counted, whatever ``parts`` prunes, so ``parts=("ffn",)`` and ``parts=("heads", "ffn")`` at one
+ratio remove the same number of parameters). A head owns its query/key/value rows and its
+output-projection columns (:meth:`AttentionBlock.params_per_unit`); an FFN unit its input rows (and
+biases) and its output-projection column.
+
+Per-layer counts:
+
+- uniform (``global_mode=False``): every layer loses ``round(ratio × heads)`` heads and the FFN
+  units fill the rest of the budget, spread over the layers in proportion to their FFN sizes
+  (cumulative rounding), so the total is within half an FFN unit of the target unless the heads
+  alone overshoot it.
+- global (``global_mode=True``): all (layer, part) removal sequences are merged cheapest-first until
+  the budget is met. For ``calib`` a removal's cost is its OBS cost ``tr(V_R (P_RR)⁻¹ V_Rᵀ)``
+  (heads: groups of output-projection inputs; FFN units: ``|R| = 1``, ``‖u_i‖²/P[i, i]`` with the
+  compensated column ``u_i``), marginal along the greedy (after the earlier removals'
+  compensation), divided by the layer's output energy ``E_l = tr(V_att C_att V_attᵀ) + tr(V_ffn
+  C_ffn V_ffnᵀ)`` (the centred variance both output projections add to the residual stream per
+  token) and by the parameters the unit owns: relative squared output error per parameter removed.
+  One-shot baselines rank their per-(layer, part) normalised scores (``l2``, ``act_norm``: divided
+  by the sum, per parameter; ``flap``, ``wanda_sp``: standardised, FLAP's adaptive structure search).
+
+``sequential=True``: the statistics of layer ``l`` are collected on the model whose layers ``< l``
+(and, for the FFN, layer ``l``'s heads) are already pruned, as SparseGPT and ZipLM do; the global
+allocation itself comes from one pass over the unpruned model.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from projprune.calibration import ActivationStats, collect_activation_stats
+from projprune.greedy import _make_state
+from projprune.methods import baseline_scores, standardised, wanda_scores
+from projprune.options import resolve_options
+from projprune.transformers.families import AttentionBlock, FFNBlock, find_attention_blocks, find_ffn_blocks
+from projprune.transformers.heads import _apply as _apply_head_plans
+from projprune.transformers.heads import _check_blocks as _check_attention_blocks
+from projprune.transformers.heads import _Plan as _HeadPlan
+from projprune.transformers.heads import head_curves, prune_heads
+from projprune.transformers.prune import (
+    FFN_METHODS,
+    _apply_plans,
+    _check_calibration,
+    _work_dtype,
+    plan_units,
+)
+from projprune.transformers.prune import _check_blocks as _check_ffn_blocks
+
+__all__ = ["BLOCK_METHODS", "BlocksReport", "prune_blocks"]
+
+#: Methods of :func:`prune_blocks` (each names the method used for heads and for FFN units).
+BLOCK_METHODS: dict[str, str] = {
+    "l2": "smallest output-projection column norms (heads) / input-row norms (FFN units)",
+    "flap": "FLAP: fluctuation scores, removed units' mean into the output biases",
+    "wanda_sp": "structured Wanda: ‖h_i‖·Σ|v_i| summed over the unit's output-projection columns, no compensation",
+    "act_norm": "activation-norm scores, least-squares refit of the output projections, mean correction",
+    "calib": "greedy (group) OBS with compensation and mean correction, heads and FFN units",
+}
+PARTS = ("heads", "ffn")
+_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio"})
+
+
+@dataclass
+class BlocksReport:
+    """The outcome of :func:`prune_blocks`.
+
+    ``heads_*`` count units of :func:`prune_heads` (heads, or key/value groups); ``block_params_*``
+    the attention + FFN projection parameters actually present (mean correction may create
+    output biases); ``removed_params`` the parameters of the removed units and ``target_params``
+    ``ratio`` times ``block_params_before``.
+    """
+
+    method: str
+    ratio: float
+    parts: tuple[str, ...]
+    global_mode: bool
+    sequential: bool
+    heads_before: list[int]
+    heads_after: list[int]
+    ffn_before: list[int]
+    ffn_after: list[int]
+    target_params: int
+    removed_params: int
+    block_params_before: int
+    block_params_after: int
+    params_before: int
+    params_after: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def param_reduction(self) -> float:
+        """Fraction of all model parameters removed."""
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+
+@dataclass
+class _Part:
+    """The blocks of one part and per block: units, parameters per unit."""
+
+    name: str
+    blocks: list
+    units: list[int]
+    sizes: list[int]
+
+
+def _ffn_unit_params(block: FFNBlock) -> int:
+    per_input = sum(p.numel() for layer in block.inputs for p in layer.parameters(recurse=False)) // block.width
+    return per_input + block.output.weight.numel() // block.width
+
+
+# --------------------------------------------------------------------------- checks
+def _check_arguments(ratio, method, parts, global_mode, sequential, options) -> tuple[str, ...]:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
+            or not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"ratio must be a number in [0, 1) (fraction of the attention + FFN parameters removed), "
+                         f"got {ratio!r}")
+    if not isinstance(method, str) or method not in BLOCK_METHODS:
+        raise ValueError(f"method must be one of {sorted(BLOCK_METHODS)}, got {method!r}")
+    if isinstance(parts, str) or not isinstance(parts, Iterable):
+        raise ValueError(f"parts must be a tuple of {PARTS} (e.g. ('heads', 'ffn')), got {parts!r}")
+    parts = tuple(parts)
+    if not parts or len(set(parts)) != len(parts) or any(p not in PARTS for p in parts):
+        raise ValueError(f"parts must be a non-empty tuple of distinct names from {PARTS}, got {parts!r}")
+    for name, value in (("global_mode", global_mode), ("sequential", sequential)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise ValueError(f"prune_blocks does not take option(s) {unknown}; it takes {sorted(_OPTIONS)}")
+    if options.get("gram_dtype") not in (None, torch.bfloat16):
+        raise ValueError(f"gram_dtype must be None or torch.bfloat16, got {options['gram_dtype']!r}")
+    cap = options.get("max_unit_ratio", 0.9)
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0.0 < cap < 1.0:
+        raise ValueError(f"max_unit_ratio must be in (0, 1) (most of a layer's units global mode removes), got {cap!r}")
+    return tuple(p for p in PARTS if p in parts)
+
+
+def _find_parts(model: nn.Module, parts: Sequence[str]) -> tuple[_Part | None, _Part | None, int]:
+    """Attention and FFN parts (None when not pruned) and the attention + FFN parameter count."""
+    ffn = find_ffn_blocks(model)
+    try:
+        attention = find_attention_blocks(model)
+    except ValueError:
+        if "heads" in parts:
+            raise
+        attention = []
+    total = sum(b.num_parameters() for b in ffn) + sum(b.num_parameters() for b in attention)
+    heads = _Part("heads", attention, [b.units for b in attention], [b.params_per_unit() for b in attention])
+    units = _Part("ffn", ffn, [b.width for b in ffn], [_ffn_unit_params(b) for b in ffn])
+    return (heads if "heads" in parts else None), (units if "ffn" in parts else None), total
+
+
+# --------------------------------------------------------------------------- allocation
+def _spread(target: float, part: _Part) -> list[int]:
+    """Units per block removing about ``target`` parameters, in proportion to the blocks' sizes
+    (cumulative rounding: the total is within half a unit of the target)."""
+    weights = [u * s for u, s in zip(part.units, part.sizes)]
+    amounts, done, acc = [], 0, 0.0
+    for w, size in zip(weights, part.sizes):
+        acc += target * w / sum(weights) / size
+        amounts.append(max(0, int(round(acc)) - done))
+        done += amounts[-1]
+    return amounts
+
+
+def _uniform(ratio: float, heads: _Part | None, ffn: _Part | None, target: float) -> tuple[list[int], list[int]]:
+    if heads is None:
+        return [], _spread(target, ffn)
+    if ffn is None:
+        return _spread(target, heads), []
+    head_amounts = [int(round(ratio * u)) for u in heads.units]
+    # the heads alone must not overshoot the budget: drop heads from the last layers
+    while sum(a * s for a, s in zip(head_amounts, heads.sizes)) > target and any(head_amounts):
+        last = max(i for i, a in enumerate(head_amounts) if a)
+        head_amounts[last] -= 1
+    removed = sum(a * s for a, s in zip(head_amounts, heads.sizes))
+    return head_amounts, _spread(target - removed, ffn)
+
+
+def _merge(sequences: list[tuple[torch.Tensor, int]], target: float) -> list[int]:
+    """How many of each sequence's first entries to take, cheapest key first, until ``target`` parameters.
+
+    ``sequences``: per (layer, part) the keys of its removals in order and the parameters each removes.
+    A removal that would leave the total farther from the target than skipping it closes its sequence.
+    """
+    counts = [0] * len(sequences)
+    heap = [(float(keys[0]), i) for i, (keys, _) in enumerate(sequences) if len(keys)]
+    heapq.heapify(heap)
+    removed = 0
+    while heap and removed < target:
+        _, i = heapq.heappop(heap)
+        keys, size = sequences[i]
+        if removed + size - target > target - removed:
+            continue  # overshoots by more than it would miss: this sequence is done
+        counts[i] += 1
+        removed += size
+        if counts[i] < len(keys):
+            heapq.heappush(heap, (float(keys[counts[i]]), i))
+    return counts
+
+
+def _energy(V: torch.Tensor, st: ActivationStats) -> float:
+    """``tr(V C Vᵀ)``: the centred variance a layer's output carries per token."""
+    C = st.covariance()
+    Vd = V.double().to(C.device)
+    return float(((Vd @ C) * Vd).sum())
+
+
+def _ffn_calib_curve(block: FFNBlock, st: ActivationStats, amount: int) -> torch.Tensor:
+    """The ``calib`` greedy's first ``amount`` removals: each one's OBS cost ``‖u_i‖²/P[i, i]``, ``(amount,)``."""
+    opts = resolve_options(FFN_METHODS["calib"].options, {})
+    W = _work_dtype(block.unit_weight())
+    V = _work_dtype(block.output_weight()).to(W.dtype)
+    state = _make_state(opts, W, None, V, st, amount, torch.float64)
+    costs = torch.empty(amount, dtype=torch.float64)
+    for step in range(amount):
+        i = int(torch.argmin(state.distances()))  # the greedy's own choice (as _drive makes it)
+        costs[step] = float(state.u_sq[i] / state.diag[i])
+        state.remove(i, 1.0)
+    return costs
+
+
+def _wanda_head_scores(block: AttentionBlock, st: ActivationStats) -> torch.Tensor:
+    per_channel = wanda_scores(block.output_weight(), st)
+    return per_channel.reshape(block.units, block.unit_channels).sum(dim=1)
+
+
+def _head_sequences(method, heads: _Part, stats, energies: list[tuple[float, float]]) -> list[tuple[torch.Tensor, int]]:
+    if method == "wanda_sp":
+        scores = [standardised(_wanda_head_scores(b, st)) for b, st in zip(heads.blocks, stats)]
+        return [(torch.sort(s).values[: u - 1], size) for s, u, size in zip(scores, heads.units, heads.sizes)]
+    curves = head_curves(heads.blocks, method, stats)
+    sequences = []
+    for li, (curve, size) in enumerate(zip(curves, heads.sizes)):
+        keys = curve.costs.double()
+        if method == "calib":  # head_curves divides by the attention energy: bring it to the layer's
+            keys = keys * energies[li][0] / energies[li][1] / size
+        elif method in ("l2", "act_norm"):
+            keys = keys / size
+        sequences.append((keys, size))
+    return sequences
+
+
+def _ffn_sequences(method, ffn: _Part, stats, energies: list[tuple[float, float]], cap: float,
+                   progress: bool) -> list[tuple[torch.Tensor, int]]:
+    caps = [min(u - 1, int(math.ceil(cap * u))) for u in ffn.units]
+    if method == "calib":
+        sequences = []
+        for li, (block, st, amount, size) in enumerate(zip(_bar(ffn.blocks, "FFN cost curves", progress), stats,
+                                                           caps, ffn.sizes)):
+            sequences.append((_ffn_calib_curve(block, st, amount) / energies[li][1] / size, size))
+        return sequences
+    Ws = [_work_dtype(b.unit_weight()) for b in ffn.blocks]
+    Vs = [_work_dtype(b.output_weight()) for b in ffn.blocks]
+    scores = baseline_scores(Ws, FFN_METHODS[method], None, Vs, stats)
+    per_param = method in ("l2", "act_norm")
+    return [(torch.sort(s / size if per_param else s).values[:amount], size)
+            for s, size, amount in zip(scores, ffn.sizes, caps)]
+
+
+def _global(method, heads, ffn, head_stats, ffn_stats, target, cap, progress) -> tuple[list[int], list[int]]:
+    # calib: per block (its own output energy, the energy its costs are divided by); the layer's energy
+    # is the sum of its attention and FFN energies when the blocks pair up layer by layer
+    att, mlp = ([], [])
+    if method == "calib":
+        att = [max(_energy(b.output_weight(), st), 1e-300) for b, st in zip(heads.blocks, head_stats)] if heads else []
+        mlp = [max(_energy(b.output_weight(), st), 1e-300) for b, st in zip(ffn.blocks, ffn_stats)] if ffn else []
+    paired = len(att) == len(mlp)
+    head_energy = [(e, e + mlp[li] if paired else e) for li, e in enumerate(att)]
+    ffn_energy = [(e, e + att[li] if paired else e) for li, e in enumerate(mlp)]
+    sequences = (_head_sequences(method, heads, head_stats, head_energy) if heads else []) + \
+        (_ffn_sequences(method, ffn, ffn_stats, ffn_energy, cap, progress) if ffn else [])
+    counts = _merge(sequences, target)
+    split = len(heads.blocks) if heads else 0
+    return counts[:split], counts[split:]
+
+
+# --------------------------------------------------------------------------- writing
+def _bar(items: Sequence, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=not enabled, leave=False)
+
+
+def _placeholder(n: int) -> ActivationStats:
+    """Statistics of a block that loses nothing in this call (prune_heads wants one per block)."""
+    st = ActivationStats(n)
+    st.update(torch.zeros(1, n, dtype=torch.float64))
+    return st
+
+
+def _prune_heads(model, method, heads: _Part, amounts, stats) -> None:
+    if method == "wanda_sp":  # no compensation: slice the lowest-scoring heads
+        plans = []
+        for block, amount, st in zip(heads.blocks, amounts, stats):
+            keep = torch.ones(block.units, dtype=torch.bool)
+            if amount:
+                keep[torch.sort(_wanda_head_scores(block, st), stable=True).indices[:amount]] = False
+            plans.append(_HeadPlan(keep))
+        with torch.no_grad():
+            _apply_head_plans(model, heads.blocks, plans)
+        return
+    prune_heads(model, 0.0, method, amounts=list(amounts), stats=None if method == "l2" else list(stats))
+
+
+def _prune_ffn(model, method, ffn: _Part, indices: Sequence[int], amounts, stats) -> None:
+    blocks = [ffn.blocks[i] for i in indices]
+    plans, _ = plan_units(blocks, FFN_METHODS[method], [amounts[i] for i in indices], None, {},
+                          None if method == "l2" else stats)
+    _apply_plans(model, blocks, plans, ffn.blocks)
+
+
+def _collect(model, layers, calibration, options, max_batches, progress) -> list[ActivationStats]:
+    from tqdm.auto import tqdm
+
+    total = len(calibration) if hasattr(calibration, "__len__") else None
+    with tqdm(total=total, desc="calibration batches", disable=not progress, leave=False) as bar:
+        return collect_activation_stats(model, layers, calibration, max_batches=max_batches,
+                                        gram_dtype=options.get("gram_dtype"), callback=lambda _i: bar.update(1))
+
+
+# --------------------------------------------------------------------------- entry point
+def prune_blocks(
+    model: nn.Module,
+    ratio: float,
+    method: str = "calib",
+    calibration: Iterable[Any] | None = None,
+    *,
+    parts: Sequence[str] = PARTS,
+    global_mode: bool = False,
+    sequential: bool = False,
+    max_batches: int | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> BlocksReport:
+    """Remove ``ratio`` of the attention + FFN projection parameters of ``model`` in place.
+
+    Args:
+        model: a ``transformers`` model supported by both :func:`prune_heads` and :func:`prune_ffn`.
+        ratio: fraction of the attention + FFN projection parameters removed, ``0 <= ratio < 1``.
+        method: a key of :data:`BLOCK_METHODS` (the same method for heads and FFN units).
+        calibration: model inputs for the calibrated methods (all but ``l2``, which refuses them).
+        parts: what to prune, ``("heads", "ffn")`` or one of them (the budget is the same).
+        global_mode: per-(layer, part) counts from comparable costs (module docstring); else uniform.
+        sequential: collect each layer's statistics after the previous layers were pruned.
+        max_batches: use at most this many calibration batches per collection.
+        progress: tqdm bars.
+        **options: ``gram_dtype`` (``torch.bfloat16``: opt-in low-precision statistics products,
+            :class:`~projprune.ActivationStats`), ``max_unit_ratio`` (global mode: at most this
+            fraction of a block's FFN units, default 0.9; heads: all but one).
+
+    Returns:
+        :class:`BlocksReport`.
+
+    Raises:
+        ValueError: bad ``ratio``/``method``/``parts``/option, missing/unwanted calibration,
+            unsupported, tied, parametrized or non-finite projections, or a budget the parts cannot
+            meet (every block keeps one unit); raised before the model is modified.
+    """
+    parts = _check_arguments(ratio, method, parts, global_mode, sequential, options)
+    spec = FFN_METHODS[method]
+    _check_calibration(method, spec, calibration)
+    ratio = float(ratio)
+    heads, ffn, total = _find_parts(model, parts)
+    if heads is not None:
+        _check_attention_blocks(model, heads.blocks)
+    if ffn is not None:
+        _check_ffn_blocks(model, ffn.blocks)
+    target = ratio * total
+    capacity = sum((u - 1) * s for p in (heads, ffn) if p is not None for u, s in zip(p.units, p.sizes))
+    if target > capacity:
+        raise ValueError(f"ratio {ratio} removes {target:.0f} of {total} attention + FFN parameters but parts "
+                         f"{parts} hold only {capacity} removable ones (every block keeps a unit); use a smaller "
+                         "ratio or more parts")
+    heads_before = [b.units for b in heads.blocks] if heads else []
+    ffn_before = [b.width for b in ffn.blocks] if ffn else []
+    params_before = sum(p.numel() for p in model.parameters())
+    start = time.perf_counter()
+    needs_stats = method != "l2"
+    head_stats = ffn_stats = None
+    if needs_stats and (global_mode or not sequential):
+        layers = ([b.output for b in heads.blocks] if heads else []) + ([b.output for b in ffn.blocks] if ffn else [])
+        stats = _collect(model, layers, calibration, options, max_batches, progress)
+        split = len(heads.blocks) if heads else 0
+        head_stats, ffn_stats = stats[:split], stats[split:]
+    if global_mode and ratio > 0:
+        head_amounts, ffn_amounts = _global(method, heads, ffn, head_stats, ffn_stats, target,
+                                            float(options.get("max_unit_ratio", 0.9)), progress)
+    else:
+        head_amounts, ffn_amounts = _uniform(ratio, heads, ffn, target)
+    too_many = [(p.name, b.name, a, u) for p, amounts in ((heads, head_amounts), (ffn, ffn_amounts)) if p
+                for b, a, u in zip(p.blocks, amounts, p.units) if a >= u]
+    if too_many:
+        raise ValueError(f"ratio {ratio} would remove every unit of {too_many} (part, block, removed, units) in "
+                         "uniform mode; use a smaller ratio, more parts or global_mode=True")
+    removed = sum(a * s for p, amounts in ((heads, head_amounts), (ffn, ffn_amounts)) if p
+                  for a, s in zip(amounts, p.sizes))
+    if not sequential:
+        if heads is not None and any(head_amounts):
+            _prune_heads(model, method, heads, head_amounts, head_stats)
+        if ffn is not None and any(ffn_amounts):
+            _prune_ffn(model, method, ffn, range(len(ffn.blocks)), ffn_amounts, ffn_stats)
+    else:
+        layers = max(len(heads.blocks) if heads else 0, len(ffn.blocks) if ffn else 0)
+        for li in _bar(range(layers), "layers (sequential)", progress):
+            if heads is not None and li < len(heads.blocks) and head_amounts[li]:
+                fresh = _collect(model, [heads.blocks[li].output], calibration, options, max_batches, False) \
+                    if needs_stats else [None]
+                stats = [fresh[0] if i == li else _placeholder(b.channels) for i, b in enumerate(heads.blocks)]
+                _prune_heads(model, method, heads, [a if i == li else 0 for i, a in enumerate(head_amounts)], stats)
+            if ffn is not None and li < len(ffn.blocks) and ffn_amounts[li]:
+                fresh = _collect(model, [ffn.blocks[li].output], calibration, options, max_batches, False) \
+                    if needs_stats else None
+                _prune_ffn(model, method, ffn, [li], ffn_amounts, fresh)
+    attention_after = sum(b.num_parameters() for b in heads.blocks) if heads else 0
+    ffn_after = sum(b.num_parameters() for b in ffn.blocks) if ffn else 0
+    untouched = 0 if heads is not None else sum(b.num_parameters() for b in _safe_attention(model))
+    untouched += 0 if ffn is not None else sum(b.num_parameters() for b in find_ffn_blocks(model))
+    return BlocksReport(
+        method=method, ratio=ratio, parts=parts, global_mode=global_mode, sequential=sequential,
+        heads_before=heads_before, heads_after=[b.units for b in heads.blocks] if heads else [],
+        ffn_before=ffn_before, ffn_after=[b.width for b in ffn.blocks] if ffn else [],
+        target_params=int(round(target)), removed_params=removed, block_params_before=total,
+        block_params_after=attention_after + ffn_after + untouched,
+        params_before=params_before, params_after=sum(p.numel() for p in model.parameters()),
+        seconds=time.perf_counter() - start,
+        extra={"head_amounts": list(head_amounts), "ffn_amounts": list(ffn_amounts)},
+    )
+
+
+def _safe_attention(model: nn.Module) -> list[AttentionBlock]:
+    try:
+        return find_attention_blocks(model)
+    except ValueError:
+        return []
