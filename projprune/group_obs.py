@@ -25,7 +25,7 @@ import torch
 
 from projprune.solvers import regularised_inverse
 
-__all__ = ["GroupOBSResult", "group_removal_costs", "greedy_group_obs"]
+__all__ = ["GroupOBSResult", "compensate_removed", "group_removal_costs", "greedy_group_obs"]
 
 
 @dataclass
@@ -127,3 +127,26 @@ def greedy_group_obs(
     keep[order] = False
     return GroupOBSResult(keep=keep, order=torch.tensor(order, dtype=torch.long),
                           costs=torch.tensor(costs, dtype=torch.float64), weight=weight, precision=P)
+
+
+def compensate_removed(C: torch.Tensor, mu: torch.Tensor, V: torch.Tensor, keep: torch.Tensor,
+                       lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept columns after folding in the removed ones, and the bias change, in one solve.
+
+    ``V' = V_K + V_R A`` with ``A = C_RK (C_KK + λI)⁻¹`` (= ``V M[:, K] M_KK⁻¹``, what the greedy's
+    step-by-step compensation accumulates: the kept columns are not shrunk by the ridge), and
+    ``Δb = V μ − V' μ_K = V_R μ_R − V_R A μ_K``, which keeps the output's mean.
+
+    Args:
+        C: ``(n, n)`` centred covariance; mu: ``(n,)`` means; V: ``(k, n)``; keep: ``(n,)`` bool.
+        lam: absolute ridge ``λ > 0``.
+
+    Returns:
+        ``V': (k, n')`` and ``Δb: (k,)``, float64.
+    """
+    C, mu, V = C.to(torch.float64), mu.to(C.device, torch.float64), V.to(C.device, torch.float64)
+    keep = keep.to(C.device)
+    kept, removed = torch.nonzero(keep).flatten(), torch.nonzero(~keep).flatten()
+    A = C[removed][:, kept] @ regularised_inverse(C[kept][:, kept], lam, "the kept channels' calibration covariance")
+    V_new = V[:, kept] + V[:, removed] @ A
+    return V_new, V @ mu - V_new @ mu[kept]

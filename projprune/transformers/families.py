@@ -20,6 +20,12 @@ FFN width.
   looking at ``g`` alone would call units with equal gates but different ``u`` duplicates.
   One index set slices gate rows, up rows and down columns together.
 
+Attention blocks (:data:`ATTENTION_FAMILIES`, :class:`AttentionBlock`) are found the same way:
+query/key/value projections (GPT-2: the fused ``c_attn``) and the output projection, whose
+input channels are the heads' outputs side by side; a unit there is a head (with grouped-query
+attention a key/value head and its query heads). :func:`record_heads` and
+:func:`resize_attention_blocks` save and rebuild pruned head counts.
+
 Nothing here does file I/O; ``transformers`` is only imported to recognise ``Conv1D`` and
 ``PreTrainedModel``.
 """
@@ -31,16 +37,26 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 __all__ = [
     "FAMILIES",
     "WIDTHS_KEY",
+    "ATTENTION_FAMILIES",
+    "HEADS_KEY",
+    "HEADS_NOTE",
+    "AttentionBlock",
+    "AttentionFamily",
     "FFNBlock",
     "FFNFamily",
     "PER_LAYER_NOTE",
+    "check_projections",
     "config_owners",
+    "find_attention_blocks",
     "find_ffn_blocks",
     "guard_config",
+    "record_heads",
+    "resize_attention_blocks",
     "resize_ffn_blocks",
 ]
 
@@ -138,8 +154,30 @@ def _in_features(layer: nn.Module, conv1d: bool) -> int:
     return layer.weight.shape[0] if conv1d else layer.weight.shape[1]
 
 
+class _Projections:
+    """What FFN and attention blocks share: ``inputs`` producing units, the ``output`` projection reading them."""
+
+    family: FFNFamily | AttentionFamily
+    inputs: tuple[nn.Module, ...]
+    output: nn.Module
+
+    def output_weight(self) -> torch.Tensor:
+        """``V: (k, n)``: column ``i`` reads unit (channel) ``i``."""
+        weight = self.output.weight.detach()
+        return weight.t() if self.family.conv1d else weight
+
+    def output_bias(self) -> torch.Tensor | None:
+        bias = getattr(self.output, "bias", None)
+        return None if bias is None else bias.detach()
+
+    def num_parameters(self) -> int:
+        """Parameters of the block's projections (weights and biases)."""
+        layers = (*self.inputs, self.output)
+        return sum(p.numel() for layer in layers for p in layer.parameters(recurse=False))
+
+
 @dataclass
-class FFNBlock:
+class FFNBlock(_Projections):
     """One FFN block of a model: input projection(s), output projection and their owner.
 
     Unit matrices follow projprune's convention: ``W: (n, m)`` one row per hidden unit,
@@ -171,20 +209,6 @@ class FFNBlock:
         """``b: (n,)`` of the first input projection, or None."""
         bias = getattr(self.inputs[0], "bias", None)
         return None if bias is None else bias.detach()
-
-    def output_weight(self) -> torch.Tensor:
-        """``V: (k, n)``."""
-        weight = self.output.weight.detach()
-        return weight.t() if self.family.conv1d else weight
-
-    def output_bias(self) -> torch.Tensor | None:
-        bias = getattr(self.output, "bias", None)
-        return None if bias is None else bias.detach()
-
-    def num_parameters(self) -> int:
-        """Parameters of the block's projections (weights and biases)."""
-        layers = (*self.inputs, self.output)
-        return sum(p.numel() for layer in layers for p in layer.parameters(recurse=False))
 
     # ------------------------------------------------------------------ editing
     def _set_rows(self, layer: nn.Module, rows: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -399,7 +423,7 @@ ATTENTION_FAMILIES: dict[str, AttentionFamily] = {
 
 
 @dataclass
-class AttentionBlock:
+class AttentionBlock(_Projections):
     """One attention layer: its projections and the module that holds its head attributes.
 
     A *unit* is what :func:`projprune.transformers.prune_heads` removes: one head, or with
@@ -460,19 +484,6 @@ class AttentionBlock:
             total += sum(p.numel() for p in layer.parameters(recurse=False)) // out * (out // self.units)
         return total + self.output.weight.numel() // self.units
 
-    def num_parameters(self) -> int:
-        """Parameters of the block's projections (weights and biases)."""
-        return sum(p.numel() for layer in (*self.inputs, self.output) for p in layer.parameters(recurse=False))
-
-    def output_weight(self) -> torch.Tensor:
-        """``V: (k, n)``: column ``i`` reads channel ``i`` of the concatenated head outputs."""
-        weight = self.output.weight.detach()
-        return weight.t() if self.family.conv1d else weight
-
-    def output_bias(self) -> torch.Tensor | None:
-        bias = getattr(self.output, "bias", None)
-        return None if bias is None else bias.detach()
-
     # ------------------------------------------------------------------ editing
     def keep_units(self, keep_units: torch.Tensor, output_weight: torch.Tensor | None = None,
                    output_bias: torch.Tensor | None = None) -> None:
@@ -512,6 +523,34 @@ def _replace(layer: nn.Module, name: str, value: torch.Tensor) -> None:
     like = layer.weight if like is None else like
     layer.register_parameter(name, nn.Parameter(value.to(dtype=like.dtype, device=like.device).contiguous(),
                                                 requires_grad=like.requires_grad))
+
+
+def check_projections(model: nn.Module, blocks: Sequence[_Projections], what: str) -> None:
+    """Refuse what a write could not handle: meta, parametrized, tied or non-finite projections.
+
+    One ``ValueError`` naming the block (``what`` says its kind, e.g. ``"attention block"``).
+    """
+    owners_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners_of.setdefault(id(param), []).append(name)
+    for block in blocks:
+        for layer in (*block.inputs, block.output):
+            problem = None
+            if parametrize.is_parametrized(layer):
+                problem = (f"has a parametrized projection ({sorted(layer.parametrizations.keys())}); remove it with "
+                           "torch.nn.utils.parametrize.remove_parametrizations first")
+            for kind, param in layer.named_parameters(recurse=False):
+                if problem is not None:
+                    break
+                if param.is_meta:
+                    problem = f"has its {kind} on the meta device; expected materialised weights (load them first)"
+                elif len(owners_of.get(id(param), ())) > 1:
+                    problem = (f"shares its {kind} with {owners_of[id(param)]}; pruning would untie it silently: "
+                               "expected untied projections")
+                elif not bool(torch.isfinite(param.detach()).all()):
+                    problem = f"has NaN or Inf in a projection's {kind}; expected finite weights"
+            if problem is not None:
+                raise ValueError(f"model: {what} {block.name!r} {problem}")
 
 
 def _attention_block(name: str, module: nn.Module, family: AttentionFamily) -> AttentionBlock | None:

@@ -44,17 +44,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from projprune.calibration import ActivationStats, collect_activation_stats
 from projprune.greedy import _calibration, refit_next_layer
-from projprune.group_obs import greedy_group_obs, group_removal_costs
+from projprune.group_obs import compensate_removed, greedy_group_obs, group_removal_costs
 from projprune.methods import CALIB_LMBDA, CALIB_SELECT_LMBDA, fluctuation_scores, standardised
 from projprune.solvers import regularised_inverse
 from projprune.transformers.families import (
     HEADS_KEY,
     HEADS_NOTE,
     AttentionBlock,
+    check_projections,
     config_owners,
     find_attention_blocks,
     guard_config,
@@ -153,28 +153,8 @@ def _check_data(method: str, calibration: Any, stats: Any, blocks: Sequence[Atte
 
 
 def _check_blocks(model: nn.Module, blocks: Sequence[AttentionBlock]) -> None:
-    """Refuse what a write could not handle: meta, parametrized, tied or non-finite projections."""
-    owners_of: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        owners_of.setdefault(id(param), []).append(name)
-    for block in blocks:
-        for layer in (*block.inputs, block.output):
-            problem = None
-            if parametrize.is_parametrized(layer):
-                problem = (f"has a parametrized projection ({sorted(layer.parametrizations.keys())}); remove it with "
-                           "torch.nn.utils.parametrize.remove_parametrizations first")
-            for kind, param in layer.named_parameters(recurse=False):
-                if problem is not None:
-                    break
-                if param.is_meta:
-                    problem = f"has its {kind} on the meta device; expected materialised weights (load them first)"
-                elif len(owners_of.get(id(param), ())) > 1:
-                    problem = (f"shares its {kind} with {owners_of[id(param)]}; pruning would untie it silently: "
-                               "expected untied projections")
-                elif not bool(torch.isfinite(param.detach()).all()):
-                    problem = f"has NaN or Inf in a projection's {kind}; expected finite weights"
-            if problem is not None:
-                raise ValueError(f"model: attention block {block.name!r} {problem}")
+    """Refuse meta, parametrized, tied or non-finite attention projections (one ValueError, nothing changed)."""
+    check_projections(model, blocks, "attention block")
 
 
 def _amounts(blocks: Sequence[AttentionBlock], ratio: float) -> list[int]:
@@ -310,7 +290,12 @@ def _plan(block: AttentionBlock, keep: torch.Tensor, method: str, st: Activation
             return _Plan(keep)
         removed = ~channels.to(V.device)
         return _Plan(keep, None, base + V[:, removed] @ st.mean.to(V)[removed])
-    V_new, delta = refit_next_layer(V, st, channels.to(V.device), _lmbda(method, options), mean_correction)
+    if method == "act_norm":  # FFN act_norm's least-squares refit (kept columns refitted too)
+        V_new, delta = refit_next_layer(V, st, channels.to(V.device), _lmbda(method, options), mean_correction)
+    else:
+        C, mu, lam = _calibration(st, _lmbda(method, options), V.device, torch.float64)
+        V_new, delta = compensate_removed(C, mu, V, channels, lam)
+        delta = delta if mean_correction else None
     return _Plan(keep, V_new, None if delta is None else base + delta)
 
 
