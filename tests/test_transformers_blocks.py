@@ -161,3 +161,22 @@ def test_bad_input_is_one_value_error_before_any_change(args, kwargs, needle):
         prune_blocks(model, *args, **kwargs)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_hf_compare_prunes_heads_and_ffn_with_parts(tmp_path):
+    from engine.hf_compare import main
+
+    _bert(layers=2).save_pretrained(tmp_path / "bert")
+    (tmp_path / "text.txt").write_text("Heads and units leave together when a block is pruned. " * 30)
+    (tmp_path / "calib.txt").write_text("Calibration text is read once before anything is removed. " * 30)
+    rows = main(["--model", str(tmp_path / "bert"), "--text-file", str(tmp_path / "text.txt"), "--calibration-file",
+                 str(tmp_path / "calib.txt"), "--output-dir", str(tmp_path / "out"), "--seq-len", "16",
+                 "--max-chunks", "2", "--parts", "heads,ffn", "--ratio", "0.4", "--methods", "l2,calib"])
+    assert [r["method"] for r in rows] == ["dense", "l2", "calib"]
+    for row in rows[1:]:
+        heads, widths = row["widths"].split("/")
+        assert heads == "2" and max(int(w) for w in widths.split("-")) < 64  # 4 - round(1.6) heads, FFN the rest
+        # 40 % of the attention + FFN projections; the embeddings make up the rest of the model
+        assert 10 < float(row["param_reduction_%"]) < 30 and -1 <= float(row["cosine"]) < 1
+    with pytest.raises(ValueError, match="--parts"):
+        main(["--model", str(tmp_path / "bert"), "--text-file", str(tmp_path / "text.txt"), "--parts", "mlp"])
