@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from projprune.group_obs import greedy_group_obs, group_removal_costs
 from projprune.transformers import (
+    CALIB_HEADS_LMBDA,
     HEADS_KEY,
     WIDTHS_KEY,
     collect_head_stats,
@@ -212,7 +213,7 @@ def test_calib_and_flap_write_the_float64_reference_weights(family):
         kept = torch.cat([torch.arange(k * u, (k + 1) * u) for k in layer.kept.tolist()])
         mu = H.mean(0)
         C = (H - mu).T @ (H - mu) / T
-        M = C + 0.1 * float(C.trace()) / n * torch.eye(n, dtype=C.dtype)
+        M = C + CALIB_HEADS_LMBDA * float(C.trace()) / n * torch.eye(n, dtype=C.dtype)
         V_ref = V @ M[:, kept] @ torch.linalg.inv(M[kept][:, kept])
         torch.testing.assert_close(block.output_weight(), V_ref, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(block.output_bias(), bias + V @ mu - V_ref @ mu[kept], rtol=1e-8, atol=1e-10)
@@ -338,3 +339,12 @@ def test_ratio_zero_and_precomputed_stats_and_amounts():
     again = prune_heads(reference, 0.0, "calib", calibration=CALIB, amounts=[3, 1])
     torch.testing.assert_close(_out(model), _out(reference), rtol=0, atol=0)
     assert [layer.kept.tolist() for layer in again.layers] == [layer.kept.tolist() for layer in report.layers]
+
+
+def test_gpt2_cross_attention_is_left_alone():
+    model = hf.GPT2Model(hf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=VOCAB,
+                                       add_cross_attention=True, bos_token_id=0, eos_token_id=0))
+    blocks = find_attention_blocks(model)
+    assert [b.name for b in blocks] == ["h.0.attn", "h.1.attn"]
+    prune_heads(model, 0.5, "l2")
+    assert model.h[0].crossattention.c_attn.nf == 64 and model.h[0].attn.c_attn.nf == 48

@@ -26,6 +26,7 @@ from projprune.transformers.families import (
     resize_ffn_blocks,
 )
 from projprune.transformers.heads import (
+    CALIB_HEADS_LMBDA,
     CALIBRATED_HEAD_METHODS,
     HEAD_METHODS,
     HeadCurve,
@@ -49,6 +50,7 @@ __all__ = [
     "ATTENTION_FAMILIES",
     "BLOCK_METHODS",
     "CALIBRATED_HEAD_METHODS",
+    "CALIB_HEADS_LMBDA",
     "FAMILIES",
     "FFN_METHODS",
     "HEADS_KEY",

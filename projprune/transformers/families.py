@@ -564,6 +564,8 @@ def _attention_block(name: str, module: nn.Module, family: AttentionFamily) -> A
     head_dim = getattr(owner, family.head_dim_attr, None)
     if not all(expected(layer) for layer in layers) or not isinstance(head_dim, int) or head_dim < 1:
         return None
+    if len(inputs) == 1 and getattr(owner, "is_cross_attention", False):
+        return None  # GPT-2 cross-attention: c_attn holds only keys and values (queries in q_attn); left alone
     group_size = getattr(owner, "num_key_value_groups", 1)
     n = _in_features(output, family.conv1d)
     widths = [_out_features(layer, family.conv1d) for layer in inputs]
