@@ -12,7 +12,7 @@ from torch import nn
 from projprune.calibration import collect_activation_stats
 from projprune.methods import CALIB_SELECT_LMBDA
 from projprune.transformers import find_attention_blocks, find_ffn_blocks, from_pretrained
-from projprune.transformers.blocks import _ffn_calib_curve, prune_blocks
+from projprune.transformers.blocks import _Greedy, prune_blocks
 
 VOCAB = 64
 CALIB = [torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
@@ -107,11 +107,16 @@ def test_global_mode_takes_more_from_a_layer_whose_ffn_barely_matters():
     assert sum(chosen.ffn_after) == pytest.approx(sum(uniform.ffn_after), abs=1)
 
 
-def test_ffn_cost_curve_matches_an_explicit_obs_solve():
+def test_ffn_greedy_costs_match_an_explicit_obs_solve():
     model = _bert(seed=2).double()
     block = find_ffn_blocks(model)[0]
     st = collect_activation_stats(model, [block.output], CALIB)[0]
-    costs = _ffn_calib_curve(block, st, 2)
+    source = _Greedy(block, st, limit=2, scale=1.0)
+    costs = []
+    while (key := source.peek()) is not None:
+        costs.append(key)
+        source.take()
+    assert len(costs) == 2
     C = st.covariance()
     lam = CALIB_SELECT_LMBDA * float(C.trace()) / C.shape[0]
     V = block.output_weight().double()
@@ -180,3 +185,15 @@ def test_hf_compare_prunes_heads_and_ffn_with_parts(tmp_path):
         assert 10 < float(row["param_reduction_%"]) < 30 and -1 <= float(row["cosine"]) < 1
     with pytest.raises(ValueError, match="--parts"):
         main(["--model", str(tmp_path / "bert"), "--text-file", str(tmp_path / "text.txt"), "--parts", "mlp"])
+
+
+def test_global_calib_joint_greedy_writes_what_a_per_layer_greedy_would():
+    # layer 0's statistics are the same in one pass and sequentially: the joint greedy's plan for it must
+    # equal the per-layer greedy re-run with the same count (what the sequential path does)
+    one_pass, sequential = _bert(seed=6), _bert(seed=6)
+    first = prune_blocks(one_pass, 0.3, "calib", CALIB, parts=("ffn",), global_mode=True)
+    second = prune_blocks(sequential, 0.3, "calib", CALIB, parts=("ffn",), global_mode=True, sequential=True)
+    assert first.ffn_after == second.ffn_after and first.ffn_after[0] < 64
+    blocks = [find_ffn_blocks(m)[0] for m in (one_pass, sequential)]
+    torch.testing.assert_close(blocks[0].output_weight(), blocks[1].output_weight(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(blocks[0].output_bias(), blocks[1].output_bias(), rtol=1e-5, atol=1e-6)

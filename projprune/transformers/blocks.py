@@ -55,10 +55,13 @@ from projprune.transformers.prune import (
     FFN_METHODS,
     _apply_plans,
     _check_calibration,
+    _check_plans,
+    _plan_from_result,
     _work_dtype,
     plan_units,
 )
 from projprune.transformers.prune import _check_blocks as _check_ffn_blocks
+from projprune.transformers.prune import _Plan as _FFNPlan
 
 __all__ = ["BLOCK_METHODS", "BlocksReport", "prune_blocks"]
 
@@ -192,25 +195,73 @@ def _uniform(ratio: float, heads: _Part | None, ffn: _Part | None, target: float
     return head_amounts, _spread(target - removed, ffn)
 
 
-def _merge(sequences: list[tuple[torch.Tensor, int]], target: float) -> list[int]:
-    """How many of each sequence's first entries to take, cheapest key first, until ``target`` parameters.
+class _Scores:
+    """A (layer, part)'s removals in order with precomputed keys (one-shot scores or a head curve)."""
 
-    ``sequences``: per (layer, part) the keys of its removals in order and the parameters each removes.
-    A removal that would leave the total farther from the target than skipping it closes its sequence.
+    def __init__(self, keys: torch.Tensor) -> None:
+        self.keys, self.taken = keys, 0
+
+    def peek(self) -> float | None:
+        return float(self.keys[self.taken]) if self.taken < len(self.keys) else None
+
+    def take(self) -> None:
+        self.taken += 1
+
+
+class _Greedy:
+    """An FFN block's ``calib`` greedy (§8), advanced only as far as the merge takes it.
+
+    The key of its next removal is that unit's OBS cost ``‖u_i‖²/P[i, i]`` (``u_i`` its compensated
+    column) times ``scale``; the unit is the greedy's own choice, the smallest ``d_i‖u_i‖``.
     """
-    counts = [0] * len(sequences)
-    heap = [(float(keys[0]), i) for i, (keys, _) in enumerate(sequences) if len(keys)]
+
+    def __init__(self, block: FFNBlock, st: ActivationStats, limit: int, scale: float) -> None:
+        self.block, self.limit, self.scale, self.taken = block, limit, scale, 0
+        self.W = _work_dtype(block.unit_weight())
+        self.V = _work_dtype(block.output_weight()).to(self.W.dtype)
+        self.state = _make_state(resolve_options(FFN_METHODS["calib"].options, {}), self.W, None, self.V, st,
+                                 limit, torch.float64)
+        self._next: tuple[int, float] | None = None
+
+    def peek(self) -> float | None:
+        if self.taken >= self.limit:
+            return None
+        if self._next is None:
+            i = int(torch.argmin(self.state.distances()))  # as the greedy's driver chooses
+            self._next = (i, float(self.state.u_sq[i] / self.state.diag[i]) * self.scale)
+        return self._next[1]
+
+    def take(self) -> None:
+        self.state.remove(self._next[0], 1.0)
+        self._next = None
+        self.taken += 1
+
+    def plan(self):
+        """The block's new tensors after the removals taken (compensation and mean correction included)."""
+        if not self.taken:
+            return _FFNPlan(torch.ones(self.block.width, dtype=torch.bool))
+        return _plan_from_result(self.block, self.W, self.V, self.state.result(self.W.dtype), None)
+
+
+def _merge(sources: Sequence, sizes: Sequence[int], target: float) -> list[int]:
+    """How many removals to take from each source, cheapest key first, until ``target`` parameters.
+
+    A removal that would leave the total farther from the target than skipping it closes its source.
+    """
+    counts = [0] * len(sources)
+    heap = [(key, i) for i, src in enumerate(sources) if (key := src.peek()) is not None]
     heapq.heapify(heap)
     removed = 0
     while heap and removed < target:
         _, i = heapq.heappop(heap)
-        keys, size = sequences[i]
-        if removed + size - target > target - removed:
-            continue  # overshoots by more than it would miss: this sequence is done
+        if removed + sizes[i] - target > target - removed:
+            continue  # overshoots by more than it would miss: this source is done
+        sources[i].take()
         counts[i] += 1
-        removed += size
-        if counts[i] < len(keys):
-            heapq.heappush(heap, (float(keys[counts[i]]), i))
+        removed += sizes[i]
+        key = sources[i].peek()
+        if key is not None:
+            heapq.heappush(heap, (key, i))
     return counts
 
 
@@ -218,21 +269,7 @@ def _energy(V: torch.Tensor, st: ActivationStats) -> float:
     """``tr(V C Vᵀ)``: the centred variance a layer's output carries per token."""
     C = st.covariance()
     Vd = V.double().to(C.device)
-    return float(((Vd @ C) * Vd).sum())
-
-
-def _ffn_calib_curve(block: FFNBlock, st: ActivationStats, amount: int) -> torch.Tensor:
-    """The ``calib`` greedy's first ``amount`` removals: each one's OBS cost ``‖u_i‖²/P[i, i]``, ``(amount,)``."""
-    opts = resolve_options(FFN_METHODS["calib"].options, {})
-    W = _work_dtype(block.unit_weight())
-    V = _work_dtype(block.output_weight()).to(W.dtype)
-    state = _make_state(opts, W, None, V, st, amount, torch.float64)
-    costs = torch.empty(amount, dtype=torch.float64)
-    for step in range(amount):
-        i = int(torch.argmin(state.distances()))  # the greedy's own choice (as _drive makes it)
-        costs[step] = float(state.u_sq[i] / state.diag[i])
-        state.remove(i, 1.0)
-    return costs
+    return max(float(((Vd @ C) * Vd).sum()), 1e-300)
 
 
 def _wanda_head_scores(block: AttentionBlock, st: ActivationStats) -> torch.Tensor:
@@ -240,54 +277,53 @@ def _wanda_head_scores(block: AttentionBlock, st: ActivationStats) -> torch.Tens
     return per_channel.reshape(block.units, block.unit_channels).sum(dim=1)
 
 
-def _head_sequences(method, heads: _Part, stats, energies: list[tuple[float, float]]) -> list[tuple[torch.Tensor, int]]:
+def _head_sources(method, heads: _Part, stats, energies: list[tuple[float, float]]) -> list[_Scores]:
     if method == "wanda_sp":
         scores = [standardised(_wanda_head_scores(b, st)) for b, st in zip(heads.blocks, stats)]
-        return [(torch.sort(s).values[: u - 1], size) for s, u, size in zip(scores, heads.units, heads.sizes)]
-    curves = head_curves(heads.blocks, method, stats)
-    sequences = []
-    for li, (curve, size) in enumerate(zip(curves, heads.sizes)):
+        return [_Scores(torch.sort(s).values[: u - 1]) for s, u in zip(scores, heads.units)]
+    sources = []
+    for li, (curve, size) in enumerate(zip(head_curves(heads.blocks, method, stats), heads.sizes)):
         keys = curve.costs.double()
         if method == "calib":  # head_curves divides by the attention energy: bring it to the layer's
             keys = keys * energies[li][0] / energies[li][1] / size
         elif method in ("l2", "act_norm"):
             keys = keys / size
-        sequences.append((keys, size))
-    return sequences
+        sources.append(_Scores(keys))
+    return sources
 
 
-def _ffn_sequences(method, ffn: _Part, stats, energies: list[tuple[float, float]], cap: float,
-                   progress: bool) -> list[tuple[torch.Tensor, int]]:
-    caps = [min(u - 1, int(math.ceil(cap * u))) for u in ffn.units]
+def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]], cap: float) -> list:
+    limits = [min(u - 1, int(math.ceil(cap * u))) for u in ffn.units]
     if method == "calib":
-        sequences = []
-        for li, (block, st, amount, size) in enumerate(zip(_bar(ffn.blocks, "FFN cost curves", progress), stats,
-                                                           caps, ffn.sizes)):
-            sequences.append((_ffn_calib_curve(block, st, amount) / energies[li][1] / size, size))
-        return sequences
+        return [_Greedy(block, st, limit, 1.0 / (energy[1] * size))
+                for block, st, limit, energy, size in zip(ffn.blocks, stats, limits, energies, ffn.sizes)]
     Ws = [_work_dtype(b.unit_weight()) for b in ffn.blocks]
     Vs = [_work_dtype(b.output_weight()) for b in ffn.blocks]
     scores = baseline_scores(Ws, FFN_METHODS[method], None, Vs, stats)
     per_param = method in ("l2", "act_norm")
-    return [(torch.sort(s / size if per_param else s).values[:amount], size)
-            for s, size, amount in zip(scores, ffn.sizes, caps)]
+    return [_Scores(torch.sort(s / size if per_param else s).values[:limit])
+            for s, size, limit in zip(scores, ffn.sizes, limits)]
 
 
-def _global(method, heads, ffn, head_stats, ffn_stats, target, cap, progress) -> tuple[list[int], list[int]]:
+def _global(method, heads, ffn, head_stats, ffn_stats, target, cap) -> tuple[list[int], list[int], list | None]:
+    """Per-block head and FFN-unit counts of the global split; for ``calib`` also the FFN plans (the
+    joint greedy has already made them)."""
     # calib: per block (its own output energy, the energy its costs are divided by); the layer's energy
     # is the sum of its attention and FFN energies when the blocks pair up layer by layer
     att, mlp = ([], [])
     if method == "calib":
-        att = [max(_energy(b.output_weight(), st), 1e-300) for b, st in zip(heads.blocks, head_stats)] if heads else []
-        mlp = [max(_energy(b.output_weight(), st), 1e-300) for b, st in zip(ffn.blocks, ffn_stats)] if ffn else []
+        att = [_energy(b.output_weight(), st) for b, st in zip(heads.blocks, head_stats)] if heads else []
+        mlp = [_energy(b.output_weight(), st) for b, st in zip(ffn.blocks, ffn_stats)] if ffn else []
     paired = len(att) == len(mlp)
-    head_energy = [(e, e + mlp[li] if paired else e) for li, e in enumerate(att)]
-    ffn_energy = [(e, e + att[li] if paired else e) for li, e in enumerate(mlp)]
-    sequences = (_head_sequences(method, heads, head_stats, head_energy) if heads else []) + \
-        (_ffn_sequences(method, ffn, ffn_stats, ffn_energy, cap, progress) if ffn else [])
-    counts = _merge(sequences, target)
-    split = len(heads.blocks) if heads else 0
-    return counts[:split], counts[split:]
+    head_sources = _head_sources(method, heads, head_stats, [(e, e + mlp[li] if paired else e)
+                                                             for li, e in enumerate(att)]) if heads else []
+    ffn_sources = _ffn_sources(method, ffn, ffn_stats, [(e, e + att[li] if paired else e)
+                                                        for li, e in enumerate(mlp)], cap) if ffn else []
+    sizes = (heads.sizes if heads else []) + (ffn.sizes if ffn else [])
+    counts = _merge(head_sources + ffn_sources, sizes, target)
+    split = len(head_sources)
+    plans = [src.plan() for src in ffn_sources] if method == "calib" and ffn else None
+    return counts[:split], counts[split:], plans
 
 
 # --------------------------------------------------------------------------- writing
@@ -319,9 +355,12 @@ def _prune_heads(model, method, heads: _Part, amounts, stats) -> None:
 
 
 def _prune_ffn(model, method, ffn: _Part, indices: Sequence[int], amounts, stats) -> None:
-    blocks = [ffn.blocks[i] for i in indices]
-    plans, _ = plan_units(blocks, FFN_METHODS[method], [amounts[i] for i in indices], None, {},
-                          None if method == "l2" else stats)
+    """Prune ``amounts[i]`` units of the blocks ``indices`` (``stats``: one per index); blocks losing none
+    are left alone (mean correction would otherwise give a bias-free block a zero bias)."""
+    chosen = [(i, st) for i, st in zip(indices, stats or [None] * len(indices)) if amounts[i]]
+    blocks = [ffn.blocks[i] for i, _ in chosen]
+    plans, _ = plan_units(blocks, FFN_METHODS[method], [amounts[i] for i, _ in chosen], None, {},
+                          None if method == "l2" else [st for _, st in chosen])
     _apply_plans(model, blocks, plans, ffn.blocks)
 
 
@@ -398,9 +437,10 @@ def prune_blocks(
         stats = _collect(model, layers, calibration, options, max_batches, progress)
         split = len(heads.blocks) if heads else 0
         head_stats, ffn_stats = stats[:split], stats[split:]
+    ffn_plans = None
     if global_mode and ratio > 0:
-        head_amounts, ffn_amounts = _global(method, heads, ffn, head_stats, ffn_stats, target,
-                                            float(options.get("max_unit_ratio", 0.9)), progress)
+        head_amounts, ffn_amounts, ffn_plans = _global(method, heads, ffn, head_stats, ffn_stats, target,
+                                                       float(options.get("max_unit_ratio", 0.9)))
     else:
         head_amounts, ffn_amounts = _uniform(ratio, heads, ffn, target)
     too_many = [(p.name, b.name, a, u) for p, amounts in ((heads, head_amounts), (ffn, ffn_amounts)) if p
@@ -413,7 +453,10 @@ def prune_blocks(
     if not sequential:
         if heads is not None and any(head_amounts):
             _prune_heads(model, method, heads, head_amounts, head_stats)
-        if ffn is not None and any(ffn_amounts):
+        if ffn_plans is not None:  # the global calib greedy made them
+            _check_plans(ffn.blocks, ffn_plans)
+            _apply_plans(model, ffn.blocks, ffn_plans)
+        elif ffn is not None and any(ffn_amounts):
             _prune_ffn(model, method, ffn, range(len(ffn.blocks)), ffn_amounts, ffn_stats)
     else:
         layers = max(len(heads.blocks) if heads else 0, len(ffn.blocks) if ffn else 0)
