@@ -298,6 +298,7 @@ def _parametrize(model):
     ("nope", 0.25, {}, None, "method"),
     ("l2", 0.25, {"lmbda": 0.1}, None, "option"),
     ("calib", 0.25, {"lmbda": 0.0}, None, "lmbda"),
+    ("calib", 0.25, {"energy": "layer", "calibration": CALIB}, None, "energy"),
     ("calib", 0.25, {}, None, "calibration"),
     ("l2", 0.25, {"calibration": CALIB}, None, "data-free"),
     ("calib", 0.25, {"calibration": CALIB[0]}, None, "iterable of batches"),

@@ -80,7 +80,7 @@ _OPTIONS: dict[str, frozenset[str]] = {
     "l2": frozenset(),
     "flap": frozenset({"mean_correction"}),
     "act_norm": frozenset({"lmbda", "mean_correction"}),
-    "calib": frozenset({"lmbda", "mean_correction", "compensate"}),
+    "calib": frozenset({"lmbda", "mean_correction", "compensate", "energy"}),
 }
 #: ``calib``'s relative ridge for heads (λ = lmbda · trace(C) / n), chosen on validation text that is
 #: neither calibration nor evaluation text (all-MiniLM-L6-v2: 200 docstring sentences after the 300
@@ -130,6 +130,9 @@ def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[st
     for name in ("mean_correction", "compensate"):
         if name in options and not isinstance(options[name], bool):
             raise ValueError(f"{name} must be True or False, got {options[name]!r}")
+    if options.get("energy", "none") not in ("none", "output"):
+        raise ValueError(f"energy must be 'none' or 'output' (what global calib costs are divided by), got "
+                         f"{options['energy']!r}")
     lmbda = options.get("lmbda", 1.0)
     if isinstance(lmbda, bool) or not isinstance(lmbda, (int, float)) or not math.isfinite(lmbda) or lmbda <= 0:
         raise ValueError(f"lmbda must be a finite number > 0 (relative ridge), got {lmbda!r}")
@@ -194,19 +197,22 @@ def _lmbda(method: str, options: Mapping[str, Any]) -> float:
     return float(options.get("lmbda", _DEFAULT_LMBDA.get(method, CALIB_HEADS_LMBDA)))
 
 
-def _output_energy(V: torch.Tensor, C: torch.Tensor) -> float:
-    """``tr(V C Vᵀ)``: the variance the layer's output carries, the scale of its removal costs."""
-    energy = float(((V @ C) * V).sum())
-    return energy if energy > 0 else 1.0
+def _output_energy(V: torch.Tensor, C: torch.Tensor, energy: str = "output") -> float:
+    """``tr(V C Vᵀ)``: the variance the layer's output carries (``energy="output"``), or 1 (``"none"``)."""
+    if energy == "none":
+        return 1.0
+    total = float(((V @ C) * V).sum())
+    return total if total > 0 else 1.0
 
 
 def head_costs(blocks: Sequence[AttentionBlock], method: str, stats: Sequence[ActivationStats] | None = None,
-               generator: torch.Generator | None = None, **options: Any) -> list[torch.Tensor]:
+               generator: torch.Generator | None = None, energy: str = "output", **options: Any) -> list[torch.Tensor]:
     """Per block, each unit's score if it were removed alone now: ``(units,)`` float64 on the CPU, lowest first.
 
     Normalised so that blocks compare: ``l2`` and ``act_norm`` divided by their block's sum,
     ``flap`` standardised per block (FLAP's global ranking), ``calib`` the OBS cost divided by
-    the block's output variance ``tr(V C Vᵀ)``; ``random`` uniform.
+    the block's output variance ``tr(V C Vᵀ)`` (``energy="none"``: the absolute cost, the
+    squared error added to the residual stream per token); ``random`` uniform.
     """
     scores = []
     for li, block in enumerate(blocks):
@@ -225,7 +231,7 @@ def head_costs(blocks: Sequence[AttentionBlock], method: str, stats: Sequence[Ac
         elif method == "calib":
             C, _, lam = _calibration(stats[li], _lmbda(method, options), torch.device("cpu"), torch.float64)
             raw = group_removal_costs(regularised_inverse(C, lam, "the calibration covariance"), V,
-                                      block.unit_groups())[0] / _output_energy(V, C)
+                                      block.unit_groups())[0] / _output_energy(V, C, energy)
             scores.append(raw)
             continue
         else:
@@ -236,19 +242,21 @@ def head_costs(blocks: Sequence[AttentionBlock], method: str, stats: Sequence[Ac
 
 def head_curves(blocks: Sequence[AttentionBlock], method: str, stats: Sequence[ActivationStats] | None = None,
                 amounts: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                progress: bool = False, **options: Any) -> list[HeadCurve]:
+                progress: bool = False, energy: str = "output", **options: Any) -> list[HeadCurve]:
     """Per block, the first ``amounts[i]`` removals (default: all but one unit) and their normalised costs.
 
     For the one-shot scores the order is the sorted :func:`head_costs`; for ``calib`` it is the
     greedy group OBS (:func:`projprune.group_obs.greedy_group_obs`), whose costs are marginal: each
-    is the cost after the earlier removals were compensated, divided by ``tr(V C Vᵀ)``.
+    is the cost after the earlier removals were compensated, divided by ``tr(V C Vᵀ)``
+    (``energy="none"``: not divided).
     """
     from tqdm.auto import tqdm
 
     amounts = [block.units - 1 for block in blocks] if amounts is None else list(amounts)
     if method != "calib":
         curves = []
-        for block, score, amount in zip(blocks, head_costs(blocks, method, stats, generator, **options), amounts):
+        for block, score, amount in zip(blocks, head_costs(blocks, method, stats, generator, energy, **options),
+                                        amounts):
             ranked = torch.sort(score, stable=True)
             curves.append(HeadCurve(ranked.indices[:amount], ranked.values[:amount], block.params_per_unit()))
         return curves
@@ -258,7 +266,7 @@ def head_curves(blocks: Sequence[AttentionBlock], method: str, stats: Sequence[A
         V = _weight(block)
         C, _, lam = _calibration(stats[li], _lmbda(method, options), V.device, torch.float64)
         result = greedy_group_obs(C, V, block.unit_groups().to(V.device), amount, lam)
-        curves.append(HeadCurve(result.order, result.costs / _output_energy(V, C), block.params_per_unit()))
+        curves.append(HeadCurve(result.order, result.costs / _output_energy(V, C, energy), block.params_per_unit()))
     return curves
 
 
@@ -307,7 +315,9 @@ def _plan(block: AttentionBlock, keep: torch.Tensor, method: str, st: Activation
 def _plans(blocks, method, stats, amounts, total, options, generator, progress) -> list[_Plan]:
     start = time.perf_counter()
     needed = [block.units - 1 for block in blocks] if total is not None else amounts
-    curves = head_curves(blocks, method, stats, needed, generator, progress, **options)
+    options = dict(options)
+    energy = options.pop("energy", "none")
+    curves = head_curves(blocks, method, stats, needed, generator, progress, energy, **options)
     if total is not None:
         amounts = _merge(curves, total)
     selection_seconds = (time.perf_counter() - start) / len(blocks)
@@ -384,7 +394,9 @@ def prune_heads(
         calibration: model inputs for ``flap``, ``act_norm``, ``calib`` (refused by the others):
             an iterable of token-id tensors or tokenizer outputs (``attention_mask`` excludes padding).
         global_mode: per-layer counts from the method's normalised scores (:func:`head_costs`;
-            for ``calib`` the greedy's marginal costs over ``tr(V C Vᵀ)``).
+            for ``calib`` the greedy's marginal costs: by default absolute, the squared error each
+            removal adds to the residual stream, which every layer writes into; ``energy="output"``
+            divides them by the layer's output variance ``tr(V C Vᵀ)``).
         max_batches: use at most this many calibration batches.
         progress: tqdm bars.
         amounts: units to remove per block, overriding ``ratio`` and ``global_mode``.
@@ -392,7 +404,8 @@ def prune_heads(
         **options: ``random``: ``seed``; ``flap``: ``mean_correction``; ``act_norm``: ``lmbda``
             (relative ridge, default 1e-3), ``mean_correction``; ``calib``: ``lmbda`` (default
             :data:`CALIB_HEADS_LMBDA` = 0.3, chosen on validation text), ``mean_correction``,
-            ``compensate`` (False: selection and FLAP's bias term only).
+            ``compensate`` (False: selection and FLAP's bias term only), ``energy`` (global mode:
+            ``"none"``, the default chosen on validation text, or ``"output"``).
 
     Returns:
         A :class:`~projprune.transformers.PruneReport`; each layer's widths are units, and for
