@@ -98,29 +98,27 @@ def greedy_group_obs(
     if not 0 <= amount < g:
         raise ValueError(f"amount must be in [0, {g - 1}] (every layer keeps a group), got {amount}")
     device = C.device
-    P = regularised_inverse(C.to(torch.float64), lam, "the calibration covariance")
-    weight = V.to(device=device, dtype=torch.float64).clone()
-    alive = torch.arange(g, device=device)  # original index of each remaining group
-    position = groups.to(device)  # channel positions in the current (compacted) P and weight
+    perm = groups.to(device).flatten()  # work in group order: group i owns positions i·u .. (i+1)·u − 1
+    P = regularised_inverse(C.to(torch.float64)[perm][:, perm], lam, "the calibration covariance")
+    weight = V.to(device=device, dtype=torch.float64)[:, perm]
+    alive = list(range(g))
+    position = torch.arange(n, device=device).reshape(g, u)  # alive groups' channels in the compact P, weight
     order, costs = [], []
     for step in range(amount):
         cost, L = group_removal_costs(P, weight, position)
         j = int(torch.argmin(cost))
         removed = position[j]
-        kept_groups = torch.cat((position[:j], position[j + 1:]))
-        kept = kept_groups.flatten()
-        P_rk = P[removed][:, kept]  # (u, |K|)
-        A = -torch.cholesky_solve(P_rk, L[j])  # (u, |K|): h_R ≈ A h_K
-        weight = weight[:, kept] + weight[:, removed] @ A
-        P = P[kept][:, kept] + P_rk.T @ A  # Schur complement P_KK − P_KR P_RR⁻¹ P_RK
-        P = (P + P.T) * 0.5
-        # renumber the kept channels 0..|K|-1 in their current order
-        rank = torch.empty(int(position.max()) + 1, dtype=torch.long, device=device)
-        rank[kept] = torch.arange(kept.numel(), device=device)
-        position = rank[kept_groups]
-        order.append(int(alive[j]))
+        rows = P.index_select(0, removed)  # (u, m): P_R·
+        A = -torch.cholesky_solve(rows, L[j])  # (u, m): h_R ≈ A h_K on the kept channels
+        position = torch.cat((position[:j], position[j + 1:]))
+        kept = position.flatten()
+        rows_k, A_k = rows.index_select(1, kept), A.index_select(1, kept)
+        # V_K += V_R A folds the removed columns in; P_KK + P_KR A = P_KK − P_KR P_RR⁻¹ P_RK (Schur complement)
+        weight = weight.index_select(1, kept).addmm_(weight.index_select(1, removed), A_k)
+        P = P.index_select(0, kept).index_select(1, kept).addmm_(rows_k.T, A_k)
+        position = torch.arange(kept.numel(), device=device).reshape(-1, u)
+        order.append(alive.pop(j))
         costs.append(float(cost[j]))
-        alive = torch.cat((alive[:j], alive[j + 1:]))
         if callback is not None:
             callback(step)
     keep = torch.ones(g, dtype=torch.bool)

@@ -250,8 +250,6 @@ def head_curves(blocks: Sequence[AttentionBlock], method: str, stats: Sequence[A
     is the cost after the earlier removals were compensated, divided by ``tr(V C Vᵀ)``
     (``energy="none"``: not divided).
     """
-    from tqdm.auto import tqdm
-
     amounts = [block.units - 1 for block in blocks] if amounts is None else list(amounts)
     if method != "calib":
         curves = []
@@ -260,14 +258,21 @@ def head_curves(blocks: Sequence[AttentionBlock], method: str, stats: Sequence[A
             ranked = torch.sort(score, stable=True)
             curves.append(HeadCurve(ranked.indices[:amount], ranked.values[:amount], block.params_per_unit()))
         return curves
-    curves = []
-    for li, (block, amount) in enumerate(zip(tqdm(blocks, desc="head greedy", disable=not progress, leave=False),
-                                             amounts)):
+    return [curve for curve, _ in _calib_curves(blocks, stats, amounts, _lmbda(method, options), energy, progress)]
+
+
+def _calib_curves(blocks, stats, amounts, lmbda: float, energy: str, progress: bool) -> list[tuple[HeadCurve, dict]]:
+    """``calib``'s greedy per block: its curve and what planning reuses (``C``, ``μ``, ``λ``, the greedy's result)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for block, st, amount in zip(tqdm(blocks, desc="head greedy", disable=not progress, leave=False), stats, amounts):
         V = _weight(block)
-        C, _, lam = _calibration(stats[li], _lmbda(method, options), V.device, torch.float64)
+        C, mu, lam = _calibration(st, lmbda, V.device, torch.float64)
         result = greedy_group_obs(C, V, block.unit_groups().to(V.device), amount, lam)
-        curves.append(HeadCurve(result.order, result.costs / _output_energy(V, C, energy), block.params_per_unit()))
-    return curves
+        curve = HeadCurve(result.order, result.costs / _output_energy(V, C, energy), block.params_per_unit())
+        out.append((curve, {"C": C, "mu": mu, "lam": lam, "result": result}))
+    return out
 
 
 def _merge(curves: Sequence[HeadCurve], total: int) -> list[int]:
@@ -287,8 +292,11 @@ def _merge(curves: Sequence[HeadCurve], total: int) -> list[int]:
 
 # --------------------------------------------------------------------------- plans
 def _plan(block: AttentionBlock, keep: torch.Tensor, method: str, st: ActivationStats | None,
-          options: Mapping[str, Any]) -> _Plan:
-    """The new output-projection weight and bias of one block (nothing is modified)."""
+          options: Mapping[str, Any], greedy: dict | None = None) -> _Plan:
+    """The new output-projection weight and bias of one block (nothing is modified).
+
+    ``greedy``: ``calib``'s moments and greedy result for this block (:func:`_calib_curves`), reused.
+    """
     if method in ("random", "l2") or bool(keep.all()):  # nothing removed: nothing to compensate
         return _Plan(keep)
     channels = torch.zeros(block.channels, dtype=torch.bool)
@@ -306,8 +314,14 @@ def _plan(block: AttentionBlock, keep: torch.Tensor, method: str, st: Activation
     if method == "act_norm":  # FFN act_norm's least-squares refit (kept columns refitted too)
         V_new, delta = refit_next_layer(V, st, channels.to(V.device), _lmbda(method, options), mean_correction)
     else:
-        C, mu, lam = _calibration(st, _lmbda(method, options), V.device, torch.float64)
-        V_new, delta = compensate_removed(C, mu, V, channels, lam)
+        if greedy is None:
+            greedy = dict(zip(("C", "mu", "lam"), _calibration(st, _lmbda(method, options), V.device, torch.float64)))
+        result = greedy.get("result")
+        if result is not None and torch.equal(result.keep, keep):  # the greedy stopped here: its fold is the answer
+            V_new = result.weight
+            delta = V @ greedy["mu"] - V_new @ greedy["mu"][channels.to(V.device)]
+        else:
+            V_new, delta = compensate_removed(greedy["C"], greedy["mu"], V, channels, greedy["lam"])
         delta = delta if mean_correction else None
     return _Plan(keep, V_new, None if delta is None else base + delta)
 
@@ -317,7 +331,12 @@ def _plans(blocks, method, stats, amounts, total, options, generator, progress) 
     needed = [block.units - 1 for block in blocks] if total is not None else amounts
     options = dict(options)
     energy = options.pop("energy", "none")
-    curves = head_curves(blocks, method, stats, needed, generator, progress, energy, **options)
+    if method == "calib":
+        pairs = _calib_curves(blocks, stats, needed, _lmbda(method, options), energy, progress)
+        curves, cached = [c for c, _ in pairs], [extra for _, extra in pairs]
+    else:
+        curves = head_curves(blocks, method, stats, needed, generator, progress, energy, **options)
+        cached = [None] * len(blocks)
     if total is not None:
         amounts = _merge(curves, total)
     selection_seconds = (time.perf_counter() - start) / len(blocks)
@@ -326,7 +345,7 @@ def _plans(blocks, method, stats, amounts, total, options, generator, progress) 
         start = time.perf_counter()
         keep = torch.ones(block.units, dtype=torch.bool)
         keep[curve.order[:amount]] = False
-        plan = _plan(block, keep, method, None if stats is None else stats[li], options)
+        plan = _plan(block, keep, method, None if stats is None else stats[li], options, cached[li])
         plan.seconds = None if total is not None else selection_seconds + time.perf_counter() - start
         plans.append(plan)
     for block, plan in zip(blocks, plans):
