@@ -359,3 +359,27 @@ def test_gpt2_cross_attention_is_left_alone():
     assert [b.name for b in blocks] == ["h.0.attn", "h.1.attn"]
     prune_heads(model, 0.5, "l2")
     assert model.h[0].crossattention.c_attn.nf == 64 and model.h[0].attn.c_attn.nf == 48
+
+
+def test_a_write_failing_half_way_restores_every_block(monkeypatch):
+    from projprune.transformers.families import AttentionBlock
+
+    model = _build("gpt2")
+    before, config = _state(model), model.config.to_dict()
+    original = AttentionBlock.keep_units
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttentionBlock, "keep_units", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        prune_heads(model, 0.5, "calib", calibration=CALIB)
+    _assert_same_state(before, _state(model))
+    assert model.config.to_dict() == config
+    assert all(b.owner.num_heads == 4 and b.owner.split_size == 32 and b.inputs[0].nf == 96
+               for b in find_attention_blocks(model))
+    torch.testing.assert_close(_out(model), _out(_build("gpt2")), rtol=0, atol=0)
