@@ -16,7 +16,8 @@ Per-layer counts:
   (cumulative rounding), so the total is within half an FFN unit of the target unless the heads
   alone overshoot it.
 - global (``global_mode=True``): all (layer, part) removal sequences are merged cheapest-first until
-  the budget is met. For ``calib`` a removal's cost is its OBS cost ``tr(V_R (P_RR)⁻¹ V_Rᵀ)``
+  the budget is met, every block staying within ``max_shift`` (default :data:`MAX_SHIFT` = 0.2) of
+  its units from its uniform count. For ``calib`` a removal's cost is its OBS cost ``tr(V_R (P_RR)⁻¹ V_Rᵀ)``
   (heads: groups of output-projection inputs; FFN units: ``|R| = 1``, ``‖u_i‖²/P[i, i]`` with the
   compensated column ``u_i``), marginal along the greedy (after the earlier removals'
   compensation), divided by the layer's output energy ``E_l = tr(V_att C_att V_attᵀ) + tr(V_ffn
@@ -74,7 +75,10 @@ BLOCK_METHODS: dict[str, str] = {
     "calib": "greedy (group) OBS with compensation and mean correction, heads and FFN units",
 }
 PARTS = ("heads", "ffn")
-_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio"})
+_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio", "max_shift"})
+#: Global mode: how far (in fractions of its units) a block's count may move from the uniform one.
+#: Chosen on MiniLM validation text (docs/algorithm.md §8.3): unbounded costs over-prune some layers.
+MAX_SHIFT = 0.2
 
 
 @dataclass
@@ -150,6 +154,10 @@ def _check_arguments(ratio, method, parts, global_mode, sequential, options) -> 
     cap = options.get("max_unit_ratio", 0.9)
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0.0 < cap < 1.0:
         raise ValueError(f"max_unit_ratio must be in (0, 1) (most of a layer's units global mode removes), got {cap!r}")
+    shift = options.get("max_shift", MAX_SHIFT)
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift <= 1):
+        raise ValueError(f"max_shift must be None (unbounded) or in [0, 1] (how far global mode moves a block's "
+                         f"count from the uniform one, in fractions of its units), got {shift!r}")
     return tuple(p for p in PARTS if p in parts)
 
 
@@ -243,15 +251,22 @@ class _Greedy:
         return _plan_from_result(self.block, self.W, self.V, self.state.result(self.W.dtype), None)
 
 
-def _merge(sources: Sequence, sizes: Sequence[int], target: float) -> list[int]:
+def _merge(sources: Sequence, sizes: Sequence[int], target: float, floors: Sequence[int] | None = None) -> list[int]:
     """How many removals to take from each source, cheapest key first, until ``target`` parameters.
 
-    A removal that would leave the total farther from the target than skipping it closes its source.
+    ``floors[i]`` removals are taken from source ``i`` first, whatever their keys. A removal that would
+    leave the total farther from the target than skipping it closes its source.
     """
     counts = [0] * len(sources)
+    for i, floor in enumerate(floors or ()):
+        for _ in range(floor):
+            if sources[i].peek() is None:
+                break
+            sources[i].take()
+            counts[i] += 1
     heap = [(key, i) for i, src in enumerate(sources) if (key := src.peek()) is not None]
     heapq.heapify(heap)
-    removed = 0
+    removed = sum(c * size for c, size in zip(counts, sizes))
     while heap and removed < target:
         _, i = heapq.heappop(heap)
         if removed + sizes[i] - target > target - removed:
@@ -277,12 +292,12 @@ def _wanda_head_scores(block: AttentionBlock, st: ActivationStats) -> torch.Tens
     return per_channel.reshape(block.units, block.unit_channels).sum(dim=1)
 
 
-def _head_sources(method, heads: _Part, stats, energies: list[tuple[float, float]]) -> list[_Scores]:
+def _head_sources(method, heads: _Part, stats, energies: list[tuple[float, float]], limits: list[int]) -> list[_Scores]:
     if method == "wanda_sp":
         scores = [standardised(_wanda_head_scores(b, st)) for b, st in zip(heads.blocks, stats)]
-        return [_Scores(torch.sort(s).values[: u - 1]) for s, u in zip(scores, heads.units)]
+        return [_Scores(torch.sort(s).values[:limit]) for s, limit in zip(scores, limits)]
     sources = []
-    for li, (curve, size) in enumerate(zip(head_curves(heads.blocks, method, stats), heads.sizes)):
+    for li, (curve, size) in enumerate(zip(head_curves(heads.blocks, method, stats, limits), heads.sizes)):
         keys = curve.costs.double()
         if method == "calib":  # head_curves divides by the attention energy: bring it to the layer's
             keys = keys * energies[li][0] / energies[li][1] / size
@@ -292,8 +307,7 @@ def _head_sources(method, heads: _Part, stats, energies: list[tuple[float, float
     return sources
 
 
-def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]], cap: float) -> list:
-    limits = [min(u - 1, int(math.ceil(cap * u))) for u in ffn.units]
+def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]], limits: list[int]) -> list:
     if method == "calib":
         return [_Greedy(block, st, limit, 1.0 / (energy[1] * size))
                 for block, st, limit, energy, size in zip(ffn.blocks, stats, limits, energies, ffn.sizes)]
@@ -305,9 +319,24 @@ def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]],
             for s, size, limit in zip(scores, ffn.sizes, limits)]
 
 
-def _global(method, heads, ffn, head_stats, ffn_stats, target, cap) -> tuple[list[int], list[int], list | None]:
+def _global(method, heads, ffn, head_stats, ffn_stats, target, cap: float, bounds: tuple[list[int], list[int]],
+            shift: float | None) -> tuple[list[int], list[int], list | None]:
     """Per-block head and FFN-unit counts of the global split; for ``calib`` also the FFN plans (the
-    joint greedy has already made them)."""
+    joint greedy has already made them). With ``shift``, every block removes within ``shift × units``
+    of its uniform count ``bounds``."""
+    floors, limits = [], []
+    for part, uniform in ((heads, bounds[0]), (ffn, bounds[1])):
+        if part is None:
+            continue
+        for li, units in enumerate(part.units):
+            limit = units - 1 if part is heads else min(units - 1, int(math.ceil(cap * units)))
+            if shift is None:
+                floors.append(0)
+                limits.append(limit)
+            else:
+                floors.append(max(0, uniform[li] - int(math.floor(shift * units))))
+                limits.append(min(limit, uniform[li] + int(math.ceil(shift * units))))
+    split = len(heads.blocks) if heads else 0
     # calib: per block (its own output energy, the energy its costs are divided by); the layer's energy
     # is the sum of its attention and FFN energies when the blocks pair up layer by layer
     att, mlp = ([], [])
@@ -315,13 +344,16 @@ def _global(method, heads, ffn, head_stats, ffn_stats, target, cap) -> tuple[lis
         att = [_energy(b.output_weight(), st) for b, st in zip(heads.blocks, head_stats)] if heads else []
         mlp = [_energy(b.output_weight(), st) for b, st in zip(ffn.blocks, ffn_stats)] if ffn else []
     paired = len(att) == len(mlp)
-    head_sources = _head_sources(method, heads, head_stats, [(e, e + mlp[li] if paired else e)
-                                                             for li, e in enumerate(att)]) if heads else []
-    ffn_sources = _ffn_sources(method, ffn, ffn_stats, [(e, e + att[li] if paired else e)
-                                                        for li, e in enumerate(mlp)], cap) if ffn else []
+
+    def divisor(own: float, other: list[float], li: int) -> float:
+        return own + other[li] if paired else own
+
+    head_sources = _head_sources(method, heads, head_stats, [(e, divisor(e, mlp, li)) for li, e in enumerate(att)],
+                                 limits[:split]) if heads else []
+    ffn_sources = _ffn_sources(method, ffn, ffn_stats, [(e, divisor(e, att, li)) for li, e in enumerate(mlp)],
+                               limits[split:]) if ffn else []
     sizes = (heads.sizes if heads else []) + (ffn.sizes if ffn else [])
-    counts = _merge(head_sources + ffn_sources, sizes, target)
-    split = len(head_sources)
+    counts = _merge(head_sources + ffn_sources, sizes, target, floors)
     plans = [src.plan() for src in ffn_sources] if method == "calib" and ffn else None
     return counts[:split], counts[split:], plans
 
@@ -400,8 +432,10 @@ def prune_blocks(
         max_batches: use at most this many calibration batches per collection.
         progress: tqdm bars.
         **options: ``gram_dtype`` (``torch.bfloat16``: opt-in low-precision statistics products,
-            :class:`~projprune.ActivationStats`), ``max_unit_ratio`` (global mode: at most this
-            fraction of a block's FFN units, default 0.9; heads: all but one).
+            :class:`~projprune.ActivationStats`); global mode: ``max_shift`` (a block's count stays
+            within this fraction of its units of the uniform count; default :data:`MAX_SHIFT`, None:
+            unbounded), ``max_unit_ratio`` (at most this fraction of a block's FFN units, default
+            0.9; heads: all but one).
 
     Returns:
         :class:`BlocksReport`.
@@ -440,7 +474,9 @@ def prune_blocks(
     ffn_plans = None
     if global_mode and ratio > 0:
         head_amounts, ffn_amounts, ffn_plans = _global(method, heads, ffn, head_stats, ffn_stats, target,
-                                                       float(options.get("max_unit_ratio", 0.9)))
+                                                       float(options.get("max_unit_ratio", 0.9)),
+                                                       _uniform(ratio, heads, ffn, target),
+                                                       options.get("max_shift", MAX_SHIFT))
     else:
         head_amounts, ffn_amounts = _uniform(ratio, heads, ffn, target)
     too_many = [(p.name, b.name, a, u) for p, amounts in ((heads, head_amounts), (ffn, ffn_amounts)) if p
