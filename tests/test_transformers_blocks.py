@@ -66,7 +66,7 @@ def test_parameters_removed_are_within_one_unit_of_the_target(method, global_mod
         assert report.heads_after == [4 - round(0.4 * 4)] * 2
 
 
-@pytest.mark.parametrize(("method", "sequential"), [(m, False) for m in METHODS] + [("calib", True)])
+@pytest.mark.parametrize(("method", "sequential"), [(m, True) for m in METHODS] + [("calib", False)])
 def test_both_parts_pruned_and_the_model_forwards(method, sequential, tmp_path):
     model = _llama()
     report = prune_blocks(model, 0.35, method, _calibration(method), sequential=sequential)
@@ -138,7 +138,7 @@ def test_ffn_greedy_costs_match_an_explicit_obs_solve():
 
 def test_sequential_collects_layer_statistics_after_earlier_layers_were_pruned():
     one_pass, sequential = _bert(seed=3), _bert(seed=3)
-    prune_blocks(one_pass, 0.4, "calib", CALIB)
+    prune_blocks(one_pass, 0.4, "calib", CALIB, sequential=False)
     prune_blocks(sequential, 0.4, "calib", CALIB, sequential=True)
     first = [find_attention_blocks(m)[0].output.weight for m in (one_pass, sequential)]
     torch.testing.assert_close(first[1], first[0])  # layer 0's heads read the same statistics
@@ -193,7 +193,7 @@ def test_global_calib_joint_greedy_writes_what_a_per_layer_greedy_would():
     # layer 0's statistics are the same in one pass and sequentially: the joint greedy's plan for it must
     # equal the per-layer greedy re-run with the same count (what the sequential path does)
     one_pass, sequential = _bert(seed=6), _bert(seed=6)
-    first = prune_blocks(one_pass, 0.3, "calib", CALIB, parts=("ffn",), global_mode=True)
+    first = prune_blocks(one_pass, 0.3, "calib", CALIB, parts=("ffn",), global_mode=True, sequential=False)
     second = prune_blocks(sequential, 0.3, "calib", CALIB, parts=("ffn",), global_mode=True, sequential=True)
     assert first.ffn_after == second.ffn_after and first.ffn_after[0] < 64
     blocks = [find_ffn_blocks(m)[0] for m in (one_pass, sequential)]

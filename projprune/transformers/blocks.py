@@ -26,9 +26,10 @@ Per-layer counts:
   One-shot baselines rank their per-(layer, part) normalised scores (``l2``, ``act_norm``: divided
   by the sum, per parameter; ``flap``, ``wanda_sp``: standardised, FLAP's adaptive structure search).
 
-``sequential=True``: the statistics of layer ``l`` are collected on the model whose layers ``< l``
-(and, for the FFN, layer ``l``'s heads) are already pruned, as SparseGPT and ZipLM do; the global
-allocation itself comes from one pass over the unpruned model.
+``sequential=True`` (the default): the statistics of layer ``l`` are collected on the model whose
+layers ``< l`` (and, for the FFN, layer ``l``'s heads) are already pruned, as SparseGPT and ZipLM do;
+the global allocation itself comes from one pass over the unpruned model. On MiniLM validation text
+it kept more than one pass (50 %: .866 vs .863 uniform) for one calibration forward per pruned block.
 """
 
 from __future__ import annotations
@@ -414,7 +415,7 @@ def prune_blocks(
     *,
     parts: Sequence[str] = PARTS,
     global_mode: bool = False,
-    sequential: bool = False,
+    sequential: bool = True,
     max_batches: int | None = None,
     progress: bool = False,
     **options: Any,
@@ -428,7 +429,8 @@ def prune_blocks(
         calibration: model inputs for the calibrated methods (all but ``l2``, which refuses them).
         parts: what to prune, ``("heads", "ffn")`` or one of them (the budget is the same).
         global_mode: per-(layer, part) counts from comparable costs (module docstring); else uniform.
-        sequential: collect each layer's statistics after the previous layers were pruned.
+        sequential: collect each block's statistics after the blocks before it were pruned (default;
+            ``False``: one pass over the unpruned model, one calibration forward in all).
         max_batches: use at most this many calibration batches per collection.
         progress: tqdm bars.
         **options: ``gram_dtype`` (``torch.bfloat16``: opt-in low-precision statistics products,
