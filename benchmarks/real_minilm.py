@@ -66,7 +66,8 @@ class MiniLMConfig:
     block_methods: str = field(default=",".join(BLOCK_METHODS), metadata={"help": "prune_blocks methods"})
     block_modes: str = field(default="uniform,global", metadata={"help": "uniform and/or global"})
     block_statistics: str = field(default="one-pass,sequential", metadata={"help": "one-pass and/or sequential"})
-    ffn_only: bool = field(default=True, metadata={"help": "also prune_blocks(parts=('ffn',)) at the same ratios"})
+    block_parts: str = field(default="heads+ffn,ffn", metadata={
+        "help": "comma-separated part sets of prune_blocks: heads+ffn, ffn (FFN only, same parameter count), heads"})
     block_calibration_sentences: int = field(default=300, metadata={"help": "heads/blocks calibration sentences"})
     block_eval_sentences: int = field(default=600, metadata={"help": "heads/blocks evaluation sentences"})
     block_validation_sentences: int = field(default=0, metadata={
@@ -196,7 +197,7 @@ def blocks_table(cfg: MiniLMConfig) -> list[dict[str, Any]]:
     sequentials = [s == "sequential" for s in cfg.block_statistics.split(",") if s]
     model, calib, scored, reference = block_inputs(cfg.block_calibration_sentences, cfg.block_eval_sentences,
                                                    cfg.block_validation_sentences, cfg.batch_size, cfg.max_length)
-    part_sets = [("heads", "ffn")] + ([("ffn",)] if cfg.ffn_only else [])
+    part_sets = [tuple(p.split("+")) for p in cfg.block_parts.split(",") if p]
     rows = []
     for ratio in (float(r) for r in cfg.block_ratios.split(",") if r):
         for parts in part_sets:
@@ -240,7 +241,8 @@ def _check(cfg: MiniLMConfig) -> None:
     checks = (("--methods", cfg.methods, FFN_METHODS), ("--tables", cfg.tables, TABLES),
               ("--block-methods", cfg.block_methods, VALID_BLOCK_METHODS),
               ("--block-modes", cfg.block_modes, ("uniform", "global")),
-              ("--block-statistics", cfg.block_statistics, ("one-pass", "sequential")))
+              ("--block-statistics", cfg.block_statistics, ("one-pass", "sequential")),
+              ("--block-parts", cfg.block_parts, ("heads+ffn", "ffn", "heads")))
     for flag, value, valid in checks:
         names = [v.strip() for v in value.split(",") if v.strip()]
         if not names or any(n not in valid for n in names):
