@@ -76,7 +76,7 @@ BLOCK_METHODS: dict[str, str] = {
     "calib": "greedy (group) OBS with compensation and mean correction, heads and FFN units",
 }
 PARTS = ("heads", "ffn")
-_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio", "max_shift"})
+_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio", "max_shift", "energy"})
 #: Global mode: how far (in fractions of its units) a block's count may move from the uniform one.
 #: Chosen on MiniLM validation text (docs/algorithm.md §8.3): unbounded costs over-prune some layers.
 MAX_SHIFT = 0.2
@@ -155,6 +155,9 @@ def _check_arguments(ratio, method, parts, global_mode, sequential, options) -> 
     cap = options.get("max_unit_ratio", 0.9)
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0.0 < cap < 1.0:
         raise ValueError(f"max_unit_ratio must be in (0, 1) (most of a layer's units global mode removes), got {cap!r}")
+    if options.get("energy", "layer") not in ("layer", "part"):
+        raise ValueError(f"energy must be 'layer' or 'part' (what global calib costs are divided by), got "
+                         f"{options['energy']!r}")
     shift = options.get("max_shift", MAX_SHIFT)
     if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift <= 1):
         raise ValueError(f"max_shift must be None (unbounded) or in [0, 1] (how far global mode moves a block's "
@@ -321,7 +324,7 @@ def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]],
 
 
 def _global(method, heads, ffn, head_stats, ffn_stats, target, cap: float, bounds: tuple[list[int], list[int]],
-            shift: float | None) -> tuple[list[int], list[int], list | None]:
+            shift: float | None, energy: str = "layer") -> tuple[list[int], list[int], list | None]:
     """Per-block head and FFN-unit counts of the global split; for ``calib`` also the FFN plans (the
     joint greedy has already made them). With ``shift``, every block removes within ``shift × units``
     of its uniform count ``bounds``."""
@@ -344,7 +347,7 @@ def _global(method, heads, ffn, head_stats, ffn_stats, target, cap: float, bound
     if method == "calib":
         att = [_energy(b.output_weight(), st) for b, st in zip(heads.blocks, head_stats)] if heads else []
         mlp = [_energy(b.output_weight(), st) for b, st in zip(ffn.blocks, ffn_stats)] if ffn else []
-    paired = len(att) == len(mlp)
+    paired = len(att) == len(mlp) and energy == "layer"
 
     def divisor(own: float, other: list[float], li: int) -> float:
         return own + other[li] if paired else own
@@ -478,7 +481,8 @@ def prune_blocks(
         head_amounts, ffn_amounts, ffn_plans = _global(method, heads, ffn, head_stats, ffn_stats, target,
                                                        float(options.get("max_unit_ratio", 0.9)),
                                                        _uniform(ratio, heads, ffn, target),
-                                                       options.get("max_shift", MAX_SHIFT))
+                                                       options.get("max_shift", MAX_SHIFT),
+                                                       options.get("energy", "layer"))
     else:
         head_amounts, ffn_amounts = _uniform(ratio, heads, ffn, target)
     too_many = [(p.name, b.name, a, u) for p, amounts in ((heads, head_amounts), (ffn, ffn_amounts)) if p
