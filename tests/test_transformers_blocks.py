@@ -101,9 +101,13 @@ def _quiet_ffn_model() -> nn.Module:
 
 
 def test_global_mode_takes_more_from_an_ffn_that_barely_writes():
-    # within layer 1 its FFN units now cost almost nothing next to its heads (one energy per layer)
+    # with one energy per layer, layer 1's FFN units now cost almost nothing next to its heads
     uniform = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB)
-    chosen = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None)
+    chosen = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None, energy="layer")
+    # with each block's own energy (the default) a block's scale does not matter
+    plain = prune_blocks(_bert(seed=1), 0.3, "calib", CALIB, global_mode=True, max_shift=None)
+    scaled = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None)
+    assert (plain.heads_after, plain.ffn_after) == (scaled.heads_after, scaled.ffn_after)
     assert uniform.heads_after == [3, 3] and abs(uniform.ffn_after[0] - uniform.ffn_after[1]) <= 1
     assert chosen.ffn_after[1] < chosen.ffn_after[0] and chosen.ffn_after[1] < uniform.ffn_after[1]
     assert abs(chosen.removed_params - uniform.removed_params) <= _unit_sizes()[0]
@@ -203,8 +207,8 @@ def test_global_calib_joint_greedy_writes_what_a_per_layer_greedy_would():
 
 def test_global_counts_stay_within_max_shift_of_the_uniform_ones():
     uniform = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB)
-    free = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None)
-    bounded = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=0.05)
+    free = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None, energy="layer")
+    bounded = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=0.05, energy="layer")
     ffn_shift = [abs(b - u) for b, u in zip(bounded.ffn_after, uniform.ffn_after)]
     assert 0 < max(ffn_shift) <= 4  # ceil(0.05 * 64) units either way
     assert all(abs(b - u) <= 1 for b, u in zip(bounded.heads_after, uniform.heads_after))  # ceil(0.05 * 4)

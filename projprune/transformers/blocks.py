@@ -20,9 +20,10 @@ Per-layer counts:
   its units from its uniform count. For ``calib`` a removal's cost is its OBS cost ``tr(V_R (P_RR)⁻¹ V_Rᵀ)``
   (heads: groups of output-projection inputs; FFN units: ``|R| = 1``, ``‖u_i‖²/P[i, i]`` with the
   compensated column ``u_i``), marginal along the greedy (after the earlier removals'
-  compensation), divided by the layer's output energy ``E_l = tr(V_att C_att V_attᵀ) + tr(V_ffn
-  C_ffn V_ffnᵀ)`` (the centred variance both output projections add to the residual stream per
-  token) and by the parameters the unit owns: relative squared output error per parameter removed.
+  compensation), divided by its block's output energy ``tr(V C Vᵀ)`` (the centred variance the
+  output projection adds to the residual stream per token; ``energy="layer"``: by the layer's
+  attention + FFN energy) and by the parameters the unit owns: relative squared output error per
+  parameter removed.
   One-shot baselines rank their per-(layer, part) normalised scores (``l2``, ``act_norm``: divided
   by the sum, per parameter; ``flap``, ``wanda_sp``: standardised, FLAP's adaptive structure search).
 
@@ -155,7 +156,7 @@ def _check_arguments(ratio, method, parts, global_mode, sequential, options) -> 
     cap = options.get("max_unit_ratio", 0.9)
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0.0 < cap < 1.0:
         raise ValueError(f"max_unit_ratio must be in (0, 1) (most of a layer's units global mode removes), got {cap!r}")
-    if options.get("energy", "layer") not in ("layer", "part"):
+    if options.get("energy", "part") not in ("layer", "part"):
         raise ValueError(f"energy must be 'layer' or 'part' (what global calib costs are divided by), got "
                          f"{options['energy']!r}")
     shift = options.get("max_shift", MAX_SHIFT)
@@ -324,7 +325,7 @@ def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]],
 
 
 def _global(method, heads, ffn, head_stats, ffn_stats, target, cap: float, bounds: tuple[list[int], list[int]],
-            shift: float | None, energy: str = "layer") -> tuple[list[int], list[int], list | None]:
+            shift: float | None, energy: str = "part") -> tuple[list[int], list[int], list | None]:
     """Per-block head and FFN-unit counts of the global split; for ``calib`` also the FFN plans (the
     joint greedy has already made them). With ``shift``, every block removes within ``shift × units``
     of its uniform count ``bounds``."""
@@ -440,7 +441,8 @@ def prune_blocks(
             :class:`~projprune.ActivationStats`); global mode: ``max_shift`` (a block's count stays
             within this fraction of its units of the uniform count; default :data:`MAX_SHIFT`, None:
             unbounded), ``max_unit_ratio`` (at most this fraction of a block's FFN units, default
-            0.9; heads: all but one).
+            0.9; heads: all but one), ``energy`` (``"part"``, default: ``calib`` costs over their
+            block's output energy; ``"layer"``: over the layer's attention + FFN energy).
 
     Returns:
         :class:`BlocksReport`.
@@ -482,7 +484,7 @@ def prune_blocks(
                                                        float(options.get("max_unit_ratio", 0.9)),
                                                        _uniform(ratio, heads, ffn, target),
                                                        options.get("max_shift", MAX_SHIFT),
-                                                       options.get("energy", "layer"))
+                                                       options.get("energy", "part"))
     else:
         head_amounts, ffn_amounts = _uniform(ratio, heads, ffn, target)
     too_many = [(p.name, b.name, a, u) for p, amounts in ((heads, head_amounts), (ffn, ffn_amounts)) if p
