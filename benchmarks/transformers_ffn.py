@@ -6,8 +6,8 @@ BERT-base has 12 FFN blocks of 3072 hidden units reading 768 features (``W: (307
 slowest layer and the parameter counts. The goal for ``exact`` + ``compensate`` is under
 30 s on a 2-core CPU.
 
-    PYTHONPATH=. python benchmarks/transformers_ffn.py
-    PYTHONPATH=. python benchmarks/transformers_ffn.py --methods exact+compensate,exact_oac,l2 --threads 2
+    python benchmarks/transformers_ffn.py
+    python benchmarks/transformers_ffn.py --methods exact+compensate,exact_oac,l2 --threads 2
 """
 
 from __future__ import annotations

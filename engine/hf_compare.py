@@ -15,6 +15,13 @@ file calibrates and which evaluates.
 
 Without a tokenizer beside the model (``--tokenizer`` or the model directory) the text is
 read as UTF-8 bytes (ids ``byte % vocab_size``), which is enough to measure fidelity.
+
+``--parts`` chooses what is pruned: ``ffn`` (default) runs :func:`prune_ffn` and ``--ratio`` is the
+fraction of FFN units; ``heads``, ``heads,ffn`` run :func:`projprune.transformers.prune_blocks` and
+``--ratio`` is the fraction of the attention + FFN projection parameters removed (methods of
+``BLOCK_METHODS``; ``--global`` splits the budget between heads, FFN units and layers).
+
+    python -m engine.hf_compare --model PATH --parts heads,ffn --ratio 0.3 --text-file a.txt --calibration-file b.txt
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ class CompareConfig:
     calibration_chunks: int = field(default=16, metadata={"help": "calibration chunks taken from that text"})
     methods: str = field(default="all", metadata={"help": "comma-separated methods of FFN_METHODS, or 'all'"})
     global_mode: bool = field(default=False, metadata={"flag": "--global", "help": "choose widths across layers"})
+    parts: str = field(default="ffn", metadata={
+        "help": "what to prune: ffn (prune_ffn, --ratio = FFN units) or heads / heads,ffn (prune_blocks, --ratio = "
+                "attention + FFN parameters)"})
     seq_len: int = field(default=128, metadata={"help": "tokens per evaluation chunk"})
     max_chunks: int = field(default=16, metadata={"help": "evaluation chunks taken from the text"})
     batch_size: int = field(default=4, metadata={"help": "chunks per forward pass"})
@@ -67,6 +77,22 @@ class CompareConfig:
 def _looks_like_path(name: str) -> bool:
     # Hub names are "name" or "owner/name"; anything else with a separator is a local path.
     return name.startswith((".", "/", "~")) or name.count(os.sep) > 1
+
+
+def _parts(cfg: CompareConfig) -> tuple[str, ...]:
+    parts = tuple(harness.split_list(cfg.parts))
+    if not parts or len(set(parts)) != len(parts) or any(p not in ("heads", "ffn") for p in parts):
+        raise ValueError(f"--parts: expected 'ffn', 'heads' or 'heads,ffn', got {cfg.parts!r}")
+    return parts
+
+
+def _method_table(cfg: CompareConfig) -> dict[str, str]:
+    """Method name -> description for what ``--parts`` prunes."""
+    from projprune.transformers import BLOCK_METHODS, FFN_METHODS
+
+    if _parts(cfg) == ("ffn",):
+        return {name: spec.description for name, spec in FFN_METHODS.items()}
+    return dict(BLOCK_METHODS)
 
 
 def _check_config(cfg: CompareConfig) -> list[str]:
@@ -94,10 +120,12 @@ def _check_config(cfg: CompareConfig) -> list[str]:
                         ("--batch-size", cfg.batch_size), ("--prunenet-episodes", cfg.prunenet_episodes)):
         if value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value}")
-    methods = list(FFN_METHODS) if cfg.methods == "all" else harness.split_list(cfg.methods)
-    unknown = [m for m in methods if m not in FFN_METHODS]
+    valid = _method_table(cfg)
+    methods = list(valid) if cfg.methods == "all" else harness.split_list(cfg.methods)
+    unknown = [m for m in methods if m not in valid]
     if unknown or not methods:
-        raise ValueError(f"--methods: expected 'all' or names from {sorted(FFN_METHODS)}, got {cfg.methods!r}")
+        raise ValueError(f"--methods: expected 'all' or names from {sorted(valid)} (--parts {cfg.parts}), got "
+                         f"{cfg.methods!r}")
     calibrated = [m for m in methods if FFN_METHODS[m].needs_stats]
     if calibrated and not cfg.calibration_file:
         if cfg.methods != "all":
@@ -220,13 +248,29 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         return _compare(cfg, methods)
 
 
+def _prune_blocks(model: torch.nn.Module, cfg: CompareConfig, method: str, calibration):
+    from projprune.transformers import prune_blocks
+
+    return prune_blocks(model, cfg.ratio, method, None if method == "l2" else calibration, parts=_parts(cfg),
+                        global_mode=cfg.global_mode, progress=True)
+
+
+def _report_widths(report) -> str:
+    """FFN widths (``prune_ffn``), else ``heads/FFN`` ranges (``prune_blocks``)."""
+    if hasattr(report, "widths"):
+        return _width_text(report.widths)
+    return "/".join(_width_text(w) for w in (report.heads_after, report.ffn_after) if w)
+
+
 def _compare(cfg: CompareConfig, methods: list[str]) -> list[dict[str, Any]]:
     from projprune.transformers import FFN_METHODS, find_ffn_blocks, prune_ffn
 
     harness.seed_everything(cfg.seed)
     model_name = Path(cfg.model.rstrip("/")).name
     scope = "global" if cfg.global_mode else "local"
-    run_name = f"compare-{scope}-{cfg.ratio}-{model_name}"
+    parts = _parts(cfg)
+    run_name = f"compare-{scope}-{cfg.ratio}-{model_name}" + ("" if parts == ("ffn",) else "-" + "-".join(parts))
+    descriptions = _method_table(cfg)
     run_dir = Path(cfg.output_dir) / run_name
     logger = harness.get_logger(run_name, run_dir / f"{run_name}.txt")
     try:
@@ -255,6 +299,8 @@ def _compare(cfg: CompareConfig, methods: list[str]) -> list[dict[str, Any]]:
             model = copy.deepcopy(original)
             if method == "prunenet":
                 report = _run_prunenet(model, cfg, logger)
+            elif parts != ("ffn",):
+                report = _prune_blocks(model, cfg, method, calibration)
             else:
                 options: dict[str, Any] = {"seed": cfg.seed} if method == "random" else {}
                 if FFN_METHODS[method].needs_stats:
@@ -263,8 +309,8 @@ def _compare(cfg: CompareConfig, methods: list[str]) -> list[dict[str, Any]]:
             _, ppl, cosine = evaluate_fidelity(model, input_ids, reference, batch_size=cfg.batch_size)
             row = {
                 "method": method,
-                "description": FFN_METHODS[method].description,
-                "widths": _width_text(report.widths),
+                "description": descriptions[method],
+                "widths": _report_widths(report),
                 "params_M": f"{report.params_after / 1e6:.3f}",
                 "param_reduction_%": f"{100 * report.param_reduction:.2f}",
                 "cosine": f"{cosine:.6f}",

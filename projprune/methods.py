@@ -27,8 +27,8 @@ from projprune.surgery import (
     prune_pairs_global,
 )
 
-__all__ = ["CALIB_LMBDA", "PAIR_METHODS", "PairMethod", "baseline_scores", "prune_pair", "prune_pairs",
-           "select_baseline_global"]
+__all__ = ["CALIB_LMBDA", "PAIR_METHODS", "PairMethod", "baseline_scores", "fluctuation_scores", "prune_pair",
+           "prune_pairs", "select_baseline_global", "standardised", "wanda_scores"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,11 @@ class PairMethod:
 
     Attributes:
         kind: ``"random"``, ``"norm"`` (smallest row norm first), ``"lazy"`` or ``"exact"``
-            (projective greedy with that tracking), or ``"act_norm"`` (smallest centred
-            activation norm times next-layer column norm, then a least-squares refit).
+            (projective greedy with that tracking), ``"act_norm"`` (smallest centred
+            activation norm times next-layer column norm, then a least-squares refit), or the
+            retraining-free LLM baselines ``"flap"`` (:func:`fluctuation_scores`, removed units'
+            mean folded into the next bias) and ``"wanda_sp"`` (:func:`wanda_scores`, no
+            compensation), used by :func:`projprune.transformers.prune_ffn`.
         p: the norm's order for ``kind="norm"``.
         options: :class:`ProjectionOptions` for the projective kinds and ``act_norm``.
         description: one line for tables and ``--help``.
@@ -112,6 +115,39 @@ def _method(name: str) -> PairMethod:
     return PAIR_METHODS[name]
 
 
+def fluctuation_scores(V: torch.Tensor, stats: ActivationStats) -> torch.Tensor:
+    """FLAP's fluctuation metric (An et al., AAAI 2024): ``Var(h_i) · ‖V[:, i]‖²``, float64 ``(n,)`` on the CPU.
+
+    ``V: (k, n)`` the next layer's weight, ``stats`` the ``n`` inputs it reads. The variance is the
+    population one (``C[i, i]``); FLAP's ``1/(N-1)`` only rescales every score alike.
+    """
+    variance = stats.covariance().diagonal().clamp_min(0.0).cpu()
+    return variance * V.double().cpu().pow(2).sum(dim=0)
+
+
+def wanda_scores(V: torch.Tensor, stats: ActivationStats) -> torch.Tensor:
+    """Structured Wanda: ``‖h_i‖ · Σ_k |V[k, i]|``, float64 ``(n,)`` on the CPU.
+
+    Wanda scores a weight by ``|W_kj| · ‖x_j‖`` (``‖x_j‖`` the root mean square of the input it
+    multiplies over the calibration tokens, uncentred); a unit's score sums it over the unit's
+    column of the next layer ``V: (k, n)``, as the Wanda-sp baseline of FLAP's code does. The
+    producing layer's row is left out there too: its inputs are the block's input features, the
+    same for every unit, so that term would only add a weighted row magnitude to the score.
+    """
+    rms = (stats.sum_outer.diagonal() / stats.count).clamp_min(0.0).sqrt().cpu()
+    return rms * V.double().cpu().abs().sum(dim=0)
+
+
+def standardised(scores: torch.Tensor) -> torch.Tensor:
+    """``(s - mean(s)) / std(s)`` (unbiased std; zeros when every score is equal): FLAP's per-layer
+    standardisation before a global ranking."""
+    s = scores.double()
+    if s.numel() < 2:
+        return torch.zeros_like(s)
+    std = s.std()
+    return (s - s.mean()) / std if std > 0 else torch.zeros_like(s)
+
+
 def baseline_scores(
     Ws: Sequence[torch.Tensor],
     spec: PairMethod,
@@ -123,6 +159,8 @@ def baseline_scores(
 
     ``random``: uniform; ``norm``: row norms; ``act_norm``: ``sqrt(C[i, i]) · ‖v_i‖``. Norm
     scores are divided by their layer's sum, as the projective global mode does with distances.
+    ``flap`` (:func:`fluctuation_scores`) and ``wanda_sp`` (:func:`wanda_scores`) are standardised
+    per layer instead, as FLAP's adaptive structure search does before its global ranking.
     """
     sizes = [W.shape[0] for W in Ws]
     if spec.kind == "random":
@@ -132,6 +170,9 @@ def baseline_scores(
     elif spec.kind == "act_norm":
         raw = [st.covariance().diagonal().clamp_min(0.0).sqrt().cpu()
                * torch.linalg.vector_norm(V.double().cpu(), dim=0) for V, st in zip(Vs, stats)]
+    elif spec.kind in ("flap", "wanda_sp"):
+        score = fluctuation_scores if spec.kind == "flap" else wanda_scores
+        return [standardised(score(V, st)) for V, st in zip(Vs, stats)]
     else:
         raise ValueError(f"baseline_scores: kind {spec.kind!r} is not a one-shot method")
     return [s / s.sum() if s.sum() > 0 else s for s in raw]
@@ -150,8 +191,8 @@ def select_baseline_global(
     Args:
         Ws: layer weights ``(n_l, m_l)``.
         amount: total units to remove; every layer keeps at least one.
-        spec: a ``"random"``, ``"norm"`` or ``"act_norm"`` entry of :data:`PAIR_METHODS`.
-        Vs, stats: next-layer weights and calibration statistics (``act_norm`` only).
+        spec: a ``"random"``, ``"norm"``, ``"act_norm"``, ``"flap"`` or ``"wanda_sp"`` method.
+        Vs, stats: next-layer weights and calibration statistics (the calibrated kinds only).
 
     Returns:
         Per layer, a ``(n_l,)`` bool keep mask.

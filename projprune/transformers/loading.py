@@ -1,4 +1,4 @@
-"""Load a model whose FFN blocks were pruned to different widths per layer.
+"""Load a model whose FFN blocks were pruned to different widths per layer, or whose heads were pruned.
 
 Uniform widths need nothing special: :func:`projprune.transformers.prune_ffn` writes them
 to the config's width attribute and plain ``from_pretrained`` rebuilds the model. Per-layer
@@ -7,6 +7,12 @@ widths cannot be expressed by ``transformers`` configs, so ``prune_ffn`` stores 
 :func:`from_pretrained` loads through a subclass of the model class whose ``__init__``
 narrows the blocks right after building them. ``transformers`` then loads the checkpoint
 as usual (safetensors, sharding, dtype, meta-device initialisation), and the shapes match.
+
+Pruned attention heads are always recorded that way: a head count cannot be written to the
+config (``head_dim = hidden_size / num_attention_heads`` in most families), so
+:func:`projprune.transformers.prune_heads` stores ``config.projprune_attention_heads`` (query
+heads per attention block, which output projections have a bias, and the original head
+counts) and the head-count attributes are saved as a note naming this loader.
 """
 
 from __future__ import annotations
@@ -16,7 +22,16 @@ from typing import Any
 
 from torch import nn
 
-from projprune.transformers.families import FAMILIES, PER_LAYER_NOTE, guard_config, resize_ffn_blocks
+from projprune.transformers.families import (
+    FAMILIES,
+    HEADS_KEY,
+    HEADS_NOTE,
+    PER_LAYER_NOTE,
+    find_attention_blocks,
+    guard_config,
+    resize_attention_blocks,
+    resize_ffn_blocks,
+)
 from projprune.transformers.families import WIDTHS_KEY as _WIDTHS_KEY
 
 _WIDTH_KEYS = tuple(dict.fromkeys(k for family in FAMILIES.values() for k in family.width_keys))
@@ -28,7 +43,8 @@ _SUBCLASSES: dict[type, type] = {}
 
 
 def with_ffn_widths(model_class: type) -> type:
-    """A subclass of a ``transformers`` model class that applies ``config.projprune_ffn_widths``.
+    """A subclass of a ``transformers`` model class that applies ``config.projprune_ffn_widths`` and
+    ``config.projprune_attention_heads``.
 
     The subclass keeps the base class's name, so ``save_pretrained`` writes the usual
     ``architectures`` entry.
@@ -43,6 +59,12 @@ def with_ffn_widths(model_class: type) -> type:
             resize_ffn_blocks(self, [int(w) for w in widths])
             keys = [k for k in _WIDTH_KEYS if isinstance(getattr(config, k, None), int)]
             guard_config(config, keys)  # saving again keeps stock loaders refusing it
+        heads = getattr(config, HEADS_KEY, None)
+        if heads:
+            resize_attention_blocks(self, [int(h) for h in heads["heads"]], heads.get("output_bias"))
+            keys = {k for block in find_attention_blocks(self) for k in block.family.config_keys
+                    if isinstance(getattr(config, k, None), int)}
+            guard_config(config, sorted(keys), HEADS_KEY, HEADS_NOTE)
 
     subclass = type(model_class.__name__, (model_class,), {"__init__": __init__, "__module__": model_class.__module__})
     subclass.__qualname__ = model_class.__qualname__
@@ -72,7 +94,7 @@ def _resolve_class(model_class: Any, config: Any) -> type:
 
 
 def from_pretrained(path: str | os.PathLike, model_class: Any = None, **kwargs: Any) -> nn.Module:
-    """``model_class.from_pretrained(path)`` that also restores per-layer FFN widths.
+    """``model_class.from_pretrained(path)`` that also restores per-layer FFN widths and pruned heads.
 
     Args:
         path: a directory written by ``save_pretrained`` (or a hub name).
@@ -89,13 +111,20 @@ def from_pretrained(path: str | os.PathLike, model_class: Any = None, **kwargs: 
         raise FileNotFoundError(f"path: {path} does not exist (expected a directory written by save_pretrained)")
     raw, _ = PretrainedConfig.get_config_dict(path)
     widths = raw.get(_WIDTHS_KEY)
-    if widths:  # the width attributes hold PER_LAYER_NOTE (stock loaders refuse it): build at the widest
-        fixed = {k: (max(int(w) for w in widths) if v == PER_LAYER_NOTE else v) for k, v in raw.items()}
+    heads = raw.get(HEADS_KEY)
+    if heads and not (isinstance(heads, dict) and isinstance(heads.get("heads"), list)
+                      and isinstance(heads.get("config"), dict)):
+        raise ValueError(f"path: {path} has a malformed {HEADS_KEY} entry in its config; expected the record "
+                         "written by projprune.transformers.prune_heads")
+    if widths or heads:  # the noted attributes make stock loaders fail: build at the original sizes
+        fixed = {**raw, **(heads["config"] if heads else {})}
+        if widths:
+            fixed = {k: (max(int(w) for w in widths) if v == PER_LAYER_NOTE else v) for k, v in fixed.items()}
         config = AutoConfig.for_model(**fixed)
     else:
         config = AutoConfig.from_pretrained(path)
     cls = _resolve_class(model_class, config)
-    if widths:
+    if widths or heads:
         cls = with_ffn_widths(cls)
         kwargs.setdefault("config", config)
     return cls.from_pretrained(path, **kwargs)

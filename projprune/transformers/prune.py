@@ -9,7 +9,8 @@ a bad argument or a failing solver leaves the model as it was.
 Methods are the keys of :data:`projprune.PAIR_METHODS` (``random``, ``l1``, ``l2``, the
 paper's lazy ``proj*`` variants, ``exact``, ``exact_oac``, and the calibrated ``calib`` and
 ``act_norm`` of docs/algorithm.md §8, which need ``calibration=`` batches) plus ``prunenet``
-(:mod:`projprune.transformers.prunenet`). Projective options (``alpha``, ``beta``,
+(:mod:`projprune.transformers.prunenet`) and the retraining-free LLM baselines ``flap`` and
+``wanda_sp`` (calibrated too; see :data:`FFN_METHODS`). Projective options (``alpha``, ``beta``,
 ``gamma``, ``lmbda``, ``decay``, ``v_uses_beta``, ``output_aware``, ``compensate``)
 override the method's row of the table.
 
@@ -38,7 +39,7 @@ from projprune._checks import check_plain_layer
 from projprune.calibration import ActivationStats, collect_activation_stats
 from projprune.greedy import PruneResult, apply_pruning, apply_refit, greedy_global
 from projprune.methods import PAIR_METHODS, PairMethod, select_baseline_global
-from projprune.options import resolve_options
+from projprune.options import ProjectionOptions, resolve_options
 from projprune.surgery import select_units
 from projprune.transformers.families import WIDTHS_KEY, FFNBlock, config_owners, find_ffn_blocks, guard_config
 from projprune.transformers.prunenet import PruneNetPolicy, kept_width, load_policy, train_policy
@@ -47,8 +48,18 @@ __all__ = ["FFN_METHODS", "WIDTHS_KEY", "LayerReport", "PruneReport", "prune_ffn
 
 
 PRUNENET_METHOD = PairMethod("prunenet", description="PruneNet (ICLR 2025): learned policy, KS spectrum reward")
-#: Every method :func:`prune_ffn` accepts: the core table plus PruneNet.
-FFN_METHODS: dict[str, PairMethod] = {**PAIR_METHODS, "prunenet": PRUNENET_METHOD}
+#: FLAP (An et al., AAAI 2024): smallest fluctuation ``Var(h_i)·‖v_i‖²`` removed, the removed units'
+#: mean contribution ``V_R μ_R`` added to the output bias (created if absent); global mode ranks
+#: per-layer standardised scores, as FLAP's adaptive structure search.
+FLAP_METHOD = PairMethod("flap", options=ProjectionOptions(mean_correction=True), needs_stats=True,
+                         description="FLAP: smallest Var(h_i)·‖v_i‖², removed units' mean into the output bias")
+#: Structured Wanda (Wanda-sp, as FLAP's baseline): smallest ``‖h_i‖·Σ_k|V[k, i]|`` removed, no compensation.
+WANDA_SP_METHOD = PairMethod("wanda_sp", options=ProjectionOptions(mean_correction=False), needs_stats=True,
+                             description="Wanda-sp: smallest ‖h_i‖·Σ|v_i| (|W|·‖x‖ over the unit's output "
+                                         "column), no compensation")
+#: Every method :func:`prune_ffn` accepts: the core table plus PruneNet, FLAP and Wanda-sp.
+FFN_METHODS: dict[str, PairMethod] = {**PAIR_METHODS, "prunenet": PRUNENET_METHOD, "flap": FLAP_METHOD,
+                                      "wanda_sp": WANDA_SP_METHOD}
 
 _PROJECTIVE_OPTIONS = frozenset(
     {"alpha", "beta", "gamma", "lmbda", "decay", "v_uses_beta", "output_aware", "compensate", "dtype",
@@ -60,6 +71,8 @@ _OPTIONS_BY_KIND: dict[str, frozenset[str]] = {
     "lazy": _PROJECTIVE_OPTIONS,
     "exact": _PROJECTIVE_OPTIONS,
     "act_norm": frozenset({"lmbda", "mean_correction"}),
+    "flap": frozenset({"mean_correction"}),
+    "wanda_sp": frozenset(),
     "prunenet": frozenset({"policy", "episodes", "lr", "weight_decay", "discount", "seed", "draw_seed",
                            "show_progress"}),
 }
@@ -194,7 +207,9 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def _plan_projective(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
+# Every planner takes (blocks, ratio, amounts, total, spec, options, stats, progress): ``amounts`` the units
+# removed per block (per-layer mode), ``total`` the units removed over all blocks (global mode, else None).
+def _plan_projective(blocks, ratio, amounts, total, spec, options, stats=None, progress=False):
     overrides = {key: value for key, value in options.items() if key != "dtype"}
     opts = resolve_options(spec.options, overrides)
     dtype = options.get("dtype")
@@ -202,19 +217,17 @@ def _plan_projective(blocks, ratio, spec, global_mode, options, stats=None, prog
     if stats is not None:  # on activations: the data-free bias term does not apply
         inputs = [(W, None, V) for W, _, V in inputs]
     per_layer = [None] * len(blocks) if stats is None else list(stats)
-    if global_mode:
-        total = sum(block.width for block in blocks)
-        amount = int(round(ratio * total))
-        with _bar(amount, "global greedy", progress) as bar:
-            results = greedy_global([W for W, _, _ in inputs], amount, opts, bs=[b for _, b, _ in inputs],
+    if total is not None:
+        with _bar(total, "global greedy", progress) as bar:
+            results = greedy_global([W for W, _, _ in inputs], total, opts, bs=[b for _, b, _ in inputs],
                                     Vs=[V for _, _, V in inputs], stats=None if stats is None else per_layer,
                                     dtype=dtype, callback=lambda _step: bar.update(1))
         return [_plan_from_result(block, W, V, r, None) for block, (W, _, V), r in zip(blocks, inputs, results)], {}
     plans = []
-    for block, (W, b, V), st in zip(_progress(blocks, "FFN layers", progress), inputs, per_layer):
+    for block, (W, b, V), st, amount in zip(_progress(blocks, "FFN layers", progress), inputs, per_layer, amounts):
         start = time.perf_counter()
-        result = greedy_global([W], block.width - kept_width(block.width, ratio), opts, bs=[b], Vs=[V],
-                               stats=None if st is None else [st], dtype=dtype)[0]
+        result = greedy_global([W], amount, opts, bs=[b], Vs=[V], stats=None if st is None else [st],
+                               dtype=dtype)[0]
         plans.append(_plan_from_result(block, W, V, result, time.perf_counter() - start))
     return plans, {}
 
@@ -225,45 +238,78 @@ def _progress(items: Sequence, desc: str, enabled: bool) -> Iterator:
     return iter(tqdm(items, desc=desc, disable=not enabled, leave=False))
 
 
-def _plan_act_norm(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
+def _select_by_scores(Ws, Vs, amounts, total, spec, stats, generator=None) -> tuple[list[torch.Tensor], list]:
+    """Keep masks of a one-shot scoring method, per layer (``amounts``) or over all layers (``total``);
+    the second list holds each layer's selection seconds (None in global mode)."""
+    if total is not None:
+        return select_baseline_global(Ws, total, spec, generator, Vs, stats), [None] * len(Ws)
+    keeps, seconds = [], []
+    for li, (W, amount) in enumerate(zip(Ws, amounts)):
+        start = time.perf_counter()
+        keeps.append(select_baseline_global([W], amount, spec, generator, None if Vs is None else [Vs[li]],
+                                            None if stats is None else [stats[li]])[0])
+        seconds.append(time.perf_counter() - start)
+    return keeps, seconds
+
+
+def _unit_and_output_weights(blocks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    Ws = [_work_dtype(block.unit_weight()) for block in blocks]
+    return Ws, [_work_dtype(block.output_weight()).to(W.dtype) for block, W in zip(blocks, Ws)]
+
+
+def _selection_result(keep: torch.Tensor, dtype: torch.dtype) -> PruneResult:
+    ones = torch.ones(keep.shape[0], dtype=dtype)
+    return PruneResult(keep=keep.cpu(), order=torch.nonzero(~keep.cpu()).flatten(), scale_w=ones, scale_b=ones,
+                       scale_v=ones)
+
+
+def _plan_act_norm(blocks, ratio, amounts, total, spec, options, stats=None, progress=False):
     """Smallest ``‖h_i − μ_i‖·‖v_i‖`` units, then the least-squares refit of the output layer."""
     opts = resolve_options(spec.options, dict(options))
-    Ws = [_work_dtype(block.unit_weight()) for block in blocks]
-    Vs = [_work_dtype(block.output_weight()).to(W.dtype) for block, W in zip(blocks, Ws)]
-    if global_mode:
-        amount = int(round(ratio * sum(W.shape[0] for W in Ws)))
-        keeps = select_baseline_global(Ws, amount, spec, None, Vs, stats)
-    else:
-        keeps = [select_baseline_global([W], W.shape[0] - kept_width(W.shape[0], ratio), spec, None, [V], [st])[0]
-                 for W, V, st in zip(Ws, Vs, stats)]
+    Ws, Vs = _unit_and_output_weights(blocks)
+    keeps, _ = _select_by_scores(Ws, Vs, amounts, total, spec, stats)
     plans = []
     for block, W, V, keep, st in zip(_progress(blocks, "FFN refit", progress), Ws, Vs, keeps, stats):
         start = time.perf_counter()
-        ones = torch.ones(W.shape[0], dtype=W.dtype)
-        result = PruneResult(keep=keep.cpu(), order=torch.nonzero(~keep.cpu()).flatten(), scale_w=ones,
-                             scale_b=ones, scale_v=ones)
+        result = _selection_result(keep, W.dtype)
         apply_refit(result, V, st, opts)
-        plans.append(_plan_from_result(block, W, V, result, None if global_mode else time.perf_counter() - start))
+        plans.append(_plan_from_result(block, W, V, result, None if total is not None else time.perf_counter() - start))
     return plans, {}
 
 
-def _plan_baseline(blocks, ratio, spec, global_mode, options, stats=None, progress=False):
+def _plan_llm_baseline(blocks, ratio, amounts, total, spec, options, stats=None, progress=False):
+    """FLAP / Wanda-sp: smallest calibrated scores; FLAP adds the removed units' mean ``V_R μ_R`` to the bias."""
+    opts = resolve_options(spec.options, dict(options))
+    Ws, Vs = _unit_and_output_weights(blocks)
+    keeps, seconds = _select_by_scores(Ws, Vs, amounts, total, spec, stats)
+    if not opts.mean_correction:
+        return [_Plan(keep.cpu(), seconds=sec) for keep, sec in zip(keeps, seconds)], {}
+    plans = []
+    for block, W, V, keep, st, sec in zip(blocks, Ws, Vs, keeps, stats, seconds):
+        result = _selection_result(keep, W.dtype)
+        removed = ~result.keep
+        # FLAP's bias compensation: what the removed units contributed on average, V_R μ_R
+        result.out_bias_delta = (V[:, removed].double() @ st.mean.cpu()[removed]).to(W.dtype)
+        plans.append(_plan_from_result(block, W, V, result, sec))
+    return plans, {}
+
+
+def _plan_baseline(blocks, ratio, amounts, total, spec, options, stats=None, progress=False):
     generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
     Ws = [_work_dtype(block.unit_weight()) for block in blocks]
-    if global_mode:
-        amount = int(round(ratio * sum(W.shape[0] for W in Ws)))
-        keeps = select_baseline_global(Ws, amount, spec, generator)
+    if total is not None:
+        keeps = select_baseline_global(Ws, total, spec, generator)
         return [_Plan(keep.cpu()) for keep in keeps], {}
     name = "random" if spec.kind == "random" else f"l{spec.p}"
     plans = []
-    for W in Ws:
+    for W, amount in zip(Ws, amounts):
         start = time.perf_counter()
-        keep = select_units(W, W.shape[0] - kept_width(W.shape[0], ratio), method=name, generator=generator)
+        keep = select_units(W, amount, method=name, generator=generator)
         plans.append(_Plan(keep.cpu(), seconds=time.perf_counter() - start))
     return plans, {}
 
 
-def _plan_prunenet(blocks, ratio, spec, global_mode, options, stats=None, progress=False) -> tuple[list[_Plan], dict]:
+def _plan_prunenet(blocks, ratio, amounts, total, spec, options, stats=None, progress=False):
     weights = [_work_dtype(block.policy_weight()) for block in blocks]
     policy = options.get("policy")
     if isinstance(policy, (str, os.PathLike)):
@@ -291,6 +337,8 @@ _PLANNERS: dict[str, Callable[..., tuple[list[_Plan], dict]]] = {
     "lazy": _plan_projective,
     "exact": _plan_projective,
     "act_norm": _plan_act_norm,
+    "flap": _plan_llm_baseline,
+    "wanda_sp": _plan_llm_baseline,
     "prunenet": _plan_prunenet,
 }
 
@@ -431,8 +479,24 @@ def _collect(model, blocks, calibration, max_batches, progress) -> list[Activati
 
 
 # --------------------------------------------------------------------------- entry point
-def _apply_plans(model: nn.Module, blocks: list, plans: list) -> None:
-    """Write every block's plan and the configs; everything or nothing (restored if a write fails)."""
+def plan_units(blocks: Sequence[FFNBlock], spec: PairMethod, amounts: Sequence[int], total: int | None,
+               options: Mapping[str, Any], stats: Sequence[ActivationStats] | None, *, ratio: float = 0.0,
+               progress: bool = False) -> tuple[list[_Plan], dict]:
+    """New tensors for ``blocks`` (nothing modified): ``amounts[i]`` units removed from block ``i``, or
+    ``total`` units over all of them chosen globally (when not None). Used by :func:`prune_ffn` and
+    :func:`projprune.transformers.prune_blocks`; raises ValueError for non-finite results."""
+    with torch.no_grad():
+        plans, extra = _PLANNERS[spec.kind](list(blocks), ratio, list(amounts), total, spec, dict(options), stats,
+                                            progress)
+    _check_plans(blocks, plans)
+    return plans, extra
+
+
+def _apply_plans(model: nn.Module, blocks: list, plans: list, all_blocks: list | None = None) -> None:
+    """Write every block's plan and the configs; everything or nothing (restored if a write fails).
+
+    ``all_blocks``: every FFN block of the model when ``blocks`` is a subset (the configs record all widths).
+    """
     bias_configs = _bias_owner(model, blocks, plans)
     with _restore_on_failure(model, blocks), torch.no_grad():
         for block, plan in zip(blocks, plans):
@@ -442,7 +506,7 @@ def _apply_plans(model: nn.Module, blocks: list, plans: list) -> None:
                 block.set_weights(plan.unit_weight, plan.input_biases, plan.output_weight, plan.output_bias)
         for config in bias_configs:
             config.mlp_bias = True
-        _update_configs(model, blocks)
+        _update_configs(model, blocks if all_blocks is None else all_blocks)
 
 
 def prune_ffn(
@@ -507,9 +571,9 @@ def prune_ffn(
         plans = [_Plan(torch.ones(block.width, dtype=torch.bool), seconds=0.0) for block in blocks]
     else:
         stats = _collect(model, blocks, calibration, max_batches, progress) if spec.needs_stats else None
-        with torch.no_grad():
-            plans, extra = _PLANNERS[spec.kind](blocks, ratio, spec, global_mode, options, stats, progress)
-        _check_plans(blocks, plans)
+        amounts = [block.width - kept_width(block.width, ratio) for block in blocks]
+        total = int(round(ratio * sum(widths_before))) if global_mode else None
+        plans, extra = plan_units(blocks, spec, amounts, total, options, stats, ratio=ratio, progress=progress)
         _apply_plans(model, blocks, plans)
     seconds = time.perf_counter() - start
     layers = [
