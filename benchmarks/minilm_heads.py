@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # `python benchmarks/minilm_heads.py`: import eng
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.real_minilm import batches, calibration_sentences, embed, evaluation_sentences, load_minilm  # noqa: E402
-from engine.harness import run_cli, split_list  # noqa: E402
+from engine.harness import plain_text, run_cli, split_list  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
 if TYPE_CHECKING:
@@ -128,8 +128,7 @@ def bert_base_selection_seconds(tokens: int = 4096, seed: int = 0) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    import torch
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=plain_text(__doc__.splitlines()[0]))
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated methods, each optionally name/option=value/...")
     parser.add_argument("--ratios", default="0.25,0.5,0.75")
@@ -142,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--bert-base-timing", action="store_true", help="also time calib's selection on BERT-base")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
+    import torch
+
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     option_sets = [{"lmbda": float(x)} for x in split_list(args.lambdas)] or [{}]

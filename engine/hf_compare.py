@@ -33,16 +33,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # `python engine/hf_compare.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 from engine import harness  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
-from projprune.transformers.compare import evaluate_fidelity  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CompareConfig", "main"]
 
@@ -144,6 +144,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 def _token_ids(cfg: CompareConfig, vocab_size: int, logger, path: str = "", flag: str = "--text-file",
                max_chunks: int = 0) -> torch.Tensor:
     """``(chunks, seq_len)`` token ids of the text file (``path``: another file, e.g. calibration)."""
+    import torch
+
     path = path or cfg.text_file
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -264,6 +266,7 @@ def _report_widths(report) -> str:
 
 def _compare(cfg: CompareConfig, methods: list[str]) -> list[dict[str, Any]]:
     from projprune.transformers import FFN_METHODS, find_ffn_blocks, prune_ffn
+    from projprune.transformers.compare import evaluate_fidelity
 
     harness.seed_everything(cfg.seed)
     model_name = Path(cfg.model.rstrip("/")).name

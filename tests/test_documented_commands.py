@@ -37,7 +37,6 @@ HEAVY = ("torch", "transformers", "torch_pruning", "torchvision")
 # Entry points whose --help may import heavy modules, and why (each is a module the CLI helper does not own
 # or whose flags are defined next to its torch models).
 HEAVY_HELP = {
-    "engine.hf_compare": "imports torch at module level (its wrapper belongs to the transformers helper)",
     "benchmarks.cnn_one_shot": "imports torch at module level (owned by the digits benchmark)",
 }
 
