@@ -1,4 +1,6 @@
-"""Prune the feed-forward blocks (FFNs) of a Hugging Face model with calibration text, save, reload, compare.
+"""Prune the feed-forward blocks (FFNs) and attention heads of a Hugging Face model with calibration text.
+
+Then save, reload and compare.
 
     python examples/prune_hf_ffn.py                   # all-MiniLM-L6-v2 if installed, else a tiny random BERT
     python examples/prune_hf_ffn.py --quick           # always the tiny random BERT, a few sentences (CI)
@@ -12,7 +14,8 @@ evaluate on (never the same sentences).
 
 An FFN is the two-layer MLP in every transformer block (BERT's ``intermediate.dense`` ->
 ``output.dense``); pruning removes a fraction of its hidden units. ``calib`` picks them on the
-activations the FFN's output layer reads and folds the removed units into the kept ones.
+activations the FFN's output layer reads and folds the removed units into the kept ones. Then
+``--head-ratio`` of every layer's attention heads go the same way (``prune_heads``).
 Writes the pruned model to ``run/examples/prune_hf_ffn/pruned/`` and prints where.
 """
 
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from projprune.transformers import from_pretrained, prune_ffn
+from projprune.transformers import from_pretrained, prune_ffn, prune_heads
 
 
 def sentences(text: str) -> list[str]:
@@ -112,11 +115,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a local model directory (default: all-MiniLM-L6-v2 or a tiny BERT)")
     parser.add_argument("--ratio", type=float, default=0.3, help="fraction of every FFN's hidden units removed")
+    parser.add_argument("--head-ratio", type=float, default=0.25,
+                        help="fraction of every layer's attention heads removed too (0: FFNs only)")
     parser.add_argument("--quick", action="store_true", help="tiny random BERT, a few sentences (CI)")
     parser.add_argument("--output-dir", default="run/examples/prune_hf_ffn", help="where the pruned model goes")
     args = parser.parse_args(argv)
     if not 0 < args.ratio < 1:
         raise ValueError(f"--ratio must be in (0, 1), got {args.ratio}")
+    if not 0 <= args.head_ratio < 1:
+        raise ValueError(f"--head-ratio must be in [0, 1), got {args.head_ratio}")
     if args.model is not None and not Path(args.model).is_dir():  # checked before anything is loaded
         raise FileNotFoundError(f"--model: {args.model} is not a directory (expected a save_pretrained layout)")
 
@@ -138,11 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{name}: FFN widths {report.layers[0].width_before} -> {report.widths}, "
           f"parameters {report.params_before:,} -> {report.params_after:,}")
 
-    # ---------------------------------------------------------------------------------------------
-    # ATTENTION HEADS AND WHOLE BLOCKS: placeholder, filled in at merge time.
-    # projprune.transformers.prune_heads(model, ratio, method, calibration=...) and prune_blocks(...)
-    # are being added by another change; their calls go here, between pruning the FFNs and saving.
-    # ---------------------------------------------------------------------------------------------
+    # Attention heads: remove whole heads (query/key/value rows and output-projection columns) the same
+    # way, chosen by group OBS on what each output projection reads, the rest compensating for them.
+    # `prune_blocks(model, r, "calib", calibration)` does FFNs and heads in one call to a parameter budget.
+    if args.head_ratio > 0:
+        prune_heads(baseline, args.head_ratio, "l2")
+        heads = prune_heads(model, args.head_ratio, "calib", calibration=calibration)
+        print(f"{name}: attention heads per layer -> {heads.widths}")
 
     after = embed(model, evaluation)
     for label, embeddings in (("calib", after), ("l2", embed(baseline, evaluation))):
