@@ -107,6 +107,13 @@ class RunLog:
     flops: Change = dataclasses.field(default_factory=Change)  # millions
     speed_up_reached: float = math.nan
     final_best: float = math.nan
+    earlier_runs: int = 0  # runs with other arguments earlier in the same log, replaced by this one
+
+    @property
+    def seed(self) -> str:
+        """The run's ``--seed`` as logged ("" when the log does not say)."""
+        value = self.config.get("seed", "")
+        return "" if value in ("", "None") else value
 
     @property
     def complete(self) -> bool:
@@ -135,7 +142,7 @@ class RunLog:
         return {
             "dataset": self.dataset, "model": self.model, "method": self.method,
             "label": METHOD_LABELS.get(self.method, self.method), "scope": self.scope, "speed_up": self.speed_up,
-            "status": "complete" if self.complete else "incomplete",
+            "seed": self.seed, "status": "complete" if self.complete else "incomplete",
             "paper": max(every) if every else math.nan,
             "best_pruned": max(finetune) if finetune else math.nan,
             "one_shot": self.acc.after, "one_shot_bn": self.bn_acc.after, "acc_before": self.acc.before,
@@ -144,7 +151,7 @@ class RunLog:
             "params_kept_pct": self.params.kept, "flops_before": self.flops.before,
             "flops_after": self.flops.after, "flops_kept_pct": self.flops.kept,
             "speed_up_reached": self.speed_up_reached, "sl_epochs": len(self.phase_accs("sl")),
-            "finetune_epochs": len(finetune), "log": str(self.path),
+            "finetune_epochs": len(finetune), "earlier_runs_in_log": self.earlier_runs, "log": str(self.path),
         }
 
 
@@ -175,50 +182,90 @@ def identify(path: Path) -> tuple[str, dict] | str:
     return f"file name {path.name!r} is not <dataset>-<scope>-<method>-<speed_up>-<model>.txt or a pretrain log"
 
 
+# Arguments a resumed run may change (engine/table1.py's _RESUME_IGNORED): any other difference between two
+# config blocks of one log means a second run (a completed run re-run with other arguments), not a resume.
+RESTART_IGNORED = frozenset({"verbose", "workers", "restore", "sl_restore", "output_dir", "dataroot"})
+
+
 class _Reader:
     """Reads a log's messages in order into a :class:`RunLog`; ``read`` returns a skip reason or None.
 
-    A log may hold several attempts (the arguments logged again: a restart). Epoch lines before the
-    pruning lines of an attempt are sparsity learning, after them (or after a resumed fine-tuning)
-    fine-tuning; the run is complete with a ``Best Acc=`` after pruning in the last attempt.
+    A log may hold several attempts (the arguments logged again). The first body line after a config
+    block decides what it was: the same arguments (but for ``RESTART_IGNORED``) continue the run (a
+    restart or resume), other arguments start another run, which replaces everything read so far (the
+    log's last run is its result; ``RunLog.earlier_runs`` counts the replaced ones); a block with no
+    body after it (a refused attempt) is ignored. Epoch lines before the pruning lines of an attempt are
+    sparsity learning, after them (or after a resumed fine-tuning) fine-tuning; an epoch a resumed
+    attempt repeats replaces the interrupted attempt's line. The run is complete with a ``Best Acc=``
+    after pruning in its last attempt.
     """
 
     def __init__(self, run: RunLog) -> None:
         self.run = run
         self.attempt, self.in_body, self.pruned_in_attempt, self.ever_pruned = 0, False, False, False
+        self.previous_config: dict[str, str] | None = None  # the config before the block being read
+        self.block_pending = False  # a config block was read after a body and no body line followed yet
+
+    def _body(self) -> None:
+        """A body line: the first one after a repeated config block says whether it is the same run."""
+        if self.block_pending:
+            self.block_pending = False
+            if _other_arguments(self.previous_config or {}, self.run.config):
+                self._another_run()
+            else:
+                self.attempt, self.pruned_in_attempt = self.attempt + 1, False
+                self.run.final_best = math.nan
+        self.in_body = True
+
+    def _another_run(self) -> None:
+        old = self.run
+        self.run = RunLog(path=old.path, kind=old.kind, dataset=old.dataset, model=old.model, method=old.method,
+                          scope=old.scope, speed_up=old.speed_up, config=old.config,
+                          earlier_runs=old.earlier_runs + 1)
+        self.attempt, self.pruned_in_attempt, self.ever_pruned = self.attempt + 1, False, False
 
     def _pruned(self) -> None:
-        self.in_body = self.pruned_in_attempt = self.ever_pruned = True
+        self._body()
+        self.pruned_in_attempt = self.ever_pruned = True
+
+    def finish(self) -> RunLog:
+        """The run, once every line was read (a trailing config block without a body was a refused attempt)."""
+        if self.block_pending and self.previous_config is not None:
+            self.run.config = self.previous_config
+        return self.run
 
     def read(self, number: int, msg: str) -> str | None:
-        run = self.run
         if match := layout.EPOCH_RE.match(msg):
             return _impossible("Acc", match[3], number) or self._epoch(number, match)
         if match := layout.PARAMS_RE.match(msg):
-            run.params = _change(match)
+            self._pruned()
+            self.run.params = _change(match)
         elif match := layout.FLOPS_RE.match(msg):
-            run.flops, run.speed_up_reached = _change(match), _f(match[6])
+            self._pruned()
+            self.run.flops, self.run.speed_up_reached = _change(match), _f(match[6])
         elif match := layout.ACC_RE.match(msg):
             if problem := (_impossible("Acc (before pruning)", match[1], number)
                            or _impossible("Acc (after pruning)", match[2], number)):
                 return problem
-            run.acc = Change(_f(match[1]), _f(match[2]))
+            self._pruned()
+            self.run.acc = Change(_f(match[1]), _f(match[2]))
         elif match := layout.BN_ACC_RE.match(msg):
-            run.bn_acc = Change(_f(match[1]), _f(match[2]))
+            self._pruned()
+            self.run.bn_acc = Change(_f(match[1]), _f(match[2]))
             return _impossible("BN Acc (after recalibration)", match[2], number)
         elif match := layout.LOSS_RE.match(msg):
-            run.loss = Change(_f(match[1]), _f(match[2]))
-            return None
+            self._body()
+            self.run.loss = Change(_f(match[1]), _f(match[2]))
         elif match := layout.BEST_RE.match(msg):
             return self._best(number, match[1])
-        elif not layout.RESUME_FINETUNE_RE.match(msg):
-            if match := layout.CONFIG_RE.match(msg):
-                self._config(match[1], match[2])
-            return None
-        self._pruned()  # a pruning line or a resumed fine-tuning
+        elif layout.RESUME_FINETUNE_RE.match(msg):
+            self._pruned()
+        elif match := layout.CONFIG_RE.match(msg):
+            self._config(match[1], match[2])
         return None
 
     def _epoch(self, number: int, match: re.Match) -> str | None:
+        self._body()
         run = self.run
         epoch = EpochLine(number, int(match[1]), int(match[2]), _f(match[3]), _f(match[4]), _f(match[5]))
         if run.kind == "pretrain":
@@ -233,24 +280,33 @@ class _Reader:
         if same and epoch.epoch != same[-1].epoch + 1:
             return (f"interleaved or garbled: epoch {epoch.epoch} after epoch {same[-1].epoch} at line {number} "
                     f"(two runs writing one log?); rerun it into its own directory")
+        # a resumed attempt repeats the epoch its predecessor logged but did not checkpoint: counted once
+        run.epochs = [e for e in run.epochs
+                      if not (e.phase == epoch.phase and e.attempt < self.attempt and e.epoch >= epoch.epoch)]
         run.epochs.append(epoch)
-        self.in_body = True
         return None
 
     def _best(self, number: int, text: str) -> str | None:
         if problem := _impossible("Best Acc", text, number):
             return problem
+        self._body()
         # a sparsity-learning phase ends with its own "Best Acc=" before pruning: not the run's end
         if self.run.kind == "pretrain" or self.pruned_in_attempt:
             self.run.final_best = _f(text)
-        self.in_body = True
         return None
 
     def _config(self, key: str, value: str) -> None:
-        if self.in_body:  # the arguments logged again: the run was restarted
-            self.attempt, self.in_body, self.pruned_in_attempt = self.attempt + 1, False, False
-            self.run.final_best = math.nan
+        if self.in_body:  # the arguments logged again: a restart, a resume, another run or a refused attempt
+            self.previous_config, self.run.config = self.run.config, {}
+            self.in_body, self.block_pending = False, True
         self.run.config[key] = value
+
+
+def _other_arguments(before: dict[str, str], after: dict[str, str]) -> bool:
+    """Whether two config blocks describe different runs (not a resume of one): an argument both name differs
+    (one naming an argument the other does not is another version of main.py, not other arguments)."""
+    keys = (set(before) & set(after)) - RESTART_IGNORED
+    return any(before.get(key) != after.get(key) for key in keys)
 
 
 def _change(match: re.Match) -> Change:
@@ -273,7 +329,7 @@ def parse_log(path: Path) -> RunLog | str:
         line = layout.LINE_RE.match(raw)
         if line is not None and (problem := reader.read(number, line.group("msg"))):
             return problem
-    run = reader.run
+    run = reader.finish()
     if not run.epochs and not reader.ever_pruned:
         return "no epoch or pruning lines (empty, not started, or not a main.py log)"
     if kind == "prune" and not reader.ever_pruned:
