@@ -210,8 +210,9 @@ def prune_tasks(cfg: GridConfig) -> list[Task]:
 
 
 def _prune_task(cfg: GridConfig, dataset: str, model: str, method: str, speed_up: float,
-                seed_run: tuple[int, str, str]) -> Task:
-    seed, output_dir, suffix = seed_run
+                seed_run: tuple[int, str, str] | None = None) -> Task:
+    """The pruning task; ``seed_run``: one of :func:`seed_runs` (default: its first)."""
+    seed, output_dir, suffix = seed_run or seed_runs(cfg)[0]
     settings = dict(PLANS[dataset].prune)
     if cfg.finetune_epochs is not None:
         settings["total-epochs"] = str(cfg.finetune_epochs)
@@ -302,4 +303,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from engine.harness import run_cli
+
+    run_cli(lambda: sys.exit(main()), prog="python -m scripts.grid")

@@ -588,6 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"--runs {runs_dir}: no such folder (expected the run tree main.py writes)")
     datasets = [d for d in (args.datasets or "").split(",") if d]
     out = Path(args.out)
+    blocking = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"--out {out}: {blocking} is a file, not a folder (expected a folder for the tables)")
 
     from engine.harness import atomic_write_csv, atomic_write_text  # (the harness imports torch)
 
@@ -632,4 +635,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from engine.harness import run_cli
+
+    run_cli(lambda: sys.exit(main()), prog="parse_logs")
