@@ -80,7 +80,7 @@ def accuracy_table(runs_dir: Path) -> str:
     runs, _ = parse_logs.collect(runs_dir, ["digits"], "global")
     rows = [run.summary() for run in runs if run.kind == "prune"]
     columns, methods, _ = parse_logs.summary_table(rows, "one_shot")
-    values = {metric: parse_logs.summary_table(rows, metric)[2] for metric in METRICS}
+    values = {metric: parse_logs.means(parse_logs.summary_table(rows, metric)[2]) for metric in METRICS}
     head = ["method"] + [parse_logs.column_label(c) for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = {(metric, c): max(values[metric].get((m, c), -1.0) for m in methods) for metric in METRICS
