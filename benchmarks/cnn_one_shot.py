@@ -243,6 +243,68 @@ def recal_noise_table(output_dir: Path, methods: Sequence[str], draws: int = 8, 
     return "\n".join(lines)
 
 
+CHOICES = tuple((flops_aware, lmbda) for flops_aware in (False, True) for lmbda in (1e-4, 1e-3, 1e-2))
+
+
+def choose_on_validation(output_dir: Path, model_name: str = "resnet20", speed_ups: Sequence[float] = (2.0, 3.0),
+                         choices: Sequence[tuple[bool, float]] = CHOICES, val_fraction: float = 0.2, seed: int = 1,
+                         calib_size: int = 64) -> str:
+    """Markdown: ``proj_calib``'s settings (``flops_aware``, ``lmbda``) chosen on a validation split carved
+    (seeded, ``val_fraction``) from the digits training split, never the test split.
+
+    The seed-1 pretrained model of the grid is pruned one-shot with each setting, calibrated on
+    ``calib_size`` images of the training split *without* the validation images; the choice is the best
+    mean validation ``one_shot`` over ``speed_ups``. Test accuracies are shown after the choice, for
+    information only. Caveat: the pretrained model saw the validation images in training (the grid pretrains
+    on the whole training split), so validation accuracies are optimistic; they rank the settings.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    import registry
+    from engine import table1_layout as layout
+    from engine.cnn import progressive_pruning
+    from engine.harness import progress
+    from engine.train import evaluate, load_model
+    from projprune.compensation import CalibratedProjectiveImportance
+
+    checkpoint = layout.pretrain_checkpoint(output_dir / "run", "digits", model_name)
+    if not checkpoint.is_file():
+        return f"Validation choice skipped: no pretrained {model_name} at {checkpoint}"
+    bundle = registry.get_dataset("digits")
+    order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = int(round(val_fraction * len(order)))
+    val, rest = Subset(bundle.train, order[:cut]), Subset(bundle.train, order[cut:])
+    calibration = registry.calibration_batches(rest, calib_size, seed)
+    loaders = {"val": DataLoader(val, batch_size=256), "test": DataLoader(bundle.test, batch_size=256)}
+    pretrained = registry.get_model(model_name, bundle.num_classes, bundle.in_channels, input_size=bundle.input_size)
+    load_model(checkpoint, pretrained)
+    spec = registry.get_method("proj_calib")
+    example = bundle.example_inputs(1)
+    accs: dict[tuple[bool, float], dict[str, list[float]]] = {}
+    for flops_aware, lmbda in progress(choices, desc="proj_calib settings"):
+        accs[(flops_aware, lmbda)] = {"val": [], "test": []}
+        for speed_up in speed_ups:
+            model = copy.deepcopy(pretrained).eval()
+            pruner = spec.pruner_cls(model, example, importance=CalibratedProjectiveImportance(
+                lmbda=lmbda, flops_aware=flops_aware), iterative_steps=100, pruning_ratio=1.0,
+                ignored_layers=registry.output_layers(model, bundle.num_classes), global_pruning=True,
+                calibration=calibration)
+            progressive_pruning(pruner, model, speed_up, example)
+            for split, loader in loaders.items():
+                accs[(flops_aware, lmbda)][split].append(evaluate(model.eval(), loader)[0])
+    chosen = max(accs, key=lambda c: sum(accs[c]["val"]))
+    head = ["flops_aware", "lmbda"] + [f"{split} {s:g}×" for split in ("val", "test") for s in speed_ups]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for choice, found in accs.items():
+        mark = " (chosen)" if choice == chosen else ""
+        cells = [f"{choice[0]}{mark}", f"{choice[1]:g}"] + [f"{a:.3f}" for split in ("val", "test")
+                                                           for a in found[split]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (f"`proj_calib` one-shot (no recalibration, no fine-tuning), {model_name}, seed {seed}: settings chosen "
+            f"by the mean validation accuracy ({len(val)} training images held out of calibration; the pretrained "
+            f"network saw them); test accuracy shown for information only\n\n" + "\n".join(lines))
+
+
 def time_pruning(model: torch.nn.Module, example: torch.Tensor, method: str, calibration,
                  calibrate_every: int = 1, speed_up: float = 2.0,
                  calibrate_drift: float | None = None, iterative_steps: int = 100) -> tuple[float, float, int]:
@@ -323,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--noise-methods", default="slim,l2,proj_comp,proj_calib",
                         help="comma list for the recalibration-noise table ('' skips it)")
     parser.add_argument("--cost-model", default="resnet56")
+    parser.add_argument("--no-choice", action="store_true",
+                        help="skip choosing proj_calib's flops_aware/lmbda on a validation split of the training data")
     args = parser.parse_args(argv)
     from engine.harness import atomic_write_text, split_list
     from engine.methods_table import METHOD_ROWS  # torch-free: a typo fails in a second, not after imports
@@ -346,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         text += ("\n\nRecalibration noise (ResNet-20, seed 1, no fine-tuning; test accuracy with no BatchNorm "
                  "recalibration, over draws of training batches, with the whole training split):\n\n"
                  + recal_noise_table(args.output_dir, noise_methods, run=not args.skip_grid))
+    if not args.no_choice:
+        text += "\n\n" + choose_on_validation(args.output_dir)
     text += "\n\n" + cost_table(args.output_dir, args.cost_model, pretrain=not args.skip_grid)
     print(text)
     atomic_write_text(args.output_dir / "one_shot.md", text + "\n")
