@@ -4,7 +4,10 @@ DistributedDataParallel helpers (CPU gloo or CUDA nccl under ``torchrun``).
 :func:`train_model` logs one ``Epoch e/E, Acc=..., Val Loss=..., lr=...`` line per epoch
 and ``Best Acc=...`` at the end (the format the log parser reads), calls ``on_best``
 whenever the accuracy improves, and - given ``resume_path`` - writes an atomic checkpoint
-after every epoch from which a killed run continues.
+after every epoch from which a killed run continues. Every run warms the lr up over its first
+epoch and clips the gradient norm (``WARMUP_EPOCHS``, ``MAX_GRAD_NORM``); a step with a NaN/Inf
+loss or gradient is skipped with a ``Non-finite ...: step skipped`` warning in the log, and the run
+stops (FloatingPointError) after ``MAX_SKIPPED_STEPS`` of them in a row.
 """
 
 from __future__ import annotations
