@@ -683,7 +683,7 @@ def curves_figure(runs: Sequence[RunLog], setting: tuple[str, str, float]):
             label="one_shot: right after pruning")
     ax.plot([], [], linestyle="none", marker="*", color="black", label="one_shot_bn: after BatchNorm re-estimation")
     ax.axvline(0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("epoch (< 0: sparsity learning before pruning; 0: right after pruning; > 0: fine-tuning)")
+    ax.set_xlabel("epoch (< 0: sparsity learning; 0: pruned; > 0: fine-tuning)")
     ax.set_ylabel("top-1 accuracy (test split)")
     ax.set_title(f"{column_label(setting)}: fine-tuning curves" + (f" (seed {seed})" if seed else ""))
     ax.grid(alpha=0.3)
