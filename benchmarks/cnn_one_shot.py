@@ -258,18 +258,19 @@ def choose_on_validation(output_dir: Path, model_name: str = "resnet20", speed_u
     information only. Caveat: the pretrained model saw the validation images in training (the grid pretrains
     on the whole training split), so validation accuracies are optimistic; they rank the settings.
     """
+    from engine import table1_layout as layout
+
+    checkpoint = layout.pretrain_checkpoint(output_dir / "run", "digits", model_name)
+    if not checkpoint.is_file():
+        return f"Validation choice skipped: no pretrained {model_name} at {checkpoint}"
     from torch.utils.data import DataLoader, Subset
 
     import registry
-    from engine import table1_layout as layout
     from engine.cnn import progressive_pruning
     from engine.harness import progress
     from engine.train import evaluate, load_model
     from projprune.compensation import CalibratedProjectiveImportance
 
-    checkpoint = layout.pretrain_checkpoint(output_dir / "run", "digits", model_name)
-    if not checkpoint.is_file():
-        return f"Validation choice skipped: no pretrained {model_name} at {checkpoint}"
     bundle = registry.get_dataset("digits")
     order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(seed)).tolist()
     cut = int(round(val_fraction * len(order)))
@@ -410,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         text += ("\n\nRecalibration noise (ResNet-20, seed 1, no fine-tuning; test accuracy with no BatchNorm "
                  "recalibration, over draws of training batches, with the whole training split):\n\n"
                  + recal_noise_table(args.output_dir, noise_methods, run=not args.skip_grid))
-    if not args.no_choice:
+    if not (args.no_choice or args.skip_grid):  # pruning runs: not a tabulation
         text += "\n\n" + choose_on_validation(args.output_dir)
     text += "\n\n" + cost_table(args.output_dir, args.cost_model, pretrain=not args.skip_grid)
     print(text)

@@ -7,7 +7,8 @@ published logs of the original study use the same format) and writes into ``--ou
   accuracy, validation loss, learning rate);
 - ``runs.csv``: one row per pruning run: ``dataset, model, method, speed_up``, ``paper`` (max
   accuracy over every epoch line, which is what the published tables report), ``best_pruned``
-  (best accuracy after pruning: the honest headline), ``one_shot`` (accuracy right after
+  (best accuracy after pruning: the headline; the epoch is picked by its test accuracy),
+  ``last_pruned`` (the last fine-tuning epoch's: no epoch picked on the test split), ``one_shot`` (accuracy right after
   pruning, before fine-tuning), ``one_shot_bn`` (the same after ``--bn-recalibrate N``; NaN without
   it, as in the published logs), ``acc_before``, ``final_best`` (the log's ``Best Acc=``),
   parameters and FLOPs before/after, the speed-up reached, epoch counts, ``status``;
@@ -57,6 +58,7 @@ MODEL_LABELS = {"vgg19": "VGG19", "resnet56": "RN56", "mobilenetv2": "MNv2", "po
 # metric -> True when larger is better
 METRICS: dict[str, bool] = {
     "best_pruned": True,
+    "last_pruned": True,
     "paper": True,
     "one_shot": True,
     "one_shot_bn": True,
@@ -66,7 +68,7 @@ METRICS: dict[str, bool] = {
     "params_after": False,
     "flops_after": False,
 }
-ACCURACY_METRICS = {"best_pruned", "paper", "one_shot", "one_shot_bn", "final_best", "acc_before"}
+ACCURACY_METRICS = {"best_pruned", "last_pruned", "paper", "one_shot", "one_shot_bn", "final_best", "acc_before"}
 _UNIT = {"": 1.0, "K": 1e-3, "M": 1.0, "G": 1e3}  # -> millions
 
 
@@ -151,6 +153,8 @@ class RunLog:
             "seed": self.seed, "status": "complete" if self.complete else "incomplete",
             "paper": max(every) if every else math.nan,
             "best_pruned": max(finetune) if finetune else math.nan,
+            # the last fine-tuning epoch: no epoch picked by its test accuracy (best_pruned picks one)
+            "last_pruned": finetune[-1] if finetune else math.nan,
             "one_shot": self.acc.after, "one_shot_bn": self.bn_acc.after, "acc_before": self.acc.before,
             "final_best": self.final_best,
             "params_before": self.params.before, "params_after": self.params.after,
@@ -569,6 +573,7 @@ def method_style(method: str) -> dict:
 # axis labels of the figures: what each accuracy is, then its column name
 METRIC_AXIS_LABELS = {
     "best_pruned": "accuracy after pruning + fine-tuning (best_pruned)",
+    "last_pruned": "accuracy after pruning + fine-tuning, last epoch (last_pruned)",
     "paper": "max accuracy over every epoch, as published (paper)",
     "one_shot": "accuracy right after pruning (one_shot)",
     "one_shot_bn": "accuracy after pruning + BatchNorm re-estimation (one_shot_bn)",

@@ -13,6 +13,7 @@ def _run_as_main(module: str, argv: list[str], monkeypatch, capsys) -> str:
     """``python -m module argv`` in this process; returns its stderr after asserting exit code 2."""
     monkeypatch.setattr(sys, "argv", [module, *argv])
     monkeypatch.delenv("PROJPRUNE_TRACEBACK", raising=False)
+    monkeypatch.delitem(sys.modules, module, raising=False)  # run it afresh as __main__ (no runpy warning)
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module(module, run_name="__main__", alter_sys=False)
     err = capsys.readouterr().err
@@ -59,3 +60,4 @@ def test_skip_grid_only_tabulates(tmp_path, monkeypatch, capsys):
     text = (tmp_path / "one_shot.md").read_text()
     assert "Cost table skipped: no pretrained resnet56" in text
     assert "Recalibration noise skipped" in text and "Over seeds 1-5" in text
+    assert "Validation choice" not in text  # it prunes: not run by a tabulation

@@ -108,6 +108,7 @@ def test_log_of_two_runs_gives_the_last_run_only(tmp_path):
     assert row["status"] == "complete" and row["seed"] == "2" and row["earlier_runs_in_log"] == "1"
     assert float(row["one_shot"]) == 0.202 and float(row["best_pruned"]) == 0.102
     assert float(row["final_best"]) == 0.102 and float(row["paper"]) == 0.102 and row["finetune_epochs"] == "1"
+    assert float(row["last_pruned"]) == 0.102
     with open(out / "raw.csv", newline="") as handle:
         assert [r["acc"] for r in csv.DictReader(handle)] == ["0.102"]  # the first run's epochs are gone
 
@@ -131,3 +132,4 @@ def test_resumed_log_counts_a_repeated_epoch_once(tmp_path):
     assert [(e.epoch, e.acc) for e in run.epochs] == [(0, 0.5), (1, 0.6), (2, 0.7), (3, 0.8)]
     summary = run.summary()
     assert summary["finetune_epochs"] == 4 and summary["best_pruned"] == 0.8 and summary["one_shot"] == 0.141
+    assert summary["last_pruned"] == 0.8  # the resumed epoch 3, not the interrupted attempt's epoch 2 (.99)
