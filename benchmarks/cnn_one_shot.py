@@ -80,7 +80,7 @@ def accuracy_table(runs_dir: Path) -> str:
     runs, _ = parse_logs.collect(runs_dir, ["digits"], "global")
     rows = [run.summary() for run in runs if run.kind == "prune"]
     columns, methods, _ = parse_logs.summary_table(rows, "one_shot")
-    values = {metric: parse_logs.summary_table(rows, metric)[2] for metric in METRICS}
+    values = {metric: parse_logs.means(parse_logs.summary_table(rows, metric)[2]) for metric in METRICS}
     head = ["method"] + [parse_logs.column_label(c) for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = {(metric, c): max(values[metric].get((m, c), -1.0) for m in methods) for metric in METRICS
@@ -108,12 +108,13 @@ def _set_flag(argv: list[str], flag: str, value: str) -> None:
 
 def _seed_run(output_dir: Path, model: str, method: str, speed_up: float, seed: int, *,
               runs_dir: Path | None = None, bn_recalibrate: int | None = None,
-              sl_restore: Path | None = None) -> Path:
+              sl_restore: Path | None = None, run: bool = True) -> Path:
     """The grid's pruning run of ``method`` with ``--seed seed`` and no fine-tuning; returns its log.
 
     ``runs_dir``: its ``--output-dir`` (default ``<output_dir>/seeds/seed<seed>``); ``bn_recalibrate``:
     None keeps the grid's ``--bn-recalibrate``; ``sl_restore``: a sparse checkpoint to start from.
-    Skipped when its log and pruned checkpoint are already there."""
+    Skipped when its log and pruned checkpoint are already there, and never run when ``run`` is False
+    (``--skip-grid``: only what is there is tabulated)."""
     from engine import table1_layout as layout
     from scripts import grid
 
@@ -131,14 +132,15 @@ def _seed_run(output_dir: Path, model: str, method: str, speed_up: float, seed: 
     log = layout.log_path(runs_dir, "digits", "prune", layout.run_name("digits", model, method, speed_up))
     checkpoint = layout.pruned_checkpoint(log.parent, "digits", model, method)
     marker = "BN Acc:" if recalibrates else "Acc:"
-    if not (log.is_file() and checkpoint.is_file() and marker in log.read_text()):
+    if run and not (log.is_file() and checkpoint.is_file() and marker in log.read_text()):
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_task_env())
     return log
 
 
 def seed_table(output_dir: Path, methods: Sequence[str], seeds: Sequence[int] = (2, 3, 4, 5),
-               model: str = "resnet20", speed_ups: Sequence[float] = (2.0, 3.0)) -> str:
-    """Markdown: ``one_shot`` and ``one_shot_bn`` as mean [min, max] over seed 1 (the grid's run) and ``seeds``."""
+               model: str = "resnet20", speed_ups: Sequence[float] = (2.0, 3.0), run: bool = True) -> str:
+    """Markdown: ``one_shot`` and ``one_shot_bn`` as mean [min, max] over seed 1 (the grid's run) and ``seeds``
+    (``run`` False: over the logs already there)."""
     from engine import table1_layout as layout
     from scripts import parse_logs
 
@@ -149,7 +151,7 @@ def seed_table(output_dir: Path, methods: Sequence[str], seeds: Sequence[int] = 
         for speed_up in speed_ups:
             name = layout.run_name("digits", model, method, speed_up)
             logs = [layout.log_path(output_dir / "run", "digits", "prune", name)]
-            logs += [_seed_run(output_dir, model, method, speed_up, seed) for seed in seeds]
+            logs += [_seed_run(output_dir, model, method, speed_up, seed, run=run) for seed in seeds]
             runs = [parse_logs.parse_log(log) for log in logs if log.is_file()]
             summaries = [run.summary() for run in runs if not isinstance(run, str)]
             for metric in ("one_shot", "one_shot_bn"):
@@ -194,12 +196,17 @@ def _recal_cells(model: torch.nn.Module, bundle, draws: int, batches: int = 4, b
 
 
 def recal_noise_table(output_dir: Path, methods: Sequence[str], draws: int = 8, model_name: str = "resnet20",
-                      speed_ups: Sequence[float] = (2.0, 3.0), batches: int = 4) -> str:
+                      speed_ups: Sequence[float] = (2.0, 3.0), batches: int = 4, run: bool = True) -> str:
     """Markdown: test accuracy of the seed-1 pruned models (grid command, no fine-tuning, no recalibration,
     into ``<output_dir>/recal_noise``) without recalibration, over ``draws`` draws of ``batches`` shuffled
-    training batches of 64 (mean [min, max]) and with the whole training split; plus the unpruned model."""
-    import registry
+    training batches of 64 (mean [min, max]) and with the whole training split; plus the unpruned model.
+    ``run`` False (``--skip-grid``): no pruning run is started, missing ones are "–"."""
     from engine import table1_layout as layout
+
+    pretrained = layout.pretrain_checkpoint(output_dir / "run", "digits", model_name)
+    if not (run or pretrained.is_file()):
+        return f"Recalibration noise skipped: no pretrained {model_name} at {pretrained} (--skip-grid)"
+    import registry
     from engine.train import load_model
     from scripts import grid, parse_logs
 
@@ -212,7 +219,7 @@ def recal_noise_table(output_dir: Path, methods: Sequence[str], draws: int = 8, 
                          for what in ("none", f"{batches}×64 ({draws} draws)", "whole train")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     unpruned = fresh()
-    load_model(layout.pretrain_checkpoint(output_dir / "run", "digits", model_name), unpruned)
+    load_model(pretrained, unpruned)
     lines.append("| unpruned | " + " | ".join(_recal_cells(unpruned, bundle, draws, batches) * len(speed_ups)) + " |")
     for method in methods:
         cells = [parse_logs.METHOD_LABELS.get(method, method) + f" (`{method}`)"]
@@ -224,12 +231,79 @@ def recal_noise_table(output_dir: Path, methods: Sequence[str], draws: int = 8, 
                                                   "digits", model_name, method, grid.SL_REG)
                 sparse = sparse if sparse.is_file() else None
             log = _seed_run(output_dir, model_name, method, speed_up, grid.SEED, runs_dir=output_dir / "recal_noise",
-                            bn_recalibrate=0, sl_restore=sparse)
+                            bn_recalibrate=0, sl_restore=sparse, run=run)
+            pruned = layout.pruned_checkpoint(log.parent, "digits", model_name, method)
+            if not pruned.is_file():  # only with run=False
+                cells += ["–"] * 3
+                continue
             model = fresh()
-            load_model(layout.pruned_checkpoint(log.parent, "digits", model_name, method), model)
+            load_model(pruned, model)
             cells += _recal_cells(model, bundle, draws, batches)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+CHOICES = tuple((flops_aware, lmbda) for flops_aware in (False, True) for lmbda in (1e-4, 1e-3, 1e-2))
+
+
+def choose_on_validation(output_dir: Path, model_name: str = "resnet20", speed_ups: Sequence[float] = (2.0, 3.0),
+                         choices: Sequence[tuple[bool, float]] = CHOICES, val_fraction: float = 0.2, seed: int = 1,
+                         calib_size: int = 64) -> str:
+    """Markdown: ``proj_calib``'s settings (``flops_aware``, ``lmbda``) chosen on a validation split carved
+    (seeded, ``val_fraction``) from the digits training split, never the test split.
+
+    The seed-1 pretrained model of the grid is pruned one-shot with each setting, calibrated on
+    ``calib_size`` images of the training split *without* the validation images; the choice is the best
+    mean validation ``one_shot`` over ``speed_ups``. Test accuracies are shown after the choice, for
+    information only. Caveat: the pretrained model saw the validation images in training (the grid pretrains
+    on the whole training split), so validation accuracies are optimistic; they rank the settings.
+    """
+    from engine import table1_layout as layout
+
+    checkpoint = layout.pretrain_checkpoint(output_dir / "run", "digits", model_name)
+    if not checkpoint.is_file():
+        return f"Validation choice skipped: no pretrained {model_name} at {checkpoint}"
+    from torch.utils.data import DataLoader, Subset
+
+    import registry
+    from engine.cnn import progressive_pruning
+    from engine.harness import progress
+    from engine.train import evaluate, load_model
+    from projprune.compensation import CalibratedProjectiveImportance
+
+    bundle = registry.get_dataset("digits")
+    order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = int(round(val_fraction * len(order)))
+    val, rest = Subset(bundle.train, order[:cut]), Subset(bundle.train, order[cut:])
+    calibration = registry.calibration_batches(rest, calib_size, seed)
+    loaders = {"val": DataLoader(val, batch_size=256), "test": DataLoader(bundle.test, batch_size=256)}
+    pretrained = registry.get_model(model_name, bundle.num_classes, bundle.in_channels, input_size=bundle.input_size)
+    load_model(checkpoint, pretrained)
+    spec = registry.get_method("proj_calib")
+    example = bundle.example_inputs(1)
+    accs: dict[tuple[bool, float], dict[str, list[float]]] = {}
+    for flops_aware, lmbda in progress(choices, desc="proj_calib settings"):
+        accs[(flops_aware, lmbda)] = {"val": [], "test": []}
+        for speed_up in speed_ups:
+            model = copy.deepcopy(pretrained).eval()
+            pruner = spec.pruner_cls(model, example, importance=CalibratedProjectiveImportance(
+                lmbda=lmbda, flops_aware=flops_aware), iterative_steps=100, pruning_ratio=1.0,
+                ignored_layers=registry.output_layers(model, bundle.num_classes), global_pruning=True,
+                calibration=calibration)
+            progressive_pruning(pruner, model, speed_up, example)
+            for split, loader in loaders.items():
+                accs[(flops_aware, lmbda)][split].append(evaluate(model.eval(), loader)[0])
+    chosen = max(accs, key=lambda c: sum(accs[c]["val"]))
+    head = ["flops_aware", "lmbda"] + [f"{split} {s:g}×" for split in ("val", "test") for s in speed_ups]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for choice, found in accs.items():
+        mark = " (chosen)" if choice == chosen else ""
+        cells = [f"{choice[0]}{mark}", f"{choice[1]:g}"] + [f"{a:.3f}" for split in ("val", "test")
+                                                           for a in found[split]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (f"`proj_calib` one-shot (no recalibration, no fine-tuning), {model_name}, seed {seed}: settings chosen "
+            f"by the mean validation accuracy ({len(val)} training images held out of calibration; the pretrained "
+            f"network saw them); test accuracy shown for information only\n\n" + "\n".join(lines))
 
 
 def time_pruning(model: torch.nn.Module, example: torch.Tensor, method: str, calibration,
@@ -249,17 +323,21 @@ def time_pruning(model: torch.nn.Module, example: torch.Tensor, method: str, cal
     return time.perf_counter() - start, reached, pruner.current_step
 
 
-def cost_table(output_dir: Path, model_name: str, calib_size: int = 64) -> str:
+def cost_table(output_dir: Path, model_name: str, calib_size: int = 64, pretrain: bool = True) -> str:
     """``l2`` vs ``proj_calib`` (default: statistics re-collected after every twentieth of the channels;
     every step, the former default; every 10 steps at most) on the digits-trained model (8x8 inputs)
     and on a CIFAR-sized untrained one (32x32 random inputs: timing only), with the digits grid's
-    100-step schedule; then ``l2`` vs ``proj_calib`` with the paper's 400 steps."""
+    100-step schedule; then ``l2`` vs ``proj_calib`` with the paper's 400 steps. Without the pretrained
+    model and ``pretrain`` False (``--skip-grid``), a line saying so instead of the table."""
+    checkpoint = output_dir / "run" / "digits" / "pretrain" / f"digits_{model_name}.pth"
+    if not checkpoint.is_file():
+        if not pretrain:
+            return (f"Cost table skipped: no pretrained {model_name} at {checkpoint} (--skip-grid only tabulates; "
+                    f"run without it to pretrain one)")
+        _grid(output_dir, model_name, "--stage", "pretrain")
     import registry
     from engine.train import load_model
 
-    checkpoint = output_dir / "run" / "digits" / "pretrain" / f"digits_{model_name}.pth"
-    if not checkpoint.is_file():
-        _grid(output_dir, model_name, "--stage", "pretrain")
     bundle = registry.get_dataset("digits")
     digits_model = registry.get_model(model_name, bundle.num_classes, bundle.in_channels, input_size=8)
     load_model(checkpoint, digits_model)
@@ -308,30 +386,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--noise-methods", default="slim,l2,proj_comp,proj_calib",
                         help="comma list for the recalibration-noise table ('' skips it)")
     parser.add_argument("--cost-model", default="resnet56")
+    parser.add_argument("--no-choice", action="store_true",
+                        help="skip choosing proj_calib's flops_aware/lmbda on a validation split of the training data")
     args = parser.parse_args(argv)
-    import registry
     from engine.harness import atomic_write_text, split_list
+    from engine.methods_table import METHOD_ROWS  # torch-free: a typo fails in a second, not after imports
 
     seed_methods, noise_methods = split_list(args.seed_methods), split_list(args.noise_methods)
-    unknown = sorted(set(seed_methods + noise_methods) - set(registry.METHODS))
-    if unknown:  # before hours of grid runs, not after
-        parser.error(f"--seed-methods/--noise-methods: unknown method(s) {', '.join(unknown)}; "
-                     f"expected some of {', '.join(registry.METHODS)}")
+    for flag, names in (("--methods", split_list(args.methods or "")), ("--seed-methods", seed_methods),
+                        ("--noise-methods", noise_methods)):
+        unknown = sorted(set(names) - set(METHOD_ROWS))
+        if unknown:  # before hours of grid runs, not after
+            raise ValueError(f"{flag}: unknown method(s) {', '.join(unknown)}; expected some of "
+                             f"{', '.join(METHOD_ROWS)}")
     torch.set_num_threads(1)
     if not args.skip_grid:
         run_grid(args.output_dir, args.methods, args.finetune_epochs)
     text = (f"one_shot / one_shot_bn / best_pruned on digits (test split; {time.strftime('%Y-%m-%d')})\n\n"
             + accuracy_table(args.output_dir / "run"))
     if seed_methods:
-        text += "\n\nOver seeds 1-5 (ResNet-20, no fine-tuning):\n\n" + seed_table(args.output_dir, seed_methods)
+        text += ("\n\nOver seeds 1-5 (ResNet-20, no fine-tuning):\n\n"
+                 + seed_table(args.output_dir, seed_methods, run=not args.skip_grid))
     if noise_methods:
         text += ("\n\nRecalibration noise (ResNet-20, seed 1, no fine-tuning; test accuracy with no BatchNorm "
                  "recalibration, over draws of training batches, with the whole training split):\n\n"
-                 + recal_noise_table(args.output_dir, noise_methods))
-    text += "\n\n" + cost_table(args.output_dir, args.cost_model)
+                 + recal_noise_table(args.output_dir, noise_methods, run=not args.skip_grid))
+    if not (args.no_choice or args.skip_grid):  # pruning runs: not a tabulation
+        text += "\n\n" + choose_on_validation(args.output_dir)
+    text += "\n\n" + cost_table(args.output_dir, args.cost_model, pretrain=not args.skip_grid)
     print(text)
     atomic_write_text(args.output_dir / "one_shot.md", text + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    from engine.harness import run_cli
+
+    run_cli(main, prog="python -m benchmarks.cnn_one_shot")

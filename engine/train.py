@@ -4,7 +4,10 @@ DistributedDataParallel helpers (CPU gloo or CUDA nccl under ``torchrun``).
 :func:`train_model` logs one ``Epoch e/E, Acc=..., Val Loss=..., lr=...`` line per epoch
 and ``Best Acc=...`` at the end (the format the log parser reads), calls ``on_best``
 whenever the accuracy improves, and - given ``resume_path`` - writes an atomic checkpoint
-after every epoch from which a killed run continues.
+after every epoch from which a killed run continues. Every run warms the lr up over its first
+epoch and clips the gradient norm (``WARMUP_EPOCHS``, ``MAX_GRAD_NORM``); a step with a NaN/Inf
+loss or gradient is skipped with a ``Non-finite ...: step skipped`` warning in the log, and the run
+stops (FloatingPointError) after ``MAX_SKIPPED_STEPS`` of them in a row.
 """
 
 from __future__ import annotations
@@ -253,24 +256,71 @@ def _diverged(what: str, epoch: int, step: int | None, optimizer: torch.optim.Op
             f"(or the regularisation); nothing of this epoch was saved, earlier checkpoints are kept")
 
 
+# Defaults of every training run (pretraining, sparsity learning, fine-tuning after pruning). A pruned network's
+# first steps, and a deep plain network's (VGG-19 on 8x8 digits) first epoch at full lr, can blow up on one CPU and
+# not on another (the kernels' reduction order differs): the lr ramps up linearly over the first epoch, gradients
+# are clipped to this global norm, and a step with a non-finite loss or gradient is skipped (and logged).
+WARMUP_EPOCHS = 1
+MAX_GRAD_NORM = 5.0
+MAX_SKIPPED_STEPS = 10  # consecutive skipped steps (or a whole epoch of them): the run stops
+SKIPPED_STEP_LINE = ("Non-finite {what} at epoch {epoch} (step {step}) with lr={lr:g}: step skipped, weights "
+                     "unchanged ({count} in a row)")  # no leading "word: ": not a config line
+
+
+def _warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int) -> float:
+    """The lr multiplier of ``step`` (0-based, of ``steps`` per epoch) in ``epoch``: linear up to 1."""
+    if epoch >= warmup_epochs or steps <= 0:
+        return 1.0
+    return (epoch * steps + step + 1) / (warmup_epochs * steps)
+
+
 def _train_epoch(net: nn.Module, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                  regularizer, device: torch.device | str, epoch: int, epochs: int,
-                 logger: logging.Logger | None) -> None:
-    """One pass over ``loader``; ``logger`` (verbose runs) gets the loss every 10 steps."""
+                 logger: logging.Logger, verbose: bool, warmup_epochs: int = WARMUP_EPOCHS,
+                 max_grad_norm: float | None = MAX_GRAD_NORM) -> int:
+    """One pass over ``loader``; returns the number of skipped (non-finite) steps.
+
+    Verbose runs log the loss every 10 steps; every skipped step is logged as a warning. Raises
+    FloatingPointError (nothing saved) after ``MAX_SKIPPED_STEPS`` skipped steps in a row or an
+    epoch whose every step was skipped.
+    """
     set_loader_epoch(loader, epoch)
     net.train()
-    for step, (inputs, targets) in enumerate(loader):
-        inputs, targets = inputs.to(device), targets.to(device)
-        optimizer.zero_grad()
-        loss = F.cross_entropy(net(inputs), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(_diverged(f"training loss became {loss.item()}", epoch, step, optimizer))
-        loss.backward()
-        _regularize(regularizer, model)
-        optimizer.step()
-        if logger is not None and step % 10 == 0:
-            logger.info(f"Epoch {epoch}/{epochs}, iter {step}/{len(loader)}, loss={loss.item():.4f}, "
-                        f"lr={optimizer.param_groups[0]['lr']:.4f}")
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps, skipped, in_row, first_bad = len(loader), 0, 0, None
+    try:
+        for step, (inputs, targets) in enumerate(loader):
+            factor = _warmup_factor(epoch, step, steps, warmup_epochs)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
+            inputs, targets = inputs.to(device), targets.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(inputs), targets)
+            loss.backward()  # also when non-finite: under DDP every rank must join the gradient all-reduce
+            _regularize(regularizer, model)
+            norm = (torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm
+                    else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                kind, value = ("loss", loss.item()) if not torch.isfinite(loss) else ("gradient norm", norm.item())
+                what = f"{kind} {value}"
+                skipped, in_row = skipped + 1, in_row + 1
+                first_bad = first_bad if in_row > 1 else (f"training {kind} became {value}", step)
+                optimizer.zero_grad()
+                logger.warning(SKIPPED_STEP_LINE.format(what=what, epoch=epoch, step=step, count=in_row,
+                                                        lr=optimizer.param_groups[0]["lr"]))
+                if in_row >= MAX_SKIPPED_STEPS or in_row == steps:
+                    raise FloatingPointError(_diverged(first_bad[0], epoch, first_bad[1], optimizer))
+                continue
+            in_row = 0
+            optimizer.step()
+            if verbose and step % 10 == 0:
+                logger.info(f"Epoch {epoch}/{epochs}, iter {step}/{steps}, loss={loss.item():.4f}, "
+                            f"lr={optimizer.param_groups[0]['lr']:.4f}")
+    finally:  # the scheduler owns the epoch's lr: undo the warm-up's per-step values
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base
+    return skipped
 
 
 def train_model(
@@ -292,8 +342,14 @@ def train_model(
     resume_meta: dict | None = None,
     verbose: bool = False,
     desc: str = "epochs",
+    warmup_epochs: int = WARMUP_EPOCHS,
+    max_grad_norm: float | None = MAX_GRAD_NORM,
 ) -> float:
     """SGD (momentum 0.9) with a multi-step schedule; returns the best test accuracy.
+
+    The lr ramps up linearly over the first ``warmup_epochs`` (per step), gradients are clipped
+    to the global norm ``max_grad_norm`` (None: not clipped), and a step whose loss or gradient is
+    NaN/Inf is skipped and logged (``SKIPPED_STEP_LINE``) instead of corrupting the weights.
 
     Args:
         regularizer: a Torch-Pruning pruner whose ``regularize(model)`` adds the sparsity
@@ -306,11 +362,15 @@ def train_model(
 
     Raises:
         ValueError: ``epochs < 1``.
-        FloatingPointError: the loss or the weights became NaN/Inf; nothing of that epoch is
-            saved (neither as best nor as the resume checkpoint).
+        FloatingPointError: ``MAX_SKIPPED_STEPS`` steps in a row (or a whole epoch) were
+            non-finite, or the weights became NaN/Inf; nothing of that epoch is saved (neither as
+            best nor as the resume checkpoint).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}: there is nothing to train")
+    if not warmup_epochs >= 0 or (max_grad_norm is not None and not max_grad_norm > 0):
+        raise ValueError(f"warmup_epochs {warmup_epochs} / max_grad_norm {max_grad_norm}: expected warmup_epochs "
+                         f">= 0 and max_grad_norm > 0 (or None: no clipping)")
     milestones = parse_milestones(milestones)
     resume_meta = dict(resume_meta or {})
     is_main = not _distributed() or dist.get_rank() == 0
@@ -337,8 +397,11 @@ def train_model(
     for epoch in progress(range(start_epoch, epochs), desc=desc, **bar_kwargs):
         if regularizer is not None and reg_warmup > 0 and isinstance(base_reg, float):
             regularizer.reg = base_reg * min(1.0, (epoch + 1) / reg_warmup)
-        _train_epoch(net, model, train_loader, optimizer, regularizer, device, epoch, epochs,
-                     logger if verbose else None)
+        skipped = _train_epoch(net, model, train_loader, optimizer, regularizer, device, epoch, epochs, logger,
+                               verbose, warmup_epochs, max_grad_norm)
+        if skipped:
+            logger.warning(f"{skipped} of {len(train_loader)} step(s) of epoch {epoch} skipped (non-finite loss or "
+                           f"gradient); the epoch's other steps trained normally")
         if hasattr(regularizer, "update_reg"):
             regularizer.update_reg()  # growing regularisation
         if not all(torch.isfinite(t).all() for t in unwrap(model).state_dict().values() if t.is_floating_point()):

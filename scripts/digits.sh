@@ -8,6 +8,10 @@
 # prune it to 2x FLOPs with all eleven methods, fine-tune briefly, then print the table.
 #
 #   bash scripts/digits.sh [--dry-run] [--methods l2,proj_sl] [--finetune-epochs 2] [--output-dir run]
+#                          [--seeds 1,2,3]   # one run tree per seed (<output-dir>/seed<N>); cells mean [min, max]
+#
+# It prints one table per setting: methods against best_pruned, paper, one_shot, one_shot_bn and the speed-up
+# reached (scripts/parse_logs.py's table_digits-resnet20-2x.md).
 #
 # Runs sequentially here (per-run output in logs/digits/), or, with GRID_BACKEND=slurm (or --backend
 # slurm), as two SLURM job arrays that it waits for. Finished runs are skipped; tables and figures go

@@ -124,6 +124,7 @@ class GridConfig:
     pretrain_epochs: int | None = None
     finetune_epochs: int | None = None
     sl_epochs: int | None = None
+    seeds: tuple[int, ...] | None = None  # None: seed 1 into output_dir; else one output_dir/seed<N> per seed
     python: str = sys.executable
     main: str = "main.py"
     gpus: int = 4
@@ -144,6 +145,9 @@ class GridConfig:
         for value in self.speed_ups or ():
             if value <= 1:
                 raise ValueError(f"speed-up {value}: expected a FLOPs speed-up above 1")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)
+                                       or any(seed < 0 for seed in self.seeds)):
+            raise ValueError(f"--seeds {self.seeds}: expected distinct non-negative integers, e.g. 1,2,3")
         for key in ("pretrain_epochs", "finetune_epochs", "sl_epochs"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -160,42 +164,55 @@ def _models(cfg: GridConfig, dataset: str) -> tuple[str, ...]:
     return tuple(m for m in cfg.models if m in plan.models)
 
 
-def _prefix(cfg: GridConfig, dataset: str) -> list[str]:
-    """``python [launcher args] main.py --seed 1``."""
+def _prefix(cfg: GridConfig, dataset: str, seed: int) -> list[str]:
+    """``python [launcher args] main.py --seed <seed>``."""
     launcher = [part.format(gpus=cfg.gpus) for part in PLANS[dataset].launcher]
-    return [cfg.python, *launcher, cfg.main, "--seed", str(SEED)]
+    return [cfg.python, *launcher, cfg.main, "--seed", str(seed)]
 
 
-def _tail(cfg: GridConfig) -> list[str]:
-    out = [] if cfg.output_dir == "run" else ["--output-dir", cfg.output_dir]
+def seed_runs(cfg: GridConfig) -> list[tuple[int, str, str]]:
+    """``(seed, output dir, task-name suffix)`` per seed: run names carry no seed, so each seed has its own
+    run tree (``<output_dir>/seed<N>``; without ``seeds``: seed 1 in ``output_dir`` itself)."""
+    if cfg.seeds is None:
+        return [(SEED, cfg.output_dir, "")]
+    return [(seed, str(Path(cfg.output_dir) / f"seed{seed}"), f"-seed{seed}") for seed in cfg.seeds]
+
+
+def _tail(cfg: GridConfig, output_dir: str) -> list[str]:
+    out = [] if output_dir == "run" else ["--output-dir", output_dir]
     return out + ([] if cfg.dataroot is None else ["--dataroot", cfg.dataroot])
 
 
 def pretrain_tasks(cfg: GridConfig) -> list[Task]:
     """One task per (data set, model): ``main.py --mode pretrain`` with the paper's schedule."""
     tasks = []
-    for dataset in cfg.datasets:
-        plan = PLANS[dataset]
-        for model in _models(cfg, dataset):
-            settings = {**plan.pretrain, **plan.model_pretrain.get(model, {})}
-            if cfg.pretrain_epochs is not None:
-                settings["total-epochs"] = str(cfg.pretrain_epochs)
-            argv = _prefix(cfg, dataset) + ["--mode", "pretrain", "--dataset", dataset, "--model", model]
-            argv += _flags(settings) + _tail(cfg)
-            log = layout.log_path(cfg.output_dir, dataset, "pretrain", layout.run_name(dataset, model))
-            tasks.append(Task(f"{dataset}-pretrain-{model}", tuple(argv), str(log), done_check=DONE_CHECK))
+    for seed, output_dir, suffix in seed_runs(cfg):
+        for dataset in cfg.datasets:
+            plan = PLANS[dataset]
+            for model in _models(cfg, dataset):
+                settings = {**plan.pretrain, **plan.model_pretrain.get(model, {})}
+                if cfg.pretrain_epochs is not None:
+                    settings["total-epochs"] = str(cfg.pretrain_epochs)
+                argv = _prefix(cfg, dataset, seed) + ["--mode", "pretrain", "--dataset", dataset, "--model", model]
+                argv += _flags(settings) + _tail(cfg, output_dir)
+                log = layout.log_path(output_dir, dataset, "pretrain", layout.run_name(dataset, model))
+                tasks.append(Task(f"{dataset}-pretrain-{model}{suffix}", tuple(argv), str(log),
+                                  done_check=DONE_CHECK))
     return tasks
 
 
 def prune_tasks(cfg: GridConfig) -> list[Task]:
     """One task per (data set, model, method, speed-up): global pruning, then fine-tuning."""
-    return [_prune_task(cfg, dataset, model, method, speed_up)
-            for dataset in cfg.datasets for model in _models(cfg, dataset)
+    return [_prune_task(cfg, dataset, model, method, speed_up, seed_run)
+            for seed_run in seed_runs(cfg) for dataset in cfg.datasets for model in _models(cfg, dataset)
             for method in cfg.methods or PLANS[dataset].methods
             for speed_up in cfg.speed_ups or PLANS[dataset].speed_ups]
 
 
-def _prune_task(cfg: GridConfig, dataset: str, model: str, method: str, speed_up: float) -> Task:
+def _prune_task(cfg: GridConfig, dataset: str, model: str, method: str, speed_up: float,
+                seed_run: tuple[int, str, str] | None = None) -> Task:
+    """The pruning task; ``seed_run``: one of :func:`seed_runs` (default: its first)."""
+    seed, output_dir, suffix = seed_run or seed_runs(cfg)[0]
     settings = dict(PLANS[dataset].prune)
     if cfg.finetune_epochs is not None:
         settings["total-epochs"] = str(cfg.finetune_epochs)
@@ -204,16 +221,16 @@ def _prune_task(cfg: GridConfig, dataset: str, model: str, method: str, speed_up
         settings = {k: v for k, v in settings.items() if not k.startswith("sl-")}
     elif cfg.sl_epochs is not None:
         settings["sl-total-epochs"] = str(cfg.sl_epochs)
-    argv = _prefix(cfg, dataset) + ["--mode", "prune", "--dataset", dataset, "--model", model]
-    argv += ["--restore", str(layout.pretrain_checkpoint(cfg.output_dir, dataset, model)), "--finetune",
+    argv = _prefix(cfg, dataset, seed) + ["--mode", "prune", "--dataset", dataset, "--model", model]
+    argv += ["--restore", str(layout.pretrain_checkpoint(output_dir, dataset, model)), "--finetune",
              "--global-pruning"]
     if learns_sparsity:
         argv += ["--reg", f"{SL_REG:g}"]
     argv += ["--speed-up", f"{float(speed_up):g}", "--method", method]
-    argv += _flags(settings) + _tail(cfg)
+    argv += _flags(settings) + _tail(cfg, output_dir)
     name = layout.run_name(dataset, model, method, speed_up, global_pruning=True)
-    log = layout.log_path(cfg.output_dir, dataset, "prune", name)
-    return Task(name, tuple(argv), str(log), done_check=DONE_CHECK)
+    log = layout.log_path(output_dir, dataset, "prune", name)
+    return Task(name + suffix, tuple(argv), str(log), done_check=DONE_CHECK)
 
 
 def build_stages(cfg: GridConfig, stage: str = "all") -> list[Stage]:
@@ -244,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pretrain-epochs", type=int, default=None)
     parser.add_argument("--finetune-epochs", type=int, default=None)
     parser.add_argument("--sl-epochs", type=int, default=None)
+    parser.add_argument("--seeds", default=None,
+                        help="comma list, e.g. 1,2,3: one run tree <output-dir>/seed<N> per seed, tables as "
+                             "mean [min, max] over them (default: seed 1 into --output-dir)")
     parser.add_argument("--gpus", type=int, default=int(os.environ.get("GPUS", "4")),
                         help="torchrun processes for ImageNet (env GPUS)")
     parser.add_argument("--stage", default="all", choices=("all", "pretrain", "prune"))
@@ -257,11 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed_ups = _csv(args.speed_ups)
     if speed_ups and not all(part.replace(".", "", 1).isdigit() for part in speed_ups):
         raise ValueError(f"--speed-ups {args.speed_ups!r}: expected comma-separated numbers, e.g. 2,3")
+    seeds = _csv(args.seeds)
+    if seeds is not None and not all(part.strip().isdigit() for part in seeds):
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated non-negative integers, e.g. 1,2,3")
     cfg = GridConfig(
         datasets=tuple(dict.fromkeys(args.dataset)), models=_csv(args.models), methods=_csv(args.methods),
         speed_ups=None if speed_ups is None else tuple(float(s) for s in speed_ups), output_dir=args.output_dir,
         dataroot=args.dataroot, pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
-        sl_epochs=args.sl_epochs, gpus=args.gpus,
+        sl_epochs=args.sl_epochs, gpus=args.gpus, seeds=None if seeds is None else tuple(int(s) for s in seeds),
     )
     stages = build_stages(cfg, args.stage)
     if not stages:
@@ -280,4 +303,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from engine.harness import run_cli
+
+    run_cli(lambda: sys.exit(main()), prog="python -m scripts.grid")

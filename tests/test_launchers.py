@@ -245,7 +245,9 @@ def test_digits_grid_runs_under_bash_and_resumes(digits_grid: DigitsGrid) -> Non
     for name in ("digits-global-l2-2.0-resnet20", "digits-global-proj_sl-2.0-resnet20"):
         assert "Best Acc=" in (digits_grid.runs / "digits" / "prune" / name / f"{name}.txt").read_text()
         assert (digits_grid.folder / "out" / f"{name}.out").exists()  # per-run console output
-    assert "| method | Digits RN20 2× |" in first.stdout  # the table printed at the end
+    # the table printed at the end: the docs' shape, methods against the accuracies and the speed-up reached
+    assert "| method | best_pruned | paper | one_shot | one_shot_bn | speed-up reached |" in first.stdout
+    assert "Digits RN20 2×: seed 1" in first.stdout
     assert second.returncode == 0 and second.stderr.count("already done, skipped") == 3, second.stderr
     assert ": running" not in second.stderr
 
