@@ -40,7 +40,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # `python benchmarks/cnn_one_shot.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 SETTINGS = (("resnet20", "2,3"), ("vgg19,mobilenetv2", "2"))
 METRICS = ("one_shot", "one_shot_bn", "best_pruned")

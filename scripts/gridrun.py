@@ -552,4 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if __package__ in (None, ""):  # `python scripts/gridrun.py exec ...` (SLURM tasks): engine from this repository
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from engine.harness import run_cli
+
+    run_cli(lambda: sys.exit(main()), prog="python -m scripts.gridrun")
