@@ -78,7 +78,7 @@ class ActivationStats:
         batch_sum = _column_sum(rows)
         if not bool(torch.isfinite(batch_sum).all()):
             if bool(torch.isfinite(rows).all()):
-                raise ValueError(_overflow_message(rows, "their sums", rows.dtype))
+                raise StatisticsOverflowError(_overflow_message(rows, "their sums", rows.dtype))
             raise ValueError("h contains NaN or Inf; expected finite activations")
         if self.gram_dtype is None:
             batch_gram = gram(rows)  # float32 or float64 product, accumulated in float64
@@ -89,7 +89,7 @@ class ActivationStats:
         if not bool(torch.isfinite(batch_gram).all()):
             where = ("the sums of their bfloat16 products (gram_dtype=torch.bfloat16)" if self.gram_dtype is not None
                      else "their products h hᵀ")
-            raise ValueError(_overflow_message(rows, where, batch_gram.dtype))
+            raise StatisticsOverflowError(_overflow_message(rows, where, batch_gram.dtype))
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
@@ -130,6 +130,10 @@ class ActivationStats:
         out.sum.copy_(self.sum)
         out.count = self.count
         return out
+
+
+class StatisticsOverflowError(ValueError):
+    """Finite activations whose accumulated statistics (sums, second moments) left the floating-point range."""
 
 
 def _overflow_message(rows: torch.Tensor, where: str, dtype: torch.dtype) -> str:

@@ -60,7 +60,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from torch_pruning.pruner import function
 
 from projprune._checks import check_lmbda
-from projprune.calibration import ActivationStats, run_hooked
+from projprune.calibration import ActivationStats, StatisticsOverflowError, run_hooked
 
 __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
            "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients", "output_positions",
@@ -234,10 +234,6 @@ class ConsumerStats:
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
-
-
-class StatisticsOverflowError(ValueError):
-    """The second moments of a consumer's input left the floating-point range."""
 
 
 def _check_no_overflow(gram: torch.Tensor, x: torch.Tensor) -> None:

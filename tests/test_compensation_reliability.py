@@ -204,7 +204,7 @@ def test_overflowing_statistics_say_overflow_and_name_the_consumer(conv):
     before = _snapshot(model)
     pruner = CompensatingPruner(model, x[:1] * 1e-30, CalibratedProjectiveImportance(), calibration=lambda: [x],
                                 lmbda=0.1, pruning_ratio=0.5, ignored_layers=[model[1]])
-    with pytest.raises(ValueError, match=r"consumer '1' \(.*\): overflow.*float32"):
+    with pytest.raises(ValueError, match=r"consumer '1' \(.*\): .*overflow.*float32"):
         pruner.step()
     _assert_unchanged(model, before)
 
