@@ -140,7 +140,12 @@ class ConsumerStats:
         x = x.detach()
         self._covariance = self._precision = self._precision_lmbda = self._low_rank = None
         if self.patch_sum is None:  # Linear, one statistic per input
-            self.channels.update(x)
+            try:
+                self.channels.update(x)
+            except ValueError as err:  # finite inputs of the right width: only their products can have failed
+                if x.is_meta or x.shape[-1:] != (self.n,) or not bool(torch.isfinite(x).all()):
+                    raise
+                raise StatisticsOverflowError(f"overflow: {err}") from None
             _check_no_overflow(self.channels.sum_outer, x)  # a failed collection discards these statistics
             self._record_samples(x.reshape(-1, self.n))
             return
