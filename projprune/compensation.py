@@ -72,6 +72,10 @@ _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 # CompensatingPruner: re-collect statistics once this fraction of the channels was pruned since the last time
 DEFAULT_CALIBRATE_DRIFT = 0.05
 # CompensatingPruner: bytes one consumer's dense statistics may take before a flattened map's fall back to channels
+# A Gram or covariance of rank m <= LOW_RANK_FRACTION · n is used through its (n, m) factor (Woodbury, push-through):
+# scores and coefficients then cost ~5 n m² + n² m / 2 flops, below the ~1.3 n³ of the dense inverse and solve
+# while m / n < ~0.45
+LOW_RANK_FRACTION = 0.4
 DEFAULT_STATISTICS_BUDGET = 256 * 2**20
 _LOG = logging.getLogger(__name__)
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
@@ -116,8 +120,8 @@ class ConsumerStats:
         self._covariance: torch.Tensor | None = None  # cached until the statistics change
         self._precision: torch.Tensor | None = None  # (C + ridge I)^{-1}, cut along with the channels
         self._precision_lmbda: float | None = None  # the relative ridge it was made with
-        # While there are at most c samples (rank < c, e.g. a classifier's 4096 inputs at 32 images) they are
-        # kept, (T, c) float64 (no more memory than C), and P is never formed: Woodbury with U = Xcᵀ/√T.
+        # While there are at most LOW_RANK_FRACTION · c samples (e.g. a classifier's 4096 inputs at 32 images)
+        # they are kept, (T, c) float64 (less memory than C), and P is never formed: Woodbury with U = Xcᵀ/√T.
         self._samples: list[torch.Tensor] | None = []
         self._low_rank: tuple[torch.Tensor, float] | None = None  # (U: (c, T), absolute ridge ρ), cut with P
 
@@ -180,14 +184,15 @@ class ConsumerStats:
             sums, positions = _patch_sums(self.module, plane, x.shape[0])
         self.patch_sum += sums
         self.patch_count += positions
-        if self._samples is not None and stats.count <= self.n:  # else _record_samples drops them, no copy
+        if self._samples is not None and stats.count <= LOW_RANK_FRACTION * self.n:  # else dropped, no copy
             self._record_samples(x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n))
         else:
             self._samples = None
 
     def _record_samples(self, rows: torch.Tensor) -> None:
-        """Keep ``rows: (k, c)`` (float64) while the statistics hold at most ``c`` samples; drop all beyond."""
-        if self._samples is None or self.channels.count > self.n:
+        """Keep ``rows: (k, c)`` (float64) while the statistics hold at most ``LOW_RANK_FRACTION · c`` samples;
+        drop all beyond."""
+        if self._samples is None or self.channels.count > LOW_RANK_FRACTION * self.n:
             self._samples = None
             return
         self._samples.append(rows.to(torch.float64))
@@ -261,7 +266,7 @@ class ConsumerStats:
         return True
 
     def precision_diagonal(self, lmbda: float) -> torch.Tensor:
-        """``(c,)`` the diagonal of :meth:`precision` (Woodbury, ``O(c T²)``, with ``T <= c`` samples)."""
+        """``(c,)`` the diagonal of :meth:`precision` (Woodbury, ``O(c T²)``, with few samples)."""
         if self._woodbury(lmbda):
             return _woodbury_inverse_diagonal(*self._low_rank)
         return self.precision(lmbda).diagonal()
@@ -271,7 +276,7 @@ class ConsumerStats:
 
         The ridge ``ρ`` is the precision's (relative to all ``c`` channels' mean variance, not
         only the kept ones' as in :func:`least_squares_coefficients`); an ``|R| × |R|`` solve, or
-        with ``T <= c`` samples the ``T × T`` one of the push-through identity.
+        with few samples (:data:`LOW_RANK_FRACTION`) the ``T × T`` one of the push-through identity.
         """
         if self._woodbury(lmbda):
             U, ridge = self._low_rank
@@ -1214,8 +1219,8 @@ def refuse_unsupported_layers(model: nn.Module) -> None:
 
 
 class ProducerGram:
-    """The producers' Gram ``G: (n, n)`` float64 of a group: ``dense``, or, when the producers have fewer
-    columns ``m`` than rows (ViT's 3072 MLP units from 769 columns each), its ``factor`` ``F: (n, m)``
+    """The producers' Gram ``G: (n, n)`` float64 of a group: ``dense``, or, when the producers have at most
+    ``LOW_RANK_FRACTION · n`` columns ``m`` (ViT's 3072 MLP units from 769 columns each), its ``factor`` ``F: (n, m)``
     float64 with ``G = F Fᵀ`` (never formed: Woodbury and push-through solves of size ``m``)."""
 
     __slots__ = ("dense", "factor")
@@ -1254,9 +1259,9 @@ def _producer_gram(group, cache: dict | None = None) -> ProducerGram | None:
     Every ungrouped conv / linear whose output channels are the group's ``n`` channels
     contributes its rows (weights and bias as one more column), scaled and shifted by the
     BatchNorm it feeds; a producer of another width (e.g. one part of a concatenation) does not.
-    With ``m >= n`` columns in all the products are formed in the weights' dtype (float32 rows: ~1e-6
-    relative, as the calibrated statistics' products) and summed in float64; with ``m < n`` the rows
-    are kept, in float64, as the factor. ``cache``: Grams by the group's root (valid while no weight
+    With ``m > LOW_RANK_FRACTION · n`` columns in all the products are formed in the weights' dtype (float32
+    rows: ~1e-6 relative, as the calibrated statistics' products) and summed in float64; with fewer the
+    rows are kept, in float64, as the factor. ``cache``: Grams by the group's root (valid while no weight
     changes: the pruner keeps one for the scoring and planning of a step).
     """
     key = (group[0].dep.target.module, group[0].dep.handler)
@@ -1285,7 +1290,7 @@ def _producer_gram(group, cache: dict | None = None) -> ProducerGram | None:
             rows, bias = rows * scale[:, None].to(dtype), bias * scale + shift
         blocks.append(torch.cat([rows, bias[:, None].to(dtype)], dim=1))
     gram = None
-    if blocks and sum(rows.shape[1] for rows in blocks) < width:
+    if blocks and sum(rows.shape[1] for rows in blocks) <= LOW_RANK_FRACTION * width:
         gram = ProducerGram(factor=torch.cat(blocks, dim=1).to(torch.float64))
     elif blocks:
         gram = ProducerGram(dense=sum((rows @ rows.T).to(torch.float64) for rows in blocks))

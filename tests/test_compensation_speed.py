@@ -64,13 +64,13 @@ def test_a_wide_expansion_is_kept_as_its_factor_and_prunes_as_the_dense_gram():
 
 
 def test_with_at_most_width_samples_the_precision_is_woodbury_and_cut_with_the_channels():
-    """T = 12 samples of 30 inputs (Linear) and 2·2·2 = 8 positions of 16 channels (conv): diagonal, dense
-    precision and coefficients equal direct float64 inverses with ρ = lmbda · trace / (T − 1); cutting the
-    channels keeps the absolute ρ; a 31st sample drops the samples (dense path)."""
+    """T = 12 samples of 30 inputs (Linear) and 2·3 = 6 positions of 16 channels (conv), at most
+    LOW_RANK_FRACTION · c: diagonal, dense precision and coefficients equal direct float64 inverses with
+    ρ = lmbda · trace / (T − 1); cutting the channels keeps the absolute ρ; more samples: dense path."""
     torch.manual_seed(3)
     X = torch.randn(12, 30, dtype=torch.float64) @ torch.randn(30, 30, dtype=torch.float64)
     cases = [(ConsumerStats(nn.Linear(30, 2)), X, X)]
-    images = torch.randn(2, 16, 2, 2, dtype=torch.float64)
+    images = torch.randn(1, 16, 2, 3, dtype=torch.float64)
     cases.append((ConsumerStats(nn.Conv2d(16, 4, 1)), images, images.permute(0, 2, 3, 1).reshape(-1, 16)))
     for stats, batch, samples in cases:
         stats.update(batch)
@@ -88,5 +88,10 @@ def test_with_at_most_width_samples_the_precision_is_woodbury_and_cut_with_the_c
         P_cut = _direct_inverse(C[K][:, K], ridge)  # same absolute ridge
         assert torch.allclose(stats.precision_diagonal(1e-2), P_cut.diagonal(), rtol=1e-8)
     stats = ConsumerStats(nn.Linear(30, 2))
-    stats.update(torch.randn(31, 30, dtype=torch.float64))
-    assert stats._samples is None and stats.precision_diagonal(1e-2).shape == (30,)
+    stats.update(X)
+    stats.update(X[:1])  # 13 > 0.4 · 30 samples: not kept; the dense inverse, with the ridge of rank 12
+    assert stats._samples is None
+    X13 = torch.cat([X, X[:1]])
+    C = torch.cov(X13.T, correction=0)
+    P = _direct_inverse(C, 1e-2 * float(torch.trace(C)) / 12)
+    assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8) and stats._low_rank is None
