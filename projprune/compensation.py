@@ -286,7 +286,12 @@ class ConsumerStats:
         removed, kept = removed.to(P.device), kept.to(P.device)
         rows = P[removed]
         # P_RR: a principal block of P, so cond(P_RR) <= cond(P): a float32 P (made only when well
-        # conditioned) is solved in float32 too
+        # conditioned) is solved in float32 too; a float64 one by Cholesky (P is positive definite:
+        # half the cost of LU), LU only if rounding makes that fail
+        if P.dtype == torch.float64:
+            factor, info = torch.linalg.cholesky_ex(rows[:, removed])
+            if int(info) == 0:
+                return -torch.cholesky_solve(rows[:, kept], factor)
         return -_spd_solve(rows[:, removed], rows[:, kept], 0.0, well_conditioned=P.dtype == torch.float32)
 
     def patch_means(self) -> torch.Tensor:
