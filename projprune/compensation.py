@@ -60,6 +60,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from torch_pruning.pruner import function
 
 from projprune._checks import check_lmbda
+from projprune._symmetric import gram as symmetric_gram
 from projprune.calibration import ActivationStats, run_hooked
 
 __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
@@ -1298,7 +1299,8 @@ def _producer_gram(group, cache: dict | None = None) -> ProducerGram | None:
     if blocks and sum(rows.shape[1] for rows in blocks) <= LOW_RANK_FRACTION * width:
         gram = ProducerGram(factor=torch.cat(blocks, dim=1).to(torch.float64))
     elif blocks:
-        gram = ProducerGram(dense=sum((rows @ rows.T).to(torch.float64) for rows in blocks))
+        # symmetric: only the upper block rows are multiplied (VGG's 4096 classifier rows of 25,089 columns)
+        gram = ProducerGram(dense=sum(symmetric_gram(rows.T).to(torch.float64) for rows in blocks))
     if cache is not None:
         cache[key] = gram
     return gram
