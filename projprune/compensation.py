@@ -60,6 +60,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from torch_pruning.pruner import function
 
 from projprune._checks import check_lmbda
+from projprune._symmetric import gram as symmetric_gram
 from projprune.calibration import ActivationStats, StatisticsOverflowError, run_hooked
 
 __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
@@ -72,6 +73,10 @@ _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 # CompensatingPruner: re-collect statistics once this fraction of the channels was pruned since the last time
 DEFAULT_CALIBRATE_DRIFT = 0.05
 # CompensatingPruner: bytes one consumer's dense statistics may take before a flattened map's fall back to channels
+# A Gram or covariance of rank m <= LOW_RANK_FRACTION · n is used through its (n, m) factor (Woodbury, push-through):
+# scores and coefficients then cost ~5 n m² + n² m / 2 flops, below the ~1.3 n³ of the dense inverse and solve
+# while m / n < ~0.45
+LOW_RANK_FRACTION = 0.4
 DEFAULT_STATISTICS_BUDGET = 256 * 2**20
 _LOG = logging.getLogger(__name__)
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
@@ -116,6 +121,10 @@ class ConsumerStats:
         self._covariance: torch.Tensor | None = None  # cached until the statistics change
         self._precision: torch.Tensor | None = None  # (C + ridge I)^{-1}, cut along with the channels
         self._precision_lmbda: float | None = None  # the relative ridge it was made with
+        # While there are at most LOW_RANK_FRACTION · c samples (e.g. a classifier's 4096 inputs at 32 images)
+        # they are kept, (T, c) float64 (less memory than C), and P is never formed: Woodbury with U = Xcᵀ/√T.
+        self._samples: list[torch.Tensor] | None = []
+        self._low_rank: tuple[torch.Tensor, float] | None = None  # (U: (c, T), absolute ridge ρ), cut with P
 
     @property
     def n(self) -> int:
@@ -134,10 +143,11 @@ class ConsumerStats:
         a channel is one sample of that channel, and ``patch_sum: (c, blocks)`` keeps per-position sums.
         """
         x = x.detach()
-        self._covariance = self._precision = self._precision_lmbda = None
+        self._covariance = self._precision = self._precision_lmbda = self._low_rank = None
         if self.patch_sum is None:  # Linear, one statistic per input
-            self.channels.update(x)
+            self.channels.update(x)  # StatisticsOverflowError when the products leave the range
             _check_no_overflow(self.channels.sum_outer, x)  # a failed collection discards these statistics
+            self._record_samples(x.reshape(-1, self.n))
             return
         if self.blocks > 1:
             if x.dim() < 1 or x.shape[-1] != self.width:
@@ -170,6 +180,18 @@ class ConsumerStats:
             sums, positions = _patch_sums(self.module, plane, x.shape[0])
         self.patch_sum += sums
         self.patch_count += positions
+        if self._samples is not None and stats.count <= LOW_RANK_FRACTION * self.n:  # else dropped, no copy
+            self._record_samples(x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n))
+        else:
+            self._samples = None
+
+    def _record_samples(self, rows: torch.Tensor) -> None:
+        """Keep ``rows: (k, c)`` (float64) while the statistics hold at most ``LOW_RANK_FRACTION · c`` samples;
+        drop all beyond."""
+        if self._samples is None or self.channels.count > LOW_RANK_FRACTION * self.n:
+            self._samples = None
+            return
+        self._samples.append(rows.to(torch.float64))
 
     def keep(self, kept: torch.Tensor, coefficients: torch.Tensor | None = None) -> None:
         """Restrict to the input channels ``kept`` (after the others were pruned).
@@ -183,6 +205,10 @@ class ConsumerStats:
         kept = kept.to(device)
         if self._precision is not None:
             self._precision = _schur_cut(self._precision, kept, coefficients)
+        if self._low_rank is not None:  # (C_KK + ρI)⁻¹ is the same Woodbury form on U's kept rows
+            self._low_rank = (self._low_rank[0][kept], self._low_rank[1])
+        if self._samples:
+            self._samples = [torch.cat(self._samples)[:, kept]]
         channels = ActivationStats(len(kept), device=device)
         channels.sum_outer = self.channels.sum_outer[kept][:, kept]
         channels.sum = self.channels.sum[kept]
@@ -204,8 +230,15 @@ class ConsumerStats:
         when wide and accurate so, else float64).
 
         Computed once per collection; :meth:`keep` then cuts it exactly with the same absolute
-        ``ρ`` (so between collections the ridge stays the one of the collected statistics).
+        ``ρ`` (so between collections the ridge stays the one of the collected statistics). With
+        at most ``c`` samples (and ``lmbda > 0``) the pruner never forms it: :meth:`precision_diagonal`
+        and :meth:`coefficients` use the Woodbury form; here it is formed from that form.
         """
+        if self._woodbury(lmbda):
+            U, ridge = self._low_rank
+            P = -(U @ torch.cholesky_solve(U.T, torch.linalg.cholesky(_ridged_small_gram(U, ridge))))
+            P.diagonal().add_(1.0)
+            return (P + P.T) * (0.5 / ridge)
         if self._precision is None or self._precision_lmbda != lmbda:
             # rank <= samples − 1: with fewer samples than inputs the ridge is relative to the nonzero spectrum
             P = _ridge_inverse(self.covariance(), lmbda, rank=self.channels.count - 1)
@@ -214,17 +247,47 @@ class ConsumerStats:
             self._precision, self._precision_lmbda = P, lmbda
         return self._precision
 
+    def _woodbury(self, lmbda: float) -> bool:
+        """Whether ``P`` is held as ``(U, ρ)`` (:attr:`_low_rank`, made here from the kept samples if due)."""
+        if self._low_rank is not None and self._precision_lmbda == lmbda:
+            return True
+        if not self._samples or lmbda <= 0 or self._precision is not None and self._precision_lmbda == lmbda:
+            return False
+        X = torch.cat(self._samples).to(self.channels.sum.device)  # (T, c)
+        self._samples = [X]
+        U = (X - X.mean(dim=0)).T / X.shape[0] ** 0.5  # C = U Uᵀ
+        # the ridge of the dense path: relative to the nonzero spectrum (rank <= T − 1)
+        self._low_rank = U, _ridge(self.covariance(), lmbda, rank=self.channels.count - 1)
+        self._precision, self._precision_lmbda = None, lmbda
+        return True
+
+    def precision_diagonal(self, lmbda: float) -> torch.Tensor:
+        """``(c,)`` the diagonal of :meth:`precision` (Woodbury, ``O(c T²)``, with few samples)."""
+        if self._woodbury(lmbda):
+            return _woodbury_inverse_diagonal(*self._low_rank)
+        return self.precision(lmbda).diagonal()
+
     def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float) -> torch.Tensor:
         """``A: (|R|, |K|) = C_RK (C_KK + ρI)⁻¹ = −P_RR⁻¹ P_RK`` from the cached :meth:`precision`.
 
         The ridge ``ρ`` is the precision's (relative to all ``c`` channels' mean variance, not
-        only the kept ones' as in :func:`least_squares_coefficients`); an ``|R| × |R|`` solve.
+        only the kept ones' as in :func:`least_squares_coefficients`); an ``|R| × |R|`` solve, or
+        with few samples (:data:`LOW_RANK_FRACTION`) the ``T × T`` one of the push-through identity.
         """
+        if self._woodbury(lmbda):
+            U, ridge = self._low_rank
+            removed, kept = removed.to(U.device), kept.to(U.device)
+            return _woodbury_coefficients(U[removed], U[kept], ridge)
         P = self.precision(lmbda)
         removed, kept = removed.to(P.device), kept.to(P.device)
         rows = P[removed]
         # P_RR: a principal block of P, so cond(P_RR) <= cond(P): a float32 P (made only when well
-        # conditioned) is solved in float32 too
+        # conditioned) is solved in float32 too; a float64 one by Cholesky (P is positive definite:
+        # half the cost of LU), LU only if rounding makes that fail
+        if P.dtype == torch.float64:
+            factor, info = torch.linalg.cholesky_ex(rows[:, removed])
+            if int(info) == 0:
+                return -torch.cholesky_solve(rows[:, kept], factor)
         return -_spd_solve(rows[:, removed], rows[:, kept], 0.0, well_conditioned=P.dtype == torch.float32)
 
     def patch_means(self) -> torch.Tensor:
@@ -480,8 +543,38 @@ def _ridge(G: torch.Tensor, lmbda: float, rank: int | None = None) -> float:
     """Absolute ridge ``λ = lmbda · trace(G) / min(n, rank)`` (scale-free: relative to the mean nonzero
     eigenvalue when ``G`` is known to have rank ``rank < n``, e.g. a covariance of fewer samples than
     inputs), positive even for an all-zero ``G``."""
-    energy = float(G.diagonal().sum()) / max(min(G.shape[0], rank or G.shape[0]), 1)
+    return _ridge_of_trace(float(G.diagonal().sum()), G.shape[0], lmbda, rank)
+
+
+def _ridge_of_trace(trace: float, n: int, lmbda: float, rank: int | None = None) -> float:
+    """:func:`_ridge` of an ``(n, n)`` matrix with trace ``trace`` (known without forming it)."""
+    energy = trace / max(min(n, rank or n), 1)
     return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
+
+
+def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``(n,)`` float64 diagonal of ``(U Uᵀ + ridge I)⁻¹`` for ``U: (n, m)``, ``m < n``, ``ridge > 0``, in ``O(n m²)``:
+    Woodbury, ``(U Uᵀ + ρI)⁻¹ = (I − U (ρI + UᵀU)⁻¹ Uᵀ) / ρ``, the diagonal as ``(1 − ‖L⁻¹ u_i‖²) / ρ``
+    with ``L Lᵀ = ρI + UᵀU``."""
+    U = U.to(torch.float64)
+    factor = torch.linalg.cholesky(_ridged_small_gram(U, ridge))
+    Z = torch.linalg.solve_triangular(factor, U.T, upper=False)  # (m, n)
+    return (1.0 - Z.pow(2).sum(dim=0)) / ridge
+
+
+def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``A: (|R|, |K|) = U_R U_Kᵀ (U_K U_Kᵀ + ρI)⁻¹ = U_R (ρI + U_KᵀU_K)⁻¹ U_Kᵀ`` (push-through identity):
+    ``m × m`` solve for ``U: (·, m)``, ``ridge > 0``; float64."""
+    U_removed, U_kept = U_removed.to(torch.float64), U_kept.to(torch.float64)
+    solved = torch.cholesky_solve(U_removed.T, torch.linalg.cholesky(_ridged_small_gram(U_kept, ridge)))  # (m, |R|)
+    return solved.T @ U_kept.T
+
+
+def _ridged_small_gram(U: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``ρI + UᵀU: (m, m)`` for ``U: (n, m)``."""
+    S = U.T @ U
+    S.diagonal().add_(ridge)
+    return S
 
 
 # _ridge_inverse: from this width on (with a ridge) the inverse is tried as a float32 Cholesky one (about
@@ -546,15 +639,31 @@ def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, ridge: float, well_condi
     return _spd_inverse_or_solve(system, rhs, ridge, well_conditioned)
 
 
-def least_squares_coefficients(gram: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
-                               lmbda: float = 1e-3) -> torch.Tensor:
+def least_squares_coefficients(gram: torch.Tensor | None, removed: torch.Tensor, kept: torch.Tensor,
+                               lmbda: float = 1e-3, *, factor: torch.Tensor | None = None) -> torch.Tensor:
     """``A: (|R|, |K|)`` with ``h_R ≈ A h_K``: ``A = G[R, K] (G[K, K] + λ I)^{-1}`` in float64.
 
     Args:
-        gram: ``(n, n)`` symmetric positive semi-definite (covariance or row Gram matrix).
+        gram: ``(n, n)`` symmetric positive semi-definite (covariance or row Gram matrix), or None
+            with ``factor``.
         removed, kept: disjoint int64 index vectors into ``0..n-1``.
         lmbda: ridge relative to the kept channels' mean energy (``λ = lmbda · trace(G_KK) / |K|``).
+        factor: ``F: (n, m)`` with ``G = F Fᵀ``; with ``m < |K|`` and ``λ > 0`` the solve is the
+            ``m × m`` one of the push-through identity, ``A = F_R (λI + F_KᵀF_K)⁻¹ F_Kᵀ`` (same ``A``).
     """
+    if gram is None and factor is None:
+        raise ValueError("least_squares_coefficients needs gram (n, n) or factor (n, m)")
+    if factor is not None:
+        if factor.dim() != 2 or (gram is not None and gram.shape[0] != factor.shape[0]):
+            raise ValueError(f"factor must be (n, m) with n the gram's size, got {tuple(factor.shape)}")
+        check_lmbda(lmbda)
+        F = factor.to(torch.float64)
+        rows = F[kept]
+        ridge = _ridge_of_trace(float(rows.pow(2).sum()), len(kept), lmbda)
+        if lmbda > 0 and F.shape[1] < len(kept):
+            return _woodbury_coefficients(F[removed], rows, ridge)
+        if gram is None:
+            gram = F @ F.T
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must be square (n, n), got {tuple(gram.shape)}")
     check_lmbda(lmbda)
@@ -632,13 +741,13 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
                     continue
                 G, first, blocks = view
                 if gram_precision is None:
-                    gram_precision = _ridge_inverse(G, self.lmbda).diagonal()
+                    gram_precision = _ridge_inverse_diagonal(G, self.lmbda)
                 C_diag, P_diag = G.diagonal(), gram_precision
             else:
                 stats = self.stats.get(layer)
                 if stats is None or stats.width != layer.weight.shape[1] or stats.channels.count == 0:
                     continue
-                C_diag, P_diag = stats.covariance().diagonal().cpu(), stats.precision(self.lmbda).diagonal().cpu()
+                C_diag, P_diag = stats.covariance().diagonal().cpu(), stats.precision_diagonal(self.lmbda).cpu()
                 first, blocks = 0, stats.blocks
             mapped = _item_channels(item, blocks)
             if mapped is None:
@@ -703,7 +812,7 @@ def _item_channels(item, blocks: int) -> tuple[torch.Tensor, torch.Tensor] | Non
     return rows[:, 0] // blocks, root_rows[:, 0]
 
 
-def _data_free_view(item, gram: torch.Tensor | None) -> tuple[torch.Tensor, int, int] | None:
+def _data_free_view(item, gram: ProducerGram | None) -> tuple[ProducerGram, int, int] | None:
     """``(G, first, blocks)``: the producers' Gram ``(n, n)`` on the CPU, describing the consumer's
     input channels ``first .. first + n − 1``, each ``blocks`` consecutive inputs (a flattened map).
 
@@ -721,7 +830,7 @@ def _data_free_view(item, gram: torch.Tensor | None) -> tuple[torch.Tensor, int,
     if not bool((offsets == offsets[0]).all()):
         return None
     width = item.dep.target.module.weight.shape[1]
-    if width % blocks or int(offsets[0]) + gram.shape[0] > width // blocks:
+    if width % blocks or int(offsets[0]) + gram.n > width // blocks:
         return None
     return gram.cpu(), int(offsets[0]), blocks
 
@@ -968,14 +1077,15 @@ class CompensatingPruner(tp.pruner.BasePruner):
                     continue
                 G, first, blocks = view
                 removed = torch.unique(_item_channels(item, blocks)[0])
-                keep = torch.ones(G.shape[0], dtype=torch.bool)
+                keep = torch.ones(G.n, dtype=torch.bool)
                 keep[removed - first] = False
                 if not keep.any():
                     continue
                 rows_r, rows_k = removed - first, torch.nonzero(keep).flatten()
                 key = tuple(rows_r.tolist())  # consumers reading the group alike share one solve
                 if key not in solved:
-                    solved[key] = self._solved(layer, None, least_squares_coefficients, G, rows_r, rows_k, self.lmbda)
+                    solved[key] = self._solved(layer, None, least_squares_coefficients, G.dense, rows_r, rows_k,
+                                               self.lmbda, factor=G.factor)
                 folds.append(_Fold(layer, removed, rows_k + first, solved[key], blocks))
         for layer, parts in removed_by_layer.items():
             fold = self._plan_calibrated(layer, torch.unique(torch.cat(parts)))
@@ -1024,11 +1134,11 @@ class CompensatingPruner(tp.pruner.BasePruner):
         return _Fold(layer, removed, kept, A, stats.blocks, shift, stats, cut)
 
     def _solved(self, layer: nn.Module, stats: ConsumerStats | None, solve: Callable[..., torch.Tensor],
-                *args) -> torch.Tensor:
-        """``solve(*args)``, with a singular system or non-finite coefficients turned into one ValueError
-        that says why (too few calibration samples for the width, or dead/duplicate inputs)."""
+                *args, **kwargs) -> torch.Tensor:
+        """``solve(*args, **kwargs)``, with a singular system or non-finite coefficients turned into one
+        ValueError that says why (too few calibration samples for the width, or dead/duplicate inputs)."""
         try:
-            A = solve(*args)
+            A = solve(*args, **kwargs)
         except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
             raise ValueError(self._singular_message(layer, stats, f"{type(err).__name__}: {err}")) from err
         if not bool(torch.isfinite(A).all()):
@@ -1105,20 +1215,56 @@ def refuse_unsupported_layers(model: nn.Module) -> None:
                              "does not terminate; expected padding_mode 'zeros', 'reflect' or 'replicate'")
 
 
-def _producer_gram(group, cache: dict | None = None) -> torch.Tensor | None:
-    """``(n, n)`` float64 Gram of the effective producer rows of a group (BatchNorm folded), or None.
+class ProducerGram:
+    """The producers' Gram ``G: (n, n)`` float64 of a group: ``dense``, or, when the producers have at most
+    ``LOW_RANK_FRACTION · n`` columns ``m`` (ViT's 3072 MLP units from 769 columns each), its ``factor`` ``F: (n, m)``
+    float64 with ``G = F Fᵀ`` (never formed: Woodbury and push-through solves of size ``m``)."""
+
+    __slots__ = ("dense", "factor")
+
+    def __init__(self, dense: torch.Tensor | None = None, factor: torch.Tensor | None = None) -> None:
+        if (dense is None) == (factor is None):
+            raise ValueError("ProducerGram needs exactly one of dense (n, n) and factor (n, m)")
+        self.dense, self.factor = dense, factor
+
+    @property
+    def n(self) -> int:
+        return (self.dense if self.dense is not None else self.factor).shape[0]
+
+    def cpu(self) -> ProducerGram:
+        return ProducerGram(*(None if t is None else t.cpu() for t in (self.dense, self.factor)))
+
+    def diagonal(self) -> torch.Tensor:
+        """``(n,)`` float64 ``G_ii``."""
+        return self.dense.diagonal() if self.dense is not None else self.factor.pow(2).sum(dim=1)
+
+
+def _ridge_inverse_diagonal(gram: ProducerGram, lmbda: float) -> torch.Tensor:
+    """``(n,)`` diagonal of ``(G + ρI)⁻¹`` with :func:`_ridge` ``ρ``: Woodbury in ``O(n m²)`` for a factored
+    ``G`` (``ρ > 0``), else from :func:`_ridge_inverse`."""
+    if gram.factor is not None:
+        ridge = _ridge_of_trace(float(gram.diagonal().sum()), gram.n, lmbda)
+        if lmbda > 0:
+            return _woodbury_inverse_diagonal(gram.factor, ridge)
+        return _ridge_inverse(gram.factor @ gram.factor.T, lmbda).diagonal()
+    return _ridge_inverse(gram.dense, lmbda).diagonal()
+
+
+def _producer_gram(group, cache: dict | None = None) -> ProducerGram | None:
+    """The :class:`ProducerGram` of the effective producer rows of a group (BatchNorm folded), or None.
 
     Every ungrouped conv / linear whose output channels are the group's ``n`` channels
     contributes its rows (weights and bias as one more column), scaled and shifted by the
     BatchNorm it feeds; a producer of another width (e.g. one part of a concatenation) does not.
-    The product is formed in the weights' dtype (float32 rows: ~1e-6 relative, as the calibrated
-    statistics' products) and summed in float64. ``cache``: Grams by the group's root (valid while
-    no weight changes: the pruner keeps one for the scoring and planning of a step).
+    With ``m > LOW_RANK_FRACTION · n`` columns in all the products are formed in the weights' dtype (float32
+    rows: ~1e-6 relative, as the calibrated statistics' products) and summed in float64; with fewer the
+    rows are kept, in float64, as the factor. ``cache``: Grams by the group's root (valid while no weight
+    changes: the pruner keeps one for the scoring and planning of a step).
     """
     key = (group[0].dep.target.module, group[0].dep.handler)
     if cache is not None and key in cache:
         return cache[key]
-    gram = None
+    blocks = []
     width = None
     for item in group:
         layer = item.dep.target.module
@@ -1139,9 +1285,13 @@ def _producer_gram(group, cache: dict | None = None) -> torch.Tensor | None:
             beta = bn.bias.detach().to(torch.float64) if bn.affine else 0.0
             shift = beta - scale * bn.running_mean.to(torch.float64)
             rows, bias = rows * scale[:, None].to(dtype), bias * scale + shift
-        rows = torch.cat([rows, bias[:, None].to(dtype)], dim=1)
-        product = (rows @ rows.T).to(torch.float64)
-        gram = product if gram is None else gram + product
+        blocks.append(torch.cat([rows, bias[:, None].to(dtype)], dim=1))
+    gram = None
+    if blocks and sum(rows.shape[1] for rows in blocks) <= LOW_RANK_FRACTION * width:
+        gram = ProducerGram(factor=torch.cat(blocks, dim=1).to(torch.float64))
+    elif blocks:
+        # symmetric: only the upper block rows are multiplied (VGG's 4096 classifier rows of 25,089 columns)
+        gram = ProducerGram(dense=sum(symmetric_gram(rows.T).to(torch.float64) for rows in blocks))
     if cache is not None:
         cache[key] = gram
     return gram

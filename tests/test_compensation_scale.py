@@ -130,8 +130,9 @@ def test_data_free_importance_inverts_each_group_gram_once(monkeypatch):
 
     model = Fan().double()
     calls = []
-    original = compensation._ridge_inverse
-    monkeypatch.setattr(compensation, "_ridge_inverse", lambda G, lmbda: calls.append(1) or original(G, lmbda))
+    original = compensation._ridge_inverse_diagonal
+    monkeypatch.setattr(compensation, "_ridge_inverse_diagonal",
+                        lambda G, lmbda: calls.append(1) or original(G, lmbda))
     importance = CalibratedProjectiveImportance(data_free=True)
     graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 4, dtype=torch.float64))
     group = graph.get_pruning_group(model.fc0, tp.prune_linear_out_channels, idxs=list(range(8)))
@@ -271,7 +272,7 @@ def test_data_free_gram_of_float32_producers_matches_float64_and_is_shared_withi
         model[1].weight.uniform_(0.5, 1.5)
     graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 6, 6))
     group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=list(range(16)))
-    G = compensation._producer_gram(group)
+    G = compensation._producer_gram(group).dense  # 16 rows of 28 columns: dense
     bn = model[1]
     scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().double()
     rows = model[0].weight.detach().double().flatten(1) * scale[:, None]
