@@ -21,9 +21,9 @@ feature maps, as their box lists differ in length). The last lines give, over th
 both finished, the median ratio of ``proj_calib``'s (and ``proj_comp``'s) output change to
 magnitude's.
 
-    PYTHONPATH=. python benchmarks/tp_examples.py --models alexnet,vgg16 --input-size 64
-    PYTHONPATH=. python benchmarks/tp_examples.py --models vit_b_16 --methods magnitude,proj_calib
-    PYTHONPATH=. python benchmarks/tp_examples.py            # every model of the example (hours)
+    python benchmarks/tp_examples.py --models alexnet,vgg16 --input-size 64
+    python benchmarks/tp_examples.py --models vit_b_16 --methods magnitude,proj_calib
+    python benchmarks/tp_examples.py            # every model of the example (hours)
 """
 
 from __future__ import annotations
@@ -36,12 +36,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
-import torch.nn as nn
+if __package__ in (None, ""):  # `python benchmarks/tp_examples.py`: import engine etc. from this repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.harness import parse_config, run_cli, split_list
-from engine.report import markdown_table
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from engine.harness import parse_config, run_cli, split_list  # noqa: E402
+from engine.report import markdown_table  # noqa: E402
 
 CLASSIFICATION = [
     "alexnet", "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14",
@@ -244,7 +248,8 @@ def run_isolated(name: str, method: str, cfg: TPExamplesConfig, argv: list[str])
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads))
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=cfg.timeout, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=cfg.timeout, env=env,
+                              cwd=Path(__file__).resolve().parents[1])  # -m finds benchmarks/ from any directory
     except subprocess.TimeoutExpired:
         return {"model": name, "method": method, "status": f"stopped after {cfg.timeout:.0f} s",
                 "time_s": f">{time.perf_counter() - start:.0f}"}
