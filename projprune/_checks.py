@@ -30,6 +30,23 @@ def check_plain_layer(layer: nn.Module, name: str) -> None:
     device (no values to compute with).
     """
     label = f"{name} ({type(layer).__name__})"
+    check_not_reparametrized(layer, label)
+    for attr in ("weight", "bias"):
+        value = layer.__dict__.get(attr)
+        if isinstance(value, torch.Tensor):  # a plain attribute, not a registered parameter: computed by a hook
+            raise ValueError(f"{label}.{attr} is a plain tensor attribute, not an nn.Parameter (set by a forward "
+                             "hook?); expected plain parameters")
+    meta = [key for key, t in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]
+            if t is not None and t.is_meta]
+    if meta:
+        raise ValueError(f"{label} is on the meta device; materialise the weights first ({', '.join(meta)} hold "
+                         "no values: e.g. module.to_empty(device='cpu') and load_state_dict)")
+
+
+def check_not_reparametrized(layer: nn.Module, label: str) -> None:
+    """``ValueError`` starting ``label`` if ``layer``'s weight is recomputed by a parametrization, the
+    deprecated ``torch.nn.utils.weight_norm`` or a ``torch.nn.utils.prune`` mask (a write would not
+    reach the tensors the forward uses)."""
     if parametrize.is_parametrized(layer):
         raise ValueError(f"{label} is parametrized (a parametrization such as parametrizations.weight_norm on "
                          f"{sorted(layer.parametrizations.keys())}); expected plain parameters: {_REMOVE}"
@@ -44,16 +61,6 @@ def check_plain_layer(layer: nn.Module, name: str) -> None:
             raise ValueError(f"{label} has a torch.nn.utils.prune mask on {tensor!r} ({tensor}_orig, "
                              f"{tensor}_mask); expected plain parameters: {_REMOVE}"
                              f"torch.nn.utils.prune.remove(layer, {tensor!r})")
-    for attr in ("weight", "bias"):
-        value = layer.__dict__.get(attr)
-        if isinstance(value, torch.Tensor):  # a plain attribute, not a registered parameter: computed by a hook
-            raise ValueError(f"{label}.{attr} is a plain tensor attribute, not an nn.Parameter (set by a forward "
-                             "hook?); expected plain parameters")
-    meta = [key for key, t in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]
-            if t is not None and t.is_meta]
-    if meta:
-        raise ValueError(f"{label} is on the meta device; materialise the weights first ({', '.join(meta)} hold "
-                         "no values: e.g. module.to_empty(device='cpu') and load_state_dict)")
 
 
 def check_matrix(W: torch.Tensor, name: str, rows: int | None = None, cols: int | None = None) -> None:

@@ -54,12 +54,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
-from torch.nn.utils import parametrize
-from torch.nn.utils import prune as torch_prune
-from torch.nn.utils.weight_norm import WeightNorm
 from torch_pruning.pruner import function
 
-from projprune._checks import check_lmbda
+from projprune._checks import check_lmbda, check_not_reparametrized
 from projprune._symmetric import gram as symmetric_gram
 from projprune.calibration import ActivationStats, StatisticsOverflowError, run_hooked
 
@@ -1192,17 +1189,7 @@ def refuse_unsupported_layers(model: nn.Module) -> None:
                 owners.setdefault(id(param), []).append(f"{name}.{key}" if name else key)
     for name, module in model.named_modules():
         label = f"model: layer {name or '<root>'!r} ({type(module).__name__})"
-        if parametrize.is_parametrized(module):
-            raise ValueError(f"{label} has a parametrization (e.g. weight_norm) on "
-                             f"{sorted(module.parametrizations.keys())}; expected plain parameters: remove it with "
-                             "torch.nn.utils.parametrize.remove_parametrizations first")
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, WeightNorm):
-                raise ValueError(f"{label} is weight-normalised (torch.nn.utils.weight_norm); expected plain "
-                                 "parameters: remove it with torch.nn.utils.remove_weight_norm first")
-            if isinstance(hook, torch_prune.BasePruningMethod):
-                raise ValueError(f"{label} has a torch.nn.utils.prune mask on {hook._tensor_name!r}; expected plain "
-                                 "parameters: make it permanent with torch.nn.utils.prune.remove first")
+        check_not_reparametrized(module, label)
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             for key in ("weight", "bias"):
                 param = module._parameters.get(key)

@@ -139,7 +139,7 @@ def _pruning_mask(layer):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-@pytest.mark.parametrize("wrap, message", [(_weight_norm_old, "weight-normalised"),
+@pytest.mark.parametrize("wrap, message", [(_weight_norm_old, "weight_norm"),
                                            (_weight_norm_parametrized, "parametrization"),
                                            (_pruning_mask, "prune mask")])
 @pytest.mark.parametrize("when", ["construction", "step"])
