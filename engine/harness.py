@@ -144,6 +144,17 @@ def lock_path_for(log_path: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- logging
+class _StrictFileHandler(logging.FileHandler):
+    """A log file that stops the run when it cannot be written (full disk, removed folder), instead of
+    logging's default: a printed traceback, then the run going on without its log."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise error
+        super().handleError(record)
+
+
 def get_logger(name: str, path: str | os.PathLike | None = None, console: bool = True) -> logging.Logger:
     """A logger writing ``[MM/DD HH:MM:SS] <name> INFO: message`` to the console and to ``path``.
 
@@ -164,7 +175,7 @@ def get_logger(name: str, path: str | os.PathLike | None = None, console: bool =
         logger.addHandler(stream)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(path, mode="a")
+        file_handler = _StrictFileHandler(path, mode="a")
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
         logger._projprune_lock = lock_path_for(path)  # type: ignore[attr-defined]

@@ -253,3 +253,25 @@ def test_entry_points_say_where_they_wrote(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"wrote {out / 'demo.md'}, {out / 'demo.csv'}"
     assert (out / "demo.md").is_file() and (out / "demo.csv").is_file()
+
+
+def test_a_log_file_that_cannot_be_written_stops_the_run(tmp_path, monkeypatch):
+    """ENOSPC while writing the run's log raises OSError (run_cli's one line), not logging's traceback."""
+    import errno
+    import logging
+
+    from engine.harness import close_logger, get_logger
+
+    logger = get_logger("enospc-test", tmp_path / "run.log", console=False)
+    try:
+        handler = next(h for h in logger.handlers if isinstance(h, logging.FileHandler))
+
+        def full_disk(_text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(handler.stream, "write", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            logger.info("an epoch line")
+    finally:
+        monkeypatch.undo()
+        close_logger(logger)
