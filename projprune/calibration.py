@@ -119,9 +119,9 @@ class ActivationStats:
     def covariance(self) -> torch.Tensor:
         """``C = Hc Hcᵀ / T: (n, n)`` float64, ``Hc`` the centred activations."""
         mu = self.mean
-        C = self.sum_outer / self.count
-        C -= torch.outer(mu, mu)
-        return symmetrised(C)
+        C = self.sum_outer / self.count  # the only (n, n) buffer made here: the rest is in place
+        C.addr_(mu, mu, alpha=-1.0)
+        return symmetrised(C, inplace=True)
 
     def to(self, device: torch.device | str) -> ActivationStats:
         """A copy on ``device``."""
