@@ -223,6 +223,7 @@ def collect_activation_stats(
     max_batches: int | None = None,
     callback: Callable[[int], None] | None = None,
     gram_dtype: torch.dtype | None = None,
+    stop_early: bool = False,
 ) -> list[ActivationStats]:
     """Statistics of what each of ``layers`` reads while ``model`` runs on ``batches``.
 
@@ -238,6 +239,9 @@ def collect_activation_stats(
         max_batches: stop after this many batches.
         callback: called with the batch index after every batch (progress bars).
         gram_dtype: opt-in ``torch.bfloat16`` products (see :class:`ActivationStats`); default exact.
+        stop_early: when the first batch called every layer exactly once, end the later batches'
+            forwards as soon as the last of ``layers`` has read its input (the rest of the model
+            runs for nothing: the statistics are the same, the output is discarded).
 
     Returns:
         One :class:`ActivationStats` per layer, in order.
@@ -255,9 +259,12 @@ def collect_activation_stats(
         for layer in layers
     ]
     current_mask: list[torch.Tensor | None] = [None]
+    calls = [0] * len(layers)  # how often each layer was called in the current batch
+    cut = [False]  # stop_early and the first batch called every layer once: end forwards early
 
     def make_hook(index: int):
         def hook(module: nn.Module, args: tuple) -> None:
+            calls[index] += 1
             if not args or not isinstance(args[0], torch.Tensor):
                 return
             h = _samples(module, args[0].detach())
@@ -269,10 +276,15 @@ def collect_activation_stats(
                 stats[index].update(h, mask if use_mask else None)
             except ValueError as err:
                 raise ValueError(f"layers[{index}] ({type(module).__name__}): {err}") from None
+            if cut[0] and all(calls):
+                raise _StopForward
 
         return hook
 
     def before(batch: Any) -> None:
+        if stop_early and not cut[0] and any(calls):  # the first batch is done: was every layer called once?
+            cut[0] = all(c == 1 for c in calls)
+        calls[:] = [0] * len(layers)
         current_mask[0] = _mask_of(batch)
 
     run_hooked(model, {layer: make_hook(i) for i, layer in enumerate(layers)}, batches,
@@ -282,6 +294,10 @@ def collect_activation_stats(
             raise ValueError(f"layers[{i}] ({type(layers[i]).__name__}) saw no activations during calibration; "
                              "expected a layer that the model's forward calls")
     return stats  # type: ignore[return-value]
+
+
+class _StopForward(Exception):
+    """Raised by a hook of :func:`collect_activation_stats` to end a forward whose rest is not needed."""
 
 
 def run_hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: Iterable[Any], *,
@@ -306,6 +322,8 @@ def run_hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: I
                     if before_batch is not None:
                         before_batch(batch)
                     _call(model, batch)
+                except _StopForward:
+                    pass  # every hooked layer has read this batch
                 except ValueError as err:
                     if str(err).startswith(("layers[", "batches must")):
                         raise

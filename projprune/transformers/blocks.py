@@ -406,7 +406,7 @@ def _collect(model, layers, calibration, options, max_batches, progress) -> list
 
     total = len(calibration) if hasattr(calibration, "__len__") else None
     with tqdm(total=total, desc="calibration batches", disable=not progress, leave=False) as bar:
-        return collect_activation_stats(model, layers, calibration, max_batches=max_batches,
+        return collect_activation_stats(model, layers, calibration, max_batches=max_batches, stop_early=True,
                                         gram_dtype=options.get("gram_dtype"), callback=lambda _i: bar.update(1))
 
 
@@ -504,16 +504,25 @@ def prune_blocks(
             _prune_ffn(model, method, ffn, range(len(ffn.blocks)), ffn_amounts, ffn_stats)
     else:
         layers = max(len(heads.blocks) if heads else 0, len(ffn.blocks) if ffn else 0)
+        pruned = False  # until a block is pruned, the one pass's statistics (global mode) are the current ones
+
+        def current(part_stats, block, li):
+            if not needs_stats:
+                return [None]
+            if part_stats is not None and not pruned:
+                return [part_stats[li]]
+            return _collect(model, [block.output], calibration, options, max_batches, False)
+
         for li in _bar(range(layers), "layers (sequential)", progress):
             if heads is not None and li < len(heads.blocks) and head_amounts[li]:
-                fresh = _collect(model, [heads.blocks[li].output], calibration, options, max_batches, False) \
-                    if needs_stats else [None]
+                fresh = current(head_stats, heads.blocks[li], li)
                 stats = [fresh[0] if i == li else _placeholder(b.channels) for i, b in enumerate(heads.blocks)]
                 _prune_heads(model, method, heads, [a if i == li else 0 for i, a in enumerate(head_amounts)], stats)
+                pruned = True
             if ffn is not None and li < len(ffn.blocks) and ffn_amounts[li]:
-                fresh = _collect(model, [ffn.blocks[li].output], calibration, options, max_batches, False) \
-                    if needs_stats else None
-                _prune_ffn(model, method, ffn, [li], ffn_amounts, fresh)
+                fresh = current(ffn_stats, ffn.blocks[li], li)
+                _prune_ffn(model, method, ffn, [li], ffn_amounts, fresh if needs_stats else None)
+                pruned = True
     attention_after = sum(b.num_parameters() for b in heads.blocks) if heads else 0
     ffn_after = sum(b.num_parameters() for b in ffn.blocks) if ffn else 0
     untouched = 0 if heads is not None else sum(b.num_parameters() for b in _safe_attention(model))
