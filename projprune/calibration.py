@@ -36,6 +36,10 @@ class ActivationStats:
             Relative error of ``Σ h hᵀ`` about 1e-3 per batch (tests bound it at 3e-3), below
             the sampling noise of a covariance from tens of thousands of tokens. Default None:
             the activations' own dtype (float32 or float64).
+
+    Attribute ``single_use`` (default False): :meth:`covariance` forms ``C`` in the memory of
+    ``Σ h hᵀ`` and returns it (no second ``(n, n)`` buffer; the caller may overwrite it); the
+    statistics are then spent: a later update or covariance raises ``ValueError``.
     """
 
     def __init__(self, n: int, device: torch.device | str | None = None,
@@ -49,6 +53,8 @@ class ActivationStats:
         self.sum_outer = torch.zeros(n, n, dtype=torch.float64, device=device)  # Σ h hᵀ
         self.sum = torch.zeros(n, dtype=torch.float64, device=device)  # Σ h
         self.count = 0
+        self.single_use = False
+        self._spent = False  # single_use and the covariance was taken: Σ h hᵀ holds it no more
 
     def update(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Add samples.
@@ -63,6 +69,7 @@ class ActivationStats:
         if h.is_meta:
             raise ValueError("h is on the meta device; materialise the model's weights first (meta tensors hold "
                              "no values)")
+        self._require_unspent()
         rows = h.reshape(-1, self.n)
         if mask is not None:
             if tuple(mask.shape) != tuple(h.shape[:-1]):
@@ -101,10 +108,17 @@ class ActivationStats:
         """Add another accumulator of the same width (e.g. from another process); returns self."""
         if not isinstance(other, ActivationStats) or other.n != self.n:
             raise ValueError(f"other must be an ActivationStats of width {self.n}")
+        self._require_unspent()
+        other._require_unspent()
         self.sum_outer += other.sum_outer.to(self.sum_outer.device)
         self.sum += other.sum.to(self.sum.device)
         self.count += other.count
         return self
+
+    def _require_unspent(self) -> None:
+        if self._spent:
+            raise ValueError("these ActivationStats were single_use and their covariance was already taken (it "
+                             "overwrote Σ h hᵀ); collect the statistics again")
 
     def _require_samples(self) -> None:
         if self.count == 0:
@@ -118,13 +132,19 @@ class ActivationStats:
 
     def covariance(self) -> torch.Tensor:
         """``C = Hc Hcᵀ / T: (n, n)`` float64, ``Hc`` the centred activations."""
+        self._require_unspent()
         mu = self.mean
-        C = self.sum_outer / self.count  # the only (n, n) buffer made here: the rest is in place
+        if self.single_use:
+            self._spent = True
+            C = self.sum_outer.div_(self.count)
+        else:
+            C = self.sum_outer / self.count  # the only (n, n) buffer made here: the rest is in place
         C.addr_(mu, mu, alpha=-1.0)
         return symmetrised(C, inplace=True)
 
     def to(self, device: torch.device | str) -> ActivationStats:
         """A copy on ``device``."""
+        self._require_unspent()
         out = ActivationStats(self.n, device=device, gram_dtype=self.gram_dtype)
         out.sum_outer.copy_(self.sum_outer)
         out.sum.copy_(self.sum)

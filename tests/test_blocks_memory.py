@@ -120,3 +120,18 @@ def test_sequential_global_one_layer_reuses_the_first_pass():
         torch.testing.assert_close(model(ids).last_hidden_state, reference(ids).last_hidden_state,
                                    rtol=1e-10, atol=1e-10)
     assert [b.width for b in find_ffn_blocks(model)] == [b.width for b in find_ffn_blocks(reference)]
+
+
+def test_single_use_statistics_give_the_float64_covariance_once():
+    H = torch.randn(50, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    st = ActivationStats(7)
+    st.update(H)
+    st.single_use = True
+    buffer = st.sum_outer.data_ptr()
+    C = st.covariance()
+    assert C.data_ptr() == buffer  # formed in Σ h hᵀ's own memory
+    torch.testing.assert_close(C, torch.cov(H.T, correction=0), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(st.mean, H.mean(dim=0), rtol=1e-12, atol=1e-14)  # the sums are untouched
+    for spend in (st.covariance, lambda: st.update(H), lambda: st.to("cpu")):
+        with pytest.raises(ValueError, match="single_use"):
+            spend()

@@ -521,6 +521,8 @@ def prune_blocks(
                 pruned = True
             if ffn is not None and li < len(ffn.blocks) and ffn_amounts[li]:
                 fresh = current(ffn_stats, ffn.blocks[li], li)
+                if method == "calib" and fresh[0] is not (ffn_stats[li] if ffn_stats else None):
+                    fresh[0].single_use = True  # read once, by the greedy: C formed in Σ h hᵀ's memory
                 _prune_ffn(model, method, ffn, [li], ffn_amounts, fresh if needs_stats else None)
                 pruned = True
     attention_after = sum(b.num_parameters() for b in heads.blocks) if heads else 0
