@@ -8,7 +8,8 @@ Three cases of the calibrated-method goals:
   weights, a 1,024-token vocabulary) pruned 30 % of its attention + FFN parameters by
   ``prune_blocks(..., "calib")`` on 16k synthetic calibration tokens (32 sequences of 512). This row
   times the whole call (forwards, statistics, selection, writing); ``forward_s`` is one plain forward
-  over the same tokens for scale. ``--model-dtype bfloat16`` runs that model in bfloat16.
+  over the same tokens for scale; ``peak_rss_gb`` the process's peak resident memory (model and
+  forwards included). ``--model-dtype bfloat16`` runs that model in bfloat16.
 
 Activations are GELU outputs of random pre-activations, fed to :class:`projprune.ActivationStats`
 in batches of ``--batch-tokens`` rows (what the forward hooks of ``collect_activation_stats``
@@ -131,7 +132,14 @@ def run_block_case(name: str, cfg: CostConfig) -> dict:
             "model_dtype": cfg.model_dtype, "sequential": report.sequential, "forward_s": f"{forward:.1f}",
             "heads kept": report.heads_after[0], "FFN kept": report.ffn_after[0],
             "removed %": f"{100 * report.removed_params / report.block_params_before:.1f}",
-            "total_s": f"{total:.1f}", "cpu_s": f"{cpu:.1f}", "goal_s": f"{goal:.0f}", "met": met}
+            "total_s": f"{total:.1f}", "cpu_s": f"{cpu:.1f}", "peak_rss_gb": f"{_peak_rss_gb():.1f}",
+            "goal_s": f"{goal:.0f}", "met": met}
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def main(argv=None) -> list[dict]:
