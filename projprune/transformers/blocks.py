@@ -31,6 +31,8 @@ Per-layer counts:
 layers ``< l`` (and, for the FFN, layer ``l``'s heads) are already pruned, as SparseGPT and ZipLM do;
 the global allocation itself comes from one pass over the unpruned model. On MiniLM validation text
 it kept more than one pass (50 %: .866 vs .863 uniform) for one calibration forward per pruned block.
+Those forwards end once the hooked projection has read its input (``stop_early``), and in global
+mode the one pass's statistics serve until the first block is pruned.
 """
 
 from __future__ import annotations
