@@ -135,3 +135,22 @@ def test_single_use_statistics_give_the_float64_covariance_once():
     for spend in (st.covariance, lambda: st.update(H), lambda: st.to("cpu")):
         with pytest.raises(ValueError, match="single_use"):
             spend()
+
+
+@pytest.mark.parametrize("global_mode", [False, True])
+def test_float32_greedy_keeps_the_float64_choice(global_mode):
+    """``dtype=torch.float32`` (the calib FFN greedy's compute dtype) on a float64 model: the units and
+    heads removed are those of the float64 run, the outputs agree to float32 rounding."""
+    ids = CALIB[0]
+    outputs, widths = [], []
+    for dtype in (None, torch.float32):
+        model = _llama()
+        options = {} if dtype is None else {"dtype": dtype}
+        prune_blocks(model, 0.3, "calib", CALIB, global_mode=global_mode, **options)
+        widths.append([b.width for b in find_ffn_blocks(model)] + [b.units for b in find_attention_blocks(model)])
+        with torch.no_grad():
+            outputs.append(model(ids).last_hidden_state)
+    assert widths[0] == widths[1]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="dtype"):
+        prune_blocks(_llama(), 0.3, "act_norm", CALIB, dtype=torch.float32)
