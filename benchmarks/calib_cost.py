@@ -134,7 +134,8 @@ def run_block_case(name: str, cfg: CostConfig) -> dict:
     met = "-" if cfg.tokens_scale != 1.0 else ("no" if total >= goal else "yes")
     return {"case": name, "layers x units": f"1 x ({heads} heads + {units} FFN)", "tokens": tokens,
             "ratio": cfg.ratio, "gram_dtype": cfg.gram_dtype, "threads": torch.get_num_threads(),
-            "model_dtype": cfg.model_dtype, "work_dtype": cfg.work_dtype, "sequential": report.sequential, "forward_s": f"{forward:.1f}",
+            "model_dtype": cfg.model_dtype, "work_dtype": cfg.work_dtype, "sequential": report.sequential,
+            "forward_s": f"{forward:.1f}",
             "heads kept": report.heads_after[0], "FFN kept": report.ffn_after[0],
             "removed %": f"{100 * report.removed_params / report.block_params_before:.1f}",
             "total_s": f"{total:.1f}", "cpu_s": f"{cpu:.1f}", "peak_rss_gb": f"{_peak_rss_gb():.1f}",
