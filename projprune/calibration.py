@@ -100,7 +100,7 @@ class ActivationStats:
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
-        self.sum_outer += batch_gram
+        _accumulate(self.sum_outer, batch_gram)
         self.sum += batch_sum
         self.count += rows.shape[0]
 
@@ -150,6 +150,13 @@ class ActivationStats:
         out.sum.copy_(self.sum)
         out.count = self.count
         return out
+
+
+def _accumulate(total: torch.Tensor, batch: torch.Tensor, rows: int = 512) -> None:
+    """``total += batch`` (``(n, n)``) a block of rows at a time: a float32 ``batch`` added to a float64
+    ``total`` in one go is first copied whole to float64 (an ``(n, n)`` temporary); in blocks, same sums."""
+    for start in range(0, total.shape[0], rows):
+        total[start:start + rows] += batch[start:start + rows]
 
 
 def _overflow_message(rows: torch.Tensor, where: str, dtype: torch.dtype) -> str:

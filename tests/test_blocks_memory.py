@@ -154,3 +154,15 @@ def test_float32_greedy_keeps_the_float64_choice(global_mode):
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="dtype"):
         prune_blocks(_llama(), 0.3, "act_norm", CALIB, dtype=torch.float32)
+
+
+def test_float32_products_accumulate_block_by_block_to_the_float64_sums():
+    H = torch.randn(300, 1100, generator=torch.Generator().manual_seed(7))  # wider than one block of rows
+    st = ActivationStats(1100)
+    st.update(H[:150])
+    st.update(H[150:])
+    Hd = H.double()
+    reference = Hd[:150].T @ Hd[:150] + Hd[150:].T @ Hd[150:]
+    torch.testing.assert_close(st.sum_outer, reference, rtol=1e-5, atol=1e-4)  # float32 products
+    exact = H[:150].T @ H[:150]  # the same float32 product the accumulator adds first
+    torch.testing.assert_close(st.sum_outer - (H[150:].T @ H[150:]).double(), exact.double(), rtol=1e-12, atol=1e-9)
