@@ -454,7 +454,7 @@ def prune_blocks(
             0.9; heads: all but one), ``energy`` (``"part"``, default: ``calib`` costs over their
             block's output energy; ``"layer"``: over the layer's attention + FFN energy);
             ``dtype`` (``calib``: the FFN greedy's compute dtype, default float64; ``torch.float32``
-            halves its memory and time).
+            halves its (n, n) matrices).
 
     Returns:
         :class:`BlocksReport`.
