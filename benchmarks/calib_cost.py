@@ -8,7 +8,9 @@ Three cases of the calibrated-method goals:
   weights, a 1,024-token vocabulary) pruned 30 % of its attention + FFN parameters by
   ``prune_blocks(..., "calib")`` on 16k synthetic calibration tokens (32 sequences of 512). This row
   times the whole call (forwards, statistics, selection, writing); ``forward_s`` is one plain forward
-  over the same tokens for scale. ``--model-dtype bfloat16`` runs that model in bfloat16.
+  over the same tokens for scale; ``peak_rss_gb`` the process's peak resident memory (model and
+  forwards included). ``--model-dtype bfloat16`` runs that model in bfloat16;
+  ``--work-dtype float32`` runs the FFN greedy in float32 (``prune_blocks(..., dtype=torch.float32)``).
 
 Activations are GELU outputs of random pre-activations, fed to :class:`projprune.ActivationStats`
 in batches of ``--batch-tokens`` rows (what the forward hooks of ``collect_activation_stats``
@@ -56,6 +58,8 @@ class CostConfig:
     gram_dtype: str = field(default="float32", metadata={"help": "statistics products: float32 (exact, default) "
                                                                  "or bfloat16 (opt-in, ~1e-3 relative error)"})
     model_dtype: str = field(default="float32", metadata={"help": "llama-7b-block's weights: float32 or bfloat16"})
+    work_dtype: str = field(default="float64", metadata={
+        "help": "llama-7b-block: the calib FFN greedy's compute dtype (prune_blocks' dtype=): float64 or float32"})
     sequential: str = field(default="default", metadata={
         "help": "llama-7b-block: prune_blocks' sequential statistics: default, true or false"})
     seed: int = 1
@@ -122,16 +126,26 @@ def run_block_case(name: str, cfg: CostConfig) -> dict:
     forward = time.perf_counter() - begin
     options = {} if cfg.sequential == "default" else {"sequential": cfg.sequential == "true"}
     gram_dtype = None if cfg.gram_dtype == "float32" else torch.bfloat16
+    if cfg.work_dtype == "float32":
+        options["dtype"] = torch.float32
     begin, cpu = time.perf_counter(), time.process_time()
     report = prune_blocks(model, cfg.ratio, "calib", calibration, gram_dtype=gram_dtype, **options)
     total, cpu = time.perf_counter() - begin, time.process_time() - cpu
     met = "-" if cfg.tokens_scale != 1.0 else ("no" if total >= goal else "yes")
     return {"case": name, "layers x units": f"1 x ({heads} heads + {units} FFN)", "tokens": tokens,
             "ratio": cfg.ratio, "gram_dtype": cfg.gram_dtype, "threads": torch.get_num_threads(),
-            "model_dtype": cfg.model_dtype, "sequential": report.sequential, "forward_s": f"{forward:.1f}",
+            "model_dtype": cfg.model_dtype, "work_dtype": cfg.work_dtype, "sequential": report.sequential,
+            "forward_s": f"{forward:.1f}",
             "heads kept": report.heads_after[0], "FFN kept": report.ffn_after[0],
             "removed %": f"{100 * report.removed_params / report.block_params_before:.1f}",
-            "total_s": f"{total:.1f}", "cpu_s": f"{cpu:.1f}", "goal_s": f"{goal:.0f}", "met": met}
+            "total_s": f"{total:.1f}", "cpu_s": f"{cpu:.1f}", "peak_rss_gb": f"{_peak_rss_gb():.1f}",
+            "goal_s": f"{goal:.0f}", "met": met}
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def main(argv=None) -> list[dict]:
@@ -146,8 +160,9 @@ def main(argv=None) -> list[dict]:
                          f"{cfg.model_dtype!r}, {cfg.sequential!r}")
     if not 0 < cfg.ratio < 1 or cfg.batch_tokens < 1 or not 0 < cfg.tokens_scale <= 1:
         raise ValueError("--ratio must be in (0, 1), --batch-tokens >= 1, --tokens-scale in (0, 1]")
-    if cfg.gram_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"--gram-dtype must be float32 or bfloat16, got {cfg.gram_dtype!r}")
+    if cfg.gram_dtype not in ("float32", "bfloat16") or cfg.work_dtype not in ("float64", "float32"):
+        raise ValueError(f"--gram-dtype must be float32 or bfloat16 and --work-dtype float64 or float32, got "
+                         f"{cfg.gram_dtype!r}, {cfg.work_dtype!r}")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

@@ -36,6 +36,10 @@ class ActivationStats:
             Relative error of ``Σ h hᵀ`` about 1e-3 per batch (tests bound it at 3e-3), below
             the sampling noise of a covariance from tens of thousands of tokens. Default None:
             the activations' own dtype (float32 or float64).
+
+    Attribute ``single_use`` (default False): :meth:`covariance` forms ``C`` in the memory of
+    ``Σ h hᵀ`` and returns it (no second ``(n, n)`` buffer; the caller may overwrite it); the
+    statistics are then spent: a later update or covariance raises ``ValueError``.
     """
 
     def __init__(self, n: int, device: torch.device | str | None = None,
@@ -49,6 +53,8 @@ class ActivationStats:
         self.sum_outer = torch.zeros(n, n, dtype=torch.float64, device=device)  # Σ h hᵀ
         self.sum = torch.zeros(n, dtype=torch.float64, device=device)  # Σ h
         self.count = 0
+        self.single_use = False
+        self._spent = False  # single_use and the covariance was taken: Σ h hᵀ holds it no more
 
     def update(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Add samples.
@@ -63,6 +69,7 @@ class ActivationStats:
         if h.is_meta:
             raise ValueError("h is on the meta device; materialise the model's weights first (meta tensors hold "
                              "no values)")
+        self._require_unspent()
         rows = h.reshape(-1, self.n)
         if mask is not None:
             if tuple(mask.shape) != tuple(h.shape[:-1]):
@@ -93,7 +100,7 @@ class ActivationStats:
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
-        self.sum_outer += batch_gram
+        _accumulate(self.sum_outer, batch_gram)
         self.sum += batch_sum
         self.count += rows.shape[0]
 
@@ -101,10 +108,17 @@ class ActivationStats:
         """Add another accumulator of the same width (e.g. from another process); returns self."""
         if not isinstance(other, ActivationStats) or other.n != self.n:
             raise ValueError(f"other must be an ActivationStats of width {self.n}")
+        self._require_unspent()
+        other._require_unspent()
         self.sum_outer += other.sum_outer.to(self.sum_outer.device)
         self.sum += other.sum.to(self.sum.device)
         self.count += other.count
         return self
+
+    def _require_unspent(self) -> None:
+        if self._spent:
+            raise ValueError("these ActivationStats were single_use and their covariance was already taken (it "
+                             "overwrote Σ h hᵀ); collect the statistics again")
 
     def _require_samples(self) -> None:
         if self.count == 0:
@@ -118,13 +132,19 @@ class ActivationStats:
 
     def covariance(self) -> torch.Tensor:
         """``C = Hc Hcᵀ / T: (n, n)`` float64, ``Hc`` the centred activations."""
+        self._require_unspent()
         mu = self.mean
-        C = self.sum_outer / self.count
-        C -= torch.outer(mu, mu)
-        return symmetrised(C)
+        if self.single_use:
+            self._spent = True
+            C = self.sum_outer.div_(self.count)
+        else:
+            C = self.sum_outer / self.count  # the only (n, n) buffer made here: the rest is in place
+        C.addr_(mu, mu, alpha=-1.0)
+        return symmetrised(C, inplace=True)
 
     def to(self, device: torch.device | str) -> ActivationStats:
         """A copy on ``device``."""
+        self._require_unspent()
         out = ActivationStats(self.n, device=device, gram_dtype=self.gram_dtype)
         out.sum_outer.copy_(self.sum_outer)
         out.sum.copy_(self.sum)
@@ -134,6 +154,13 @@ class ActivationStats:
 
 class StatisticsOverflowError(ValueError):
     """Finite activations whose accumulated statistics (sums, second moments) left the floating-point range."""
+
+
+def _accumulate(total: torch.Tensor, batch: torch.Tensor, rows: int = 512) -> None:
+    """``total += batch`` (``(n, n)``) a block of rows at a time: a float32 ``batch`` added to a float64
+    ``total`` in one go is first copied whole to float64 (an ``(n, n)`` temporary); in blocks, same sums."""
+    for start in range(0, total.shape[0], rows):
+        total[start:start + rows] += batch[start:start + rows]
 
 
 def _overflow_message(rows: torch.Tensor, where: str, dtype: torch.dtype) -> str:
@@ -227,6 +254,7 @@ def collect_activation_stats(
     max_batches: int | None = None,
     callback: Callable[[int], None] | None = None,
     gram_dtype: torch.dtype | None = None,
+    stop_early: bool = False,
 ) -> list[ActivationStats]:
     """Statistics of what each of ``layers`` reads while ``model`` runs on ``batches``.
 
@@ -242,6 +270,9 @@ def collect_activation_stats(
         max_batches: stop after this many batches.
         callback: called with the batch index after every batch (progress bars).
         gram_dtype: opt-in ``torch.bfloat16`` products (see :class:`ActivationStats`); default exact.
+        stop_early: when the first batch called every layer exactly once, end the later batches'
+            forwards as soon as the last of ``layers`` has read its input (the rest of the model
+            runs for nothing: the statistics are the same, the output is discarded).
 
     Returns:
         One :class:`ActivationStats` per layer, in order.
@@ -259,9 +290,12 @@ def collect_activation_stats(
         for layer in layers
     ]
     current_mask: list[torch.Tensor | None] = [None]
+    calls = [0] * len(layers)  # how often each layer was called in the current batch
+    cut = [False]  # stop_early and the first batch called every layer once: end forwards early
 
     def make_hook(index: int):
         def hook(module: nn.Module, args: tuple) -> None:
+            calls[index] += 1
             if not args or not isinstance(args[0], torch.Tensor):
                 return
             h = _samples(module, args[0].detach())
@@ -273,10 +307,15 @@ def collect_activation_stats(
                 stats[index].update(h, mask if use_mask else None)
             except ValueError as err:
                 raise ValueError(f"layers[{index}] ({type(module).__name__}): {err}") from None
+            if cut[0] and all(calls):
+                raise _StopForward
 
         return hook
 
     def before(batch: Any) -> None:
+        if stop_early and not cut[0] and any(calls):  # the first batch is done: was every layer called once?
+            cut[0] = all(c == 1 for c in calls)
+        calls[:] = [0] * len(layers)
         current_mask[0] = _mask_of(batch)
 
     run_hooked(model, {layer: make_hook(i) for i, layer in enumerate(layers)}, batches,
@@ -286,6 +325,10 @@ def collect_activation_stats(
             raise ValueError(f"layers[{i}] ({type(layers[i]).__name__}) saw no activations during calibration; "
                              "expected a layer that the model's forward calls")
     return stats  # type: ignore[return-value]
+
+
+class _StopForward(Exception):
+    """Raised by a hook of :func:`collect_activation_stats` to end a forward whose rest is not needed."""
 
 
 def run_hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: Iterable[Any], *,
@@ -310,6 +353,8 @@ def run_hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: I
                     if before_batch is not None:
                         before_batch(batch)
                     _call(model, batch)
+                except _StopForward:
+                    pass  # every hooked layer has read this batch
                 except ValueError as err:
                     if str(err).startswith(("layers[", "batches must")):
                         raise

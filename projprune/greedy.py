@@ -132,12 +132,15 @@ class _LayerState:
     activation, so used only when the caller says so).
     """
 
+    #: whether the tracking reads ``W`` (a compute-dtype copy is kept; the calibrated state works on ``C``)
+    reads_w = True
+
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | None, opts: ProjectionOptions,
                  dtype: torch.dtype, amount: int, bias_source: torch.Tensor | None) -> None:
         self.n = W.shape[0]
         self.device = W.device
         self.dtype = dtype
-        self.W = W.to(dtype)
+        self.W = W.to(dtype) if self.reads_w else None
         self.V = None if V is None else V.to(dtype)
         self.alive = torch.ones(self.n, dtype=torch.bool, device=W.device)
         self.n_alive = self.n  # = int(self.alive.sum()), kept without a reduction per step
@@ -385,11 +388,14 @@ class _CalibratedExactState(_LayerState):
     flops) and a row is read from the upper triangle.
     """
 
+    reads_w = False
+
     def __init__(self, W, b, V, opts, dtype, amount, bias_source, C: torch.Tensor, lam: float, block: int = 64):
+        """``C: (n, n)`` the covariance; it is overwritten (it becomes ``P``: one ``(n, n)`` buffer fewer)."""
         super().__init__(W, b, V, opts, dtype, amount, bias_source)
         self.lam = lam
         P = regularised_inverse(C.to(device=self.device, dtype=dtype), lam, "the calibration covariance",
-                                CALIBRATION_SINGULAR_HINT)
+                                CALIBRATION_SINGULAR_HINT, overwrite=True)
         # LAPACK returns P column-major; it is exactly symmetric, so its transpose is the same matrix row-major
         # (rows of P are then contiguous: cheaper row reads and squeezes)
         self.P = P.mT if not P.is_contiguous() and P.mT.is_contiguous() else P
@@ -450,6 +456,11 @@ class _CalibratedExactState(_LayerState):
         # S - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ = S - [X C] [C X]ᵀ: one product of rank 2K, one pass over S
         sub_upper_product_(self.S, torch.cat((X, Cm), dim=1), torch.cat((Cm, X), dim=1))
         sub_upper_product_(self.P, Cm, Cm)
+
+    def result(self, out_dtype: torch.dtype) -> PruneResult:
+        """The outcome; ``P`` and ``P²`` (two ``(n, n)`` matrices) are released first: the state is finished."""
+        self.P = self.S = None
+        return super().result(out_dtype)
 
 
 # --------------------------------------------------------------------------- calibration helpers
@@ -596,7 +607,7 @@ def _make_state(opts: ProjectionOptions, W, b, V, stats, amount: int, dtype: tor
         state_cls = _LazyState if opts.tracking == "lazy" else _ExactState
         extra = {"Q": Q} if opts.tracking == "lazy" else {}
         return state_cls(W, b, V, opts, dtype, amount, bias_source, opts.lmbda, **extra)
-    C, mu, lam = _calibration(stats, opts.lmbda, W.device, dtype)
+    C, mu, lam = _calibration(stats, opts.lmbda, W.device, dtype)  # C: a fresh matrix, ours to overwrite
     bias_source = mu if opts.mean_correction else None
     if opts.tracking == "exact":
         return _CalibratedExactState(W, b, V, opts, dtype, amount, bias_source, C, lam)

@@ -45,14 +45,18 @@ def _compute_dtype(W: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
 WEIGHT_SINGULAR_HINT = "use lmbda > 0 (rows are linearly dependent, or n > m)"
 
 
-def _cholesky(A: torch.Tensor, lmbda: float, what: str, hint: str = WEIGHT_SINGULAR_HINT) -> torch.Tensor:
+def _cholesky(A: torch.Tensor, lmbda: float, what: str, hint: str = WEIGHT_SINGULAR_HINT,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """Lower Cholesky factor of the SPD matrix ``A``; a clear error (ending with ``hint``) when it is singular.
 
     With ``lmbda = 0`` a singular Gram matrix sometimes factors anyway, rounding leaving a
     tiny positive pivot; pivots below ``n · eps`` of the largest are treated as singular, so
     the outcome does not depend on rounding.
     """
-    L, info = torch.linalg.cholesky_ex(A)
+    if out is None:
+        L, info = torch.linalg.cholesky_ex(A)
+    else:  # ``out``: a column-major buffer (may be ``A`` itself) LAPACK factors in place
+        L, info = torch.linalg.cholesky_ex(A, out=(out, torch.empty((), dtype=torch.int32, device=A.device)))
     singular = int(info.max() if info.dim() else info) != 0
     if not singular and lmbda == 0:
         pivots = L.diagonal() ** 2
@@ -115,12 +119,19 @@ def precision_and_residuals(
     return P, P @ Wc, P.diagonal().clone()
 
 
-def regularised_inverse(G: torch.Tensor, lmbda: float, what: str = "W", hint: str = WEIGHT_SINGULAR_HINT
-                        ) -> torch.Tensor:
+def regularised_inverse(G: torch.Tensor, lmbda: float, what: str = "W", hint: str = WEIGHT_SINGULAR_HINT,
+                        overwrite: bool = False) -> torch.Tensor:
     """``(G + λI)^{-1}`` for a symmetric PSD ``G: (n, n)`` by one Cholesky (``G`` is not modified).
 
+    With ``overwrite`` a contiguous ``G`` becomes the inverse (factored and inverted in its own
+    memory, no other ``(n, n)`` buffer; on a failure its contents are undefined) and is returned.
     Raises ``ValueError`` naming ``what`` when ``G + λI`` is singular; ``hint`` says why and what to do.
     """
+    if overwrite and G.is_contiguous():
+        G.diagonal().add_(lmbda)
+        column_major = G.mT  # the same symmetric matrix, in the layout LAPACK works on in place
+        L = _cholesky(column_major, lmbda, what, hint, out=column_major)
+        return torch.cholesky_inverse(L, out=L).mT
     A = G.clone()
     A.diagonal().add_(lmbda)
     return torch.cholesky_inverse(_cholesky(A, lmbda, what, hint))

@@ -31,6 +31,8 @@ Per-layer counts:
 layers ``< l`` (and, for the FFN, layer ``l``'s heads) are already pruned, as SparseGPT and ZipLM do;
 the global allocation itself comes from one pass over the unpruned model. On MiniLM validation text
 it kept more than one pass (50 %: .866 vs .863 uniform) for one calibration forward per pruned block.
+Those forwards end once the hooked projection has read its input (``stop_early``), and in global
+mode the one pass's statistics serve until the first block is pruned.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ BLOCK_METHODS: dict[str, str] = {
     "calib": "greedy (group) OBS with compensation and mean correction, heads and FFN units",
 }
 PARTS = ("heads", "ffn")
-_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio", "max_shift", "energy"})
+_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio", "max_shift", "energy", "dtype"})
 #: Global mode: how far (in fractions of its units) a block's count may move from the uniform one.
 #: Chosen on MiniLM validation text (docs/algorithm.md §8.3): unbounded costs over-prune some layers.
 MAX_SHIFT = 0.2
@@ -153,6 +155,10 @@ def _check_arguments(ratio, method, parts, global_mode, sequential, options) -> 
         raise ValueError(f"prune_blocks does not take option(s) {unknown}; it takes {sorted(_OPTIONS)}")
     if options.get("gram_dtype") not in (None, torch.bfloat16):
         raise ValueError(f"gram_dtype must be None or torch.bfloat16, got {options['gram_dtype']!r}")
+    if options.get("dtype") not in (None, torch.float32, torch.float64) or \
+            (options.get("dtype") is not None and method != "calib"):
+        raise ValueError(f"dtype (the calib FFN greedy's compute dtype) must be None, torch.float64 or torch.float32 "
+                         f"and is taken by method 'calib' only, got {options.get('dtype')!r} for {method!r}")
     cap = options.get("max_unit_ratio", 0.9)
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0.0 < cap < 1.0:
         raise ValueError(f"max_unit_ratio must be in (0, 1) (most of a layer's units global mode removes), got {cap!r}")
@@ -228,12 +234,13 @@ class _Greedy:
     column) times ``scale``; the unit is the greedy's own choice, the smallest ``d_i‖u_i‖``.
     """
 
-    def __init__(self, block: FFNBlock, st: ActivationStats, limit: int, scale: float) -> None:
+    def __init__(self, block: FFNBlock, st: ActivationStats, limit: int, scale: float,
+                 dtype: torch.dtype | None = None) -> None:
         self.block, self.limit, self.scale, self.taken = block, limit, scale, 0
         self.W = _work_dtype(block.unit_weight())
         self.V = _work_dtype(block.output_weight()).to(self.W.dtype)
         self.state = _make_state(resolve_options(FFN_METHODS["calib"].options, {}), self.W, None, self.V, st,
-                                 limit, torch.float64)
+                                 limit, dtype or torch.float64)
         self._next: tuple[int, float] | None = None
 
     def peek(self) -> float | None:
@@ -312,9 +319,10 @@ def _head_sources(method, heads: _Part, stats, energies: list[tuple[float, float
     return sources
 
 
-def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]], limits: list[int]) -> list:
+def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]], limits: list[int],
+                 dtype: torch.dtype | None = None) -> list:
     if method == "calib":
-        return [_Greedy(block, st, limit, 1.0 / (energy[1] * size))
+        return [_Greedy(block, st, limit, 1.0 / (energy[1] * size), dtype)
                 for block, st, limit, energy, size in zip(ffn.blocks, stats, limits, energies, ffn.sizes)]
     Ws = [_work_dtype(b.unit_weight()) for b in ffn.blocks]
     Vs = [_work_dtype(b.output_weight()) for b in ffn.blocks]
@@ -325,7 +333,8 @@ def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]],
 
 
 def _global(method, heads, ffn, head_stats, ffn_stats, target, cap: float, bounds: tuple[list[int], list[int]],
-            shift: float | None, energy: str = "part") -> tuple[list[int], list[int], list | None]:
+            shift: float | None, energy: str = "part", dtype: torch.dtype | None = None
+            ) -> tuple[list[int], list[int], list | None]:
     """Per-block head and FFN-unit counts of the global split; for ``calib`` also the FFN plans (the
     joint greedy has already made them). With ``shift``, every block removes within ``shift × units``
     of its uniform count ``bounds``."""
@@ -356,7 +365,7 @@ def _global(method, heads, ffn, head_stats, ffn_stats, target, cap: float, bound
     head_sources = _head_sources(method, heads, head_stats, [(e, divisor(e, mlp, li)) for li, e in enumerate(att)],
                                  limits[:split]) if heads else []
     ffn_sources = _ffn_sources(method, ffn, ffn_stats, [(e, divisor(e, att, li)) for li, e in enumerate(mlp)],
-                               limits[split:]) if ffn else []
+                               limits[split:], dtype) if ffn else []
     sizes = (heads.sizes if heads else []) + (ffn.sizes if ffn else [])
     counts = _merge(head_sources + ffn_sources, sizes, target, floors)
     plans = [src.plan() for src in ffn_sources] if method == "calib" and ffn else None
@@ -391,12 +400,13 @@ def _prune_heads(model, method, heads: _Part, amounts, stats) -> None:
     prune_heads(model, 0.0, method, amounts=list(amounts), stats=None if method == "l2" else list(stats))
 
 
-def _prune_ffn(model, method, ffn: _Part, indices: Sequence[int], amounts, stats) -> None:
+def _prune_ffn(model, method, ffn: _Part, indices: Sequence[int], amounts, stats, dtype=None) -> None:
     """Prune ``amounts[i]`` units of the blocks ``indices`` (``stats``: one per index); blocks losing none
     are left alone (mean correction would otherwise give a bias-free block a zero bias)."""
     chosen = [(i, st) for i, st in zip(indices, stats or [None] * len(indices)) if amounts[i]]
     blocks = [ffn.blocks[i] for i, _ in chosen]
-    plans, _ = plan_units(blocks, FFN_METHODS[method], [amounts[i] for i, _ in chosen], None, {},
+    options = {} if dtype is None else {"dtype": dtype}
+    plans, _ = plan_units(blocks, FFN_METHODS[method], [amounts[i] for i, _ in chosen], None, options,
                           None if method == "l2" else [st for _, st in chosen])
     _apply_plans(model, blocks, plans, ffn.blocks)
 
@@ -406,7 +416,7 @@ def _collect(model, layers, calibration, options, max_batches, progress) -> list
 
     total = len(calibration) if hasattr(calibration, "__len__") else None
     with tqdm(total=total, desc="calibration batches", disable=not progress, leave=False) as bar:
-        return collect_activation_stats(model, layers, calibration, max_batches=max_batches,
+        return collect_activation_stats(model, layers, calibration, max_batches=max_batches, stop_early=True,
                                         gram_dtype=options.get("gram_dtype"), callback=lambda _i: bar.update(1))
 
 
@@ -442,7 +452,9 @@ def prune_blocks(
             within this fraction of its units of the uniform count; default :data:`MAX_SHIFT`, None:
             unbounded), ``max_unit_ratio`` (at most this fraction of a block's FFN units, default
             0.9; heads: all but one), ``energy`` (``"part"``, default: ``calib`` costs over their
-            block's output energy; ``"layer"``: over the layer's attention + FFN energy).
+            block's output energy; ``"layer"``: over the layer's attention + FFN energy);
+            ``dtype`` (``calib``: the FFN greedy's compute dtype, default float64; ``torch.float32``
+            halves its (n, n) matrices).
 
     Returns:
         :class:`BlocksReport`.
@@ -484,7 +496,7 @@ def prune_blocks(
                                                        float(options.get("max_unit_ratio", 0.9)),
                                                        _uniform(ratio, heads, ffn, target),
                                                        options.get("max_shift", MAX_SHIFT),
-                                                       options.get("energy", "part"))
+                                                       options.get("energy", "part"), options.get("dtype"))
     else:
         head_amounts, ffn_amounts = _uniform(ratio, heads, ffn, target)
     too_many = [(p.name, b.name, a, u) for p, amounts in ((heads, head_amounts), (ffn, ffn_amounts)) if p
@@ -501,19 +513,30 @@ def prune_blocks(
             _check_plans(ffn.blocks, ffn_plans)
             _apply_plans(model, ffn.blocks, ffn_plans)
         elif ffn is not None and any(ffn_amounts):
-            _prune_ffn(model, method, ffn, range(len(ffn.blocks)), ffn_amounts, ffn_stats)
+            _prune_ffn(model, method, ffn, range(len(ffn.blocks)), ffn_amounts, ffn_stats, options.get("dtype"))
     else:
         layers = max(len(heads.blocks) if heads else 0, len(ffn.blocks) if ffn else 0)
+        pruned = False  # until a block is pruned, the one pass's statistics (global mode) are the current ones
+
+        def current(part_stats, block, li):
+            if not needs_stats:
+                return [None]
+            if part_stats is not None and not pruned:
+                return [part_stats[li]]
+            return _collect(model, [block.output], calibration, options, max_batches, False)
+
         for li in _bar(range(layers), "layers (sequential)", progress):
             if heads is not None and li < len(heads.blocks) and head_amounts[li]:
-                fresh = _collect(model, [heads.blocks[li].output], calibration, options, max_batches, False) \
-                    if needs_stats else [None]
+                fresh = current(head_stats, heads.blocks[li], li)
                 stats = [fresh[0] if i == li else _placeholder(b.channels) for i, b in enumerate(heads.blocks)]
                 _prune_heads(model, method, heads, [a if i == li else 0 for i, a in enumerate(head_amounts)], stats)
+                pruned = True
             if ffn is not None and li < len(ffn.blocks) and ffn_amounts[li]:
-                fresh = _collect(model, [ffn.blocks[li].output], calibration, options, max_batches, False) \
-                    if needs_stats else None
-                _prune_ffn(model, method, ffn, [li], ffn_amounts, fresh)
+                fresh = current(ffn_stats, ffn.blocks[li], li)
+                if method == "calib" and fresh[0] is not (ffn_stats[li] if ffn_stats else None):
+                    fresh[0].single_use = True  # read once, by the greedy: C formed in Σ h hᵀ's memory
+                _prune_ffn(model, method, ffn, [li], ffn_amounts, fresh if needs_stats else None, options.get("dtype"))
+                pruned = True
     attention_after = sum(b.num_parameters() for b in heads.blocks) if heads else 0
     ffn_after = sum(b.num_parameters() for b in ffn.blocks) if ffn else 0
     untouched = 0 if heads is not None else sum(b.num_parameters() for b in _safe_attention(model))
