@@ -37,15 +37,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python benchmarks/tp_examples.py`: import engine etc. from this repository
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
 from engine.harness import parse_config, run_cli, split_list  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
 
 CLASSIFICATION = [
     "alexnet", "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14",
@@ -94,6 +96,7 @@ def kind_of(name: str) -> str:
 
 def build_model(name: str, input_size: int) -> nn.Module:
     """The example's construction of ``name`` (random weights; trainable backbones, no aux heads)."""
+    import torch.nn as nn
     import torchvision.models as tvm
     import torchvision.models.detection as tvd
     import torchvision.models.segmentation as tvs
@@ -119,6 +122,8 @@ def ignored_layers(model: nn.Module, name: str) -> list[nn.Module]:
     """The example's ignored layers: 1000-way classifiers and the detection heads; and (not in the
     example, which halves them) the segmentation models' 21-class output convs, so that every method
     keeps the outputs whose change is measured (our compensating importances never score them)."""
+    import torch.nn as nn
+
     ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1000]
     if name in SEGMENTATION:
         ignored += [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 21]
@@ -144,6 +149,8 @@ def make_inputs(name: str, input_size: int, batch: int, probe: int, generator: t
     """``(example_inputs, calibration batch, fresh batch)`` in the example's structure: a tensor, or
     for detection a list of images (two for the example, of two sizes); ``batch`` calibration and
     ``probe`` fresh images."""
+    import torch
+
     if kind_of(name) == "detection":
         sizes = [(input_size, input_size)] * 2 if input_size else [(300, 400), (500, 400)]
 
@@ -161,6 +168,8 @@ def make_inputs(name: str, input_size: int, batch: int, probe: int, generator: t
 
 def probe_output(model: nn.Module, name: str, inputs) -> torch.Tensor:
     """``(samples, features)`` float64: what the output change is measured on."""
+    import torch
+
     with torch.no_grad():
         if kind_of(name) == "detection":
             captured = []
@@ -208,6 +217,7 @@ def build_pruner(model: nn.Module, name: str, method: str, example_inputs, calib
 
 def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
     """Build, prune and measure one (model, method) in this process."""
+    import torch
     from torchvision.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(cfg.seed)
@@ -283,6 +293,8 @@ def summarise(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(TPExamplesConfig, argv, description=__doc__.splitlines()[0])
+    import torch
+
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.worker:
