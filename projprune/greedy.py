@@ -78,20 +78,21 @@ class _PendingTerms:
         self.block = block
         self.symmetric = symmetric  # every term is a aᵀ: B is A (one buffer written per step)
         self.k = 0
-        self.A: torch.Tensor | None = None  # (rows, block)
-        self.B: torch.Tensor | None = None  # (cols, block)
+        # terms are stored as rows, (block, rows) and (block, cols): a step writes contiguous memory
+        self.A: torch.Tensor | None = None
+        self.B: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.k
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> bool:
         """Append ``a bᵀ``; True when the block is full and the caller should flush."""
-        if self.k == 0 and (self.A is None or self.A.shape[0] != a.shape[0] or self.B.shape[0] != b.shape[0]):
-            self.A = a.new_empty(a.shape[0], self.block)
-            self.B = self.A if self.symmetric else b.new_empty(b.shape[0], self.block)
-        self.A[:, self.k] = a
+        if self.k == 0 and (self.A is None or self.A.shape[1] != a.shape[0] or self.B.shape[1] != b.shape[0]):
+            self.A = a.new_empty(self.block, a.shape[0])
+            self.B = self.A if self.symmetric else b.new_empty(self.block, b.shape[0])
+        self.A[self.k] = a
         if not self.symmetric:
-            self.B[:, self.k] = b
+            self.B[self.k] = b
         self.k += 1
         return self.k >= self.block
 
@@ -99,18 +100,19 @@ class _PendingTerms:
         """Row ``i`` of ``X_t`` from row ``i`` of ``X_f``: ``X_f[i] - Σ_s a_s[i] b_s``."""
         if self.k == 0:
             return flushed_row.clone()
-        return torch.addmv(flushed_row, self.B[:, : self.k], self.A[i, : self.k], alpha=-1.0)
+        return torch.addmv(flushed_row, self.B[: self.k].T, self.A[: self.k, i], alpha=-1.0)
 
     def times(self, flushed_product: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``X_t x`` from ``X_f x``: ``X_f x - Σ_s a_s (b_s · x)``."""
         if self.k == 0:
             return flushed_product
-        return torch.addmv(flushed_product, self.A[:, : self.k], x @ self.B[:, : self.k], alpha=-1.0)
+        return torch.addmv(flushed_product, self.A[: self.k].T, self.B[: self.k] @ x, alpha=-1.0)
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, B)`` with the pending terms as columns (``X_t = X_f - A Bᵀ``); valid until the next add."""
+        """``(A, B)``: ``(rows, k)``, ``(cols, k)`` with the pending terms as columns (``X_t = X_f - A Bᵀ``);
+        views valid until the next add."""
         k, self.k = self.k, 0
-        return self.A[:, :k], self.B[:, :k]
+        return self.A[:k].T, self.B[:k].T
 
 
 class _LayerState:
@@ -218,8 +220,8 @@ class _LayerState:
             self.bias_delta += c * (source[i] - reconstruction)
         if self.fixed_v:
             if self.output_aware:  # u_j += q_j c for every j
-                u_dot_c = self.pending_u.times(self.UT @ c, c)
-                self.u_sq += q * (2.0 * u_dot_c + q * (c @ c))
+                u_dot_c, c_sq = self._dots_with_removed(q, c)
+                self.u_sq += q * (2.0 * u_dot_c + q * c_sq)
             if self.pending_u.add(-q, c):
                 self._flush_u()
         elif self.compensate:
@@ -238,6 +240,11 @@ class _LayerState:
         self.n_alive -= 1
         self.order.append(i)
         self.forget(i, q, ratio)
+
+    def _dots_with_removed(self, q: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Uᵀc: (n,), ‖c‖²)`` for the effective column ``c`` of the unit being removed (``q``: its
+        coefficients, for trackers that update a Gram matrix of ``U`` here): one product with ``U``."""
+        return self.pending_u.times(self.UT @ c, c), c @ c
 
     def _flush_u(self) -> None:
         if len(self.pending_u):
@@ -383,7 +390,11 @@ class _CalibratedExactState(_LayerState):
     ``P_f p = S_f[:, i] - Σ_s e_s c_s[i]`` (``S_f = P_f²``, ``e_s = P_f c_s``), so a step costs
     ``O(n · block)``. Every ``block`` steps the terms are applied with matrix products,
     ``P_f ← P_f - C Cᵀ`` and ``S_f ← S_f - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ`` (one product of rank
-    ``2 · block``), and both matrices are squeezed to the units still there. Both are symmetric:
+    ``2 · block``), and both matrices are squeezed to the units still there. Output-aware with a
+    fixed V (``calib``), the norms ``‖u_j‖`` of the effective columns need ``Uᵀc`` at every step;
+    a third symmetric matrix, the Gram ``G = UᵀU``, gives it as one row (rank-2 terms per step,
+    flushed and squeezed with ``P`` and ``S``) instead of a pass over the ``(n, k)`` matrix ``U``.
+    All three are symmetric:
     ``S_0 = P_0²`` and every flush are formed on the upper block rows only (about half the
     flops) and a row is read from the upper triangle.
     """
@@ -407,6 +418,11 @@ class _CalibratedExactState(_LayerState):
         self.pos = self.idx.clone()  # unit -> row of P and S
         self.pending_c = _PendingTerms(block, symmetric=True)  # P_t = P_f - Σ c_s c_sᵀ
         self.pending_e = _PendingTerms(block)  # P_f P_t = S_f - Σ e_s c_sᵀ
+        # Output-aware with fixed V: the Gram matrix G = UᵀU of the effective columns replaces the
+        # per-step product Uᵀc (n·k reads of U) by a row of G (n reads); u_j += q_j c changes it by
+        # G += a qᵀ + q aᵀ with a = G[:, i] + ‖c‖²/2 q, kept as pending terms (two per step).
+        self.G = gram(self.V, upper_only=True) if self.fixed_v and self.output_aware else None  # (n, n)
+        self.pending_g = _PendingTerms(2 * block)  # G_t = G_f - Σ (-a_s) q_sᵀ - Σ (-q_s) a_sᵀ
 
     def raw_distances(self) -> torch.Tensor:
         d2 = (self.diag - self.lam * self.diag2).clamp_min(0.0) / (self.diag * self.diag)
@@ -421,6 +437,20 @@ class _CalibratedExactState(_LayerState):
         q[self.idx] = -(p / p[r])
         q[i] = 0.0
         return q * self.alive
+
+    def _dots_with_removed(self, q: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.G is None:
+            return super()._dots_with_removed(q, c)
+        r = self._r  # coefficients(i) ran first in remove()
+        g = self.pending_g.row(symmetric_row(self.G, r), r)  # Uᵀc on the rows of G (c = u_i)
+        c_sq = g[r]
+        q_rows = q[self.idx]
+        a = g + (0.5 * c_sq) * q_rows
+        self.pending_g.add(-a, q_rows)
+        self.pending_g.add(-q_rows, a)
+        dots = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        dots[self.idx] = g
+        return dots, c_sq
 
     def forget(self, i: int, q: torch.Tensor, ratio: float) -> None:
         p, r = self._p, self._r
@@ -443,6 +473,7 @@ class _CalibratedExactState(_LayerState):
         Cm, _ = self.pending_c.take()  # (r, K) the c_s on the rows of P
         _, Em = self.pending_e.take()  # (r, K) the e_s = P_f c_s
         X = torch.addmm(Em, Cm, Cm.T @ Cm, alpha=-0.5)  # E - C (CᵀC) / 2
+        Ga, Gb = self.pending_g.take() if len(self.pending_g) else (None, None)
         keep = self.alive[self.idx]
         dead = len(self.idx) - int(keep.sum())
         if dead >= max(self.pending_c.block, len(self.idx) // 8):  # squeeze out the removed units
@@ -453,13 +484,18 @@ class _CalibratedExactState(_LayerState):
             grid = (rows.unsqueeze(1), rows)  # one gather for rows and columns
             self.P = self.P[grid]
             self.S = self.S[grid]
+            if self.G is not None:
+                self.G = self.G[grid]
+                Ga, Gb = (None, None) if Ga is None else (Ga[rows], Gb[rows])
         # S - E Cᵀ - C Eᵀ + C (CᵀC) Cᵀ = S - [X C] [C X]ᵀ: one product of rank 2K, one pass over S
         sub_upper_product_(self.S, torch.cat((X, Cm), dim=1), torch.cat((Cm, X), dim=1))
         sub_upper_product_(self.P, Cm, Cm)
+        if Ga is not None:
+            sub_upper_product_(self.G, Ga, Gb)
 
     def result(self, out_dtype: torch.dtype) -> PruneResult:
         """The outcome; ``P`` and ``P²`` (two ``(n, n)`` matrices) are released first: the state is finished."""
-        self.P = self.S = None
+        self.P = self.S = self.G = None
         return super().result(out_dtype)
 
 

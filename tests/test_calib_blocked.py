@@ -32,9 +32,14 @@ def test_blocked_calibrated_greedy_matches_brute_force(monkeypatch, block_width)
     original_flush = greedy_module._CalibratedExactState._flush
     monkeypatch.setattr(greedy_module._CalibratedExactState, "_flush",
                         lambda self: (flushes.append(len(self.idx)), original_flush(self)))
+    gram_reads = []  # Uᵀc read from the tracked Gram matrix G = UᵀU, not from a product with U
+    original_dots = greedy_module._CalibratedExactState._dots_with_removed
+    monkeypatch.setattr(greedy_module._CalibratedExactState, "_dots_with_removed",
+                        lambda self, q, c: (gram_reads.append(self.G is not None), original_dots(self, q, c))[1])
     res = pp.greedy_exact(W, amount, opts, V=V, stats=stats)
     order, V_ref, bias_ref = plain_calibrated_greedy(H, V, amount, opts.lmbda)
     assert len(flushes) == amount // block and flushes[-1] < n  # the blocked path ran and squeezed rows
+    assert gram_reads == [True] * amount
     assert res.order.tolist() == order
     _, _, V_new, bias = pp.apply_pruning(W, None, V, res)
     assert torch.allclose(V_new, V_ref, atol=1e-9, rtol=0)
