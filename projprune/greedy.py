@@ -524,7 +524,7 @@ def check_samples(stats: ActivationStats, width: int, lmbda: float, name: str = 
                          "more calibration data, or use lmbda > 0")
 
 
-def _calibration(stats: ActivationStats, lmbda: float, device: torch.device, dtype: torch.dtype):
+def calibration_terms(stats: ActivationStats, lmbda: float, device: torch.device, dtype: torch.dtype):
     """``(C, μ, λ)`` from statistics: covariance ``(n, n)``, means ``(n,)``, absolute λ (relative × trace/n)."""
     C = stats.covariance().to(device=device, dtype=dtype)
     mu = stats.mean.to(device=device, dtype=dtype)
@@ -561,7 +561,7 @@ def refit_next_layer(
         ``V': (k, n')`` and the bias change ``(k,)`` (None without mean correction), in ``V``'s dtype.
     """
     check_samples(stats, int(keep.sum()), lmbda)
-    C, mu, lam = _calibration(stats, lmbda, V.device, torch.float64)
+    C, mu, lam = calibration_terms(stats, lmbda, V.device, torch.float64)
     K = torch.nonzero(keep, as_tuple=False).flatten()
     Vd = V.to(torch.float64)
     P = regularised_inverse(C[K][:, K], lam, "the kept units' calibration covariance", CALIBRATION_SINGULAR_HINT)
@@ -637,13 +637,15 @@ def _drive(states: Sequence[_LayerState], amount: int, decay: bool, callback: St
             callback(step)
 
 
-def _make_state(opts: ProjectionOptions, W, b, V, stats, amount: int, dtype: torch.dtype, Q=None) -> _LayerState:
+def make_layer_state(opts: ProjectionOptions, W, b, V, stats, amount: int, dtype: torch.dtype, Q=None) -> _LayerState:
+    """The greedy's state for one layer ``W: (n, m)``, ``V: (k, n)`` (lazy, exact or calibrated from ``opts``
+    and ``stats``), ready to remove up to ``amount`` units; used by the greedies and ``prune_blocks``' merge."""
     if stats is None:
         bias_source = b if (opts.compensate and opts.identity_activation and b is not None) else None
         state_cls = _LazyState if opts.tracking == "lazy" else _ExactState
         extra = {"Q": Q} if opts.tracking == "lazy" else {}
         return state_cls(W, b, V, opts, dtype, amount, bias_source, opts.lmbda, **extra)
-    C, mu, lam = _calibration(stats, opts.lmbda, W.device, dtype)  # C: a fresh matrix, ours to overwrite
+    C, mu, lam = calibration_terms(stats, opts.lmbda, W.device, dtype)  # C: a fresh matrix, ours to overwrite
     bias_source = mu if opts.mean_correction else None
     if opts.tracking == "exact":
         return _CalibratedExactState(W, b, V, opts, dtype, amount, bias_source, C, lam)
@@ -664,7 +666,7 @@ def _greedy_single(W, amount, options, overrides, *, b, V, stats, dtype, callbac
     amount = check_amount(amount, W.shape[0])
     if Q is not None and stats is not None:
         raise ValueError("Q and stats are exclusive: Q is computed from the statistics")
-    state = _make_state(opts, W, b, V, stats, amount, dtype or torch.float64, Q)
+    state = make_layer_state(opts, W, b, V, stats, amount, dtype or torch.float64, Q)
     _drive([state], amount, opts.decay, callback)
     return _finish(state, W, V, stats, opts)
 
@@ -769,7 +771,7 @@ def greedy_global(
     capacity = sum(W.shape[0] for W in Ws) - len(Ws)
     amount = check_amount(amount, capacity + 1)
     # The exact state pre-allocates room for the most units one layer can lose.
-    states = [_make_state(opts, W, b, V, st, min(amount, W.shape[0] - 1), dtype or torch.float64)
+    states = [make_layer_state(opts, W, b, V, st, min(amount, W.shape[0] - 1), dtype or torch.float64)
               for W, b, V, st in zip(Ws, bs, Vs, stats)]
     _drive(states, amount, opts.decay, callback)
     return [_finish(state, W, V, st, opts) for state, W, V, st in zip(states, Ws, Vs, stats)]

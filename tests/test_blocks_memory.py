@@ -12,7 +12,7 @@ from torch import nn
 
 from projprune import ActivationStats
 from projprune.calibration import collect_activation_stats
-from projprune.greedy import _CalibratedExactState, _make_state
+from projprune.greedy import _CalibratedExactState, make_layer_state
 from projprune.options import resolve_options
 from projprune.solvers import regularised_inverse
 from projprune.transformers import find_attention_blocks, find_ffn_blocks
@@ -88,7 +88,7 @@ def test_calibrated_state_keeps_no_weight_copy_and_releases_its_matrices():
     W, V = torch.randn(12, 6, generator=gen), torch.randn(3, 12, generator=gen)
     st = ActivationStats(12)
     st.update(torch.randn(200, 12, generator=gen))
-    state = _make_state(resolve_options(FFN_METHODS["calib"].options, {}), W, None, V, st, 4, torch.float64)
+    state = make_layer_state(resolve_options(FFN_METHODS["calib"].options, {}), W, None, V, st, 4, torch.float64)
     assert isinstance(state, _CalibratedExactState) and state.W is None
     C = st.covariance()
     lam = FFN_METHODS["calib"].options.lmbda * float(C.diagonal().mean())

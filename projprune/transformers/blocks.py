@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from projprune.calibration import ActivationStats, collect_activation_stats
-from projprune.greedy import _make_state
+from projprune.greedy import make_layer_state
 from projprune.methods import baseline_scores, standardised, wanda_scores
 from projprune.options import resolve_options
 from projprune.transformers.families import AttentionBlock, FFNBlock, find_attention_blocks, find_ffn_blocks
@@ -239,7 +239,7 @@ class _Greedy:
         self.block, self.limit, self.scale, self.taken = block, limit, scale, 0
         self.W = _work_dtype(block.unit_weight())
         self.V = _work_dtype(block.output_weight()).to(self.W.dtype)
-        self.state = _make_state(resolve_options(FFN_METHODS["calib"].options, {}), self.W, None, self.V, st,
+        self.state = make_layer_state(resolve_options(FFN_METHODS["calib"].options, {}), self.W, None, self.V, st,
                                  limit, dtype or torch.float64)
         self._next: tuple[int, float] | None = None
 

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from projprune.calibration import ActivationStats, collect_activation_stats
-from projprune.greedy import _calibration, refit_next_layer
+from projprune.greedy import calibration_terms, refit_next_layer
 from projprune.group_obs import compensate_removed, greedy_group_obs, group_removal_costs
 from projprune.methods import CALIB_LMBDA, fluctuation_scores, standardised
 from projprune.solvers import regularised_inverse
@@ -229,7 +229,7 @@ def head_costs(blocks: Sequence[AttentionBlock], method: str, stats: Sequence[Ac
                 continue
             raw = raw.sqrt()
         elif method == "calib":
-            C, _, lam = _calibration(stats[li], _lmbda(method, options), torch.device("cpu"), torch.float64)
+            C, _, lam = calibration_terms(stats[li], _lmbda(method, options), torch.device("cpu"), torch.float64)
             raw = group_removal_costs(regularised_inverse(C, lam, "the calibration covariance"), V,
                                       block.unit_groups())[0] / _output_energy(V, C, energy)
             scores.append(raw)
@@ -268,7 +268,7 @@ def _calib_curves(blocks, stats, amounts, lmbda: float, energy: str, progress: b
     out = []
     for block, st, amount in zip(tqdm(blocks, desc="head greedy", disable=not progress, leave=False), stats, amounts):
         V = _weight(block)
-        C, mu, lam = _calibration(st, lmbda, V.device, torch.float64)
+        C, mu, lam = calibration_terms(st, lmbda, V.device, torch.float64)
         result = greedy_group_obs(C, V, block.unit_groups().to(V.device), amount, lam)
         curve = HeadCurve(result.order, result.costs / _output_energy(V, C, energy), block.params_per_unit())
         out.append((curve, {"C": C, "mu": mu, "lam": lam, "result": result}))
@@ -315,7 +315,8 @@ def _plan(block: AttentionBlock, keep: torch.Tensor, method: str, st: Activation
         V_new, delta = refit_next_layer(V, st, channels.to(V.device), _lmbda(method, options), mean_correction)
     else:
         if greedy is None:
-            greedy = dict(zip(("C", "mu", "lam"), _calibration(st, _lmbda(method, options), V.device, torch.float64)))
+            terms = calibration_terms(st, _lmbda(method, options), V.device, torch.float64)
+            greedy = dict(zip(("C", "mu", "lam"), terms))
         result = greedy.get("result")
         if result is not None and torch.equal(result.keep, keep):  # the greedy stopped here: its fold is the answer
             V_new = result.weight
