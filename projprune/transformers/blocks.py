@@ -51,22 +51,21 @@ from projprune.calibration import ActivationStats, collect_activation_stats
 from projprune.greedy import make_layer_state
 from projprune.methods import baseline_scores, standardised, wanda_scores
 from projprune.options import resolve_options
-from projprune.transformers.families import AttentionBlock, FFNBlock, find_attention_blocks, find_ffn_blocks
-from projprune.transformers.heads import _apply as _apply_head_plans
-from projprune.transformers.heads import _check_blocks as _check_attention_blocks
-from projprune.transformers.heads import _Plan as _HeadPlan
-from projprune.transformers.heads import head_curves, prune_heads
-from projprune.transformers.prune import (
-    FFN_METHODS,
-    _apply_plans,
-    _check_calibration,
-    _check_plans,
-    _plan_from_result,
-    _work_dtype,
-    plan_units,
+from projprune.transformers._planning import (
+    FFNPlan,
+    HeadPlan,
+    apply_ffn_plans,
+    apply_head_plans,
+    check_attention_blocks,
+    check_calibration,
+    check_ffn_blocks,
+    check_ffn_plans,
+    plan_from_result,
+    work_dtype,
 )
-from projprune.transformers.prune import _check_blocks as _check_ffn_blocks
-from projprune.transformers.prune import _Plan as _FFNPlan
+from projprune.transformers.families import AttentionBlock, FFNBlock, find_attention_blocks, find_ffn_blocks
+from projprune.transformers.heads import head_curves, prune_heads
+from projprune.transformers.prune import FFN_METHODS, plan_units
 
 __all__ = ["BLOCK_METHODS", "BlocksReport", "prune_blocks"]
 
@@ -237,10 +236,10 @@ class _Greedy:
     def __init__(self, block: FFNBlock, st: ActivationStats, limit: int, scale: float,
                  dtype: torch.dtype | None = None) -> None:
         self.block, self.limit, self.scale, self.taken = block, limit, scale, 0
-        self.W = _work_dtype(block.unit_weight())
-        self.V = _work_dtype(block.output_weight()).to(self.W.dtype)
+        self.W = work_dtype(block.unit_weight())
+        self.V = work_dtype(block.output_weight()).to(self.W.dtype)
         self.state = make_layer_state(resolve_options(FFN_METHODS["calib"].options, {}), self.W, None, self.V, st,
-                                 limit, dtype or torch.float64)
+                                      limit, dtype or torch.float64)
         self._next: tuple[int, float] | None = None
 
     def peek(self) -> float | None:
@@ -256,11 +255,11 @@ class _Greedy:
         self._next = None
         self.taken += 1
 
-    def plan(self):
+    def plan(self) -> FFNPlan:
         """The block's new tensors after the removals taken (compensation and mean correction included)."""
         if not self.taken:
-            return _FFNPlan(torch.ones(self.block.width, dtype=torch.bool))
-        return _plan_from_result(self.block, self.W, self.V, self.state.result(self.W.dtype), None)
+            return FFNPlan(torch.ones(self.block.width, dtype=torch.bool))
+        return plan_from_result(self.block, self.W, self.V, self.state.result(self.W.dtype), None)
 
 
 def _merge(sources: Sequence, sizes: Sequence[int], target: float, floors: Sequence[int] | None = None) -> list[int]:
@@ -324,8 +323,8 @@ def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]],
     if method == "calib":
         return [_Greedy(block, st, limit, 1.0 / (energy[1] * size), dtype)
                 for block, st, limit, energy, size in zip(ffn.blocks, stats, limits, energies, ffn.sizes)]
-    Ws = [_work_dtype(b.unit_weight()) for b in ffn.blocks]
-    Vs = [_work_dtype(b.output_weight()) for b in ffn.blocks]
+    Ws = [work_dtype(b.unit_weight()) for b in ffn.blocks]
+    Vs = [work_dtype(b.output_weight()) for b in ffn.blocks]
     scores = baseline_scores(Ws, FFN_METHODS[method], None, Vs, stats)
     per_param = method in ("l2", "act_norm")
     return [_Scores(torch.sort(s / size if per_param else s).values[:limit])
@@ -393,9 +392,9 @@ def _prune_heads(model, method, heads: _Part, amounts, stats) -> None:
             keep = torch.ones(block.units, dtype=torch.bool)
             if amount:
                 keep[torch.sort(_wanda_head_scores(block, st), stable=True).indices[:amount]] = False
-            plans.append(_HeadPlan(keep))
+            plans.append(HeadPlan(keep))
         with torch.no_grad():
-            _apply_head_plans(model, heads.blocks, plans)
+            apply_head_plans(model, heads.blocks, plans)
         return
     prune_heads(model, 0.0, method, amounts=list(amounts), stats=None if method == "l2" else list(stats))
 
@@ -408,7 +407,7 @@ def _prune_ffn(model, method, ffn: _Part, indices: Sequence[int], amounts, stats
     options = {} if dtype is None else {"dtype": dtype}
     plans, _ = plan_units(blocks, FFN_METHODS[method], [amounts[i] for i, _ in chosen], None, options,
                           None if method == "l2" else [st for _, st in chosen])
-    _apply_plans(model, blocks, plans, ffn.blocks)
+    apply_ffn_plans(model, blocks, plans, ffn.blocks)
 
 
 def _collect(model, layers, calibration, options, max_batches, progress) -> list[ActivationStats]:
@@ -465,14 +464,14 @@ def prune_blocks(
             meet (every block keeps one unit); raised before the model is modified.
     """
     parts = _check_arguments(ratio, method, parts, global_mode, sequential, options)
-    spec = FFN_METHODS[method]
-    _check_calibration(method, spec, calibration)
+    needs_stats = method != "l2"
+    check_calibration(method, needs_stats, calibration, [m for m in BLOCK_METHODS if m != "l2"])
     ratio = float(ratio)
     heads, ffn, total = _find_parts(model, parts)
     if heads is not None:
-        _check_attention_blocks(model, heads.blocks)
+        check_attention_blocks(model, heads.blocks)
     if ffn is not None:
-        _check_ffn_blocks(model, ffn.blocks)
+        check_ffn_blocks(model, ffn.blocks)
     target = ratio * total
     capacity = sum((u - 1) * s for p in (heads, ffn) if p is not None for u, s in zip(p.units, p.sizes))
     if target > capacity:
@@ -483,7 +482,6 @@ def prune_blocks(
     ffn_before = [b.width for b in ffn.blocks] if ffn else []
     params_before = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
-    needs_stats = method != "l2"
     head_stats = ffn_stats = None
     if needs_stats and (global_mode or not sequential):
         layers = ([b.output for b in heads.blocks] if heads else []) + ([b.output for b in ffn.blocks] if ffn else [])
@@ -510,8 +508,8 @@ def prune_blocks(
         if heads is not None and any(head_amounts):
             _prune_heads(model, method, heads, head_amounts, head_stats)
         if ffn_plans is not None:  # the global calib greedy made them
-            _check_plans(ffn.blocks, ffn_plans)
-            _apply_plans(model, ffn.blocks, ffn_plans)
+            check_ffn_plans(ffn.blocks, ffn_plans)
+            apply_ffn_plans(model, ffn.blocks, ffn_plans)
         elif ffn is not None and any(ffn_amounts):
             _prune_ffn(model, method, ffn, range(len(ffn.blocks)), ffn_amounts, ffn_stats, options.get("dtype"))
     else:

@@ -50,17 +50,15 @@ from projprune.greedy import calibration_terms, refit_next_layer
 from projprune.group_obs import compensate_removed, greedy_group_obs, group_removal_costs
 from projprune.methods import CALIB_LMBDA, fluctuation_scores, standardised
 from projprune.solvers import regularised_inverse
-from projprune.transformers.families import (
-    HEADS_KEY,
-    HEADS_NOTE,
-    AttentionBlock,
-    check_projections,
-    config_owners,
-    find_attention_blocks,
-    guard_config,
-    record_heads,
+from projprune.transformers._planning import (
+    HeadPlan,
+    apply_head_plans,
+    check_attention_blocks,
+    check_calibration,
+    check_head_plans,
 )
-from projprune.transformers.prune import LayerReport, PruneReport, _restore_on_failure
+from projprune.transformers.families import AttentionBlock, find_attention_blocks
+from projprune.transformers.prune import LayerReport, PruneReport
 
 __all__ = ["CALIBRATED_HEAD_METHODS", "CALIB_HEADS_LMBDA", "HEAD_METHODS", "HeadCurve", "collect_head_stats",
            "find_attention_blocks", "head_costs", "head_curves", "prune_heads"]
@@ -106,14 +104,6 @@ class HeadCurve:
     params_per_unit: int
 
 
-@dataclass
-class _Plan:
-    keep: torch.Tensor  # (units,) bool
-    output_weight: torch.Tensor | None = None  # (k, n') float64; None = slice the columns
-    output_bias: torch.Tensor | None = None  # (k,) float64; None = unchanged
-    seconds: float | None = None
-
-
 # --------------------------------------------------------------------------- checks
 def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[str, Any]) -> None:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
@@ -139,30 +129,16 @@ def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[st
 
 
 def _check_data(method: str, calibration: Any, stats: Any, blocks: Sequence[AttentionBlock]) -> None:
-    if method not in CALIBRATED_HEAD_METHODS:
-        if calibration is not None or stats is not None:
-            raise ValueError(f"calibration: method {method!r} is data-free and takes no calibration data; expected "
-                             f"calibration=None (calibrated methods: {', '.join(sorted(CALIBRATED_HEAD_METHODS))})")
+    calibrated = method in CALIBRATED_HEAD_METHODS
+    if not calibrated or stats is None:  # a data-free method refuses stats= as it refuses calibration=
+        check_calibration(method, calibrated, calibration if stats is None else stats, CALIBRATED_HEAD_METHODS)
         return
-    if stats is not None:
-        if calibration is not None:
-            raise ValueError("calibration: pass calibration= or stats=, not both")
-        fits = (isinstance(st, ActivationStats) and st.n == b.channels and st.count > 0 for st, b in zip(stats, blocks))
-        if not isinstance(stats, Sequence) or len(stats) != len(blocks) or not all(fits):
-            raise ValueError(f"stats: expected one non-empty ActivationStats per attention block, of widths "
-                             f"{[b.channels for b in blocks]} (what each output projection reads)")
-        return
-    if calibration is None:
-        raise ValueError(f"calibration: method {method!r} runs on activations; pass calibration= an iterable of "
-                         "model inputs (tensors of token ids or tokenizer outputs with attention_mask)")
-    if isinstance(calibration, (torch.Tensor, Mapping, str, bytes)) or not isinstance(calibration, Iterable):
-        raise ValueError("calibration: expected an iterable of batches (e.g. a list of tensors or tokenizer "
-                         f"outputs), got a single {type(calibration).__name__}; wrap one batch in a list")
-
-
-def _check_blocks(model: nn.Module, blocks: Sequence[AttentionBlock]) -> None:
-    """Refuse meta, parametrized, tied or non-finite attention projections (one ValueError, nothing changed)."""
-    check_projections(model, blocks, "attention block")
+    if calibration is not None:
+        raise ValueError("calibration: pass calibration= or stats=, not both")
+    fits = (isinstance(st, ActivationStats) and st.n == b.channels and st.count > 0 for st, b in zip(stats, blocks))
+    if not isinstance(stats, Sequence) or len(stats) != len(blocks) or not all(fits):
+        raise ValueError(f"stats: expected one non-empty ActivationStats per attention block, of widths "
+                         f"{[b.channels for b in blocks]} (what each output projection reads)")
 
 
 def _amounts(blocks: Sequence[AttentionBlock], ratio: float) -> list[int]:
@@ -292,13 +268,13 @@ def _merge(curves: Sequence[HeadCurve], total: int) -> list[int]:
 
 # --------------------------------------------------------------------------- plans
 def _plan(block: AttentionBlock, keep: torch.Tensor, method: str, st: ActivationStats | None,
-          options: Mapping[str, Any], greedy: dict | None = None) -> _Plan:
+          options: Mapping[str, Any], greedy: dict | None = None) -> HeadPlan:
     """The new output-projection weight and bias of one block (nothing is modified).
 
     ``greedy``: ``calib``'s moments and greedy result for this block (:func:`_calib_curves`), reused.
     """
     if method in ("random", "l2") or bool(keep.all()):  # nothing removed: nothing to compensate
-        return _Plan(keep)
+        return HeadPlan(keep)
     channels = torch.zeros(block.channels, dtype=torch.bool)
     channels[block.unit_groups()[keep].flatten()] = True
     V = _weight(block)
@@ -308,9 +284,9 @@ def _plan(block: AttentionBlock, keep: torch.Tensor, method: str, st: Activation
     if method == "flap" or (method == "calib" and not options.get("compensate", True)):
         # FLAP's bias compensation: the removed channels' mean contribution stays as a constant
         if not mean_correction:
-            return _Plan(keep)
+            return HeadPlan(keep)
         removed = ~channels.to(V.device)
-        return _Plan(keep, None, base + V[:, removed] @ st.mean.to(V)[removed])
+        return HeadPlan(keep, None, base + V[:, removed] @ st.mean.to(V)[removed])
     if method == "act_norm":  # FFN act_norm's least-squares refit (kept columns refitted too)
         V_new, delta = refit_next_layer(V, st, channels.to(V.device), _lmbda(method, options), mean_correction)
     else:
@@ -324,10 +300,10 @@ def _plan(block: AttentionBlock, keep: torch.Tensor, method: str, st: Activation
         else:
             V_new, delta = compensate_removed(greedy["C"], greedy["mu"], V, channels, greedy["lam"])
         delta = delta if mean_correction else None
-    return _Plan(keep, V_new, None if delta is None else base + delta)
+    return HeadPlan(keep, V_new, None if delta is None else base + delta)
 
 
-def _plans(blocks, method, stats, amounts, total, options, generator, progress) -> list[_Plan]:
+def _plans(blocks, method, stats, amounts, total, options, generator, progress) -> list[HeadPlan]:
     start = time.perf_counter()
     needed = [block.units - 1 for block in blocks] if total is not None else amounts
     options = dict(options)
@@ -349,42 +325,8 @@ def _plans(blocks, method, stats, amounts, total, options, generator, progress) 
         plan = _plan(block, keep, method, None if stats is None else stats[li], options, cached[li])
         plan.seconds = None if total is not None else selection_seconds + time.perf_counter() - start
         plans.append(plan)
-    for block, plan in zip(blocks, plans):
-        if any(t is not None and not bool(torch.isfinite(t.to(block.output.weight.dtype)).all())
-               for t in (plan.output_weight, plan.output_bias)):
-            raise ValueError(f"pruning attention block {block.name!r} produced NaN or Inf weights; expected finite "
-                             "results: the model was left unchanged")
+    check_head_plans(blocks, plans)
     return plans
-
-
-# --------------------------------------------------------------------------- writing
-def _update_configs(model: nn.Module, blocks: Sequence[AttentionBlock]) -> None:
-    """Record the kept heads in every owning config; stock loaders then refuse it (:data:`HEADS_NOTE`)."""
-    for owner, indices in config_owners(model, blocks):
-        config = getattr(owner, "config", None)
-        if config is None:
-            continue
-        mine = [blocks[i] for i in indices]
-        setattr(config, HEADS_KEY, record_heads(config, mine, getattr(config, HEADS_KEY, None)))
-        keys = dict.fromkeys(k for b in mine for k in b.family.config_keys if hasattr(config, k))
-        guard_config(config, list(keys), HEADS_KEY, HEADS_NOTE)
-
-
-def _apply(model: nn.Module, blocks: Sequence[AttentionBlock], plans: Sequence[_Plan]) -> None:
-    """Write every plan and the configs: all blocks or none (restored if a write fails)."""
-    attrs = {a for b in blocks for a in (*b.family.count_attrs, *b.family.kv_count_attrs, *b.family.width_attrs)}
-    saved = [(b.owner, {a: getattr(b.owner, a) for a in attrs if hasattr(b.owner, a)}) for b in blocks]
-    try:
-        with _restore_on_failure(model, blocks), torch.no_grad():
-            for block, plan in zip(blocks, plans):
-                if not bool(plan.keep.all()) or plan.output_bias is not None:
-                    block.keep_units(torch.nonzero(plan.keep).flatten(), plan.output_weight, plan.output_bias)
-            _update_configs(model, blocks)
-    except BaseException:
-        for owner, values in saved:
-            for name, value in values.items():
-                setattr(owner, name, value)
-        raise
 
 
 # --------------------------------------------------------------------------- entry point
@@ -441,7 +383,7 @@ def prune_heads(
     ratio = float(ratio)
     blocks = find_attention_blocks(model)
     _check_data(method, calibration, stats, blocks)
-    _check_blocks(model, blocks)
+    check_attention_blocks(model, blocks)
     if amounts is not None:
         amounts = list(amounts)
         if len(amounts) != len(blocks) or not all(
@@ -458,14 +400,14 @@ def prune_heads(
     attention_before = sum(block.num_parameters() for block in blocks)
     start = time.perf_counter()
     if total == 0 or (total is None and not any(amounts)):
-        plans = [_Plan(torch.ones(block.units, dtype=torch.bool), seconds=0.0) for block in blocks]
+        plans = [HeadPlan(torch.ones(block.units, dtype=torch.bool), seconds=0.0) for block in blocks]
     else:
         if method in CALIBRATED_HEAD_METHODS and stats is None:
             stats = collect_head_stats(model, blocks, calibration, max_batches=max_batches, progress=progress)
         generator = torch.Generator().manual_seed(int(options.pop("seed", 0)))
         with torch.no_grad():
             plans = _plans(blocks, method, stats, amounts, total, options, generator, progress)
-        _apply(model, blocks, plans)
+        apply_head_plans(model, blocks, plans)
     layers = [LayerReport(b.name, b.family.name, before, b.units, torch.nonzero(p.keep).flatten(), p.seconds)
               for b, before, p in zip(blocks, units_before, plans)]
     return PruneReport(method=method, ratio=ratio, global_mode=bool(global_mode and amounts is None), layers=layers,

@@ -24,7 +24,6 @@ the five removed units were not duplicates). With ``n <= m`` every projective me
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -35,13 +34,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from projprune._checks import check_plain_layer
 from projprune.calibration import ActivationStats, collect_activation_stats
-from projprune.greedy import PruneResult, apply_pruning, apply_refit, greedy_global
+from projprune.greedy import PruneResult, apply_refit, greedy_global
 from projprune.methods import PAIR_METHODS, PairMethod, select_baseline_global
 from projprune.options import ProjectionOptions, resolve_options
 from projprune.surgery import select_units
-from projprune.transformers.families import WIDTHS_KEY, FFNBlock, config_owners, find_ffn_blocks, guard_config
+from projprune.transformers._planning import (
+    FFNPlan,
+    apply_ffn_plans,
+    check_calibration,
+    check_ffn_blocks,
+    check_ffn_plans,
+    plan_from_result,
+    work_dtype,
+)
+from projprune.transformers.families import WIDTHS_KEY, FFNBlock, find_ffn_blocks
 from projprune.transformers.prunenet import PruneNetPolicy, kept_width, load_policy, train_policy
 
 __all__ = ["FFN_METHODS", "WIDTHS_KEY", "LayerReport", "PruneReport", "prune_ffn"]
@@ -136,25 +143,8 @@ class PruneReport:
         ]
 
 
-@dataclass
-class _Plan:
-    """New tensors for one block, computed before anything is modified."""
-
-    keep: torch.Tensor  # (n,) bool
-    unit_weight: torch.Tensor | None = None  # (n', M); None = plain slicing
-    input_biases: list[torch.Tensor | None] | None = None
-    output_weight: torch.Tensor | None = None  # (k, n')
-    output_bias: torch.Tensor | None = None  # (k,)
-    seconds: float | None = None
-
-
 def _count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _work_dtype(tensor: torch.Tensor) -> torch.Tensor:
-    # Half-precision models are scored in float32 (the solvers compute in float64 anyway).
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[str, Any]) -> PairMethod:
@@ -176,29 +166,12 @@ def _check_arguments(ratio: Any, method: Any, global_mode: Any, options: dict[st
 
 # --------------------------------------------------------------------------- planners
 def _projective_inputs(block: FFNBlock) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    W = _work_dtype(block.unit_weight())
-    V = _work_dtype(block.output_weight()).to(W.dtype)
+    W = work_dtype(block.unit_weight())
+    V = work_dtype(block.output_weight()).to(W.dtype)
     b = block.unit_bias()
     # The core's bias compensation needs one bias per unit and a bias downstream to absorb it.
     b_core = b if (len(block.inputs) == 1 and b is not None and block.output_bias() is not None) else None
-    return W, None if b_core is None else _work_dtype(b_core).to(W.dtype), V
-
-
-def _plan_from_result(block: FFNBlock, W: torch.Tensor, V: torch.Tensor, result, seconds: float | None) -> _Plan:
-    W_new, _, V_new, bias_delta = apply_pruning(W, None, V, result)
-    keep = result.keep
-    scale_b = result.scale_b[keep]
-    biases = []
-    for layer in block.inputs:
-        bias = getattr(layer, "bias", None)
-        biases.append(None if bias is None else _work_dtype(bias.detach())[keep] * scale_b.to(W.dtype))
-    out_bias = block.output_bias()
-    new_out_bias = None
-    if bias_delta is not None:
-        # mean correction creates the output bias when the block has none (see _bias_owner)
-        base = torch.zeros_like(bias_delta, dtype=W.dtype) if out_bias is None else _work_dtype(out_bias)
-        new_out_bias = base + bias_delta.to(W.dtype)
-    return _Plan(keep, W_new, biases, V_new, new_out_bias, seconds)
+    return W, None if b_core is None else work_dtype(b_core).to(W.dtype), V
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -222,13 +195,13 @@ def _plan_projective(blocks, ratio, amounts, total, spec, options, stats=None, p
             results = greedy_global([W for W, _, _ in inputs], total, opts, bs=[b for _, b, _ in inputs],
                                     Vs=[V for _, _, V in inputs], stats=None if stats is None else per_layer,
                                     dtype=dtype, callback=lambda _step: bar.update(1))
-        return [_plan_from_result(block, W, V, r, None) for block, (W, _, V), r in zip(blocks, inputs, results)], {}
+        return [plan_from_result(block, W, V, r, None) for block, (W, _, V), r in zip(blocks, inputs, results)], {}
     plans = []
     for block, (W, b, V), st, amount in zip(_progress(blocks, "FFN layers", progress), inputs, per_layer, amounts):
         start = time.perf_counter()
         result = greedy_global([W], amount, opts, bs=[b], Vs=[V], stats=None if st is None else [st],
                                dtype=dtype)[0]
-        plans.append(_plan_from_result(block, W, V, result, time.perf_counter() - start))
+        plans.append(plan_from_result(block, W, V, result, time.perf_counter() - start))
     return plans, {}
 
 
@@ -253,8 +226,8 @@ def _select_by_scores(Ws, Vs, amounts, total, spec, stats, generator=None) -> tu
 
 
 def _unit_and_output_weights(blocks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    Ws = [_work_dtype(block.unit_weight()) for block in blocks]
-    return Ws, [_work_dtype(block.output_weight()).to(W.dtype) for block, W in zip(blocks, Ws)]
+    Ws = [work_dtype(block.unit_weight()) for block in blocks]
+    return Ws, [work_dtype(block.output_weight()).to(W.dtype) for block, W in zip(blocks, Ws)]
 
 
 def _selection_result(keep: torch.Tensor, dtype: torch.dtype) -> PruneResult:
@@ -273,7 +246,7 @@ def _plan_act_norm(blocks, ratio, amounts, total, spec, options, stats=None, pro
         start = time.perf_counter()
         result = _selection_result(keep, W.dtype)
         apply_refit(result, V, st, opts)
-        plans.append(_plan_from_result(block, W, V, result, None if total is not None else time.perf_counter() - start))
+        plans.append(plan_from_result(block, W, V, result, None if total is not None else time.perf_counter() - start))
     return plans, {}
 
 
@@ -283,34 +256,34 @@ def _plan_llm_baseline(blocks, ratio, amounts, total, spec, options, stats=None,
     Ws, Vs = _unit_and_output_weights(blocks)
     keeps, seconds = _select_by_scores(Ws, Vs, amounts, total, spec, stats)
     if not opts.mean_correction:
-        return [_Plan(keep.cpu(), seconds=sec) for keep, sec in zip(keeps, seconds)], {}
+        return [FFNPlan(keep.cpu(), seconds=sec) for keep, sec in zip(keeps, seconds)], {}
     plans = []
     for block, W, V, keep, st, sec in zip(blocks, Ws, Vs, keeps, stats, seconds):
         result = _selection_result(keep, W.dtype)
         removed = ~result.keep
         # FLAP's bias compensation: what the removed units contributed on average, V_R μ_R
         result.out_bias_delta = (V[:, removed].double() @ st.mean.cpu()[removed]).to(W.dtype)
-        plans.append(_plan_from_result(block, W, V, result, sec))
+        plans.append(plan_from_result(block, W, V, result, sec))
     return plans, {}
 
 
 def _plan_baseline(blocks, ratio, amounts, total, spec, options, stats=None, progress=False):
     generator = torch.Generator().manual_seed(int(options.get("seed", 0)))
-    Ws = [_work_dtype(block.unit_weight()) for block in blocks]
+    Ws = [work_dtype(block.unit_weight()) for block in blocks]
     if total is not None:
         keeps = select_baseline_global(Ws, total, spec, generator)
-        return [_Plan(keep.cpu()) for keep in keeps], {}
+        return [FFNPlan(keep.cpu()) for keep in keeps], {}
     name = "random" if spec.kind == "random" else f"l{spec.p}"
     plans = []
     for W, amount in zip(Ws, amounts):
         start = time.perf_counter()
         keep = select_units(W, amount, method=name, generator=generator)
-        plans.append(_Plan(keep.cpu(), seconds=time.perf_counter() - start))
+        plans.append(FFNPlan(keep.cpu(), seconds=time.perf_counter() - start))
     return plans, {}
 
 
 def _plan_prunenet(blocks, ratio, amounts, total, spec, options, stats=None, progress=False):
-    weights = [_work_dtype(block.policy_weight()) for block in blocks]
+    weights = [work_dtype(block.policy_weight()) for block in blocks]
     policy = options.get("policy")
     if isinstance(policy, (str, os.PathLike)):
         policy = load_policy(policy)
@@ -327,11 +300,11 @@ def _plan_prunenet(blocks, ratio, amounts, total, spec, options, stats=None, pro
         kept = policy.select(W, ratio, generator)
         keep = torch.zeros(W.shape[0], dtype=torch.bool)
         keep[kept.cpu()] = True
-        plans.append(_Plan(keep, seconds=time.perf_counter() - start))
+        plans.append(FFNPlan(keep, seconds=time.perf_counter() - start))
     return plans, {"policy": policy}
 
 
-_PLANNERS: dict[str, Callable[..., tuple[list[_Plan], dict]]] = {
+_PLANNERS: dict[str, Callable[..., tuple[list[FFNPlan], dict]]] = {
     "random": _plan_baseline,
     "norm": _plan_baseline,
     "lazy": _plan_projective,
@@ -341,127 +314,6 @@ _PLANNERS: dict[str, Callable[..., tuple[list[_Plan], dict]]] = {
     "wanda_sp": _plan_llm_baseline,
     "prunenet": _plan_prunenet,
 }
-
-
-# --------------------------------------------------------------------------- config
-def _update_configs(model: nn.Module, blocks: Sequence[FFNBlock]) -> None:
-    """Record the new widths in every owning ``PreTrainedModel``'s config.
-
-    Uniform widths go to the family's width attribute (``intermediate_size``, ``n_inner``,
-    ``ffn_dim``), so plain ``from_pretrained`` rebuilds the model; otherwise the list goes to
-    ``config.projprune_ffn_widths`` and :func:`projprune.transformers.from_pretrained`
-    resizes the blocks before loading the weights.
-    """
-    for owner, indices in config_owners(model, blocks):
-        config = getattr(owner, "config", None)
-        if config is None:
-            continue
-        widths = [blocks[i].width for i in indices]
-        families = {blocks[i].family.name for i in indices}
-        key = None
-        if len(families) == 1:
-            key = next((k for k in blocks[indices[0]].family.width_keys if hasattr(config, k)), None)
-        if len(set(widths)) == 1 and key is not None:
-            setattr(config, key, widths[0])
-            if hasattr(config, WIDTHS_KEY):
-                delattr(config, WIDTHS_KEY)
-        else:
-            setattr(config, WIDTHS_KEY, widths)
-            guard_config(config, [k for i in indices for k in blocks[i].family.width_keys if hasattr(config, k)])
-
-
-# --------------------------------------------------------------------------- checks and rollback
-def _check_blocks(model: nn.Module, blocks: Sequence[FFNBlock]) -> None:
-    """Refuse what a write could not handle: parametrized, weight-normed, masked, meta, tied, non-finite projections."""
-    counts: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        counts.setdefault(id(param), []).append(name)
-    module_names = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
-    for block in blocks:
-        for layer in (*block.inputs, block.output):
-            # parametrizations, weight_norm, pruning masks, meta device: before any value is read
-            check_plain_layer(layer, f"model: FFN block {block.name!r} projection {module_names.get(id(layer))!r}")
-            for kind in ("weight", "bias"):
-                param = getattr(layer, kind, None)
-                if param is None:
-                    continue
-                names = counts.get(id(param), [])
-                if len(names) > 1:
-                    raise ValueError(f"model: FFN block {block.name!r} shares its {kind} with {names}; pruning would "
-                                     "untie it silently: expected untied FFN projections")
-                if not bool(torch.isfinite(param.detach()).all()):
-                    raise ValueError(f"model: FFN block {block.name!r} has NaN or Inf in a projection's {kind}; "
-                                     "expected finite weights")
-
-
-def _check_plans(blocks: Sequence[FFNBlock], plans: Sequence[_Plan]) -> None:
-    for block, plan in zip(blocks, plans):
-        dtype = block.output.weight.dtype
-        tensors = [plan.unit_weight, plan.output_weight, plan.output_bias, *(plan.input_biases or [])]
-        if any(t is not None and not bool(torch.isfinite(t.to(dtype)).all()) for t in tensors):
-            raise ValueError(f"pruning FFN block {block.name!r} produced NaN or Inf weights (strengths alpha/beta/"
-                             "gamma too large?); expected finite results: the model was left unchanged")
-
-
-def _bias_owner(model: nn.Module, blocks: Sequence[FFNBlock], plans: Sequence[_Plan]) -> list:
-    """Configs that must learn ``mlp_bias=True`` because mean correction creates output biases.
-
-    A block without an output bias (LLaMA-style ``down_proj``) gets one, and its input
-    projections get zero biases, so that ``mlp_bias=True`` rebuilds it; a family whose config
-    cannot say so is refused (pass ``mean_correction=False``).
-    """
-    created = [i for i, (b, p) in enumerate(zip(blocks, plans))
-               if p.output_bias is not None and b.output_bias() is None]
-    if not created:
-        return []
-    owners = config_owners(model, blocks)
-    configs = []
-    for index in created:
-        config = next((getattr(o, "config", None) for o, idx in owners if index in idx), None)
-        if config is None or not hasattr(config, "mlp_bias"):
-            raise ValueError(f"mean correction needs an output bias on FFN block {blocks[index].name!r}, which has "
-                             "none and whose config cannot hold one (no mlp_bias); pass mean_correction=False")
-        plan = plans[index]
-        plan.input_biases = [torch.zeros(plan.unit_weight.shape[0], dtype=plan.unit_weight.dtype) if b is None else b
-                             for b in plan.input_biases]
-        configs.append(config)
-    return list({id(c): c for c in configs}.values())
-
-
-@contextlib.contextmanager
-def _restore_on_failure(model: nn.Module, blocks: Sequence[FFNBlock]):
-    """Put every projection and config back if a write fails half-way (all blocks or none)."""
-    layers = {id(layer): layer for block in blocks for layer in (*block.inputs, block.output)}.values()
-    attrs = ("in_features", "out_features", "nf", "nx")
-    saved = [(layer, dict(layer._parameters), {a: getattr(layer, a) for a in attrs if hasattr(layer, a)})
-             for layer in layers]
-    configs = [(o.config, dict(vars(o.config))) for o, _ in config_owners(model, blocks) if hasattr(o, "config")]
-    try:
-        yield
-    except BaseException:
-        for layer, params, values in saved:
-            layer._parameters.clear()
-            layer._parameters.update(params)
-            for name, value in values.items():
-                setattr(layer, name, value)
-        for config, values in configs:
-            vars(config).clear()
-            vars(config).update(values)
-        raise
-
-
-def _check_calibration(method: str, spec: PairMethod, calibration: Any) -> None:
-    calibrated = sorted(k for k, v in FFN_METHODS.items() if v.needs_stats)
-    if spec.needs_stats and calibration is None:
-        raise ValueError(f"calibration: method {method!r} runs on activations; pass calibration= an iterable of "
-                         "model inputs (tensors of token ids or tokenizer outputs with attention_mask)")
-    if not spec.needs_stats and calibration is not None:
-        raise ValueError(f"calibration: method {method!r} is data-free and takes no calibration data; expected "
-                         f"calibration=None (calibrated methods: {', '.join(calibrated)})")
-    if calibration is not None and (isinstance(calibration, (torch.Tensor, Mapping, str, bytes))
-                                    or not isinstance(calibration, Iterable)):
-        raise ValueError("calibration: expected an iterable of batches (e.g. a list of tensors or tokenizer "
-                         f"outputs), got a single {type(calibration).__name__}; wrap one batch in a list")
 
 
 def _collect(model, blocks, calibration, max_batches, progress) -> list[ActivationStats]:
@@ -481,32 +333,15 @@ def _collect(model, blocks, calibration, max_batches, progress) -> list[Activati
 # --------------------------------------------------------------------------- entry point
 def plan_units(blocks: Sequence[FFNBlock], spec: PairMethod, amounts: Sequence[int], total: int | None,
                options: Mapping[str, Any], stats: Sequence[ActivationStats] | None, *, ratio: float = 0.0,
-               progress: bool = False) -> tuple[list[_Plan], dict]:
+               progress: bool = False) -> tuple[list[FFNPlan], dict]:
     """New tensors for ``blocks`` (nothing modified): ``amounts[i]`` units removed from block ``i``, or
     ``total`` units over all of them chosen globally (when not None). Used by :func:`prune_ffn` and
     :func:`projprune.transformers.prune_blocks`; raises ValueError for non-finite results."""
     with torch.no_grad():
         plans, extra = _PLANNERS[spec.kind](list(blocks), ratio, list(amounts), total, spec, dict(options), stats,
                                             progress)
-    _check_plans(blocks, plans)
+    check_ffn_plans(blocks, plans)
     return plans, extra
-
-
-def _apply_plans(model: nn.Module, blocks: list, plans: list, all_blocks: list | None = None) -> None:
-    """Write every block's plan and the configs; everything or nothing (restored if a write fails).
-
-    ``all_blocks``: every FFN block of the model when ``blocks`` is a subset (the configs record all widths).
-    """
-    bias_configs = _bias_owner(model, blocks, plans)
-    with _restore_on_failure(model, blocks), torch.no_grad():
-        for block, plan in zip(blocks, plans):
-            if plan.unit_weight is None:
-                block.slice_units(torch.nonzero(plan.keep).flatten())
-            else:
-                block.set_weights(plan.unit_weight, plan.input_biases, plan.output_weight, plan.output_bias)
-        for config in bias_configs:
-            config.mlp_bias = True
-        _update_configs(model, blocks if all_blocks is None else all_blocks)
 
 
 def prune_ffn(
@@ -554,10 +389,10 @@ def prune_ffn(
             (raised before the model is modified; a write failing half-way restores every block).
     """
     spec = _check_arguments(ratio, method, global_mode, options)
-    _check_calibration(method, spec, calibration)
+    check_calibration(method, spec.needs_stats, calibration, [k for k, v in FFN_METHODS.items() if v.needs_stats])
     ratio = float(ratio)
     blocks = find_ffn_blocks(model)
-    _check_blocks(model, blocks)
+    check_ffn_blocks(model, blocks)
     widths_before = [block.width for block in blocks]
     if not global_mode:
         too_small = [(b.name, b.width) for b in blocks if kept_width(b.width, ratio) < 1]
@@ -568,13 +403,13 @@ def prune_ffn(
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     if ratio == 0.0:
-        plans = [_Plan(torch.ones(block.width, dtype=torch.bool), seconds=0.0) for block in blocks]
+        plans = [FFNPlan(torch.ones(block.width, dtype=torch.bool), seconds=0.0) for block in blocks]
     else:
         stats = _collect(model, blocks, calibration, max_batches, progress) if spec.needs_stats else None
         amounts = [block.width - kept_width(block.width, ratio) for block in blocks]
         total = int(round(ratio * sum(widths_before))) if global_mode else None
         plans, extra = plan_units(blocks, spec, amounts, total, options, stats, ratio=ratio, progress=progress)
-        _apply_plans(model, blocks, plans)
+        apply_ffn_plans(model, blocks, plans)
     seconds = time.perf_counter() - start
     layers = [
         LayerReport(block.name, block.family.name, before, block.width, torch.nonzero(plan.keep).flatten(),
