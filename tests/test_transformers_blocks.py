@@ -101,10 +101,10 @@ def _quiet_ffn_model() -> nn.Module:
 
 
 def test_global_mode_takes_more_from_an_ffn_that_barely_writes():
-    # with one energy per layer, layer 1's FFN units now cost almost nothing next to its heads
+    # normalised per layer (one energy for heads and FFN), layer 1's FFN units now cost almost nothing next to its heads
     uniform = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB)
-    chosen = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None, energy="layer")
-    # with each block's own energy (the default) a block's scale does not matter
+    chosen = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None, normalise="layer")
+    # normalised per part (each block's own energy, the default) a block's scale does not matter
     plain = prune_blocks(_bert(seed=1), 0.3, "calib", CALIB, global_mode=True, max_shift=None)
     scaled = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None)
     assert (plain.heads_after, plain.ffn_after) == (scaled.heads_after, scaled.ffn_after)
@@ -163,6 +163,8 @@ def test_sequential_collects_layer_statistics_after_earlier_layers_were_pruned()
     ((0.3, "l2", CALIB), {}, "calibration"),
     ((0.3, "calib", CALIB), {"lmbda": 0.1}, "option"),
     ((0.3, "calib", CALIB), {"global_mode": 1}, "global_mode"),
+    ((0.3, "calib", CALIB), {"global_mode": True, "energy": "layer"}, "now normalise="),
+    ((0.3, "calib", CALIB), {"global_mode": True, "normalise": "output"}, "normalise must be 'part' or 'layer'"),
     ((0.6, "flap", CALIB), {"parts": ("heads",)}, "ratio 0.6"),
 ])
 def test_bad_input_is_one_value_error_before_any_change(args, kwargs, needle):
@@ -207,8 +209,8 @@ def test_global_calib_joint_greedy_writes_what_a_per_layer_greedy_would():
 
 def test_global_counts_stay_within_max_shift_of_the_uniform_ones():
     uniform = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB)
-    free = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None, energy="layer")
-    bounded = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=0.05, energy="layer")
+    free = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=None, normalise="layer")
+    bounded = prune_blocks(_quiet_ffn_model(), 0.3, "calib", CALIB, global_mode=True, max_shift=0.05, normalise="layer")
     ffn_shift = [abs(b - u) for b, u in zip(bounded.ffn_after, uniform.ffn_after)]
     assert 0 < max(ffn_shift) <= 4  # ceil(0.05 * 64) units either way
     assert all(abs(b - u) <= 1 for b, u in zip(bounded.heads_after, uniform.heads_after))  # ceil(0.05 * 4)

@@ -21,7 +21,7 @@ Per-layer counts:
   (heads: groups of output-projection inputs; FFN units: ``|R| = 1``, ``‖u_i‖²/P[i, i]`` with the
   compensated column ``u_i``), marginal along the greedy (after the earlier removals'
   compensation), divided by its block's output energy ``tr(V C Vᵀ)`` (the centred variance the
-  output projection adds to the residual stream per token; ``energy="layer"``: by the layer's
+  output projection adds to the residual stream per token; ``normalise="layer"``: by the layer's
   attention + FFN energy) and by the parameters the unit owns: relative squared output error per
   parameter removed.
   One-shot baselines rank their per-(layer, part) normalised scores (``l2``, ``act_norm``: divided
@@ -78,7 +78,9 @@ BLOCK_METHODS: dict[str, str] = {
     "calib": "greedy (group) OBS with compensation and mean correction, heads and FFN units",
 }
 PARTS = ("heads", "ffn")
-_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio", "max_shift", "energy", "dtype"})
+_OPTIONS = frozenset({"gram_dtype", "max_unit_ratio", "max_shift", "normalise", "dtype"})
+#: ``normalise``: what a global ``calib`` cost is divided by, its block's output energy or its layer's.
+NORMALISE = ("part", "layer")
 #: Global mode: how far (in fractions of its units) a block's count may move from the uniform one.
 #: Chosen on MiniLM validation text (docs/algorithm.md §8.3): unbounded costs over-prune some layers.
 MAX_SHIFT = 0.2
@@ -149,6 +151,9 @@ def _check_arguments(ratio, method, parts, global_mode, sequential, options) -> 
     for name, value in (("global_mode", global_mode), ("sequential", sequential)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r}")
+    if "energy" in options:  # prune_heads' energy= ("none"/"output") is another choice: say where this one went
+        raise ValueError(f"energy: prune_blocks' option is now normalise= ('part', the default, or 'layer': what "
+                         f"global calib costs are divided by), got energy={options['energy']!r}")
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise ValueError(f"prune_blocks does not take option(s) {unknown}; it takes {sorted(_OPTIONS)}")
@@ -161,9 +166,9 @@ def _check_arguments(ratio, method, parts, global_mode, sequential, options) -> 
     cap = options.get("max_unit_ratio", 0.9)
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0.0 < cap < 1.0:
         raise ValueError(f"max_unit_ratio must be in (0, 1) (most of a layer's units global mode removes), got {cap!r}")
-    if options.get("energy", "part") not in ("layer", "part"):
-        raise ValueError(f"energy must be 'layer' or 'part' (what global calib costs are divided by), got "
-                         f"{options['energy']!r}")
+    if options.get("normalise", "part") not in NORMALISE:
+        raise ValueError(f"normalise must be 'part' or 'layer' (what global calib costs are divided by), got "
+                         f"{options['normalise']!r}")
     shift = options.get("max_shift", MAX_SHIFT)
     if shift is not None and (isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 <= shift <= 1):
         raise ValueError(f"max_shift must be None (unbounded) or in [0, 1] (how far global mode moves a block's "
@@ -332,7 +337,7 @@ def _ffn_sources(method, ffn: _Part, stats, energies: list[tuple[float, float]],
 
 
 def _global(method, heads, ffn, head_stats, ffn_stats, target, cap: float, bounds: tuple[list[int], list[int]],
-            shift: float | None, energy: str = "part", dtype: torch.dtype | None = None
+            shift: float | None, normalise: str = "part", dtype: torch.dtype | None = None
             ) -> tuple[list[int], list[int], list | None]:
     """Per-block head and FFN-unit counts of the global split; for ``calib`` also the FFN plans (the
     joint greedy has already made them). With ``shift``, every block removes within ``shift × units``
@@ -356,7 +361,7 @@ def _global(method, heads, ffn, head_stats, ffn_stats, target, cap: float, bound
     if method == "calib":
         att = [_energy(b.output_weight(), st) for b, st in zip(heads.blocks, head_stats)] if heads else []
         mlp = [_energy(b.output_weight(), st) for b, st in zip(ffn.blocks, ffn_stats)] if ffn else []
-    paired = len(att) == len(mlp) and energy == "layer"
+    paired = len(att) == len(mlp) and normalise == "layer"
 
     def divisor(own: float, other: list[float], li: int) -> float:
         return own + other[li] if paired else own
@@ -450,8 +455,9 @@ def prune_blocks(
             :class:`~projprune.ActivationStats`); global mode: ``max_shift`` (a block's count stays
             within this fraction of its units of the uniform count; default :data:`MAX_SHIFT`, None:
             unbounded), ``max_unit_ratio`` (at most this fraction of a block's FFN units, default
-            0.9; heads: all but one), ``energy`` (``"part"``, default: ``calib`` costs over their
-            block's output energy; ``"layer"``: over the layer's attention + FFN energy);
+            0.9; heads: all but one), ``normalise`` (``"part"``, default: ``calib`` costs divided by
+            their block's output energy; ``"layer"``: by the layer's attention + FFN energy; formerly
+            ``energy=``, which is now refused);
             ``dtype`` (``calib``: the FFN greedy's compute dtype, default float64; ``torch.float32``
             halves its (n, n) matrices).
 
@@ -494,7 +500,7 @@ def prune_blocks(
                                                        float(options.get("max_unit_ratio", 0.9)),
                                                        _uniform(ratio, heads, ffn, target),
                                                        options.get("max_shift", MAX_SHIFT),
-                                                       options.get("energy", "part"), options.get("dtype"))
+                                                       options.get("normalise", "part"), options.get("dtype"))
     else:
         head_amounts, ffn_amounts = _uniform(ratio, heads, ffn, target)
     too_many = [(p.name, b.name, a, u) for p, amounts in ((heads, head_amounts), (ffn, ffn_amounts)) if p
