@@ -581,7 +581,7 @@ def apply_refit(result: PruneResult, V: torch.Tensor, stats: ActivationStats, op
 
 
 # --------------------------------------------------------------------------- validation
-def _validate_layer(W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | None,
+def validate_layer(W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | None,
                     stats: ActivationStats | None, opts: ProjectionOptions, name: str = "") -> None:
     check_matrix(W, f"W{name}")
     n = W.shape[0]
@@ -662,7 +662,7 @@ def _finish(state: _LayerState, W: torch.Tensor, V, stats, opts: ProjectionOptio
 
 def _greedy_single(W, amount, options, overrides, *, b, V, stats, dtype, callback, Q=None) -> PruneResult:
     opts = resolve_options(options, overrides)
-    _validate_layer(W, b, V, stats, opts)
+    validate_layer(W, b, V, stats, opts)
     amount = check_amount(amount, W.shape[0])
     if Q is not None and stats is not None:
         raise ValueError("Q and stats are exclusive: Q is computed from the statistics")
@@ -767,7 +767,7 @@ def greedy_global(
     if any(s is None for s in stats) and any(s is not None for s in stats):
         raise ValueError("stats must be given for every layer or for none")
     for li, (W, b, V, st) in enumerate(zip(Ws, bs, Vs, stats)):
-        _validate_layer(W, b, V, st, opts, name=f"[{li}]")
+        validate_layer(W, b, V, st, opts, name=f"[{li}]")
     capacity = sum(W.shape[0] for W in Ws) - len(Ws)
     amount = check_amount(amount, capacity + 1)
     # The exact state pre-allocates room for the most units one layer can lose.

@@ -15,7 +15,7 @@ from torch import nn
 
 from projprune._checks import check_amount
 from projprune.calibration import ActivationStats
-from projprune.greedy import PruneResult, StepCallback, _validate_layer, apply_refit
+from projprune.greedy import PruneResult, StepCallback, apply_refit, validate_layer
 from projprune.options import ProjectionOptions, resolve_options
 from projprune.surgery import (
     _check_pair,
@@ -276,7 +276,7 @@ def prune_pairs(
     amount = check_amount(amount, capacity + 1)
     if spec.kind == "act_norm":
         for li, ((W, _, V), st) in enumerate(zip(matrices, stats)):
-            _validate_layer(W, None, V, st, opts, name=f"[{li}]")
+            validate_layer(W, None, V, st, opts, name=f"[{li}]")
     keeps = select_baseline_global(Ws, amount, spec, generator, [V for _, _, V in matrices], stats)
     if spec.kind == "act_norm":
         install_results(pairs, bns, _refit_results(matrices, keeps, stats, opts))
