@@ -58,6 +58,7 @@ from torch_pruning.pruner import function
 
 from projprune._checks import check_lmbda, check_not_reparametrized
 from projprune._symmetric import gram as symmetric_gram
+from projprune._symmetric import symmetrised
 from projprune.calibration import ActivationStats, StatisticsOverflowError, run_hooked
 
 __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
@@ -71,9 +72,11 @@ _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 DEFAULT_CALIBRATE_DRIFT = 0.05
 # CompensatingPruner: bytes one consumer's dense statistics may take before a flattened map's fall back to channels
 # A Gram or covariance of rank m <= LOW_RANK_FRACTION · n is used through its (n, m) factor (Woodbury, push-through):
-# scores and coefficients then cost ~5 n m² + n² m / 2 flops, below the ~1.3 n³ of the dense inverse and solve
-# while m / n < ~0.45
-LOW_RANK_FRACTION = 0.4
+# scores and coefficients then cost ~5 n m² + n² m / 2 flops, against ~1.3 n³ for the dense inverse and solve. The
+# factor's flops are matrix products, the dense ones Cholesky / triangular inversion (a few times slower per flop on
+# one CPU thread), and a rank-deficient covariance is inverted in float64 (too ill-conditioned for float32): measured
+# at n = 3072 on one thread, the factor is ~4x faster at m / n = 0.5, ~1.4x at 0.78, ~1.2x slower at 0.94
+LOW_RANK_FRACTION = 0.75
 DEFAULT_STATISTICS_BUDGET = 256 * 2**20
 _LOG = logging.getLogger(__name__)
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
@@ -222,6 +225,13 @@ class ConsumerStats:
             self._covariance = self.channels.covariance()
         return self._covariance
 
+    def variances(self) -> torch.Tensor:
+        """``(c,)`` float64 the covariance's diagonal, without forming the covariance (``O(c)``)."""
+        if self._covariance is not None:
+            return self._covariance.diagonal()
+        mean = self.channels.mean
+        return self.channels.sum_outer.diagonal() / self.channels.count - mean * mean
+
     def precision(self, lmbda: float) -> torch.Tensor:
         """``(c, c)`` ``P = (C + ρI)⁻¹`` with ``ρ = lmbda · trace(C) / min(c, samples − 1)`` (:func:`_ridge`; float32
         when wide and accurate so, else float64).
@@ -240,7 +250,7 @@ class ConsumerStats:
             # rank <= samples − 1: with fewer samples than inputs the ridge is relative to the nonzero spectrum
             P = _ridge_inverse(self.covariance(), lmbda, rank=self.channels.count - 1)
             if P.dtype != torch.float32:  # the LU inverse is symmetric up to rounding, the Cholesky one exactly
-                P = (P + P.T) * 0.5
+                P = symmetrised(P, inplace=True)
             self._precision, self._precision_lmbda = P, lmbda
         return self._precision
 
@@ -254,7 +264,7 @@ class ConsumerStats:
         self._samples = [X]
         U = (X - X.mean(dim=0)).T / X.shape[0] ** 0.5  # C = U Uᵀ
         # the ridge of the dense path: relative to the nonzero spectrum (rank <= T − 1)
-        self._low_rank = U, _ridge(self.covariance(), lmbda, rank=self.channels.count - 1)
+        self._low_rank = U, _ridge_of_trace(float(self.variances().sum()), self.n, lmbda, rank=self.channels.count - 1)
         self._precision, self._precision_lmbda = None, lmbda
         return True
 
@@ -581,12 +591,16 @@ FLOAT32_PRECISION_WIDTH = 512
 FLOAT32_RESIDUAL = 1e-4
 
 
-def _accurate_in_float32(system: torch.Tensor, inverse: torch.Tensor, probes: int = 4) -> bool:
-    """Whether ``‖system · inverse · v − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``probes`` fixed
-    random vectors ``v`` (``O(n²)`` each): the float32 inverse is as good as a float64 one needs to be."""
+def _accurate_in_float32(system: torch.Tensor, ridge: float, inverse: torch.Tensor, probes: int = 4,
+                         rows: int = 512) -> bool:
+    """Whether ``‖(system + ridge I) · inverse · v − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``probes`` fixed
+    random vectors ``v`` (``O(n²)`` each): the float32 inverse is as good as a float64 one needs to be. The
+    products are taken ``rows`` rows at a time (no float64 copy of either ``(n, n)`` matrix)."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     vectors = torch.randn(system.shape[0], probes, generator=generator, dtype=torch.float64).to(system.device)
-    residual = system.to(torch.float64) @ (inverse.to(torch.float64) @ vectors) - vectors
+    solved = torch.cat([inverse[a:a + rows].to(torch.float64) @ vectors for a in range(0, len(vectors), rows)])
+    residual = torch.cat([system[a:a + rows].to(torch.float64) @ solved for a in range(0, len(vectors), rows)])
+    residual += ridge * solved - vectors
     return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(vectors.norm())
 
 
@@ -595,19 +609,12 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
     """``system⁻¹`` (``rhs`` None) or ``system⁻¹ rhs`` (float64) for a symmetric positive definite
     ``system: (n, n)`` with smallest eigenvalue at least ``ridge``.
 
-    Wide and ridged: an inverse is tried in float32 (Cholesky) and kept, in float32, if
-    :func:`_accurate_in_float32`; a solve is float32 only when ``well_conditioned`` (a block of such
-    a float32 precision). Otherwise a float64 Cholesky; LU if that fails or without a ridge:
-    nearly dead inputs at ``lmbda = 0`` leave ``G + ρI`` positive definite only up to rounding,
-    which a Cholesky refuses.
+    Wide and ridged (or ``well_conditioned``: a block of a float32 precision, solved in float32): a
+    Cholesky. Otherwise, or if that fails, LU: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI``
+    positive definite only up to rounding, which a Cholesky refuses. (A float32 inverse is tried by
+    :func:`_ridge_inverse`, which can check it against the float64 system.)
     """
     wide = system.shape[0] >= FLOAT32_PRECISION_WIDTH
-    if rhs is None and ridge > 0 and wide:
-        factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
-        if int(info) == 0:
-            inverse = torch.cholesky_inverse(factor)
-            if _accurate_in_float32(system, inverse):
-                return inverse
     if (ridge > 0 or well_conditioned) and wide:
         dtype = torch.float32 if well_conditioned and rhs is not None else torch.float64
         factor, info = torch.linalg.cholesky_ex(system.to(dtype))
@@ -622,10 +629,26 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
 
 
 def _ridge_inverse(G: torch.Tensor, lmbda: float, rank: int | None = None) -> torch.Tensor:
-    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge` (float32 when wide and
-    accurate so, see :func:`_spd_inverse_or_solve`; tests/test_compensation_scale.py bounds it)."""
-    system = G.clone()
+    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`.
+
+    Wide (``n >= FLOAT32_PRECISION_WIDTH``), ridged and of full ``rank`` (None: unknown), it is tried as a
+    float32 Cholesky inverse, kept if :func:`_accurate_in_float32` (about 5x faster than float64;
+    tests/test_compensation_scale.py bounds it). A rank below ``n`` (fewer samples than inputs) makes the
+    condition number ~``1 + n / lmbda``: float64 straight away. Otherwise float64
+    (:func:`_spd_inverse_or_solve`).
+    """
+    n = G.shape[0]
     ridge = _ridge(G, lmbda, rank)
+    if lmbda > 0 and n >= FLOAT32_PRECISION_WIDTH and (rank is None or rank >= n):
+        system = G.to(torch.float32, copy=True)
+        system.diagonal().add_(ridge)
+        factor, info = torch.linalg.cholesky_ex(system)
+        del system
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            if _accurate_in_float32(G, ridge, inverse):
+                return inverse
+    system = G.to(torch.float64, copy=True)
     system.diagonal().add_(ridge)
     return _spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0)
 
@@ -744,7 +767,7 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
                 stats = self.stats.get(layer)
                 if stats is None or stats.width != layer.weight.shape[1] or stats.channels.count == 0:
                     continue
-                C_diag, P_diag = stats.covariance().diagonal().cpu(), stats.precision_diagonal(self.lmbda).cpu()
+                C_diag, P_diag = stats.variances().cpu(), stats.precision_diagonal(self.lmbda).cpu()
                 first, blocks = 0, stats.blocks
             mapped = _item_channels(item, blocks)
             if mapped is None:
