@@ -112,7 +112,7 @@ class ConsumerStats:
         self.module = module
         self.blocks = blocks
         width = module.in_features // blocks if isinstance(module, nn.Linear) else module.in_channels
-        self.channels = ActivationStats(width)
+        self._stats = ActivationStats(width)  # read through `channels`, which adds the products of pending samples
         if isinstance(module, nn.Linear):
             self.patch_sum = None if blocks == 1 else torch.zeros((width, blocks), dtype=torch.float64)
         else:
@@ -123,13 +123,28 @@ class ConsumerStats:
         self._precision_lmbda: float | None = None  # the relative ridge it was made with
         # While there are at most LOW_RANK_FRACTION · c samples (e.g. a classifier's 4096 inputs at 32 images)
         # they are kept, (T, c) float64 (less memory than C), and P is never formed: Woodbury with U = Xcᵀ/√T.
+        # Their products Σ h hᵀ are added to the statistics only when something reads them (`channels`, or more
+        # samples than that arrive): the Woodbury path never needs them.
         self._samples: list[torch.Tensor] | None = []
+        self._summed = 0  # the first this many blocks of _samples are in the statistics' Σ h hᵀ
         self._low_rank: tuple[torch.Tensor, float] | None = None  # (U: (c, T), absolute ridge ρ), cut with P
+
+    @property
+    def channels(self) -> ActivationStats:
+        """:class:`~projprune.ActivationStats` over the ``c`` input channels (every batch element and spatial
+        position is a sample), ``Σ h hᵀ`` complete."""
+        self._sum_samples()
+        return self._stats
 
     @property
     def n(self) -> int:
         """Number of input channels ``c`` the statistics describe (for ``blocks > 1``: flattened-map channels)."""
-        return self.channels.n
+        return self._stats.n
+
+    @property
+    def count(self) -> int:
+        """Number of samples (batch elements times positions) the statistics hold."""
+        return self._stats.count
 
     @property
     def width(self) -> int:
@@ -144,10 +159,16 @@ class ConsumerStats:
         """
         x = x.detach()
         self._covariance = self._precision = self._precision_lmbda = self._low_rank = None
+        stats = self._stats
         if self.patch_sum is None:  # Linear, one statistic per input
-            self.channels.update(x)  # StatisticsOverflowError when the products leave the range
-            _check_no_overflow(self.channels.sum_outer, x)  # a failed collection discards these statistics
-            self._record_samples(x.reshape(-1, self.n))
+            if (self._samples is not None and x.is_floating_point() and not x.is_meta and x.dim() >= 1
+                    and x.shape[-1] == self.n and stats.count + x.numel() // self.n <= LOW_RANK_FRACTION * self.n):
+                rows = x.reshape(-1, self.n).to(torch.float64)
+                self._add_samples(rows, rows.sum(dim=0))
+                return
+            self._sum_samples(drop=True)
+            stats.update(x)  # StatisticsOverflowError when the products leave the range
+            _check_no_overflow(stats.sum_outer, x)  # a failed collection discards these statistics
             return
         if self.blocks > 1:
             if x.dim() < 1 or x.shape[-1] != self.width:
@@ -163,35 +184,52 @@ class ConsumerStats:
         # accumulated in float64 as ActivationStats does.
         plane = x.sum(dim=0).to(torch.float64)  # (c, *spatial)
         channel_sum = plane.reshape(self.n, -1).sum(dim=1)
-        if not bool(torch.isfinite(channel_sum).all()):
-            raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
-        stats = self.channels
-        if stats.sum.device != x.device:
-            stats.sum_outer, stats.sum = stats.sum_outer.to(x.device), stats.sum.to(x.device)
-        batch_gram = _channel_gram(x)
-        _check_no_overflow(batch_gram, x)
-        stats.sum_outer += batch_gram.to(torch.float64)
-        stats.sum += channel_sum
-        stats.count += x.numel() // self.n
         self.patch_sum = self.patch_sum.to(x.device)
         if self.blocks > 1:  # the "kernel" is the whole map, read at one output position
             sums, positions = plane, x.shape[0]
         else:
             sums, positions = _patch_sums(self.module, plane, x.shape[0])
+        if self._samples is not None and stats.count + x.numel() // self.n <= LOW_RANK_FRACTION * self.n:
+            rows = x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n).to(torch.float64)
+            self._add_samples(rows, channel_sum)
+        else:
+            if not bool(torch.isfinite(channel_sum).all()):
+                raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
+            self._sum_samples(drop=True)
+            self._move_to(x.device)
+            batch_gram = _channel_gram(x)
+            _check_no_overflow(batch_gram, x)
+            stats.sum_outer += batch_gram.to(torch.float64)
+            stats.sum += channel_sum
+            stats.count += x.numel() // self.n
         self.patch_sum += sums
         self.patch_count += positions
-        if self._samples is not None and stats.count <= LOW_RANK_FRACTION * self.n:  # else dropped, no copy
-            self._record_samples(x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n))
-        else:
-            self._samples = None
 
-    def _record_samples(self, rows: torch.Tensor) -> None:
-        """Keep ``rows: (k, c)`` (float64) while the statistics hold at most ``LOW_RANK_FRACTION · c`` samples;
-        drop all beyond."""
-        if self._samples is None or self.channels.count > LOW_RANK_FRACTION * self.n:
-            self._samples = None
-            return
-        self._samples.append(rows.to(torch.float64))
+    def _move_to(self, device: torch.device) -> None:
+        stats = self._stats
+        if stats.sum.device != device:
+            stats.sum_outer, stats.sum = stats.sum_outer.to(device), stats.sum.to(device)
+
+    def _add_samples(self, rows: torch.Tensor, total: torch.Tensor) -> None:
+        """Keep ``rows: (k, c)`` float64 (their column sums ``total: (c,)``) as samples, products not yet taken."""
+        if not bool(torch.isfinite(total).all()):
+            raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
+        self._move_to(rows.device)
+        self._samples.append(rows)
+        self._stats.sum += total
+        self._stats.count += rows.shape[0]
+
+    def _sum_samples(self, drop: bool = False) -> None:
+        """Add the products ``Σ h hᵀ`` of the kept samples not yet in the statistics (``drop``: and stop keeping
+        samples: more arrive than the Woodbury form is worth)."""
+        if self._samples and self._summed < len(self._samples):
+            X = torch.cat(self._samples[self._summed:])
+            products = symmetric_gram(X).to(self._stats.sum_outer.device)
+            _check_no_overflow(products, X)
+            self._stats.sum_outer += products
+            self._summed = len(self._samples)
+        if drop:
+            self._samples, self._summed = None, 0
 
     def keep(self, kept: torch.Tensor, coefficients: torch.Tensor | None = None) -> None:
         """Restrict to the input channels ``kept`` (after the others were pruned).
@@ -201,19 +239,19 @@ class ConsumerStats:
         ``coefficients``: the ``A = −P_RR⁻¹ P_RK: (|R|, |K|)`` of :meth:`coefficients` for these
         channels, if already computed (saves the solve: the cut is ``P_KK + P_KR A``).
         """
-        device = self.channels.sum.device
+        device = self._stats.sum.device
         kept = kept.to(device)
         if self._precision is not None:
             self._precision = _schur_cut(self._precision, kept, coefficients)
         if self._low_rank is not None:  # (C_KK + ρI)⁻¹ is the same Woodbury form on U's kept rows
             self._low_rank = (self._low_rank[0][kept], self._low_rank[1])
         if self._samples:
-            self._samples = [torch.cat(self._samples)[:, kept]]
+            self._samples = [rows[:, kept] for rows in self._samples]
         channels = ActivationStats(len(kept), device=device)
-        channels.sum_outer = self.channels.sum_outer[kept][:, kept]
-        channels.sum = self.channels.sum[kept]
-        channels.count = self.channels.count
-        self.channels = channels
+        channels.sum_outer = self._stats.sum_outer[kept][:, kept]
+        channels.sum = self._stats.sum[kept]
+        channels.count = self._stats.count
+        self._stats = channels
         if self.patch_sum is not None:
             self.patch_sum = self.patch_sum[kept]
         if self._covariance is not None:
@@ -229,8 +267,12 @@ class ConsumerStats:
         """``(c,)`` float64 the covariance's diagonal, without forming the covariance (``O(c)``)."""
         if self._covariance is not None:
             return self._covariance.diagonal()
-        mean = self.channels.mean
-        return self.channels.sum_outer.diagonal() / self.channels.count - mean * mean
+        stats = self._stats
+        second = stats.sum_outer.diagonal().clone()
+        for rows in (self._samples or [])[self._summed:]:  # samples whose products are not in Σ h hᵀ yet
+            second += rows.pow(2).sum(dim=0).to(second.device)
+        mean = stats.mean
+        return second / stats.count - mean * mean
 
     def precision(self, lmbda: float) -> torch.Tensor:
         """``(c, c)`` ``P = (C + ρI)⁻¹`` with ``ρ = lmbda · trace(C) / min(c, samples − 1)`` (:func:`_ridge`; float32
@@ -248,7 +290,7 @@ class ConsumerStats:
             return (P + P.T) * (0.5 / ridge)
         if self._precision is None or self._precision_lmbda != lmbda:
             # rank <= samples − 1: with fewer samples than inputs the ridge is relative to the nonzero spectrum
-            P = _ridge_inverse(self.covariance(), lmbda, rank=self.channels.count - 1)
+            P = _ridge_inverse(self.covariance(), lmbda, rank=self.count - 1)
             if P.dtype != torch.float32:  # the LU inverse is symmetric up to rounding, the Cholesky one exactly
                 P = symmetrised(P, inplace=True)
             self._precision, self._precision_lmbda = P, lmbda
@@ -260,11 +302,10 @@ class ConsumerStats:
             return True
         if not self._samples or lmbda <= 0 or self._precision is not None and self._precision_lmbda == lmbda:
             return False
-        X = torch.cat(self._samples).to(self.channels.sum.device)  # (T, c)
-        self._samples = [X]
+        X = torch.cat(self._samples).to(self._stats.sum.device)  # (T, c)
         U = (X - X.mean(dim=0)).T / X.shape[0] ** 0.5  # C = U Uᵀ
         # the ridge of the dense path: relative to the nonzero spectrum (rank <= T − 1)
-        self._low_rank = U, _ridge_of_trace(float(self.variances().sum()), self.n, lmbda, rank=self.channels.count - 1)
+        self._low_rank = U, _ridge_of_trace(float(self.variances().sum()), self.n, lmbda, rank=self.count - 1)
         self._precision, self._precision_lmbda = None, lmbda
         return True
 
@@ -300,7 +341,7 @@ class ConsumerStats:
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
         if self.patch_sum is None:
-            return self.channels.mean
+            return self._stats.mean
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
@@ -578,8 +619,8 @@ def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge:
 
 
 def _ridged_small_gram(U: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``ρI + UᵀU: (m, m)`` for ``U: (n, m)``."""
-    S = U.T @ U
+    """``ρI + UᵀU: (m, m)`` for ``U: (n, m)`` (the symmetric product on its upper blocks: ~half the flops)."""
+    S = symmetric_gram(U)
     S.diagonal().add_(ridge)
     return S
 
@@ -765,7 +806,7 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
                 C_diag, P_diag = G.diagonal(), gram_precision
             else:
                 stats = self.stats.get(layer)
-                if stats is None or stats.width != layer.weight.shape[1] or stats.channels.count == 0:
+                if stats is None or stats.width != layer.weight.shape[1] or stats.count == 0:
                     continue
                 C_diag, P_diag = stats.variances().cpu(), stats.precision_diagonal(self.lmbda).cpu()
                 first, blocks = 0, stats.blocks
@@ -1123,13 +1164,13 @@ class CompensatingPruner(tp.pruner.BasePruner):
         stats = self.stats.get(layer)
         if stats is None or stats.width != layer.weight.shape[1] or len(removed) >= stats.n:
             return None
-        if stats.channels.count == 0:  # never ran on the calibration data (e.g. an unused detection branch)
+        if stats.count == 0:  # never ran on the calibration data (e.g. an unused detection branch)
             return None
         width = stats.n
-        if stats.channels.count < 2:
-            raise ValueError(f"consumer {self._name(layer)!r}: calibration gave {stats.channels.count} sample(s) of "
+        if stats.count < 2:
+            raise ValueError(f"consumer {self._name(layer)!r}: calibration gave {stats.count} sample(s) of "
                              "its input; a covariance needs at least 2 (give more calibration data)")
-        if self.lmbda == 0 and stats.channels.count <= stats.n:  # rank <= count - 1 < n: singular for certain
+        if self.lmbda == 0 and stats.count <= stats.n:  # rank <= count - 1 < n: singular for certain
             raise ValueError(self._singular_message(layer, stats, "rank below the width"))
         keep = torch.ones(width, dtype=torch.bool)
         keep[removed] = False
@@ -1167,8 +1208,8 @@ class CompensatingPruner(tp.pruner.BasePruner):
 
     def _singular_message(self, layer: nn.Module, stats: ConsumerStats | None, detail: str) -> str:
         where = f"consumer {self._name(layer)!r} ({type(layer).__name__})"
-        if stats is not None and stats.channels.count <= stats.n:
-            return (f"{where}: {stats.channels.count} calibration samples for {stats.n} input channels: the covariance "
+        if stats is not None and stats.count <= stats.n:
+            return (f"{where}: {stats.count} calibration samples for {stats.n} input channels: the covariance "
                     f"is singular ({detail}); give more calibration samples than input channels, or lmbda > 0")
         source = "input covariance" if stats is not None else "producers' Gram matrix"
         return (f"{where}: the {source} is singular at lmbda={self.lmbda} ({detail}): some inputs are dead or "
