@@ -72,7 +72,7 @@ MODELS = CLASSIFICATION + SEGMENTATION + DETECTION
 METHODS = ["magnitude", "proj", "proj_comp", "proj_calib"]
 # proj_calib's calibration images: the smallest count of a sweep (4, 8, 16, 32) whose output change on fresh
 # images was not materially worse than 32's (benchmark report of issue 26; rerun with --batch to check)
-CALIBRATION_IMAGES = 8
+CALIBRATION_IMAGES = 4
 
 
 @dataclass

@@ -752,6 +752,9 @@ def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
     dtype = torch.promote_types(weight.dtype, torch.float32)
     if removed_slices is None:
         removed_slices = weight[:, removed]
+    if weight.dim() == 2:  # a Linear: (out, |R|) @ (|R|, |K|), no transposed copies
+        weight.index_add_(1, kept, (removed_slices.to(dtype) @ A.to(dtype)).to(weight.dtype))
+        return
     taps = removed_slices.to(dtype).transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
     update = (A.to(dtype).T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:])
     weight.index_add_(1, kept, update.transpose(0, 1).to(weight.dtype))

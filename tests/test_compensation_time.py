@@ -92,3 +92,19 @@ def test_float32_inverse_check_in_row_blocks_equals_the_whole_product():
     for rows in (7, 64, 1000):
         assert compensation._accurate_in_float32(G, ridge, good, rows=rows)
         assert not compensation._accurate_in_float32(G, ridge, bad, rows=rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_linear_fold_is_one_product_and_matches_the_entrywise_sum(dtype):
+    """A Linear's W[:, K] += W[:, R] A (the 2-D path without transposed copies) against an entrywise float64 sum."""
+    torch.manual_seed(3)
+    W = torch.randn(4, 7, dtype=dtype)
+    removed, kept = torch.tensor([1, 5, 6]), torch.tensor([0, 2, 3, 4])
+    A = torch.randn(3, 4, dtype=torch.float64)
+    out = compensation.fold_removed_inputs(W, removed, kept, A)
+    expected = W.double().clone()
+    for r_pos, r in enumerate(removed.tolist()):
+        for k_pos, k in enumerate(kept.tolist()):
+            expected[:, k] += A[r_pos, k_pos] * W[:, r].double()
+    assert out.dtype == dtype and torch.equal(out[:, removed], W[:, removed])
+    assert torch.allclose(out.double(), expected, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
