@@ -3,26 +3,32 @@
 Torch-Pruning's torchvision example prunes every torchvision classification, detection and
 segmentation model to 50 % of its channels in one local step (random weights, ``L1`` magnitude
 importance, ``round_to`` = heads for ViTs, the classifier and detection heads ignored). This
-script builds the same models with the same ignored layers and settings (written here from
-its list) and prunes each with
+script builds the same models with the same ignored layers, example inputs and settings (written
+here from its list) and prunes each with
 
 * ``magnitude``: Torch-Pruning's ``MagnitudePruner`` + ``MagnitudeImportance(p=1)`` (the example);
 * ``proj``: the same pruner with :class:`projprune.ProjectiveImportance`;
 * ``proj_comp``: :class:`~projprune.CompensatingPruner`, data-free (``CalibratedProjectiveImportance(data_free=True)``);
-* ``proj_calib``: :class:`~projprune.CompensatingPruner` calibrated on one batch of random images
-  (``CalibratedProjectiveImportance(flops_aware=True)``), as ``engine.registry`` builds them.
+* ``proj_calib``: :class:`~projprune.CompensatingPruner` calibrated on one batch of ``--batch`` random
+  images (``CalibratedProjectiveImportance(flops_aware=True)``), as ``engine.registry`` builds them.
 
 Every (model, method) runs in its own subprocess, so peak memory (``ru_maxrss``) is its own.
 Per run: ``pruned`` or the first line of the error, the pruning time (pruner construction +
 step, calibration included), its ratio to magnitude's time on the same model, peak memory,
 parameters kept, and the mean relative output change ``‖f'(x) − f(x)‖ / ‖f(x)‖`` over the
-first ``--probe`` images of the calibration batch and of a fresh batch (detection models: the backbone's
-feature maps, as their box lists differ in length). The last lines give, over the models where
-both finished, the median ratio of ``proj_calib``'s (and ``proj_comp``'s) output change to
-magnitude's.
+first ``--probe`` images of the calibration batch and over ``--probe`` fresh images (detection models:
+the backbone's feature maps, as their box lists differ in length). The last lines give per method the
+models pruned (and any that failed where magnitude pruned) and, over the models where both finished,
+the median ratios of output change and time to magnitude's.
+
+``--coverage`` answers only "does it prune": one subprocess per model runs every method on its own
+copy of the model (status and time; the pruned model must still run its example inputs). With
+``--input-size`` the images are that small where the model allows it (ViTs: rounded up to the patch
+size; detection: the transform resizes to it, SSDs to their fixed 300 / 320; Inception-v3 takes 75 at least).
 
     python benchmarks/tp_examples.py --models alexnet,vgg16 --input-size 64
     python benchmarks/tp_examples.py --models vit_b_16 --methods magnitude,proj_calib
+    python benchmarks/tp_examples.py --coverage --input-size 64 --methods magnitude,proj_comp,proj_calib
     python benchmarks/tp_examples.py            # every model of the example (hours)
 """
 
@@ -235,8 +241,12 @@ def build_pruner(model: nn.Module, name: str, method: str, example_inputs, calib
 
 def _prune(model: nn.Module, name: str, method: str, cfg: TPExamplesConfig, example_inputs, calibration_batch
            ) -> float:
-    """Build ``method``'s pruner on ``model`` and take its step; the seconds both took (calibration included)."""
+    """Build ``method``'s pruner on ``model`` and take its step; the seconds both took (calibration included;
+    the libraries' imports not: they are imported first)."""
+    import torch_pruning  # noqa: F401 - imported before the clock starts, as every method uses it
     from torchvision.models.vision_transformer import VisionTransformer
+
+    import projprune.compensation  # noqa: F401
 
     start = time.perf_counter()
     pruner = build_pruner(model, name, method, example_inputs, calibration_batch, cfg.ratio)
