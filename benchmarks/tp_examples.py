@@ -284,7 +284,7 @@ def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
         row["status"] = _failure(err)
         row["time_s"] = f"{time.perf_counter() - start:.1f}"
     else:
-        row["time_s"] = f"{elapsed:.1f}"
+        row["time_s"] = f"{elapsed:.2f}"
         row["params_kept"] = f"{sum(p.numel() for p in model.parameters()) / params:.2f}"
         row["change_calib"] = f"{relative_change(after[0], before[0]):.4g}"
         row["change_fresh"] = f"{relative_change(after[1], before[1]):.4g}"
@@ -310,7 +310,7 @@ def run_coverage(name: str, methods: list[str], cfg: TPExamplesConfig) -> list[d
         row = {"model": name, "method": method, "status": "pruned"}
         start = time.perf_counter()
         try:
-            row["time_s"] = f"{_prune(copied, name, method, cfg, example_inputs, calibration_batch):.1f}"
+            row["time_s"] = f"{_prune(copied, name, method, cfg, example_inputs, calibration_batch):.2f}"
             probe_output(copied, name, example_inputs)
         except Exception as err:  # noqa: BLE001 - the table reports the first line of any failure
             row["status"], row["time_s"] = _failure(err), f"{time.perf_counter() - start:.1f}"

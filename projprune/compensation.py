@@ -112,7 +112,7 @@ class ConsumerStats:
         self.module = module
         self.blocks = blocks
         width = module.in_features // blocks if isinstance(module, nn.Linear) else module.in_channels
-        self._stats = ActivationStats(width)  # read through `channels`, which adds the products of pending samples
+        self._stats = _unallocated_stats(width)  # read through `channels`, which adds the products of pending samples
         if isinstance(module, nn.Linear):
             self.patch_sum = None if blocks == 1 else torch.zeros((width, blocks), dtype=torch.float64)
         else:
@@ -133,8 +133,17 @@ class ConsumerStats:
     def channels(self) -> ActivationStats:
         """:class:`~projprune.ActivationStats` over the ``c`` input channels (every batch element and spatial
         position is a sample), ``Σ h hᵀ`` complete."""
+        self._sum_outer()
         self._sum_samples()
         return self._stats
+
+    def _sum_outer(self) -> torch.Tensor:
+        """The statistics' ``Σ h hᵀ: (c, c)`` float64, allocated on first use: while the samples are kept (the
+        Woodbury form, e.g. a ViT's 3072-wide MLP outputs at a few images) it is never needed."""
+        stats = self._stats
+        if stats.sum_outer.is_meta:
+            stats.sum_outer = torch.zeros(stats.n, stats.n, dtype=torch.float64, device=stats.sum.device)
+        return stats.sum_outer
 
     @property
     def n(self) -> int:
@@ -167,6 +176,7 @@ class ConsumerStats:
                 self._add_samples(rows, rows.sum(dim=0))
                 return
             self._sum_samples(drop=True)
+            self._sum_outer()
             stats.update(x)  # StatisticsOverflowError when the products leave the range
             _check_no_overflow(stats.sum_outer, x)  # a failed collection discards these statistics
             return
@@ -199,7 +209,7 @@ class ConsumerStats:
             self._move_to(x.device)
             batch_gram = _channel_gram(x)
             _check_no_overflow(batch_gram, x)
-            stats.sum_outer += batch_gram.to(torch.float64)
+            self._sum_outer().add_(batch_gram.to(torch.float64))
             stats.sum += channel_sum
             stats.count += x.numel() // self.n
         self.patch_sum += sums
@@ -208,7 +218,9 @@ class ConsumerStats:
     def _move_to(self, device: torch.device) -> None:
         stats = self._stats
         if stats.sum.device != device:
-            stats.sum_outer, stats.sum = stats.sum_outer.to(device), stats.sum.to(device)
+            if not stats.sum_outer.is_meta:
+                stats.sum_outer = stats.sum_outer.to(device)
+            stats.sum = stats.sum.to(device)
 
     def _add_samples(self, rows: torch.Tensor, total: torch.Tensor) -> None:
         """Keep ``rows: (k, c)`` float64 (their column sums ``total: (c,)``) as samples, products not yet taken."""
@@ -224,9 +236,9 @@ class ConsumerStats:
         samples: more arrive than the Woodbury form is worth)."""
         if self._samples and self._summed < len(self._samples):
             X = torch.cat(self._samples[self._summed:])
-            products = symmetric_gram(X).to(self._stats.sum_outer.device)
+            products = symmetric_gram(X).to(self._stats.sum.device)
             _check_no_overflow(products, X)
-            self._stats.sum_outer += products
+            self._sum_outer().add_(products)
             self._summed = len(self._samples)
         if drop:
             self._samples, self._summed = None, 0
@@ -247,8 +259,9 @@ class ConsumerStats:
             self._low_rank = (self._low_rank[0][kept], self._low_rank[1])
         if self._samples:
             self._samples = [rows[:, kept] for rows in self._samples]
-        channels = ActivationStats(len(kept), device=device)
-        channels.sum_outer = self._stats.sum_outer[kept][:, kept]
+        channels = _unallocated_stats(len(kept), device=device)
+        if not self._stats.sum_outer.is_meta:
+            channels.sum_outer = self._stats.sum_outer[kept][:, kept]
         channels.sum = self._stats.sum[kept]
         channels.count = self._stats.count
         self._stats = channels
@@ -268,7 +281,7 @@ class ConsumerStats:
         if self._covariance is not None:
             return self._covariance.diagonal()
         stats = self._stats
-        second = stats.sum_outer.diagonal().clone()
+        second = (torch.zeros_like(stats.sum) if stats.sum_outer.is_meta else stats.sum_outer.diagonal().clone())
         for rows in (self._samples or [])[self._summed:]:  # samples whose products are not in Σ h hᵀ yet
             second += rows.pow(2).sum(dim=0).to(second.device)
         mean = stats.mean
@@ -345,6 +358,14 @@ class ConsumerStats:
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
+
+
+def _unallocated_stats(n: int, device: torch.device | str | None = None) -> ActivationStats:
+    """:class:`~projprune.ActivationStats` of ``n`` units whose ``(n, n)`` ``Σ h hᵀ`` is not allocated yet (a meta
+    tensor; :meth:`ConsumerStats._sum_outer` allocates it): ``Σ h`` and the count are real."""
+    stats = ActivationStats(n, device="meta")
+    stats.sum = torch.zeros(n, dtype=torch.float64, device=device)
+    return stats
 
 
 def _check_no_overflow(gram: torch.Tensor, x: torch.Tensor) -> None:
@@ -615,7 +636,11 @@ def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge:
     ``m × m`` solve for ``U: (·, m)``, ``ridge > 0``; float64."""
     U_removed, U_kept = U_removed.to(torch.float64), U_kept.to(torch.float64)
     solved = torch.cholesky_solve(U_removed.T, torch.linalg.cholesky(_ridged_small_gram(U_kept, ridge)))  # (m, |R|)
-    return solved.T @ U_kept.T
+    if len(U_kept) < FLOAT32_PRECISION_WIDTH:
+        return solved.T @ U_kept.T
+    # wide: the last product (no solve left in it, ~1e-7 relative to ‖A‖; A is folded into the weights in float32
+    # anyway) in float32, twice as fast
+    return (solved.T.to(torch.float32) @ U_kept.T.to(torch.float32)).to(torch.float64)
 
 
 def _ridged_small_gram(U: torch.Tensor, ridge: float) -> torch.Tensor:

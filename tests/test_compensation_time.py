@@ -33,13 +33,13 @@ def test_kept_samples_defer_their_products_until_read(conv):
     for x in batches:
         stats.update(x)
     X = torch.cat([rows(x) for x in batches])  # 16 samples <= 0.75 · 40: kept
-    assert stats._samples is not None and torch.count_nonzero(stats._stats.sum_outer) == 0
+    assert stats._samples is not None and stats._stats.sum_outer.is_meta  # (c, c) products: not even allocated
     C = _population_cov(X)
     assert torch.allclose(stats.variances(), C.diagonal(), rtol=1e-6, atol=0)  # a conv's batch sums: float32
     ridge = 1e-2 * float(torch.trace(C)) / (len(X) - 1)
     P = torch.linalg.inv(C + ridge * torch.eye(c, dtype=torch.float64))
     assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8)
-    assert torch.count_nonzero(stats._stats.sum_outer) == 0  # the scores' path did not form them either
+    assert stats._stats.sum_outer.is_meta  # the scores' path did not form them either
     assert torch.allclose(stats.channels.sum_outer, X.T @ X, rtol=1e-10, atol=1e-10)  # read: formed now
     assert torch.allclose(stats.channels.sum_outer, X.T @ X, rtol=1e-10, atol=1e-10)  # ... and only once
     kept = torch.arange(0, c, 2)
@@ -108,3 +108,17 @@ def test_linear_fold_is_one_product_and_matches_the_entrywise_sum(dtype):
             expected[:, k] += A[r_pos, k_pos] * W[:, r].double()
     assert out.dtype == dtype and torch.equal(out[:, removed], W[:, removed])
     assert torch.allclose(out.double(), expected, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+
+
+def test_wide_push_through_coefficients_in_float32_match_float64():
+    """From FLOAT32_PRECISION_WIDTH kept channels on, the last product of A = U_R (ρI + U_KᵀU_K)⁻¹ U_Kᵀ is
+    float32: within 1e-5 (relative, Frobenius) of the float64 formula written here."""
+    torch.manual_seed(4)
+    n, m = 2 * compensation.FLOAT32_PRECISION_WIDTH, 60
+    U = torch.randn(n, m, dtype=torch.float64) * torch.logspace(0, -3, m, dtype=torch.float64)
+    R, K = torch.arange(0, n, 2), torch.arange(1, n, 2)
+    ridge = 1e-3 * float(U.pow(2).sum()) / n
+    A = compensation._woodbury_coefficients(U[R], U[K], ridge)
+    reference = U[R] @ U[K].T @ torch.linalg.inv(U[K] @ U[K].T + ridge * torch.eye(len(K), dtype=torch.float64))
+    assert A.dtype == torch.float64
+    assert float((A - reference).norm() / reference.norm()) < 1e-5
