@@ -70,13 +70,14 @@ _DEPTHWISE_OUT = function.prune_depthwise_conv_out_channels
 _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 # CompensatingPruner: re-collect statistics once this fraction of the channels was pruned since the last time
 DEFAULT_CALIBRATE_DRIFT = 0.05
-# CompensatingPruner: bytes one consumer's dense statistics may take before a flattened map's fall back to channels
 # A Gram or covariance of rank m <= LOW_RANK_FRACTION · n is used through its (n, m) factor (Woodbury, push-through):
 # scores and coefficients then cost ~5 n m² + n² m / 2 flops, against ~1.3 n³ for the dense inverse and solve. The
 # factor's flops are matrix products, the dense ones Cholesky / triangular inversion (a few times slower per flop on
-# one CPU thread), and a rank-deficient covariance is inverted in float64 (too ill-conditioned for float32): measured
-# at n = 3072 on one thread, the factor is ~4x faster at m / n = 0.5, ~1.4x at 0.78, ~1.2x slower at 0.94
-LOW_RANK_FRACTION = 0.75
+# one CPU thread), and a rank-deficient covariance is inverted in float64 (too ill-conditioned for float32). Measured
+# on one thread (scores and coefficients of one consumer): at n = 3072 the factor is ~4x faster at m / n = 0.5, ~1.4x
+# at 0.78, ~1.2x slower at 0.94 and 1.4x slower at 0.85; at n = 1024 1.2x faster at 0.77, even at 0.84
+LOW_RANK_FRACTION = 0.8
+# CompensatingPruner: bytes one consumer's dense statistics may take before a flattened map's fall back to channels
 DEFAULT_STATISTICS_BUDGET = 256 * 2**20
 _LOG = logging.getLogger(__name__)
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
@@ -548,17 +549,7 @@ def output_positions(model: nn.Module, example_inputs, forward: Callable[[nn.Mod
     do not change when channels are pruned, so one forward suffices (``forward(model, inputs)``;
     default :func:`structured_forward` with positional tuples).
     """
-    positions: dict[nn.Module, int] = {}
-
-    def record(module: nn.Module, inputs, output) -> None:
-        if not isinstance(output, torch.Tensor) or output.dim() < 1:
-            return
-        width = output.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else output.shape[-1]
-        batch = output.shape[0] if output.dim() > 1 else 1
-        positions[module] = max(1, output.numel() // max(1, width * batch))
-
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    handles = [m.register_forward_hook(record) for m in layers]
+    positions, handles = _position_hooks(model)
     was_training = model.training
     try:
         model.eval()
@@ -569,6 +560,22 @@ def output_positions(model: nn.Module, example_inputs, forward: Callable[[nn.Mod
             handle.remove()
         model.train(was_training)
     return positions
+
+
+def _position_hooks(model: nn.Module) -> tuple[dict[nn.Module, int], list]:
+    """Forward hooks on every conv and linear of ``model`` that record their :func:`output_positions` in
+    the returned dict as batches run; and their handles (the caller removes them)."""
+    positions: dict[nn.Module, int] = {}
+
+    def record(module: nn.Module, inputs, output) -> None:
+        if not isinstance(output, torch.Tensor) or output.dim() < 1:
+            return
+        width = output.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else output.shape[-1]
+        batch = output.shape[0] if output.dim() > 1 else 1
+        positions[module] = max(1, output.numel() // max(1, width * batch))
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    return positions, [m.register_forward_hook(record) for m in layers]
 
 
 def channel_macs(group, positions: dict[nn.Module, int]) -> torch.Tensor:
@@ -800,7 +807,8 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
     costs (:func:`channel_macs`): the error added per operation saved, the greedy answer to a
     FLOPs target. A high-resolution channel costs several times a low-resolution one, so plain
     scores remove many cheap channels and need more steps to reach the same speed-up. The
-    :class:`CompensatingPruner` fills :attr:`positions` (output positions per layer) for it.
+    :class:`CompensatingPruner` fills :attr:`positions` (output positions per layer) for it: in its first
+    calibration forward (per sample: the calibration images' sizes), or without calibration on the example inputs.
     """
 
     def __init__(self, lmbda: float = 1e-3, data_free: bool = False, flops_aware: bool = False) -> None:
@@ -1021,8 +1029,12 @@ class CompensatingPruner(tp.pruner.BasePruner):
         # The consumers some prunable group cuts, with their statistics' block size (per-channel
         # statistics for a flattened map whose dense covariance would exceed the budget).
         self._blocks = self._consumer_blocks(statistics_budget) if calibration is not None else {}
-        if getattr(importance, "flops_aware", False):
+        # flops-aware scores need every layer's output positions: recorded by the first calibration forward (no
+        # forward of their own), or on the example inputs without calibration
+        self._positions_due = bool(getattr(importance, "flops_aware", False))
+        if self._positions_due and calibration is None:
             importance.positions = output_positions(model, example_inputs, self._forward)
+            self._positions_due = False
 
     def step(self, interactive: bool = False):
         """One pruning step: (calibrate,) score every group, compensate and prune.
@@ -1034,9 +1046,16 @@ class CompensatingPruner(tp.pruner.BasePruner):
         due = self._last_calibration is None or (self.current_step - self._last_calibration >= self.calibrate_every
                                                  and self.drift >= self.calibrate_drift)
         if self.calibration is not None and due:
-            self.stats = collect_consumer_stats(self.model, list(self._blocks), self.calibration(),
-                                                self.calibration_batches, names=self._names, blocks=self._blocks,
-                                                forward=self._forward)
+            positions, handles = _position_hooks(self.model) if self._positions_due else (None, [])
+            try:
+                self.stats = collect_consumer_stats(self.model, list(self._blocks), self.calibration(),
+                                                    self.calibration_batches, names=self._names, blocks=self._blocks,
+                                                    forward=self._forward)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if positions is not None:
+                self.importance.positions, self._positions_due = positions, False
             self._last_calibration = self.current_step
             self._collected_width = self._consumer_width()
             if isinstance(self.importance, CalibratedProjectiveImportance):
