@@ -3,26 +3,32 @@
 Torch-Pruning's torchvision example prunes every torchvision classification, detection and
 segmentation model to 50 % of its channels in one local step (random weights, ``L1`` magnitude
 importance, ``round_to`` = heads for ViTs, the classifier and detection heads ignored). This
-script builds the same models with the same ignored layers and settings (written here from
-its list) and prunes each with
+script builds the same models with the same ignored layers, example inputs and settings (written
+here from its list) and prunes each with
 
 * ``magnitude``: Torch-Pruning's ``MagnitudePruner`` + ``MagnitudeImportance(p=1)`` (the example);
 * ``proj``: the same pruner with :class:`projprune.ProjectiveImportance`;
 * ``proj_comp``: :class:`~projprune.CompensatingPruner`, data-free (``CalibratedProjectiveImportance(data_free=True)``);
-* ``proj_calib``: :class:`~projprune.CompensatingPruner` calibrated on one batch of random images
-  (``CalibratedProjectiveImportance(flops_aware=True)``), as ``engine.registry`` builds them.
+* ``proj_calib``: :class:`~projprune.CompensatingPruner` calibrated on one batch of ``--batch`` random
+  images (``CalibratedProjectiveImportance(flops_aware=True)``), as ``engine.registry`` builds them.
 
 Every (model, method) runs in its own subprocess, so peak memory (``ru_maxrss``) is its own.
 Per run: ``pruned`` or the first line of the error, the pruning time (pruner construction +
 step, calibration included), its ratio to magnitude's time on the same model, peak memory,
 parameters kept, and the mean relative output change ``‖f'(x) − f(x)‖ / ‖f(x)‖`` over the
-first ``--probe`` images of the calibration batch and of a fresh batch (detection models: the backbone's
-feature maps, as their box lists differ in length). The last lines give, over the models where
-both finished, the median ratio of ``proj_calib``'s (and ``proj_comp``'s) output change to
-magnitude's.
+first ``--probe`` images of the calibration batch and over ``--probe`` fresh images (detection models:
+the backbone's feature maps, as their box lists differ in length). The last lines give per method the
+models pruned (and any that failed where magnitude pruned) and, over the models where both finished,
+the median ratios of output change and time to magnitude's.
+
+``--coverage`` answers only "does it prune": one subprocess per model runs every method on its own
+copy of the model (status and time; the pruned model must still run its example inputs). With
+``--input-size`` the images are that small where the model allows it (ViTs: rounded up to the patch
+size; detection: the transform resizes to it, SSDs to their fixed 300 / 320; Inception-v3 takes 75 at least).
 
     python benchmarks/tp_examples.py --models alexnet,vgg16 --input-size 64
     python benchmarks/tp_examples.py --models vit_b_16 --methods magnitude,proj_calib
+    python benchmarks/tp_examples.py --coverage --input-size 64 --methods magnitude,proj_comp,proj_calib
     python benchmarks/tp_examples.py            # every model of the example (hours)
 """
 
@@ -70,6 +76,9 @@ DETECTION = ["ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "fasterrcnn_resnet
              "keypointrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2"]
 MODELS = CLASSIFICATION + SEGMENTATION + DETECTION
 METHODS = ["magnitude", "proj", "proj_comp", "proj_calib"]
+# proj_calib's calibration images: the smallest count of a sweep (4, 8, 16, 32) whose output change on fresh
+# images was not materially worse than 32's (benchmark report of issue 26; rerun with --batch to check)
+CALIBRATION_IMAGES = 4
 
 
 @dataclass
@@ -78,15 +87,20 @@ class TPExamplesConfig:
     methods: str = field(default=",".join(METHODS), metadata={"help": f"comma-separated of {METHODS}"})
     input_size: int = field(default=0, metadata={"help": "image side (0: the example's, 224 / 299 for "
                                                          "inception_v3 / 300x400 and 500x400 for detection)"})
-    batch: int = field(default=32, metadata={"help": "calibration images (proj_calib's one batch; detection: a "
-                                                     "list of images)"})
-    probe: int = field(default=8, metadata={"help": "images the output change is measured on: the first of the "
-                                                    "calibration batch, and a fresh batch of as many"})
+    batch: int = field(default=CALIBRATION_IMAGES, metadata={"help": "calibration images (proj_calib's one batch, "
+                                                                     "in the example inputs' structure)"})
+    probe: int = field(default=8, metadata={"help": "images the output change is measured on: a fresh batch of "
+                                                    "this many (the same for every --batch), and the first of the "
+                                                    "calibration batch (at most --batch)"})
     ratio: float = field(default=0.5, metadata={"help": "pruning ratio (the example's 0.5)"})
     timeout: float = field(default=1800.0, metadata={"help": "seconds per (model, method) before it is stopped"})
     threads: int = field(default=1, metadata={"help": "torch threads per run"})
     seed: int = 0
-    worker: str = field(default="", metadata={"help": "internal: run one 'model:method' and print its JSON"})
+    coverage: bool = field(default=False, metadata={"help": "status only: one process per model runs every method "
+                                                            "on its own copy (pruned or the first error line, time); "
+                                                            "no output change, no per-method peak memory"})
+    worker: str = field(default="", metadata={"help": "internal: run one 'model:method' (or 'model:*' with "
+                                                      "--coverage) and print its JSON"})
 
 
 # --------------------------------------------------------------------------- the example's models
@@ -95,14 +109,21 @@ def kind_of(name: str) -> str:
 
 
 def build_model(name: str, input_size: int) -> nn.Module:
-    """The example's construction of ``name`` (random weights; trainable backbones, no aux heads)."""
+    """The example's construction of ``name`` (random weights; trainable backbones, no aux heads).
+
+    ``input_size`` (0: the example's) where the model allows it: a ViT is built for that side rounded
+    up to its patch size; a detection model's transform resizes to it (``min_size = max_size``) instead
+    of to its own 320-800 pixels (SSDs keep their fixed 300 / 320).
+    """
     import torch.nn as nn
     import torchvision.models as tvm
     import torchvision.models.detection as tvd
     import torchvision.models.segmentation as tvs
 
     if name.startswith("vit_"):  # torchvision zero-initialises the head: random, so the output change is measurable
-        model = getattr(tvm, name)(image_size=input_size) if input_size else getattr(tvm, name)()
+        patch = int(name.rsplit("_", 1)[1])
+        extra = {"image_size": -(-input_size // patch) * patch} if input_size else {}
+        model = getattr(tvm, name)(**extra)
         nn.init.normal_(model.heads.head.weight, std=model.heads.head.in_features ** -0.5)
         return model
     if name in ("googlenet", "inception_v3"):
@@ -114,7 +135,8 @@ def build_model(name: str, input_size: int) -> nn.Module:
         builder = getattr(tvd, name)
         if name.startswith("ssd"):
             return builder(weights=None, weights_backbone=None)
-        return builder(weights=None, weights_backbone=None, trainable_backbone_layers=5)
+        extra = {"min_size": input_size, "max_size": input_size} if input_size else {}
+        return builder(weights=None, weights_backbone=None, trainable_backbone_layers=5, **extra)
     return getattr(tvm, name)()
 
 
@@ -145,25 +167,27 @@ def ignored_layers(model: nn.Module, name: str) -> list[nn.Module]:
     return ignored
 
 
-def make_inputs(name: str, input_size: int, batch: int, probe: int, generator: torch.Generator):
-    """``(example_inputs, calibration batch, fresh batch)`` in the example's structure: a tensor, or
-    for detection a list of images (two for the example, of two sizes); ``batch`` calibration and
-    ``probe`` fresh images."""
+def make_inputs(name: str, input_size: int, batch: int, probe: int, seed: int):
+    """``(example_inputs, calibration batch, fresh batch)`` in the example's structure: a tensor, or for
+    Faster R-CNN a list of images (two for the example, of two sizes); ``batch`` calibration and ``probe``
+    fresh images. The fresh images come from their own generator: the same for every ``batch``."""
     import torch
 
-    if kind_of(name) == "detection":
-        sizes = [(input_size, input_size)] * 2 if input_size else [(300, 400), (500, 400)]
-
-        def images(count: int) -> list[torch.Tensor]:
+    def draw(count: int, generator: torch.Generator):
+        if name.startswith("fasterrcnn"):
+            sizes = [(input_size, input_size)] * 2 if input_size else [(300, 400), (500, 400)]
             return [torch.rand(3, *sizes[i % 2], generator=generator) for i in range(count)]
-
-        return images(2), images(batch), images(probe)
-    side = input_size or (299 if name == "inception_v3" else 224)
-
-    def tensor(count: int) -> torch.Tensor:
+        side = input_size or (299 if name == "inception_v3" else 224)
+        if name == "inception_v3":
+            side = max(side, 75)  # its smallest input
+        if name.startswith("vit_"):
+            patch = int(name.rsplit("_", 1)[1])
+            side = -(-side // patch) * patch
         return torch.randn(count, 3, side, side, generator=generator)
 
-    return tensor(1), tensor(batch), tensor(probe)
+    generator = torch.Generator().manual_seed(seed + 1)
+    example, calibration = draw(1 if not name.startswith("fasterrcnn") else 2, generator), draw(batch, generator)
+    return example, calibration, draw(probe, torch.Generator().manual_seed(seed + 2))
 
 
 def probe_output(model: nn.Module, name: str, inputs) -> torch.Tensor:
@@ -215,18 +239,38 @@ def build_pruner(model: nn.Module, name: str, method: str, example_inputs, calib
     raise ValueError(f"--methods: expected names from {METHODS}, got {method!r}")
 
 
+def _prune(model: nn.Module, name: str, method: str, cfg: TPExamplesConfig, example_inputs, calibration_batch
+           ) -> float:
+    """Build ``method``'s pruner on ``model`` and take its step; the seconds both took (calibration included;
+    the libraries' imports not: they are imported first)."""
+    import torch_pruning  # noqa: F401 - imported before the clock starts, as every method uses it
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    import projprune.compensation  # noqa: F401
+
+    start = time.perf_counter()
+    pruner = build_pruner(model, name, method, example_inputs, calibration_batch, cfg.ratio)
+    pruner.step()
+    if isinstance(model, VisionTransformer):
+        model.hidden_dim = model.conv_proj.out_channels
+    return time.perf_counter() - start
+
+
+def _failure(err: Exception) -> str:
+    """The first line of an error, for the table."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
+
+
 def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
     """Build, prune and measure one (model, method) in this process."""
     import torch
-    from torchvision.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
     model = build_model(name, cfg.input_size).eval()
     for p in model.parameters():
         p.requires_grad_(True)
     example_inputs, calibration_batch, fresh_batch = make_inputs(name, cfg.input_size, cfg.batch, cfg.probe,
-                                                                 generator)
+                                                                 cfg.seed)
     probes = (calibration_batch[:cfg.probe], fresh_batch)
     params = sum(p.numel() for p in model.parameters())
     before = [probe_output(model, name, b) for b in probes]
@@ -234,17 +278,13 @@ def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
            "change_calib": "", "change_fresh": ""}
     start = time.perf_counter()
     try:
-        pruner = build_pruner(model, name, method, example_inputs, calibration_batch, cfg.ratio)
-        pruner.step()
-        if isinstance(model, VisionTransformer):
-            model.hidden_dim = model.conv_proj.out_channels
-        elapsed = time.perf_counter() - start
+        elapsed = _prune(model, name, method, cfg, example_inputs, calibration_batch)
         after = [probe_output(model, name, b) for b in probes]
     except Exception as err:  # noqa: BLE001 - the table reports the first line of any failure
-        row["status"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
+        row["status"] = _failure(err)
         row["time_s"] = f"{time.perf_counter() - start:.1f}"
     else:
-        row["time_s"] = f"{elapsed:.1f}"
+        row["time_s"] = f"{elapsed:.2f}"
         row["params_kept"] = f"{sum(p.numel() for p in model.parameters()) / params:.2f}"
         row["change_calib"] = f"{relative_change(after[0], before[0]):.4g}"
         row["change_fresh"] = f"{relative_change(after[1], before[1]):.4g}"
@@ -252,41 +292,78 @@ def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
     return row
 
 
-def run_isolated(name: str, method: str, cfg: TPExamplesConfig, argv: list[str]) -> dict:
-    """``run_one`` in a subprocess (its own peak memory), stopped after ``cfg.timeout`` seconds."""
+def run_coverage(name: str, methods: list[str], cfg: TPExamplesConfig) -> list[dict]:
+    """Every method on its own copy of one built model: ``pruned`` (the pruned model runs its example
+    inputs) or the first error line, and the time; rows in ``methods``' order."""
+    import copy
+
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(name, cfg.input_size).eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    example_inputs, calibration_batch, _ = make_inputs(name, cfg.input_size, cfg.batch, 1, cfg.seed)
+    rows = []
+    for method in methods:
+        copied = copy.deepcopy(model)
+        row = {"model": name, "method": method, "status": "pruned"}
+        start = time.perf_counter()
+        try:
+            row["time_s"] = f"{_prune(copied, name, method, cfg, example_inputs, calibration_batch):.2f}"
+            probe_output(copied, name, example_inputs)
+        except Exception as err:  # noqa: BLE001 - the table reports the first line of any failure
+            row["status"], row["time_s"] = _failure(err), f"{time.perf_counter() - start:.1f}"
+        rows.append(row)
+        del copied
+    return rows
+
+
+def run_isolated(name: str, method: str, cfg: TPExamplesConfig, argv: list[str]) -> list[dict]:
+    """``run_one`` (or with ``--coverage`` and ``method`` ``*``, ``run_coverage``) in a subprocess (its own peak
+    memory), stopped after ``cfg.timeout`` seconds; its rows."""
     command = [sys.executable, "-m", "benchmarks.tp_examples", *argv, "--worker", f"{name}:{method}"]
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads))
     start = time.perf_counter()
+    methods = split_list(cfg.methods) if method == "*" else [method]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=cfg.timeout, env=env,
                               cwd=Path(__file__).resolve().parents[1])  # -m finds benchmarks/ from any directory
     except subprocess.TimeoutExpired:
-        return {"model": name, "method": method, "status": f"stopped after {cfg.timeout:.0f} s",
-                "time_s": f">{time.perf_counter() - start:.0f}"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        return [{"model": name, "method": m, "status": f"stopped after {cfg.timeout:.0f} s",
+                 "time_s": f">{time.perf_counter() - start:.0f}"} for m in methods]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
     if done.returncode != 0 or not lines:
         error = [line for line in done.stderr.strip().splitlines() if line.strip()]
         status = f"exit {done.returncode}: {error[-1] if error else ''}"
-        return {"model": name, "method": method, "status": status[:160]}
+        return [{"model": name, "method": m, "status": status[:160]} for m in methods]
     return json.loads(lines[-1])
 
 
 def summarise(rows: list[dict]) -> list[str]:
-    """Median ratios of the compensating methods' output change to magnitude's, where both pruned."""
+    """Per method: models pruned, and where magnitude pruned but it did not; the median ratios of the
+    compensating methods' output change and time to magnitude's, where both pruned."""
     by_key = {(r["model"], r["method"]): r for r in rows}
     lines = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pruned = [model for (model, m), row in by_key.items() if m == method and row.get("status") == "pruned"]
+        lost = [model for (model, m), row in by_key.items() if m == method and row.get("status") != "pruned"
+                and by_key.get((model, "magnitude"), {}).get("status") == "pruned"]
+        models = len({model for model, m in by_key if m == method})
+        lines.append(f"{method}: pruned {len(pruned)} of {models} models"
+                     + (f"; failed where magnitude pruned: {', '.join(lost)}" if lost else ""))
     for method in ("proj", "proj_comp", "proj_calib"):
-        for column in ("change_calib", "change_fresh"):
+        for column in ("change_calib", "change_fresh", "time_s"):
             ratios = []
             for (model, m), row in by_key.items():
                 base = by_key.get((model, "magnitude"))
                 if m != method or not base or row.get("status") != "pruned" or base.get("status") != "pruned":
                     continue
-                if float(base[column]) > 0:
+                if row.get(column) and base.get(column) and float(base[column]) > 0:
                     ratios.append(float(row[column]) / float(base[column]))
             if ratios:
                 lines.append(f"median {method}/magnitude {column}: {statistics.median(ratios):.3f} "
-                             f"over {len(ratios)} models")
+                             f"(max {max(ratios):.3f}) over {len(ratios)} models")
     return lines
 
 
@@ -299,7 +376,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(cfg.threads)
     if cfg.worker:
         name, _, method = cfg.worker.partition(":")
-        print(json.dumps(run_one(name, method, cfg)))
+        rows = run_coverage(name, split_list(cfg.methods), cfg) if method == "*" else [run_one(name, method, cfg)]
+        print(json.dumps(rows))
         return []
     models = split_list(cfg.models, name="--models", unique=True)
     methods = split_list(cfg.methods, name="--methods", unique=True)
@@ -307,14 +385,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError(f"--models: expected names from {MODELS}, got {cfg.models!r}")
     if not methods or any(m not in METHODS for m in methods):
         raise ValueError(f"--methods: expected names from {METHODS}, got {cfg.methods!r}")
-    if cfg.input_size < 0 or cfg.batch < 1 or not 1 <= cfg.probe <= cfg.batch or not 0 < cfg.ratio < 1 \
-            or cfg.timeout <= 0:
-        raise ValueError("--input-size must be >= 0, --batch >= 1, --probe in [1, --batch], --ratio in (0, 1), "
-                         "--timeout > 0")
+    if cfg.input_size < 0 or cfg.batch < 1 or cfg.probe < 1 or not 0 < cfg.ratio < 1 or cfg.timeout <= 0:
+        raise ValueError("--input-size must be >= 0, --batch >= 1, --probe >= 1, --ratio in (0, 1), --timeout > 0")
     rows = []
     for name in models:
-        for method in methods:
-            row = run_isolated(name, method, cfg, argv)
+        for row in (run_isolated(name, "*", cfg, argv) if cfg.coverage
+                    else (r for method in methods for r in run_isolated(name, method, cfg, argv))):
             base = next((r for r in rows if r["model"] == name and r["method"] == "magnitude"), None)
             if base and base.get("status") == "pruned" and row.get("status") == "pruned":
                 row["x_magnitude_time"] = f"{float(row['time_s']) / max(float(base['time_s']), 1e-3):.1f}"

@@ -58,6 +58,7 @@ from torch_pruning.pruner import function
 
 from projprune._checks import check_lmbda, check_not_reparametrized
 from projprune._symmetric import gram as symmetric_gram
+from projprune._symmetric import symmetrised
 from projprune.calibration import ActivationStats, StatisticsOverflowError, run_hooked
 
 __all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
@@ -69,11 +70,14 @@ _DEPTHWISE_OUT = function.prune_depthwise_conv_out_channels
 _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 # CompensatingPruner: re-collect statistics once this fraction of the channels was pruned since the last time
 DEFAULT_CALIBRATE_DRIFT = 0.05
-# CompensatingPruner: bytes one consumer's dense statistics may take before a flattened map's fall back to channels
 # A Gram or covariance of rank m <= LOW_RANK_FRACTION · n is used through its (n, m) factor (Woodbury, push-through):
-# scores and coefficients then cost ~5 n m² + n² m / 2 flops, below the ~1.3 n³ of the dense inverse and solve
-# while m / n < ~0.45
-LOW_RANK_FRACTION = 0.4
+# scores and coefficients then cost ~5 n m² + n² m / 2 flops, against ~1.3 n³ for the dense inverse and solve. The
+# factor's flops are matrix products, the dense ones Cholesky / triangular inversion (a few times slower per flop on
+# one CPU thread), and a rank-deficient covariance is inverted in float64 (too ill-conditioned for float32). Measured
+# on one thread (scores and coefficients of one consumer): at n = 3072 the factor is ~4x faster at m / n = 0.5, ~1.4x
+# at 0.78, ~1.2x slower at 0.94 and 1.4x slower at 0.85; at n = 1024 1.2x faster at 0.77, even at 0.84
+LOW_RANK_FRACTION = 0.8
+# CompensatingPruner: bytes one consumer's dense statistics may take before a flattened map's fall back to channels
 DEFAULT_STATISTICS_BUDGET = 256 * 2**20
 _LOG = logging.getLogger(__name__)
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
@@ -109,7 +113,7 @@ class ConsumerStats:
         self.module = module
         self.blocks = blocks
         width = module.in_features // blocks if isinstance(module, nn.Linear) else module.in_channels
-        self.channels = ActivationStats(width)
+        self._stats = _unallocated_stats(width)  # read through `channels`, which adds the products of pending samples
         if isinstance(module, nn.Linear):
             self.patch_sum = None if blocks == 1 else torch.zeros((width, blocks), dtype=torch.float64)
         else:
@@ -120,13 +124,37 @@ class ConsumerStats:
         self._precision_lmbda: float | None = None  # the relative ridge it was made with
         # While there are at most LOW_RANK_FRACTION · c samples (e.g. a classifier's 4096 inputs at 32 images)
         # they are kept, (T, c) float64 (less memory than C), and P is never formed: Woodbury with U = Xcᵀ/√T.
+        # Their products Σ h hᵀ are added to the statistics only when something reads them (`channels`, or more
+        # samples than that arrive): the Woodbury path never needs them.
         self._samples: list[torch.Tensor] | None = []
+        self._summed = 0  # the first this many blocks of _samples are in the statistics' Σ h hᵀ
         self._low_rank: tuple[torch.Tensor, float] | None = None  # (U: (c, T), absolute ridge ρ), cut with P
+
+    @property
+    def channels(self) -> ActivationStats:
+        """:class:`~projprune.ActivationStats` over the ``c`` input channels (every batch element and spatial
+        position is a sample), ``Σ h hᵀ`` complete."""
+        self._sum_outer()
+        self._sum_samples()
+        return self._stats
+
+    def _sum_outer(self) -> torch.Tensor:
+        """The statistics' ``Σ h hᵀ: (c, c)`` float64, allocated on first use: while the samples are kept (the
+        Woodbury form, e.g. a ViT's 3072-wide MLP outputs at a few images) it is never needed."""
+        stats = self._stats
+        if stats.sum_outer.is_meta:
+            stats.sum_outer = torch.zeros(stats.n, stats.n, dtype=torch.float64, device=stats.sum.device)
+        return stats.sum_outer
 
     @property
     def n(self) -> int:
         """Number of input channels ``c`` the statistics describe (for ``blocks > 1``: flattened-map channels)."""
-        return self.channels.n
+        return self._stats.n
+
+    @property
+    def count(self) -> int:
+        """Number of samples (batch elements times positions) the statistics hold."""
+        return self._stats.count
 
     @property
     def width(self) -> int:
@@ -141,10 +169,17 @@ class ConsumerStats:
         """
         x = x.detach()
         self._covariance = self._precision = self._precision_lmbda = self._low_rank = None
+        stats = self._stats
         if self.patch_sum is None:  # Linear, one statistic per input
-            self.channels.update(x)  # StatisticsOverflowError when the products leave the range
-            _check_no_overflow(self.channels.sum_outer, x)  # a failed collection discards these statistics
-            self._record_samples(x.reshape(-1, self.n))
+            if (self._samples is not None and x.is_floating_point() and not x.is_meta and x.dim() >= 1
+                    and x.shape[-1] == self.n and stats.count + x.numel() // self.n <= LOW_RANK_FRACTION * self.n):
+                rows = x.reshape(-1, self.n).to(torch.float64)
+                self._add_samples(rows, rows.sum(dim=0))
+                return
+            self._sum_samples(drop=True)
+            self._sum_outer()
+            stats.update(x)  # StatisticsOverflowError when the products leave the range
+            _check_no_overflow(stats.sum_outer, x)  # a failed collection discards these statistics
             return
         if self.blocks > 1:
             if x.dim() < 1 or x.shape[-1] != self.width:
@@ -160,35 +195,54 @@ class ConsumerStats:
         # accumulated in float64 as ActivationStats does.
         plane = x.sum(dim=0).to(torch.float64)  # (c, *spatial)
         channel_sum = plane.reshape(self.n, -1).sum(dim=1)
-        if not bool(torch.isfinite(channel_sum).all()):
-            raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
-        stats = self.channels
-        if stats.sum.device != x.device:
-            stats.sum_outer, stats.sum = stats.sum_outer.to(x.device), stats.sum.to(x.device)
-        batch_gram = _channel_gram(x)
-        _check_no_overflow(batch_gram, x)
-        stats.sum_outer += batch_gram.to(torch.float64)
-        stats.sum += channel_sum
-        stats.count += x.numel() // self.n
         self.patch_sum = self.patch_sum.to(x.device)
         if self.blocks > 1:  # the "kernel" is the whole map, read at one output position
             sums, positions = plane, x.shape[0]
         else:
             sums, positions = _patch_sums(self.module, plane, x.shape[0])
+        if self._samples is not None and stats.count + x.numel() // self.n <= LOW_RANK_FRACTION * self.n:
+            rows = x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n).to(torch.float64)
+            self._add_samples(rows, channel_sum)
+        else:
+            if not bool(torch.isfinite(channel_sum).all()):
+                raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
+            self._sum_samples(drop=True)
+            self._move_to(x.device)
+            batch_gram = _channel_gram(x)
+            _check_no_overflow(batch_gram, x)
+            self._sum_outer().add_(batch_gram.to(torch.float64))
+            stats.sum += channel_sum
+            stats.count += x.numel() // self.n
         self.patch_sum += sums
         self.patch_count += positions
-        if self._samples is not None and stats.count <= LOW_RANK_FRACTION * self.n:  # else dropped, no copy
-            self._record_samples(x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n))
-        else:
-            self._samples = None
 
-    def _record_samples(self, rows: torch.Tensor) -> None:
-        """Keep ``rows: (k, c)`` (float64) while the statistics hold at most ``LOW_RANK_FRACTION · c`` samples;
-        drop all beyond."""
-        if self._samples is None or self.channels.count > LOW_RANK_FRACTION * self.n:
-            self._samples = None
-            return
-        self._samples.append(rows.to(torch.float64))
+    def _move_to(self, device: torch.device) -> None:
+        stats = self._stats
+        if stats.sum.device != device:
+            if not stats.sum_outer.is_meta:
+                stats.sum_outer = stats.sum_outer.to(device)
+            stats.sum = stats.sum.to(device)
+
+    def _add_samples(self, rows: torch.Tensor, total: torch.Tensor) -> None:
+        """Keep ``rows: (k, c)`` float64 (their column sums ``total: (c,)``) as samples, products not yet taken."""
+        if not bool(torch.isfinite(total).all()):
+            raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
+        self._move_to(rows.device)
+        self._samples.append(rows)
+        self._stats.sum += total
+        self._stats.count += rows.shape[0]
+
+    def _sum_samples(self, drop: bool = False) -> None:
+        """Add the products ``Σ h hᵀ`` of the kept samples not yet in the statistics (``drop``: and stop keeping
+        samples: more arrive than the Woodbury form is worth)."""
+        if self._samples and self._summed < len(self._samples):
+            X = torch.cat(self._samples[self._summed:])
+            products = symmetric_gram(X).to(self._stats.sum.device)
+            _check_no_overflow(products, X)
+            self._sum_outer().add_(products)
+            self._summed = len(self._samples)
+        if drop:
+            self._samples, self._summed = None, 0
 
     def keep(self, kept: torch.Tensor, coefficients: torch.Tensor | None = None) -> None:
         """Restrict to the input channels ``kept`` (after the others were pruned).
@@ -198,19 +252,20 @@ class ConsumerStats:
         ``coefficients``: the ``A = −P_RR⁻¹ P_RK: (|R|, |K|)`` of :meth:`coefficients` for these
         channels, if already computed (saves the solve: the cut is ``P_KK + P_KR A``).
         """
-        device = self.channels.sum.device
+        device = self._stats.sum.device
         kept = kept.to(device)
         if self._precision is not None:
             self._precision = _schur_cut(self._precision, kept, coefficients)
         if self._low_rank is not None:  # (C_KK + ρI)⁻¹ is the same Woodbury form on U's kept rows
             self._low_rank = (self._low_rank[0][kept], self._low_rank[1])
         if self._samples:
-            self._samples = [torch.cat(self._samples)[:, kept]]
-        channels = ActivationStats(len(kept), device=device)
-        channels.sum_outer = self.channels.sum_outer[kept][:, kept]
-        channels.sum = self.channels.sum[kept]
-        channels.count = self.channels.count
-        self.channels = channels
+            self._samples = [rows[:, kept] for rows in self._samples]
+        channels = _unallocated_stats(len(kept), device=device)
+        if not self._stats.sum_outer.is_meta:
+            channels.sum_outer = self._stats.sum_outer[kept][:, kept]
+        channels.sum = self._stats.sum[kept]
+        channels.count = self._stats.count
+        self._stats = channels
         if self.patch_sum is not None:
             self.patch_sum = self.patch_sum[kept]
         if self._covariance is not None:
@@ -221,6 +276,17 @@ class ConsumerStats:
         if self._covariance is None:
             self._covariance = self.channels.covariance()
         return self._covariance
+
+    def variances(self) -> torch.Tensor:
+        """``(c,)`` float64 the covariance's diagonal, without forming the covariance (``O(c)``)."""
+        if self._covariance is not None:
+            return self._covariance.diagonal()
+        stats = self._stats
+        second = (torch.zeros_like(stats.sum) if stats.sum_outer.is_meta else stats.sum_outer.diagonal().clone())
+        for rows in (self._samples or [])[self._summed:]:  # samples whose products are not in Σ h hᵀ yet
+            second += rows.pow(2).sum(dim=0).to(second.device)
+        mean = stats.mean
+        return second / stats.count - mean * mean
 
     def precision(self, lmbda: float) -> torch.Tensor:
         """``(c, c)`` ``P = (C + ρI)⁻¹`` with ``ρ = lmbda · trace(C) / min(c, samples − 1)`` (:func:`_ridge`; float32
@@ -238,9 +304,9 @@ class ConsumerStats:
             return (P + P.T) * (0.5 / ridge)
         if self._precision is None or self._precision_lmbda != lmbda:
             # rank <= samples − 1: with fewer samples than inputs the ridge is relative to the nonzero spectrum
-            P = _ridge_inverse(self.covariance(), lmbda, rank=self.channels.count - 1)
+            P = _ridge_inverse(self.covariance(), lmbda, rank=self.count - 1)
             if P.dtype != torch.float32:  # the LU inverse is symmetric up to rounding, the Cholesky one exactly
-                P = (P + P.T) * 0.5
+                P = symmetrised(P, inplace=True)
             self._precision, self._precision_lmbda = P, lmbda
         return self._precision
 
@@ -250,11 +316,10 @@ class ConsumerStats:
             return True
         if not self._samples or lmbda <= 0 or self._precision is not None and self._precision_lmbda == lmbda:
             return False
-        X = torch.cat(self._samples).to(self.channels.sum.device)  # (T, c)
-        self._samples = [X]
+        X = torch.cat(self._samples).to(self._stats.sum.device)  # (T, c)
         U = (X - X.mean(dim=0)).T / X.shape[0] ** 0.5  # C = U Uᵀ
         # the ridge of the dense path: relative to the nonzero spectrum (rank <= T − 1)
-        self._low_rank = U, _ridge(self.covariance(), lmbda, rank=self.channels.count - 1)
+        self._low_rank = U, _ridge_of_trace(float(self.variances().sum()), self.n, lmbda, rank=self.count - 1)
         self._precision, self._precision_lmbda = None, lmbda
         return True
 
@@ -290,10 +355,18 @@ class ConsumerStats:
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
         if self.patch_sum is None:
-            return self.channels.mean
+            return self._stats.mean
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
+
+
+def _unallocated_stats(n: int, device: torch.device | str | None = None) -> ActivationStats:
+    """:class:`~projprune.ActivationStats` of ``n`` units whose ``(n, n)`` ``Σ h hᵀ`` is not allocated yet (a meta
+    tensor; :meth:`ConsumerStats._sum_outer` allocates it): ``Σ h`` and the count are real."""
+    stats = ActivationStats(n, device="meta")
+    stats.sum = torch.zeros(n, dtype=torch.float64, device=device)
+    return stats
 
 
 def _check_no_overflow(gram: torch.Tensor, x: torch.Tensor) -> None:
@@ -476,17 +549,7 @@ def output_positions(model: nn.Module, example_inputs, forward: Callable[[nn.Mod
     do not change when channels are pruned, so one forward suffices (``forward(model, inputs)``;
     default :func:`structured_forward` with positional tuples).
     """
-    positions: dict[nn.Module, int] = {}
-
-    def record(module: nn.Module, inputs, output) -> None:
-        if not isinstance(output, torch.Tensor) or output.dim() < 1:
-            return
-        width = output.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else output.shape[-1]
-        batch = output.shape[0] if output.dim() > 1 else 1
-        positions[module] = max(1, output.numel() // max(1, width * batch))
-
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    handles = [m.register_forward_hook(record) for m in layers]
+    positions, handles = _position_hooks(model)
     was_training = model.training
     try:
         model.eval()
@@ -497,6 +560,22 @@ def output_positions(model: nn.Module, example_inputs, forward: Callable[[nn.Mod
             handle.remove()
         model.train(was_training)
     return positions
+
+
+def _position_hooks(model: nn.Module) -> tuple[dict[nn.Module, int], list]:
+    """Forward hooks on every conv and linear of ``model`` that record their :func:`output_positions` in
+    the returned dict as batches run; and their handles (the caller removes them)."""
+    positions: dict[nn.Module, int] = {}
+
+    def record(module: nn.Module, inputs, output) -> None:
+        if not isinstance(output, torch.Tensor) or output.dim() < 1:
+            return
+        width = output.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else output.shape[-1]
+        batch = output.shape[0] if output.dim() > 1 else 1
+        positions[module] = max(1, output.numel() // max(1, width * batch))
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    return positions, [m.register_forward_hook(record) for m in layers]
 
 
 def channel_macs(group, positions: dict[nn.Module, int]) -> torch.Tensor:
@@ -564,12 +643,16 @@ def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge:
     ``m × m`` solve for ``U: (·, m)``, ``ridge > 0``; float64."""
     U_removed, U_kept = U_removed.to(torch.float64), U_kept.to(torch.float64)
     solved = torch.cholesky_solve(U_removed.T, torch.linalg.cholesky(_ridged_small_gram(U_kept, ridge)))  # (m, |R|)
-    return solved.T @ U_kept.T
+    if len(U_kept) < FLOAT32_PRECISION_WIDTH:
+        return solved.T @ U_kept.T
+    # wide: the last product (no solve left in it, ~1e-7 relative to ‖A‖; A is folded into the weights in float32
+    # anyway) in float32, twice as fast
+    return (solved.T.to(torch.float32) @ U_kept.T.to(torch.float32)).to(torch.float64)
 
 
 def _ridged_small_gram(U: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``ρI + UᵀU: (m, m)`` for ``U: (n, m)``."""
-    S = U.T @ U
+    """``ρI + UᵀU: (m, m)`` for ``U: (n, m)`` (the symmetric product on its upper blocks: ~half the flops)."""
+    S = symmetric_gram(U)
     S.diagonal().add_(ridge)
     return S
 
@@ -581,12 +664,16 @@ FLOAT32_PRECISION_WIDTH = 512
 FLOAT32_RESIDUAL = 1e-4
 
 
-def _accurate_in_float32(system: torch.Tensor, inverse: torch.Tensor, probes: int = 4) -> bool:
-    """Whether ``‖system · inverse · v − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``probes`` fixed
-    random vectors ``v`` (``O(n²)`` each): the float32 inverse is as good as a float64 one needs to be."""
+def _accurate_in_float32(system: torch.Tensor, ridge: float, inverse: torch.Tensor, probes: int = 4,
+                         rows: int = 512) -> bool:
+    """Whether ``‖(system + ridge I) · inverse · v − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``probes`` fixed
+    random vectors ``v`` (``O(n²)`` each): the float32 inverse is as good as a float64 one needs to be. The
+    products are taken ``rows`` rows at a time (no float64 copy of either ``(n, n)`` matrix)."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     vectors = torch.randn(system.shape[0], probes, generator=generator, dtype=torch.float64).to(system.device)
-    residual = system.to(torch.float64) @ (inverse.to(torch.float64) @ vectors) - vectors
+    solved = torch.cat([inverse[a:a + rows].to(torch.float64) @ vectors for a in range(0, len(vectors), rows)])
+    residual = torch.cat([system[a:a + rows].to(torch.float64) @ solved for a in range(0, len(vectors), rows)])
+    residual += ridge * solved - vectors
     return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(vectors.norm())
 
 
@@ -595,19 +682,12 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
     """``system⁻¹`` (``rhs`` None) or ``system⁻¹ rhs`` (float64) for a symmetric positive definite
     ``system: (n, n)`` with smallest eigenvalue at least ``ridge``.
 
-    Wide and ridged: an inverse is tried in float32 (Cholesky) and kept, in float32, if
-    :func:`_accurate_in_float32`; a solve is float32 only when ``well_conditioned`` (a block of such
-    a float32 precision). Otherwise a float64 Cholesky; LU if that fails or without a ridge:
-    nearly dead inputs at ``lmbda = 0`` leave ``G + ρI`` positive definite only up to rounding,
-    which a Cholesky refuses.
+    Wide and ridged (or ``well_conditioned``: a block of a float32 precision, solved in float32): a
+    Cholesky. Otherwise, or if that fails, LU: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI``
+    positive definite only up to rounding, which a Cholesky refuses. (A float32 inverse is tried by
+    :func:`_ridge_inverse`, which can check it against the float64 system.)
     """
     wide = system.shape[0] >= FLOAT32_PRECISION_WIDTH
-    if rhs is None and ridge > 0 and wide:
-        factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
-        if int(info) == 0:
-            inverse = torch.cholesky_inverse(factor)
-            if _accurate_in_float32(system, inverse):
-                return inverse
     if (ridge > 0 or well_conditioned) and wide:
         dtype = torch.float32 if well_conditioned and rhs is not None else torch.float64
         factor, info = torch.linalg.cholesky_ex(system.to(dtype))
@@ -622,10 +702,26 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
 
 
 def _ridge_inverse(G: torch.Tensor, lmbda: float, rank: int | None = None) -> torch.Tensor:
-    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge` (float32 when wide and
-    accurate so, see :func:`_spd_inverse_or_solve`; tests/test_compensation_scale.py bounds it)."""
-    system = G.clone()
+    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`.
+
+    Wide (``n >= FLOAT32_PRECISION_WIDTH``), ridged and of full ``rank`` (None: unknown), it is tried as a
+    float32 Cholesky inverse, kept if :func:`_accurate_in_float32` (about 5x faster than float64;
+    tests/test_compensation_scale.py bounds it). A rank below ``n`` (fewer samples than inputs) makes the
+    condition number ~``1 + n / lmbda``: float64 straight away. Otherwise float64
+    (:func:`_spd_inverse_or_solve`).
+    """
+    n = G.shape[0]
     ridge = _ridge(G, lmbda, rank)
+    if lmbda > 0 and n >= FLOAT32_PRECISION_WIDTH and (rank is None or rank >= n):
+        system = G.to(torch.float32, copy=True)
+        system.diagonal().add_(ridge)
+        factor, info = torch.linalg.cholesky_ex(system)
+        del system
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            if _accurate_in_float32(G, ridge, inverse):
+                return inverse
+    system = G.to(torch.float64, copy=True)
     system.diagonal().add_(ridge)
     return _spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0)
 
@@ -688,6 +784,9 @@ def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
     dtype = torch.promote_types(weight.dtype, torch.float32)
     if removed_slices is None:
         removed_slices = weight[:, removed]
+    if weight.dim() == 2:  # a Linear: (out, |R|) @ (|R|, |K|), no transposed copies
+        weight.index_add_(1, kept, (removed_slices.to(dtype) @ A.to(dtype)).to(weight.dtype))
+        return
     taps = removed_slices.to(dtype).transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
     update = (A.to(dtype).T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:])
     weight.index_add_(1, kept, update.transpose(0, 1).to(weight.dtype))
@@ -708,7 +807,8 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
     costs (:func:`channel_macs`): the error added per operation saved, the greedy answer to a
     FLOPs target. A high-resolution channel costs several times a low-resolution one, so plain
     scores remove many cheap channels and need more steps to reach the same speed-up. The
-    :class:`CompensatingPruner` fills :attr:`positions` (output positions per layer) for it.
+    :class:`CompensatingPruner` fills :attr:`positions` (output positions per layer) for it: in its first
+    calibration forward (per sample: the calibration images' sizes), or without calibration on the example inputs.
     """
 
     def __init__(self, lmbda: float = 1e-3, data_free: bool = False, flops_aware: bool = False) -> None:
@@ -742,9 +842,9 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
                 C_diag, P_diag = G.diagonal(), gram_precision
             else:
                 stats = self.stats.get(layer)
-                if stats is None or stats.width != layer.weight.shape[1] or stats.channels.count == 0:
+                if stats is None or stats.width != layer.weight.shape[1] or stats.count == 0:
                     continue
-                C_diag, P_diag = stats.covariance().diagonal().cpu(), stats.precision_diagonal(self.lmbda).cpu()
+                C_diag, P_diag = stats.variances().cpu(), stats.precision_diagonal(self.lmbda).cpu()
                 first, blocks = 0, stats.blocks
             mapped = _item_channels(item, blocks)
             if mapped is None:
@@ -929,8 +1029,12 @@ class CompensatingPruner(tp.pruner.BasePruner):
         # The consumers some prunable group cuts, with their statistics' block size (per-channel
         # statistics for a flattened map whose dense covariance would exceed the budget).
         self._blocks = self._consumer_blocks(statistics_budget) if calibration is not None else {}
-        if getattr(importance, "flops_aware", False):
+        # flops-aware scores need every layer's output positions: recorded by the first calibration forward (no
+        # forward of their own), or on the example inputs without calibration
+        self._positions_due = bool(getattr(importance, "flops_aware", False))
+        if self._positions_due and calibration is None:
             importance.positions = output_positions(model, example_inputs, self._forward)
+            self._positions_due = False
 
     def step(self, interactive: bool = False):
         """One pruning step: (calibrate,) score every group, compensate and prune.
@@ -942,9 +1046,16 @@ class CompensatingPruner(tp.pruner.BasePruner):
         due = self._last_calibration is None or (self.current_step - self._last_calibration >= self.calibrate_every
                                                  and self.drift >= self.calibrate_drift)
         if self.calibration is not None and due:
-            self.stats = collect_consumer_stats(self.model, list(self._blocks), self.calibration(),
-                                                self.calibration_batches, names=self._names, blocks=self._blocks,
-                                                forward=self._forward)
+            positions, handles = _position_hooks(self.model) if self._positions_due else (None, [])
+            try:
+                self.stats = collect_consumer_stats(self.model, list(self._blocks), self.calibration(),
+                                                    self.calibration_batches, names=self._names, blocks=self._blocks,
+                                                    forward=self._forward)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if positions is not None:
+                self.importance.positions, self._positions_due = positions, False
             self._last_calibration = self.current_step
             self._collected_width = self._consumer_width()
             if isinstance(self.importance, CalibratedProjectiveImportance):
@@ -1100,13 +1211,13 @@ class CompensatingPruner(tp.pruner.BasePruner):
         stats = self.stats.get(layer)
         if stats is None or stats.width != layer.weight.shape[1] or len(removed) >= stats.n:
             return None
-        if stats.channels.count == 0:  # never ran on the calibration data (e.g. an unused detection branch)
+        if stats.count == 0:  # never ran on the calibration data (e.g. an unused detection branch)
             return None
         width = stats.n
-        if stats.channels.count < 2:
-            raise ValueError(f"consumer {self._name(layer)!r}: calibration gave {stats.channels.count} sample(s) of "
+        if stats.count < 2:
+            raise ValueError(f"consumer {self._name(layer)!r}: calibration gave {stats.count} sample(s) of "
                              "its input; a covariance needs at least 2 (give more calibration data)")
-        if self.lmbda == 0 and stats.channels.count <= stats.n:  # rank <= count - 1 < n: singular for certain
+        if self.lmbda == 0 and stats.count <= stats.n:  # rank <= count - 1 < n: singular for certain
             raise ValueError(self._singular_message(layer, stats, "rank below the width"))
         keep = torch.ones(width, dtype=torch.bool)
         keep[removed] = False
@@ -1144,8 +1255,8 @@ class CompensatingPruner(tp.pruner.BasePruner):
 
     def _singular_message(self, layer: nn.Module, stats: ConsumerStats | None, detail: str) -> str:
         where = f"consumer {self._name(layer)!r} ({type(layer).__name__})"
-        if stats is not None and stats.channels.count <= stats.n:
-            return (f"{where}: {stats.channels.count} calibration samples for {stats.n} input channels: the covariance "
+        if stats is not None and stats.count <= stats.n:
+            return (f"{where}: {stats.count} calibration samples for {stats.n} input channels: the covariance "
                     f"is singular ({detail}); give more calibration samples than input channels, or lmbda > 0")
         source = "input covariance" if stats is not None else "producers' Gram matrix"
         return (f"{where}: the {source} is singular at lmbda={self.lmbda} ({detail}): some inputs are dead or "

@@ -131,7 +131,12 @@ def test_flops_aware_scores_are_plain_scores_per_mac():
     assert torch.allclose(aware(group).double(), plain(group).double() / macs, rtol=1e-6)
     pruner = CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(flops_aware=True),
                                 calibration=lambda: [x], pruning_ratio=0.5, ignored_layers=[model[5]])
+    assert pruner.importance.positions == {}  # recorded by the calibration forward, not by one of their own
+    pruner.step()
     assert pruner.importance.positions == aware.positions
+    data_free = CompensatingPruner(model, x[:1], CalibratedProjectiveImportance(data_free=True, flops_aware=True),
+                                   pruning_ratio=0.5, ignored_layers=[model[5]])
+    assert data_free.importance.positions == output_positions(model, x[:1])  # no calibration: the example's
 
 
 def _linear_chain() -> nn.Sequential:

@@ -89,9 +89,10 @@ def test_with_at_most_width_samples_the_precision_is_woodbury_and_cut_with_the_c
         assert torch.allclose(stats.precision_diagonal(1e-2), P_cut.diagonal(), rtol=1e-8)
     stats = ConsumerStats(nn.Linear(30, 2))
     stats.update(X)
-    stats.update(X[:1])  # 13 > 0.4 · 30 samples: not kept; the dense inverse, with the ridge of rank 12
+    more = torch.randn(int(compensation.LOW_RANK_FRACTION * 30) - 11, 30, dtype=torch.float64)
+    stats.update(more)  # beyond LOW_RANK_FRACTION · 30 samples: not kept; the dense inverse, ridge of rank T − 1
     assert stats._samples is None
-    X13 = torch.cat([X, X[:1]])
-    C = torch.cov(X13.T, correction=0)
-    P = _direct_inverse(C, 1e-2 * float(torch.trace(C)) / 12)
+    X_all = torch.cat([X, more])
+    C = torch.cov(X_all.T, correction=0)
+    P = _direct_inverse(C, 1e-2 * float(torch.trace(C)) / (len(X_all) - 1))
     assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8) and stats._low_rank is None

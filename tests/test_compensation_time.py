@@ -1,0 +1,124 @@
+"""Time bounds of the compensating pruner (issue 26): what the faster paths skip or defer, checked against
+plain float64 references written here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import projprune.compensation as compensation
+from projprune.compensation import ConsumerStats
+
+
+def _population_cov(X: torch.Tensor) -> torch.Tensor:
+    Xc = X - X.mean(dim=0)
+    return Xc.T @ Xc / X.shape[0]
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_kept_samples_defer_their_products_until_read(conv):
+    """With at most LOW_RANK_FRACTION · c samples the products Σ h hᵀ are not formed by update (the Woodbury
+    path never reads them); variances, Σ h hᵀ read through `channels`, and the precision's diagonal equal
+    float64 references; more samples than that sum everything in, once."""
+    torch.manual_seed(0)
+    c = 40
+    module = nn.Conv2d(c, 3, 1) if conv else nn.Linear(c, 3)
+    stats = ConsumerStats(module)
+    batches = [torch.randn(2, c, 2, 2) if conv else torch.randn(8, c) * torch.linspace(0.5, 2, c) for _ in range(2)]
+
+    def rows(x):
+        return (x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) if conv else x).double()
+
+    for x in batches:
+        stats.update(x)
+    X = torch.cat([rows(x) for x in batches])  # 16 samples <= 0.75 · 40: kept
+    assert stats._samples is not None and stats._stats.sum_outer.is_meta  # (c, c) products: not even allocated
+    C = _population_cov(X)
+    assert torch.allclose(stats.variances(), C.diagonal(), rtol=1e-6, atol=0)  # a conv's batch sums: float32
+    ridge = 1e-2 * float(torch.trace(C)) / (len(X) - 1)
+    P = torch.linalg.inv(C + ridge * torch.eye(c, dtype=torch.float64))
+    assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8)
+    assert stats._stats.sum_outer.is_meta  # the scores' path did not form them either
+    assert torch.allclose(stats.channels.sum_outer, X.T @ X, rtol=1e-10, atol=1e-10)  # read: formed now
+    assert torch.allclose(stats.channels.sum_outer, X.T @ X, rtol=1e-10, atol=1e-10)  # ... and only once
+    kept = torch.arange(0, c, 2)
+    stats.keep(kept)
+    more = torch.randn(4, len(kept), 4, 4) if conv else torch.randn(40, len(kept))  # beyond the fraction: dropped
+    stats.update(more)
+    assert stats._samples is None
+    X_all = torch.cat([X[:, kept], rows(more)])
+    reference = X_all.T @ X_all
+    # the last batch's products are float32: ~1e-7 of the largest entry
+    assert float((stats.channels.sum_outer - reference).abs().max()) <= 1e-6 * float(reference.abs().max())
+    assert torch.allclose(stats.variances(), _population_cov(X_all).diagonal(), rtol=1e-6, atol=1e-8)
+
+
+def test_kept_samples_are_checked_for_nan():
+    stats = ConsumerStats(nn.Linear(6, 2))
+    x = torch.randn(3, 6)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        stats.update(x)
+    assert stats.count == 0 and not stats._samples
+
+
+def test_rank_deficient_precision_skips_the_float32_attempt(monkeypatch):
+    """A covariance of rank below its width goes to float64 directly (a float32 Cholesky of a condition
+    ~1 + n / lmbda would be checked and thrown away); the result equals a float64 inverse."""
+    torch.manual_seed(1)
+    n = compensation.FLOAT32_PRECISION_WIDTH
+    X = torch.randn(n // 2, n, dtype=torch.float64)
+    C = _population_cov(X)
+    checked = []
+    original = compensation._accurate_in_float32
+    monkeypatch.setattr(compensation, "_accurate_in_float32", lambda *a, **k: checked.append(1) or original(*a, **k))
+    P = compensation._ridge_inverse(C, 1e-3, rank=n // 2 - 1)
+    ridge = 1e-3 * float(torch.trace(C)) / (n // 2 - 1)
+    reference = torch.linalg.inv(C + ridge * torch.eye(n, dtype=torch.float64))
+    assert P.dtype == torch.float64 and not checked
+    assert float((P - reference).norm() / reference.norm()) < 1e-8
+
+
+def test_float32_inverse_check_in_row_blocks_equals_the_whole_product():
+    """The residual check reads both matrices a block of rows at a time; it accepts an accurate float32
+    inverse and refuses one perturbed by 1e-3, whatever the block size."""
+    torch.manual_seed(2)
+    n = 64
+    X = torch.randn(4 * n, n, dtype=torch.float64)
+    G, ridge = X.T @ X / (4 * n), 1e-2
+    good = torch.linalg.inv(G + ridge * torch.eye(n, dtype=torch.float64)).float()
+    bad = good * (1 + 1e-3 * torch.randn(n, n))
+    for rows in (7, 64, 1000):
+        assert compensation._accurate_in_float32(G, ridge, good, rows=rows)
+        assert not compensation._accurate_in_float32(G, ridge, bad, rows=rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_linear_fold_is_one_product_and_matches_the_entrywise_sum(dtype):
+    """A Linear's W[:, K] += W[:, R] A (the 2-D path without transposed copies) against an entrywise float64 sum."""
+    torch.manual_seed(3)
+    W = torch.randn(4, 7, dtype=dtype)
+    removed, kept = torch.tensor([1, 5, 6]), torch.tensor([0, 2, 3, 4])
+    A = torch.randn(3, 4, dtype=torch.float64)
+    out = compensation.fold_removed_inputs(W, removed, kept, A)
+    expected = W.double().clone()
+    for r_pos, r in enumerate(removed.tolist()):
+        for k_pos, k in enumerate(kept.tolist()):
+            expected[:, k] += A[r_pos, k_pos] * W[:, r].double()
+    assert out.dtype == dtype and torch.equal(out[:, removed], W[:, removed])
+    assert torch.allclose(out.double(), expected, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-6)
+
+
+def test_wide_push_through_coefficients_in_float32_match_float64():
+    """From FLOAT32_PRECISION_WIDTH kept channels on, the last product of A = U_R (ρI + U_KᵀU_K)⁻¹ U_Kᵀ is
+    float32: within 1e-5 (relative, Frobenius) of the float64 formula written here."""
+    torch.manual_seed(4)
+    n, m = 2 * compensation.FLOAT32_PRECISION_WIDTH, 60
+    U = torch.randn(n, m, dtype=torch.float64) * torch.logspace(0, -3, m, dtype=torch.float64)
+    R, K = torch.arange(0, n, 2), torch.arange(1, n, 2)
+    ridge = 1e-3 * float(U.pow(2).sum()) / n
+    A = compensation._woodbury_coefficients(U[R], U[K], ridge)
+    reference = U[R] @ U[K].T @ torch.linalg.inv(U[K] @ U[K].T + ridge * torch.eye(len(K), dtype=torch.float64))
+    assert A.dtype == torch.float64
+    assert float((A - reference).norm() / reference.norm()) < 1e-5
