@@ -414,8 +414,8 @@ class _CalibratedExactState(_LayerState):
         self.S = gram(self.P, upper_only=True)  # P² = PᵀP
         self.diag = self.P.diagonal().clone()
         self.diag2 = self.S.diagonal().clone()
-        self.idx = torch.arange(self.n, device=self.device)  # units of the rows of P and S
-        self.pos = self.idx.clone()  # unit -> row of P and S
+        self.idx = torch.arange(self.n, device=self.device)  # units of the rows of P, S and G
+        self.pos = self.idx.clone()  # unit -> row of P, S and G
         self.pending_c = _PendingTerms(block, symmetric=True)  # P_t = P_f - Σ c_s c_sᵀ
         self.pending_e = _PendingTerms(block)  # P_f P_t = S_f - Σ e_s c_sᵀ
         # Output-aware with fixed V: the Gram matrix G = UᵀU of the effective columns replaces the
@@ -494,7 +494,7 @@ class _CalibratedExactState(_LayerState):
             sub_upper_product_(self.G, Ga, Gb)
 
     def result(self, out_dtype: torch.dtype) -> PruneResult:
-        """The outcome; ``P`` and ``P²`` (two ``(n, n)`` matrices) are released first: the state is finished."""
+        """The outcome; ``P``, ``P²`` and ``G`` (``(n, n)`` matrices) are released first: the state is finished."""
         self.P = self.S = self.G = None
         return super().result(out_dtype)
 
@@ -582,7 +582,7 @@ def apply_refit(result: PruneResult, V: torch.Tensor, stats: ActivationStats, op
 
 # --------------------------------------------------------------------------- validation
 def validate_layer(W: torch.Tensor, b: torch.Tensor | None, V: torch.Tensor | None,
-                    stats: ActivationStats | None, opts: ProjectionOptions, name: str = "") -> None:
+                   stats: ActivationStats | None, opts: ProjectionOptions, name: str = "") -> None:
     check_matrix(W, f"W{name}")
     n = W.shape[0]
     if b is not None:
