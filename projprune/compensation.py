@@ -329,17 +329,19 @@ class ConsumerStats:
             return _woodbury_inverse_diagonal(*self._low_rank)
         return self.precision(lmbda).diagonal()
 
-    def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float) -> torch.Tensor:
+    def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float,
+                     factored: bool = False) -> torch.Tensor | LowRankCoefficients:
         """``A: (|R|, |K|) = C_RK (C_KK + ρI)⁻¹ = −P_RR⁻¹ P_RK`` from the cached :meth:`precision`.
 
         The ridge ``ρ`` is the precision's (relative to all ``c`` channels' mean variance, not
         only the kept ones' as in :func:`least_squares_coefficients`); an ``|R| × |R|`` solve, or
-        with few samples (:data:`LOW_RANK_FRACTION`) the ``T × T`` one of the push-through identity.
+        with few samples (:data:`LOW_RANK_FRACTION`) the ``T × T`` one of the push-through identity
+        (``factored``: that one as :class:`LowRankCoefficients`).
         """
         if self._woodbury(lmbda):
             U, ridge = self._low_rank
             removed, kept = removed.to(U.device), kept.to(U.device)
-            return _woodbury_coefficients(U[removed], U[kept], ridge)
+            return _woodbury_coefficients(U[removed], U[kept], ridge, factored)
         P = self.precision(lmbda)
         removed, kept = removed.to(P.device), kept.to(P.device)
         rows = P[removed]
@@ -638,16 +640,58 @@ def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float) -> torch.Tensor:
     return (1.0 - Z.pow(2).sum(dim=0)) / ridge
 
 
-def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge: float) -> torch.Tensor:
+def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge: float,
+                           factored: bool = False) -> torch.Tensor | LowRankCoefficients:
     """``A: (|R|, |K|) = U_R U_Kᵀ (U_K U_Kᵀ + ρI)⁻¹ = U_R (ρI + U_KᵀU_K)⁻¹ U_Kᵀ`` (push-through identity):
-    ``m × m`` solve for ``U: (·, m)``, ``ridge > 0``; float64."""
+    ``m × m`` solve for ``U: (·, m)``, ``ridge > 0``; float64. ``factored``: as :class:`LowRankCoefficients`
+    ``(U_R (ρI + U_KᵀU_K)⁻¹, U_Kᵀ)``, the last product not taken."""
     U_removed, U_kept = U_removed.to(torch.float64), U_kept.to(torch.float64)
     solved = torch.cholesky_solve(U_removed.T, torch.linalg.cholesky(_ridged_small_gram(U_kept, ridge)))  # (m, |R|)
+    if factored:
+        return LowRankCoefficients(solved.T, U_kept.T)
     if len(U_kept) < FLOAT32_PRECISION_WIDTH:
         return solved.T @ U_kept.T
     # wide: the last product (no solve left in it, ~1e-7 relative to ‖A‖; A is folded into the weights in float32
     # anyway) in float32, twice as fast
     return (solved.T.to(torch.float32) @ U_kept.T.to(torch.float32)).to(torch.float64)
+
+
+class LowRankCoefficients:
+    """Coefficients ``A = left @ right: (|R|, |K|)`` of rank at most ``m``, kept as their factors ``left: (|R|, m)``
+    and ``right: (m, |K|)`` float64 (the push-through form of a factored Gram or of few calibration samples:
+    ``m`` is the factor's width). A fold applies them as two thin products, ``(V_R · left) · right``, when that
+    is cheaper than forming ``A`` (:func:`fold_removed_inputs`); :meth:`dense` forms it."""
+
+    __slots__ = ("left", "right")
+
+    def __init__(self, left: torch.Tensor, right: torch.Tensor) -> None:
+        if left.dim() != 2 or right.dim() != 2 or left.shape[1] != right.shape[0]:
+            raise ValueError(f"left (|R|, m) and right (m, |K|) must share m, got {tuple(left.shape)} and "
+                             f"{tuple(right.shape)}")
+        self.left, self.right = left, right
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.left.shape[0], self.right.shape[1]))
+
+    def dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``A: (|R|, |K|)`` (the product in ``dtype``, default the factors')."""
+        dtype = dtype or self.left.dtype
+        return self.left.to(dtype) @ self.right.to(dtype)
+
+    def to(self, *args, **kwargs) -> LowRankCoefficients:
+        return LowRankCoefficients(self.left.to(*args, **kwargs), self.right.to(*args, **kwargs))
+
+    def __matmul__(self, X: torch.Tensor) -> torch.Tensor:
+        """``A @ X`` for ``X: (|K|, k)`` without forming ``A``."""
+        return self.left @ (self.right @ X.to(self.right))
+
+
+def _all_finite(A: torch.Tensor | LowRankCoefficients) -> bool:
+    """Whether every entry of ``A`` (or of both factors) is finite: NaN and Inf reach the float64 sum
+    (a finite sum's overflow would need entries near 1e308), at the cost of one read."""
+    parts = (A.left, A.right) if isinstance(A, LowRankCoefficients) else (A,)
+    return all(bool(torch.isfinite(part.sum(dtype=torch.float64))) for part in parts)
 
 
 def _ridged_small_gram(U: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -733,7 +777,8 @@ def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, ridge: float, well_condi
 
 
 def least_squares_coefficients(gram: torch.Tensor | None, removed: torch.Tensor, kept: torch.Tensor,
-                               lmbda: float = 1e-3, *, factor: torch.Tensor | None = None) -> torch.Tensor:
+                               lmbda: float = 1e-3, *, factor: torch.Tensor | None = None,
+                               factored: bool = False) -> torch.Tensor | LowRankCoefficients:
     """``A: (|R|, |K|)`` with ``h_R ≈ A h_K``: ``A = G[R, K] (G[K, K] + λ I)^{-1}`` in float64.
 
     Args:
@@ -754,7 +799,7 @@ def least_squares_coefficients(gram: torch.Tensor | None, removed: torch.Tensor,
         rows = F[kept]
         ridge = _ridge_of_trace(float(rows.pow(2).sum()), len(kept), lmbda)
         if lmbda > 0 and F.shape[1] < len(kept):
-            return _woodbury_coefficients(F[removed], rows, ridge)
+            return _woodbury_coefficients(F[removed], rows, ridge, factored)
         if gram is None:
             gram = F @ F.T
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
@@ -769,26 +814,42 @@ def least_squares_coefficients(gram: torch.Tensor | None, removed: torch.Tensor,
 
 
 def fold_removed_inputs(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
-                        A: torch.Tensor) -> torch.Tensor:
-    """A copy of ``weight: (out, c, *kernel)`` with ``W[:, K] += W[:, R] A`` (``A: (|R|, |K|)``)."""
+                        A: torch.Tensor | LowRankCoefficients) -> torch.Tensor:
+    """A copy of ``weight: (out, c, *kernel)`` with ``W[:, K] += W[:, R] A`` (``A: (|R|, |K|)``, or its factors)."""
     out = weight.clone()
     _fold_into_(out, removed, kept, A)
     return out
 
 
-def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor, A: torch.Tensor,
-                removed_slices: torch.Tensor | None = None) -> None:
+def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
+                A: torch.Tensor | LowRankCoefficients, removed_slices: torch.Tensor | None = None) -> None:
     """``W[:, K] += W[:, R] A`` in place (``weight: (out, c, *kernel)``, ``A: (|R|, |K|)``), the product
     in the weight's dtype (float32 at least: a float32 weight stores the result in float32 anyway)
-    (``removed_slices``: ``W[:, R]`` if the caller already gathered it)."""
+    (``removed_slices``: ``W[:, R]`` if the caller already gathered it).
+
+    :class:`LowRankCoefficients` of rank ``m`` are applied as ``(W_R · left) · right`` when its
+    ``out · m · (|R| + |K|)`` multiply-adds (per kernel tap) are fewer than forming ``A`` and applying it.
+    """
     dtype = torch.promote_types(weight.dtype, torch.float32)
     if removed_slices is None:
         removed_slices = weight[:, removed]
+    columns = removed_slices[0].numel() // max(len(removed), 1) * weight.shape[0]  # out · kernel taps
+    if isinstance(A, LowRankCoefficients):
+        rank = A.left.shape[1]
+        if columns * rank * (len(removed) + len(kept)) >= len(removed) * len(kept) * (rank + columns):
+            A = A.dense(dtype)
     if weight.dim() == 2:  # a Linear: (out, |R|) @ (|R|, |K|), no transposed copies
-        weight.index_add_(1, kept, (removed_slices.to(dtype) @ A.to(dtype)).to(weight.dtype))
+        slices = removed_slices.to(dtype)
+        update = (slices @ A.left.to(dtype)) @ A.right.to(dtype) if isinstance(A, LowRankCoefficients) \
+            else slices @ A.to(dtype)
+        weight.index_add_(1, kept, update.to(weight.dtype))
         return
     taps = removed_slices.to(dtype).transpose(0, 1).reshape(len(removed), -1)  # (|R|, out · kernel)
-    update = (A.to(dtype).T @ taps).reshape(len(kept), weight.shape[0], *weight.shape[2:])
+    if isinstance(A, LowRankCoefficients):
+        update = A.right.to(dtype).T @ (A.left.to(dtype).T @ taps)
+    else:
+        update = A.to(dtype).T @ taps
+    update = update.reshape(len(kept), weight.shape[0], *weight.shape[2:])
     weight.index_add_(1, kept, update.transpose(0, 1).to(weight.dtype))
 
 
@@ -872,10 +933,11 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
 
 def _channel_energy(layer: nn.Module, blocks: int) -> torch.Tensor:
     """``(c,)`` float64 on the CPU: ``‖v_j‖²`` of every input channel of ``layer`` (a channel of a
-    flattened map, ``blocks`` consecutive inputs of a Linear, counts as one)."""
+    flattened map, ``blocks`` consecutive inputs of a Linear, counts as one). Summed in the weight's
+    dtype (float32: ~1e-6 relative, several times faster than a float64 reduction over the output rows)."""
     weight = _channel_view(layer.weight.detach(), blocks)
     dims = [d for d in range(weight.dim()) if d != 1]
-    return weight.pow(2).sum(dim=dims, dtype=torch.float64).cpu()
+    return weight.square().sum(dim=dims).to(torch.float64).cpu()
 
 
 def _channel_view(weight: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -1193,7 +1255,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
                 key = tuple(rows_r.tolist())  # consumers reading the group alike share one solve
                 if key not in solved:
                     solved[key] = self._solved(layer, None, least_squares_coefficients, G.dense, rows_r, rows_k,
-                                               self.lmbda, factor=G.factor)
+                                               self.lmbda, factor=G.factor, factored=True)
                 folds.append(_Fold(layer, removed, rows_k + first, solved[key], blocks))
         for layer, parts in removed_by_layer.items():
             fold = self._plan_calibrated(layer, torch.unique(torch.cat(parts)))
@@ -1224,9 +1286,10 @@ class CompensatingPruner(tp.pruner.BasePruner):
         kept = torch.nonzero(keep).flatten()
         weight = _channel_view(layer.weight.detach(), stats.blocks)
         removed_d, kept_d = removed.to(weight.device), kept.to(weight.device)
-        if self.mean_correction:  # centred: A = −P_RR⁻¹ P_RK from the cached precision
-            A = self._solved(layer, stats, stats.coefficients, removed, kept, self.lmbda).to(weight.device)
-            cut = A
+        if self.mean_correction:  # centred: A = −P_RR⁻¹ P_RK from the cached precision (or its push-through factors)
+            A = self._solved(layer, stats, stats.coefficients, removed, kept, self.lmbda, factored=True)
+            A = A.to(weight.device)
+            cut = A if isinstance(A, torch.Tensor) else None  # factors: no cached precision to cut
         else:
             C = (stats.channels.sum_outer / stats.channels.count).to(weight.device)
             A = self._solved(layer, stats, least_squares_coefficients, C, removed_d, kept_d, self.lmbda)
@@ -1249,7 +1312,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             A = solve(*args, **kwargs)
         except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
             raise ValueError(self._singular_message(layer, stats, f"{type(err).__name__}: {err}")) from err
-        if not bool(torch.isfinite(A).all()):
+        if not _all_finite(A):
             raise ValueError(self._singular_message(layer, stats, "non-finite coefficients"))
         return A
 
@@ -1318,23 +1381,30 @@ class ProducerGram:
     ``LOW_RANK_FRACTION · n`` columns ``m`` (ViT's 3072 MLP units from 769 columns each), its ``factor`` ``F: (n, m)``
     float64 with ``G = F Fᵀ`` (never formed: Woodbury and push-through solves of size ``m``)."""
 
-    __slots__ = ("dense", "factor")
+    __slots__ = ("dense", "factor", "_diagonal")
 
     def __init__(self, dense: torch.Tensor | None = None, factor: torch.Tensor | None = None) -> None:
         if (dense is None) == (factor is None):
             raise ValueError("ProducerGram needs exactly one of dense (n, n) and factor (n, m)")
         self.dense, self.factor = dense, factor
+        self._diagonal: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
         return (self.dense if self.dense is not None else self.factor).shape[0]
 
     def cpu(self) -> ProducerGram:
+        """This Gram on the CPU (itself if it is there)."""
+        if (self.dense if self.dense is not None else self.factor).device.type == "cpu":
+            return self
         return ProducerGram(*(None if t is None else t.cpu() for t in (self.dense, self.factor)))
 
     def diagonal(self) -> torch.Tensor:
-        """``(n,)`` float64 ``G_ii``."""
-        return self.dense.diagonal() if self.dense is not None else self.factor.pow(2).sum(dim=1)
+        """``(n,)`` float64 ``G_ii`` (computed once: every consumer of the group reads it)."""
+        if self._diagonal is None:
+            self._diagonal = (self.dense.diagonal() if self.dense is not None
+                              else torch.linalg.vector_norm(self.factor, dim=1).square())
+        return self._diagonal
 
 
 def _ridge_inverse_diagonal(gram: ProducerGram, lmbda: float) -> torch.Tensor:

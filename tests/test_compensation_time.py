@@ -122,3 +122,60 @@ def test_wide_push_through_coefficients_in_float32_match_float64():
     reference = U[R] @ U[K].T @ torch.linalg.inv(U[K] @ U[K].T + ridge * torch.eye(len(K), dtype=torch.float64))
     assert A.dtype == torch.float64
     assert float((A - reference).norm() / reference.norm()) < 1e-5
+
+
+def _entrywise_fold(W: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``W[:, k] += Σ_r A[r, k] W[:, r]`` one (r, k) pair at a time, float64."""
+    expected = W.double().clone()
+    for r_pos, r in enumerate(removed.tolist()):
+        for k_pos, k in enumerate(kept.tolist()):
+            expected[:, k] += A[r_pos, k_pos] * W[:, r].double()
+    return expected
+
+
+@pytest.mark.parametrize("shape", [(3, 9), (12, 9), (3, 9, 3, 3)])
+def test_low_rank_coefficients_fold_as_their_product(shape):
+    """Factored A = left @ right (rank 2): the fold equals the entrywise float64 fold of the formed A, whether it
+    is applied as two thin products (few outputs) or formed first (out · m (|R| + |K|) >= |R| |K| (m + out))."""
+    torch.manual_seed(5)
+    W = torch.randn(*shape, dtype=torch.float64)
+    removed, kept = torch.tensor([0, 4, 7]), torch.tensor([1, 2, 3, 5, 6, 8])
+    left, right = torch.randn(3, 2, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    A = compensation.LowRankCoefficients(left, right)
+    assert A.shape == (3, 6) and torch.allclose(A.dense(), left @ right, rtol=1e-14)
+    X = torch.randn(6, 4, dtype=torch.float64)
+    assert torch.allclose(A @ X, left @ right @ X, rtol=1e-12)
+    out = compensation.fold_removed_inputs(W, removed, kept, A)
+    assert torch.equal(out[:, removed], W[:, removed])
+    assert torch.allclose(out, _entrywise_fold(W, removed, kept, left @ right), rtol=1e-12, atol=1e-12)
+
+
+def test_push_through_coefficients_factored_equal_the_formed_ones():
+    """least_squares_coefficients(factor=U, factored=True) and ConsumerStats.coefficients(factored=True) are the
+    same A as without the option, against the float64 ridge formula written here."""
+    torch.manual_seed(6)
+    U = torch.randn(30, 5, dtype=torch.float64)
+    R, K = torch.arange(0, 30, 3), torch.tensor([k for k in range(30) if k % 3])
+    ridge = 1e-2 * float(U[K].pow(2).sum()) / len(K)
+    G = U @ U.T
+    reference = G[R][:, K] @ torch.linalg.inv(G[K][:, K] + ridge * torch.eye(len(K), dtype=torch.float64))
+    factored = compensation.least_squares_coefficients(None, R, K, 1e-2, factor=U, factored=True)
+    assert isinstance(factored, compensation.LowRankCoefficients) and factored.left.shape == (len(R), 5)
+    assert torch.allclose(factored.dense(), reference, rtol=1e-8, atol=1e-10)
+    stats = ConsumerStats(nn.Linear(30, 2))
+    stats.update(torch.randn(12, 30, dtype=torch.float64))  # 12 samples <= 0.8 · 30: the Woodbury form
+    low_rank = stats.coefficients(R, K, 1e-3, factored=True)
+    assert isinstance(low_rank, compensation.LowRankCoefficients)
+    assert torch.allclose(low_rank.dense(), stats.coefficients(R, K, 1e-3), rtol=1e-10, atol=1e-12)
+
+
+def test_non_finite_factors_are_caught():
+    good = torch.ones(3, 2, dtype=torch.float64)
+    assert compensation._all_finite(compensation.LowRankCoefficients(good, torch.ones(2, 4, dtype=torch.float64)))
+    for bad in (float("nan"), float("inf")):
+        right = torch.ones(2, 4, dtype=torch.float64)
+        right[1, 2] = bad
+        assert not compensation._all_finite(compensation.LowRankCoefficients(good, right))
+        dense = torch.ones(3, 4, dtype=torch.float64)
+        dense[0, 0] = bad
+        assert not compensation._all_finite(dense)
