@@ -721,17 +721,36 @@ def _accurate_in_float32(system: torch.Tensor, ridge: float, inverse: torch.Tens
     return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(vectors.norm())
 
 
+def _solved_accurately(system: torch.Tensor, rhs: torch.Tensor, solution: torch.Tensor, probes: int = 4) -> bool:
+    """Whether ``‖system · X v − rhs v‖ <= FLOAT32_RESIDUAL ‖rhs v‖`` in float64 for ``probes`` fixed random
+    combinations ``v`` of the columns (``O(n² probes)``): a float32 solve ``X`` of ``system X = rhs`` is as good as
+    :func:`_accurate_in_float32` asks of a float32 inverse."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn(rhs.shape[1], probes, generator=generator, dtype=torch.float64).to(system.device)
+    target = rhs.to(torch.float64) @ v
+    residual = system.to(torch.float64) @ (solution.to(torch.float64) @ v) - target
+    return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(target.norm())
+
+
 def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge: float,
                           well_conditioned: bool = False) -> torch.Tensor:
     """``system⁻¹`` (``rhs`` None) or ``system⁻¹ rhs`` (float64) for a symmetric positive definite
     ``system: (n, n)`` with smallest eigenvalue at least ``ridge``.
 
     Wide and ridged (or ``well_conditioned``: a block of a float32 precision, solved in float32): a
-    Cholesky. Otherwise, or if that fails, LU: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI``
-    positive definite only up to rounding, which a Cholesky refuses. (A float32 inverse is tried by
-    :func:`_ridge_inverse`, which can check it against the float64 system.)
+    Cholesky. A wide ridged solve is tried in float32 first and kept if :func:`_solved_accurately`
+    (about 3x faster; the residual is checked against the float64 system). Otherwise, or if that
+    fails, LU: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI`` positive definite only up to
+    rounding, which a Cholesky refuses. (A float32 inverse is tried by :func:`_ridge_inverse`, which
+    can check it against the float64 system.)
     """
     wide = system.shape[0] >= FLOAT32_PRECISION_WIDTH
+    if ridge > 0 and wide and rhs is not None and not well_conditioned:
+        factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
+        if int(info) == 0:
+            out = torch.cholesky_solve(rhs.to(torch.float32), factor)
+            if _solved_accurately(system, rhs, out):
+                return out.to(torch.float64)
     if (ridge > 0 or well_conditioned) and wide:
         dtype = torch.float32 if well_conditioned and rhs is not None else torch.float64
         factor, info = torch.linalg.cholesky_ex(system.to(dtype))
@@ -797,7 +816,7 @@ def least_squares_coefficients(gram: torch.Tensor | None, removed: torch.Tensor,
         check_lmbda(lmbda)
         F = factor.to(torch.float64)
         rows = F[kept]
-        ridge = _ridge_of_trace(float(rows.pow(2).sum()), len(kept), lmbda)
+        ridge = _ridge_of_trace(float(torch.linalg.vector_norm(rows).square()), len(kept), lmbda)
         if lmbda > 0 and F.shape[1] < len(kept):
             return _woodbury_coefficients(F[removed], rows, ridge, factored)
         if gram is None:
