@@ -341,7 +341,13 @@ class ConsumerStats:
         if self._woodbury(lmbda):
             U, ridge = self._low_rank
             removed, kept = removed.to(U.device), kept.to(U.device)
-            return _woodbury_coefficients(U[removed], U[kept], ridge, factored)
+            if U.shape[1] < len(kept):
+                return _woodbury_coefficients(U[removed], U[kept], ridge, factored)
+            # no more kept channels than samples: the |K| × |K| system U_K U_Kᵀ + ρI itself is the smaller one
+            U_kept = U[kept]
+            system = symmetric_gram(U_kept.T)
+            system.diagonal().add_(ridge)
+            return _spd_solve(system, U_kept @ U[removed].T, ridge).T
         P = self.precision(lmbda)
         removed, kept = removed.to(P.device), kept.to(P.device)
         rows = P[removed]
@@ -955,8 +961,10 @@ def _channel_energy(layer: nn.Module, blocks: int) -> torch.Tensor:
     flattened map, ``blocks`` consecutive inputs of a Linear, counts as one). Summed in the weight's
     dtype (float32: ~1e-6 relative, several times faster than a float64 reduction over the output rows)."""
     weight = _channel_view(layer.weight.detach(), blocks)
-    dims = [d for d in range(weight.dim()) if d != 1]
-    return weight.square().sum(dim=dims).to(torch.float64).cpu()
+    if weight.dim() == 2:  # a Linear: column sums of squares (faster than a norm along the strided dimension)
+        return weight.square().sum(dim=0).to(torch.float64).cpu()
+    dims = [d for d in range(weight.dim()) if d != 1]  # a conv or a flattened map: no squared copy
+    return torch.linalg.vector_norm(weight, dim=dims).square().to(torch.float64).cpu()
 
 
 def _channel_view(weight: torch.Tensor, blocks: int) -> torch.Tensor:

@@ -96,3 +96,20 @@ def test_with_at_most_width_samples_the_precision_is_woodbury_and_cut_with_the_c
     C = torch.cov(X_all.T, correction=0)
     P = _direct_inverse(C, 1e-2 * float(torch.trace(C)) / (len(X_all) - 1))
     assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8) and stats._low_rank is None
+
+
+def test_woodbury_statistics_with_fewer_kept_channels_than_samples_solve_the_kept_system():
+    """12 samples of 30 inputs, 20 removed: |K| = 10 <= T, so the coefficients come from the |K| × |K| system
+    U_K U_Kᵀ + ρI; equal to −P_RR⁻¹ P_RK of the direct float64 inverse (and to the push-through form)."""
+    torch.manual_seed(8)
+    X = torch.randn(12, 30, dtype=torch.float64) @ torch.randn(30, 30, dtype=torch.float64)
+    stats = ConsumerStats(nn.Linear(30, 2))
+    stats.update(X)
+    C = torch.cov(X.T, correction=0)
+    P = _direct_inverse(C, 1e-2 * float(torch.trace(C)) / (len(X) - 1))
+    R, K = torch.arange(0, 20), torch.arange(20, 30)
+    A = stats.coefficients(R, K, 1e-2, factored=True)
+    assert isinstance(A, torch.Tensor) and A.shape == (20, 10)
+    assert torch.allclose(A, -torch.linalg.solve(P[R][:, R], P[R][:, K]), rtol=1e-7, atol=1e-9)
+    U, ridge = stats._low_rank
+    assert torch.allclose(A, compensation._woodbury_coefficients(U[R], U[K], ridge), rtol=1e-8, atol=1e-10)

@@ -179,3 +179,25 @@ def test_non_finite_factors_are_caught():
         dense = torch.ones(3, 4, dtype=torch.float64)
         dense[0, 0] = bad
         assert not compensation._all_finite(dense)
+
+
+def test_wide_ridged_solve_in_float32_is_checked_and_falls_back_to_float64(monkeypatch):
+    """A wide, well-conditioned ridged system is solved in float32 (within 1e-5 of the float64 solve written
+    here); an ill-conditioned one (condition 1e6) fails the residual check and is solved in float64 (within 1e-8)."""
+    torch.manual_seed(7)
+    n = compensation.FLOAT32_PRECISION_WIDTH
+    rhs = torch.randn(n, 6, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    attempts = []
+    original = compensation._solved_accurately
+    monkeypatch.setattr(compensation, "_solved_accurately",
+                        lambda *a, **k: attempts.append(original(*a, **k)) or attempts[-1])
+    for spread, tolerance, float32_kept in ((1.0, 1e-5, True), (6.0, 1e-8, False)):
+        system = Q @ torch.diag(torch.logspace(0, -spread, n, dtype=torch.float64)) @ Q.T
+        system = (system + system.T) / 2
+        ridge = float(system.diagonal().min()) * 1e-3
+        reference = torch.linalg.solve(system, rhs)
+        out = compensation._spd_solve(system, rhs, ridge)
+        assert out.dtype == torch.float64
+        assert float((out - reference).norm() / reference.norm()) < tolerance
+        assert attempts[-1] is float32_kept
