@@ -317,7 +317,8 @@ class ConsumerStats:
         if not self._samples or lmbda <= 0 or self._precision is not None and self._precision_lmbda == lmbda:
             return False
         X = torch.cat(self._samples).to(self._stats.sum.device)  # (T, c)
-        U = (X - X.mean(dim=0)).T / X.shape[0] ** 0.5  # C = U Uᵀ
+        # C = U Uᵀ; U: (c, T) made contiguous once (its rows are gathered and multiplied many times)
+        U = ((X - X.mean(dim=0)).T / X.shape[0] ** 0.5).contiguous()
         # the ridge of the dense path: relative to the nonzero spectrum (rank <= T − 1)
         self._low_rank = U, _ridge_of_trace(float(self.variances().sum()), self.n, lmbda, rank=self.count - 1)
         self._precision, self._precision_lmbda = None, lmbda
@@ -636,27 +637,54 @@ def _ridge_of_trace(trace: float, n: int, lmbda: float, rank: int | None = None)
     return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
 
 
+def _woodbury_cholesky(U: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Lower Cholesky factor ``L: (m, m)`` of ``ρI + UᵀU`` for ``U: (n, m)``, ``ridge > 0``.
+
+    With ``n >= FLOAT32_PRECISION_WIDTH`` rows it is made in float32 (products and factorisation, about
+    twice as fast) and kept if :func:`_woodbury_accurate`: solves with it leave a float64 residual
+    ``‖(ρI + UᵀU) x − v‖`` of at most ``FLOAT32_RESIDUAL ‖v‖`` (checked on the float64 ``U``, so the
+    float32 products' rounding is covered too); otherwise, or if it fails, float64.
+    """
+    if U.shape[0] >= FLOAT32_PRECISION_WIDTH:
+        factor, info = torch.linalg.cholesky_ex(_ridged_small_gram(U.to(torch.float32), ridge))
+        if int(info) == 0 and _woodbury_accurate(U, ridge, factor):
+            return factor
+    return torch.linalg.cholesky(_ridged_small_gram(U.to(torch.float64), ridge))
+
+
+def _woodbury_accurate(U: torch.Tensor, ridge: float, factor: torch.Tensor, probes: int = 4) -> bool:
+    """Whether ``‖ρx + Uᵀ(U x) − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``x`` solved with ``factor``
+    (``L Lᵀ ≈ ρI + UᵀU``) from ``probes`` fixed random ``v`` (``O(n m probes)``, ``ρI + UᵀU`` never formed)."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn(U.shape[1], probes, generator=generator, dtype=torch.float64).to(U.device)
+    x = torch.cholesky_solve(v.to(factor.dtype), factor).to(torch.float64)
+    U64 = U.to(torch.float64)
+    residual = ridge * x + U64.T @ (U64 @ x) - v
+    return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(v.norm())
+
+
 def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float) -> torch.Tensor:
     """``(n,)`` float64 diagonal of ``(U Uᵀ + ridge I)⁻¹`` for ``U: (n, m)``, ``m < n``, ``ridge > 0``, in ``O(n m²)``:
     Woodbury, ``(U Uᵀ + ρI)⁻¹ = (I − U (ρI + UᵀU)⁻¹ Uᵀ) / ρ``, the diagonal as ``(1 − ‖L⁻¹ u_i‖²) / ρ``
-    with ``L Lᵀ = ρI + UᵀU``."""
-    U = U.to(torch.float64)
-    factor = torch.linalg.cholesky(_ridged_small_gram(U, ridge))
-    Z = torch.linalg.solve_triangular(factor, U.T, upper=False)  # (m, n)
-    return (1.0 - Z.pow(2).sum(dim=0)) / ridge
+    with ``L Lᵀ = ρI + UᵀU`` (:func:`_woodbury_cholesky`: float32 when wide and accurate so)."""
+    factor = _woodbury_cholesky(U, ridge)
+    Z = torch.linalg.solve_triangular(factor, U.T.to(factor.dtype), upper=False)  # (m, n)
+    return (1.0 - Z.pow(2).sum(dim=0).to(torch.float64)) / ridge
 
 
 def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge: float,
                            factored: bool = False) -> torch.Tensor | LowRankCoefficients:
     """``A: (|R|, |K|) = U_R U_Kᵀ (U_K U_Kᵀ + ρI)⁻¹ = U_R (ρI + U_KᵀU_K)⁻¹ U_Kᵀ`` (push-through identity):
-    ``m × m`` solve for ``U: (·, m)``, ``ridge > 0``; float64. ``factored``: as :class:`LowRankCoefficients`
-    ``(U_R (ρI + U_KᵀU_K)⁻¹, U_Kᵀ)``, the last product not taken."""
-    U_removed, U_kept = U_removed.to(torch.float64), U_kept.to(torch.float64)
-    solved = torch.cholesky_solve(U_removed.T, torch.linalg.cholesky(_ridged_small_gram(U_kept, ridge)))  # (m, |R|)
+    ``m × m`` solve for ``U: (·, m)``, ``ridge > 0`` (:func:`_woodbury_cholesky`: float32 when wide and
+    accurate so); float64. ``factored``: as :class:`LowRankCoefficients` ``(U_R (ρI + U_KᵀU_K)⁻¹, U_Kᵀ)``,
+    the last product not taken."""
+    U_kept = U_kept.to(torch.float64)
+    factor = _woodbury_cholesky(U_kept, ridge)
+    solved = torch.cholesky_solve(U_removed.T.to(factor.dtype), factor)  # (m, |R|)
     if factored:
-        return LowRankCoefficients(solved.T, U_kept.T)
+        return LowRankCoefficients(solved.T.to(torch.float64), U_kept.T)
     if len(U_kept) < FLOAT32_PRECISION_WIDTH:
-        return solved.T @ U_kept.T
+        return solved.T.to(torch.float64) @ U_kept.T
     # wide: the last product (no solve left in it, ~1e-7 relative to ‖A‖; A is folded into the weights in float32
     # anyway) in float32, twice as fast
     return (solved.T.to(torch.float32) @ U_kept.T.to(torch.float32)).to(torch.float64)

@@ -201,3 +201,27 @@ def test_wide_ridged_solve_in_float32_is_checked_and_falls_back_to_float64(monke
         assert out.dtype == torch.float64
         assert float((out - reference).norm() / reference.norm()) < tolerance
         assert attempts[-1] is float32_kept
+
+
+@pytest.mark.parametrize("spread, float32_kept", [(1.0, True), (4.0, False)])
+def test_wide_woodbury_in_float32_is_checked_against_float64(spread, float32_kept):
+    """U: (n, m) with n = 2 · FLOAT32_PRECISION_WIDTH rows: the factor of ρI + UᵀU is float32 when its solves are
+    accurate on the float64 U (singular values spread over 1 decade) and float64 when not (4 decades, ρ tiny);
+    either way the inverse diagonal and the push-through coefficients match the direct float64 inverses written
+    here (1e-5 relative)."""
+    torch.manual_seed(9)
+    n, m = 2 * compensation.FLOAT32_PRECISION_WIDTH, 40
+    Q1, _ = torch.linalg.qr(torch.randn(n, m, dtype=torch.float64))
+    Q2, _ = torch.linalg.qr(torch.randn(m, m, dtype=torch.float64))
+    U = Q1 @ torch.diag(torch.logspace(0, -spread, m, dtype=torch.float64)) @ Q2.T
+    ridge = (1e-3 if float32_kept else 1e-6) * float(U.pow(2).sum()) / n
+    factor = compensation._woodbury_cholesky(U, ridge)
+    assert (factor.dtype == torch.float32) is float32_kept
+    P = torch.linalg.inv(U @ U.T + ridge * torch.eye(n, dtype=torch.float64))
+    diagonal = compensation._woodbury_inverse_diagonal(U, ridge)
+    assert float(((diagonal - P.diagonal()) / P.diagonal()).abs().max()) < 1e-5
+    R, K = torch.arange(0, n, 2), torch.arange(1, n, 2)
+    G = U @ U.T
+    reference = G[R][:, K] @ torch.linalg.inv(G[K][:, K] + ridge * torch.eye(len(K), dtype=torch.float64))
+    A = compensation._woodbury_coefficients(U[R], U[K], ridge, factored=True).dense()
+    assert float((A - reference).norm() / reference.norm()) < 1e-5
