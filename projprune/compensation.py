@@ -327,7 +327,7 @@ class ConsumerStats:
     def precision_diagonal(self, lmbda: float) -> torch.Tensor:
         """``(c,)`` the diagonal of :meth:`precision` (Woodbury, ``O(c T²)``, with few samples)."""
         if self._woodbury(lmbda):
-            return _woodbury_inverse_diagonal(*self._low_rank)
+            return _woodbury_inverse_diagonal(*self._low_rank, centred=True)
         return self.precision(lmbda).diagonal()
 
     def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float,
@@ -343,7 +343,7 @@ class ConsumerStats:
             U, ridge = self._low_rank
             removed, kept = removed.to(U.device), kept.to(U.device)
             if U.shape[1] < len(kept):
-                return _woodbury_coefficients(U[removed], U[kept], ridge, factored)
+                return _woodbury_coefficients(U[removed], U[kept], ridge, factored, centred=True)
             # no more kept channels than samples: the |K| × |K| system U_K U_Kᵀ + ρI itself is the smaller one
             U_kept = U[kept]
             system = symmetric_gram(U_kept.T)
@@ -637,19 +637,39 @@ def _ridge_of_trace(trace: float, n: int, lmbda: float, rank: int | None = None)
     return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
 
 
-def _woodbury_cholesky(U: torch.Tensor, ridge: float) -> torch.Tensor:
+def _woodbury_cholesky(U: torch.Tensor, ridge: float, centred: bool = False) -> torch.Tensor:
     """Lower Cholesky factor ``L: (m, m)`` of ``ρI + UᵀU`` for ``U: (n, m)``, ``ridge > 0``.
 
-    With ``n >= FLOAT32_PRECISION_WIDTH`` rows it is made in float32 (products and factorisation, about
-    twice as fast) and kept if :func:`_woodbury_accurate`: solves with it leave a float64 residual
+    With ``n >= FLOAT32_PRECISION_WIDTH`` rows (and, for a ``centred`` factor, ``U 1 = 0``, an estimated condition
+    number, :func:`_condition_estimate`, of at most ``FLOAT32_CONDITION``) it is made in float32 (products and factorisation, about twice as fast)
+    and kept if :func:`_woodbury_accurate`: solves with it leave a float64 residual
     ``‖(ρI + UᵀU) x − v‖`` of at most ``FLOAT32_RESIDUAL ‖v‖`` (checked on the float64 ``U``, so the
     float32 products' rounding is covered too); otherwise, or if it fails, float64.
     """
-    if U.shape[0] >= FLOAT32_PRECISION_WIDTH:
+    if U.shape[0] >= FLOAT32_PRECISION_WIDTH and (not centred or _condition_estimate(U, ridge) <= FLOAT32_CONDITION):
         factor, info = torch.linalg.cholesky_ex(_ridged_small_gram(U.to(torch.float32), ridge))
         if int(info) == 0 and _woodbury_accurate(U, ridge, factor):
             return factor
     return torch.linalg.cholesky(_ridged_small_gram(U.to(torch.float64), ridge))
+
+
+def _condition_estimate(U: torch.Tensor, ridge: float, iterations: int = 8) -> float:
+    """``1 + σ²/ρ``: the condition number of ``ρI + UᵀU`` (``U: (n, m)``) when its smallest eigenvalue is ``ρ``
+    (a centred covariance factor's: ``U 1 = 0``; otherwise an upper bound), with ``σ²`` the largest eigenvalue of ``UᵀU``
+    estimated by ``iterations`` power steps from a fixed random start (``O(n m)`` each). Measured on
+    Torch-Pruning's models: float32 solves pass :func:`_woodbury_accurate` up to ~1e4 and fail from ~5e4."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn(U.shape[1], generator=generator, dtype=torch.float64).to(U.device)
+    U64 = U.to(torch.float64)
+    largest = 0.0
+    for _ in range(iterations):
+        w = U64.T @ (U64 @ v)
+        largest = float(v @ w)  # Rayleigh quotient of the unit v
+        norm = float(w.norm())
+        if not norm > 0 or not torch.isfinite(w).all():
+            break
+        v = w / norm
+    return 1.0 + largest / ridge
 
 
 def _woodbury_accurate(U: torch.Tensor, ridge: float, factor: torch.Tensor, probes: int = 4) -> bool:
@@ -663,23 +683,23 @@ def _woodbury_accurate(U: torch.Tensor, ridge: float, factor: torch.Tensor, prob
     return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(v.norm())
 
 
-def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float) -> torch.Tensor:
+def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float, centred: bool = False) -> torch.Tensor:
     """``(n,)`` float64 diagonal of ``(U Uᵀ + ridge I)⁻¹`` for ``U: (n, m)``, ``m < n``, ``ridge > 0``, in ``O(n m²)``:
     Woodbury, ``(U Uᵀ + ρI)⁻¹ = (I − U (ρI + UᵀU)⁻¹ Uᵀ) / ρ``, the diagonal as ``(1 − ‖L⁻¹ u_i‖²) / ρ``
     with ``L Lᵀ = ρI + UᵀU`` (:func:`_woodbury_cholesky`: float32 when wide and accurate so)."""
-    factor = _woodbury_cholesky(U, ridge)
+    factor = _woodbury_cholesky(U, ridge, centred)
     Z = torch.linalg.solve_triangular(factor, U.T.to(factor.dtype), upper=False)  # (m, n)
     return (1.0 - Z.pow(2).sum(dim=0).to(torch.float64)) / ridge
 
 
 def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge: float,
-                           factored: bool = False) -> torch.Tensor | LowRankCoefficients:
+                           factored: bool = False, centred: bool = False) -> torch.Tensor | LowRankCoefficients:
     """``A: (|R|, |K|) = U_R U_Kᵀ (U_K U_Kᵀ + ρI)⁻¹ = U_R (ρI + U_KᵀU_K)⁻¹ U_Kᵀ`` (push-through identity):
     ``m × m`` solve for ``U: (·, m)``, ``ridge > 0`` (:func:`_woodbury_cholesky`: float32 when wide and
     accurate so); float64. ``factored``: as :class:`LowRankCoefficients` ``(U_R (ρI + U_KᵀU_K)⁻¹, U_Kᵀ)``,
     the last product not taken."""
     U_kept = U_kept.to(torch.float64)
-    factor = _woodbury_cholesky(U_kept, ridge)
+    factor = _woodbury_cholesky(U_kept, ridge, centred)
     solved = torch.cholesky_solve(U_removed.T.to(factor.dtype), factor)  # (m, |R|)
     if factored:
         return LowRankCoefficients(solved.T.to(torch.float64), U_kept.T)
@@ -740,6 +760,9 @@ def _ridged_small_gram(U: torch.Tensor, ridge: float) -> torch.Tensor:
 # condition number below ~1e3: ~1e-4 relative error; tests bound it), else made in float64
 FLOAT32_PRECISION_WIDTH = 512
 FLOAT32_RESIDUAL = 1e-4
+# _woodbury_cholesky: a float32 factor is attempted only up to this estimated condition number (above it the
+# residual check fails: ReLU activations of few images reach 1e5)
+FLOAT32_CONDITION = 2e4
 
 
 def _accurate_in_float32(system: torch.Tensor, ridge: float, inverse: torch.Tensor, probes: int = 4,
