@@ -640,9 +640,10 @@ def _ridge_of_trace(trace: float, n: int, lmbda: float, rank: int | None = None)
 def _woodbury_cholesky(U: torch.Tensor, ridge: float, centred: bool = False) -> torch.Tensor:
     """Lower Cholesky factor ``L: (m, m)`` of ``ρI + UᵀU`` for ``U: (n, m)``, ``ridge > 0``.
 
-    With ``n >= FLOAT32_PRECISION_WIDTH`` rows (and, for a ``centred`` factor, ``U 1 = 0``, an estimated condition
-    number, :func:`_condition_estimate`, of at most ``FLOAT32_CONDITION``) it is made in float32 (products and factorisation, about twice as fast)
-    and kept if :func:`_woodbury_accurate`: solves with it leave a float64 residual
+    With ``n >= FLOAT32_PRECISION_WIDTH`` rows (and, for a ``centred`` factor, ``U 1 = 0``, an estimated
+    condition number, :func:`_condition_estimate`, of at most ``FLOAT32_CONDITION``) it is made in float32
+    (products and factorisation, about twice as fast) and kept if :func:`_woodbury_accurate`: solves with it
+    leave a float64 residual
     ``‖(ρI + UᵀU) x − v‖`` of at most ``FLOAT32_RESIDUAL ‖v‖`` (checked on the float64 ``U``, so the
     float32 products' rounding is covered too); otherwise, or if it fails, float64.
     """
@@ -655,8 +656,8 @@ def _woodbury_cholesky(U: torch.Tensor, ridge: float, centred: bool = False) -> 
 
 def _condition_estimate(U: torch.Tensor, ridge: float, iterations: int = 8) -> float:
     """``1 + σ²/ρ``: the condition number of ``ρI + UᵀU`` (``U: (n, m)``) when its smallest eigenvalue is ``ρ``
-    (a centred covariance factor's: ``U 1 = 0``; otherwise an upper bound), with ``σ²`` the largest eigenvalue of ``UᵀU``
-    estimated by ``iterations`` power steps from a fixed random start (``O(n m)`` each). Measured on
+    (a centred covariance factor's: ``U 1 = 0``; otherwise an upper bound), with ``σ²`` the largest eigenvalue
+    of ``UᵀU`` estimated by ``iterations`` power steps from a fixed random start (``O(n m)`` each). Measured on
     Torch-Pruning's models: float32 solves pass :func:`_woodbury_accurate` up to ~1e4 and fail from ~5e4."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     v = torch.randn(U.shape[1], generator=generator, dtype=torch.float64).to(U.device)
