@@ -628,7 +628,7 @@ def _ridge(G: torch.Tensor, lmbda: float, rank: int | None = None) -> float:
     """Absolute ridge ``λ = lmbda · trace(G) / min(n, rank)`` (scale-free: relative to the mean nonzero
     eigenvalue when ``G`` is known to have rank ``rank < n``, e.g. a covariance of fewer samples than
     inputs), positive even for an all-zero ``G``."""
-    return _ridge_of_trace(float(G.diagonal().sum()), G.shape[0], lmbda, rank)
+    return _ridge_of_trace(float(G.diagonal().sum(dtype=torch.float64)), G.shape[0], lmbda, rank)
 
 
 def _ridge_of_trace(trace: float, n: int, lmbda: float, rank: int | None = None) -> float:
@@ -882,8 +882,7 @@ def least_squares_coefficients(gram: torch.Tensor | None, removed: torch.Tensor,
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must be square (n, n), got {tuple(gram.shape)}")
     check_lmbda(lmbda)
-    G = gram.to(torch.float64)
-    rows = G[kept]
+    rows = gram[kept].to(torch.float64)  # (|K|, n): only the kept rows converted
     system = rows[:, kept]
     ridge = _ridge(system, lmbda)
     system.diagonal().add_(ridge)
@@ -1456,7 +1455,8 @@ def refuse_unsupported_layers(model: nn.Module) -> None:
 
 
 class ProducerGram:
-    """The producers' Gram ``G: (n, n)`` float64 of a group: ``dense``, or, when the producers have at most
+    """The producers' Gram ``G: (n, n)`` of a group: ``dense`` (the weights' dtype for one producer, else float64),
+    or, when the producers have at most
     ``LOW_RANK_FRACTION · n`` columns ``m`` (ViT's 3072 MLP units from 769 columns each), its ``factor`` ``F: (n, m)``
     float64 with ``G = F Fᵀ`` (never formed: Woodbury and push-through solves of size ``m``)."""
 
@@ -1481,7 +1481,7 @@ class ProducerGram:
     def diagonal(self) -> torch.Tensor:
         """``(n,)`` float64 ``G_ii`` (computed once: every consumer of the group reads it)."""
         if self._diagonal is None:
-            self._diagonal = (self.dense.diagonal() if self.dense is not None
+            self._diagonal = (self.dense.diagonal().to(torch.float64) if self.dense is not None
                               else torch.linalg.vector_norm(self.factor, dim=1).square())
         return self._diagonal
 
@@ -1504,7 +1504,8 @@ def _producer_gram(group, cache: dict | None = None) -> ProducerGram | None:
     contributes its rows (weights and bias as one more column), scaled and shifted by the
     BatchNorm it feeds; a producer of another width (e.g. one part of a concatenation) does not.
     With ``m > LOW_RANK_FRACTION · n`` columns in all the products are formed in the weights' dtype (float32
-    rows: ~1e-6 relative, as the calibrated statistics' products) and summed in float64; with fewer the
+    rows: ~1e-6 relative, as the calibrated statistics' products), summed in float64 if there are several
+    producers; with fewer the
     rows are kept, in float64, as the factor. ``cache``: Grams by the group's root (valid while no weight
     changes: the pruner keeps one for the scoring and planning of a step).
     """
@@ -1538,7 +1539,10 @@ def _producer_gram(group, cache: dict | None = None) -> ProducerGram | None:
         gram = ProducerGram(factor=torch.cat(blocks, dim=1).to(torch.float64))
     elif blocks:
         # symmetric: only the upper block rows are multiplied (VGG's 4096 classifier rows of 25,089 columns)
-        gram = ProducerGram(dense=sum(symmetric_gram(rows.T).to(torch.float64) for rows in blocks))
+        # one producer: kept in its dtype (the float64 copy would hold the same values; every reader converts
+        # only what it needs); several: summed in float64
+        grams = [symmetric_gram(rows.T) for rows in blocks]
+        gram = ProducerGram(dense=grams[0] if len(grams) == 1 else sum(g.to(torch.float64) for g in grams))
     if cache is not None:
         cache[key] = gram
     return gram
