@@ -174,7 +174,9 @@ class ConsumerStats:
             if (self._samples is not None and x.is_floating_point() and not x.is_meta and x.dim() >= 1
                     and x.shape[-1] == self.n and stats.count + x.numel() // self.n <= LOW_RANK_FRACTION * self.n):
                 rows = x.reshape(-1, self.n).to(torch.float64)
-                self._add_samples(rows, rows.sum(dim=0))
+                total = rows.sum(dim=0)
+                _check_finite_inputs(total)
+                self._add_samples(rows, total)
                 return
             self._sum_samples(drop=True)
             self._sum_outer()
@@ -195,6 +197,7 @@ class ConsumerStats:
         # accumulated in float64 as ActivationStats does.
         plane = x.sum(dim=0).to(torch.float64)  # (c, *spatial)
         channel_sum = plane.reshape(self.n, -1).sum(dim=1)
+        _check_finite_inputs(channel_sum)  # NaN and Inf reach the sums: both paths below rely on this check
         self.patch_sum = self.patch_sum.to(x.device)
         if self.blocks > 1:  # the "kernel" is the whole map, read at one output position
             sums, positions = plane, x.shape[0]
@@ -204,8 +207,6 @@ class ConsumerStats:
             rows = x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n).to(torch.float64)
             self._add_samples(rows, channel_sum)
         else:
-            if not bool(torch.isfinite(channel_sum).all()):
-                raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
             self._sum_samples(drop=True)
             self._move_to(x.device)
             batch_gram = _channel_gram(x)
@@ -224,9 +225,8 @@ class ConsumerStats:
             stats.sum = stats.sum.to(device)
 
     def _add_samples(self, rows: torch.Tensor, total: torch.Tensor) -> None:
-        """Keep ``rows: (k, c)`` float64 (their column sums ``total: (c,)``) as samples, products not yet taken."""
-        if not bool(torch.isfinite(total).all()):
-            raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
+        """Keep ``rows: (k, c)`` float64 (their column sums ``total: (c,)``, checked finite by the caller) as samples,
+        products not yet taken."""
         self._move_to(rows.device)
         self._samples.append(rows)
         self._stats.sum += total
@@ -368,6 +368,12 @@ class ConsumerStats:
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
+
+
+def _check_finite_inputs(total: torch.Tensor) -> None:
+    """``ValueError`` if the column sums ``total`` of a consumer's input batch are not finite (a NaN or Inf input)."""
+    if not bool(torch.isfinite(total).all()):
+        raise ValueError("the consumer's input contains NaN or Inf; expected finite activations")
 
 
 def _unallocated_stats(n: int, device: torch.device | str | None = None) -> ActivationStats:

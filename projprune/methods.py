@@ -18,13 +18,13 @@ from projprune.calibration import ActivationStats
 from projprune.greedy import PruneResult, StepCallback, apply_refit, validate_layer
 from projprune.options import ProjectionOptions, resolve_options
 from projprune.surgery import (
-    _check_pair,
-    _check_pairs,
-    _slice_pair,
-    _transaction,
+    check_pair,
+    check_pairs,
     install_results,
     pair_matrices,
     prune_pairs_global,
+    slice_pair,
+    transaction,
 )
 
 __all__ = ["CALIB_LMBDA", "PAIR_METHODS", "PairMethod", "baseline_scores", "fluctuation_scores", "prune_pair",
@@ -269,7 +269,7 @@ def prune_pairs(
     opts = resolve_options(spec.options, overrides)
     if overrides and spec.kind in ("random", "norm"):
         raise ValueError(f"method {method!r} takes no options, got {sorted(overrides)}")
-    bns, stats = _check_pairs(pairs, bns, stats)
+    bns, stats = check_pairs(pairs, bns, stats)
     matrices = [pair_matrices(l1, l2) for l1, l2 in pairs]
     Ws = [W for W, _, _ in matrices]
     capacity = sum(W.shape[0] for W in Ws) - len(Ws)
@@ -281,8 +281,8 @@ def prune_pairs(
     if spec.kind == "act_norm":
         install_results(pairs, bns, _refit_results(matrices, keeps, stats, opts))
         return [torch.nonzero(k).flatten() for k in keeps]
-    with _transaction([m for pair in pairs for m in pair] + list(bns)):
-        return [_slice_pair(l1, l2, torch.nonzero(k).flatten(), norm) for (l1, l2), k, norm in zip(pairs, keeps, bns)]
+    with transaction([m for pair in pairs for m in pair] + list(bns)):
+        return [slice_pair(l1, l2, torch.nonzero(k).flatten(), norm) for (l1, l2), k, norm in zip(pairs, keeps, bns)]
 
 
 def prune_pair(
@@ -303,7 +303,7 @@ def prune_pair(
         Sorted kept indices, int64.
     """
     _method(method)
-    _check_pair(layer1, layer2, bn)
+    check_pair(layer1, layer2, bn)
     amount = check_amount(amount, layer1.weight.shape[0])
     return prune_pairs([(layer1, layer2)], amount, method, generator=generator, bns=[bn],
                        stats=None if stats is None else [stats], callback=callback, **overrides)[0]

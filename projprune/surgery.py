@@ -48,7 +48,7 @@ def _check_layer(layer: nn.Module, name: str) -> None:
         check_finite(layer.bias.detach(), f"{name}.bias")
 
 
-def _check_pair(layer1: nn.Module, layer2: nn.Module, norm: nn.Module | None, label: str = "") -> None:
+def check_pair(layer1: nn.Module, layer2: nn.Module, norm: nn.Module | None, label: str = "") -> None:
     _check_layer(layer1, f"layer1{label}")
     _check_layer(layer2, f"layer2{label}")
     n = layer1.weight.shape[0]
@@ -158,7 +158,7 @@ _SHAPE_ATTRS = ("in_features", "out_features", "in_channels", "out_channels", "n
 
 
 @contextmanager
-def _transaction(modules: Sequence[nn.Module | None]):
+def transaction(modules: Sequence[nn.Module | None]):
     """Restore every module's parameters, buffers and shape attributes if the block raises.
 
     Writes replace whole ``Parameter`` objects, so keeping the old dictionaries is enough to
@@ -198,11 +198,11 @@ def _keep_mask(keep_idx: torch.Tensor | Sequence[int], n: int, device: torch.dev
     return mask
 
 
-def _slice_pair(layer1: nn.Module, layer2: nn.Module, keep_idx, norm: nn.Module | None) -> torch.Tensor:
-    _check_pair(layer1, layer2, norm)
+def slice_pair(layer1: nn.Module, layer2: nn.Module, keep_idx, norm: nn.Module | None) -> torch.Tensor:
+    check_pair(layer1, layer2, norm)
     W, b, V = pair_matrices(layer1, layer2)
     keep = _keep_mask(keep_idx, W.shape[0], W.device)
-    with _transaction([layer1, layer2, norm]):
+    with transaction([layer1, layer2, norm]):
         _write_pair(layer1, layer2, W[keep], None if b is None else b[keep], V[:, keep], None, keep, norm)
     return torch.nonzero(keep, as_tuple=False).flatten()
 
@@ -210,17 +210,17 @@ def _slice_pair(layer1: nn.Module, layer2: nn.Module, keep_idx, norm: nn.Module 
 def slice_linear_pair(fc1: nn.Linear, fc2: nn.Linear, keep_idx: torch.Tensor | Sequence[int],
                       bn: nn.Module | None = None) -> torch.Tensor:
     """Keep only the units ``keep_idx`` of ``fc1 -> fc2`` (no redistribution); returns them sorted."""
-    return _slice_pair(fc1, fc2, keep_idx, bn)
+    return slice_pair(fc1, fc2, keep_idx, bn)
 
 
 def slice_conv_pair(conv1: nn.Conv2d, conv2: nn.Conv2d, keep_idx: torch.Tensor | Sequence[int],
                     bn: nn.Module | None = None) -> torch.Tensor:
     """Keep only the filters ``keep_idx`` of ``conv1`` (and the matching input channels of ``conv2``)."""
-    return _slice_pair(conv1, conv2, keep_idx, bn)
+    return slice_pair(conv1, conv2, keep_idx, bn)
 
 
 # --------------------------------------------------------------------------- projective surgery
-def _check_pairs(pairs, bns, stats) -> tuple[list, list]:
+def check_pairs(pairs, bns, stats) -> tuple[list, list]:
     if len(pairs) == 0:
         raise ValueError("pairs must hold at least one (layer1, layer2) pair")
     bns = list(bns) if bns is not None else [None] * len(pairs)
@@ -230,7 +230,7 @@ def _check_pairs(pairs, bns, stats) -> tuple[list, list]:
     if len(stats) != len(pairs):
         raise ValueError(f"stats must have one entry per pair ({len(pairs)}), got {len(stats)}")
     for li, ((layer1, layer2), norm) in enumerate(zip(pairs, bns)):
-        _check_pair(layer1, layer2, norm, label=f"[{li}]")
+        check_pair(layer1, layer2, norm, label=f"[{li}]")
     return bns, stats
 
 
@@ -244,7 +244,7 @@ def install_results(pairs, bns, results: Sequence[PruneResult]) -> None:
         for module, name in ((layer1, "layer1"), (layer2, "layer2"), (norm, "bn")):
             if module is not None:
                 check_plain_layer(module, f"{name}[{li}]")
-    with _transaction([m for pair in pairs for m in pair] + list(bns)):
+    with transaction([m for pair in pairs for m in pair] + list(bns)):
         for li, ((layer1, layer2), norm, result) in enumerate(zip(pairs, bns, results)):
             W, b, V = pair_matrices(layer1, layer2)
             new = apply_pruning(W, b, V, result)
@@ -278,7 +278,7 @@ def prune_pairs_global(
         Per pair, the sorted kept indices (int64).
     """
     opts = resolve_options(options, overrides)
-    bns, stats = _check_pairs(pairs, bns, stats)
+    bns, stats = check_pairs(pairs, bns, stats)
     matrices = [pair_matrices(l1, l2) for l1, l2 in pairs]
     results = greedy_global([W for W, _, _ in matrices], amount, opts, bs=[b for _, b, _ in matrices],
                             Vs=[V for _, _, V in matrices], stats=stats, callback=callback)
@@ -287,7 +287,7 @@ def prune_pairs_global(
 
 
 def _prune_single(layer1, layer2, amount, norm, options, stats, callback, overrides) -> torch.Tensor:
-    _check_pair(layer1, layer2, norm)
+    check_pair(layer1, layer2, norm)
     amount = check_amount(amount, layer1.weight.shape[0])
     return prune_pairs_global([(layer1, layer2)], amount, options, bns=[norm], stats=[stats], callback=callback,
                               **overrides)[0]
