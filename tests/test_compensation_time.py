@@ -249,3 +249,30 @@ def test_condition_estimate_of_a_centred_factor_decides_the_float32_attempt(monk
         attempted = estimate <= compensation.FLOAT32_CONDITION
         assert attempted is (lmbda == 1e-1) and bool(checked) is attempted
         assert factor.dtype == (torch.float32 if attempted else torch.float64)  # the well-conditioned one passes
+
+
+def test_inverse_diagonal_from_the_cholesky_factor_matches_the_explicit_inverse(monkeypatch):
+    """diag((L Lᵀ)⁻¹) from block triangular solves (n = 700, blocks of 256: a partial last block) equals the
+    explicit float64 inverse's; the dense data-free diagonal is float32 on a well-conditioned wide Gram (its
+    check accepts) within 1e-5 and float64 on an ill-conditioned one (the check refuses) within 1e-8."""
+    torch.manual_seed(11)
+    M = torch.randn(700, 900, dtype=torch.float64)
+    S = M @ M.T
+    L = torch.linalg.cholesky(S)
+    expected = torch.linalg.inv(S).diagonal()
+    assert torch.allclose(compensation._inverse_diagonal_of_factor(L, block=256), expected, rtol=1e-10)
+    n = compensation.FLOAT32_PRECISION_WIDTH
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    checked = []
+    original = compensation._accurate_in_float32
+    monkeypatch.setattr(compensation, "_accurate_in_float32",
+                        lambda *a, **k: checked.append(original(*a, **k)) or checked[-1])
+    for spread, lmbda, tolerance, float32_kept in ((1.0, 1e-3, 1e-5, True), (4.0, 1e-5, 1e-8, False)):
+        G = Q @ torch.diag(torch.logspace(0, -spread, n, dtype=torch.float64)) @ Q.T
+        G = (G + G.T) / 2
+        ridge = lmbda * float(G.diagonal().sum()) / n
+        reference = torch.linalg.inv(G + ridge * torch.eye(n, dtype=torch.float64)).diagonal()
+        checked.clear()
+        diagonal = compensation._ridge_inverse_diagonal_dense(G, lmbda)
+        assert diagonal.dtype == torch.float64 and checked == [float32_kept]  # condition 10 vs 1e4
+        assert float(((diagonal - reference) / reference).abs().max()) < tolerance
