@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import projprune as pp
+from projprune._checks import check_finite
 from tests.reference_impl import DEVICES, brute_distances, ridge_q
 
 
@@ -120,3 +121,15 @@ def test_precision_forms_agree(shape):
     P_ref = torch.linalg.inv(G)
     assert rel_err(P, P_ref) < 1e-9
     assert rel_err(R, P_ref @ W) < 1e-9 and rel_err(diag, P_ref.diagonal()) < 1e-9
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_weights_with_one_non_finite_entry_are_refused_and_huge_finite_ones_are_not(bad):
+    """check_finite reads one float64 sum: a single NaN/Inf among 10^5 entries is refused; finite entries whose
+    sum overflows (1e308 each) are confirmed finite entry by entry and accepted."""
+    W = torch.randn(200, 500, dtype=torch.float64)
+    W[123, 45] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        pp.projection_distances(W, 1e-3)
+    huge = torch.full((4, 3), 1e308, dtype=torch.float64)
+    check_finite(huge, "W")  # no error
