@@ -61,9 +61,9 @@ from projprune._symmetric import gram as symmetric_gram
 from projprune._symmetric import symmetrised
 from projprune.calibration import ActivationStats, StatisticsOverflowError, run_hooked
 
-__all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "channel_macs",
-           "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients", "output_positions",
-           "refuse_unsupported_layers", "spreads_inputs", "structured_forward"]
+__all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "LowRankCoefficients",
+           "channel_macs", "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients",
+           "output_positions", "refuse_unsupported_layers", "spreads_inputs", "structured_forward"]
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
 _DEPTHWISE_OUT = function.prune_depthwise_conv_out_channels
