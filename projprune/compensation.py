@@ -844,9 +844,9 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
 
     Wide and ridged (or ``well_conditioned``: a block of a float32 precision, solved in float32): a
     Cholesky. A wide ridged solve is tried in float32 first and kept if :func:`_solved_accurately`
-    (about 3x faster; the residual is checked against the float64 system). Otherwise, or if that
-    fails, LU: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI`` positive definite only up to
-    rounding, which a Cholesky refuses. (A float32 inverse is tried by :func:`_ridge_inverse`, which
+    (measured 1.5x faster on 2,048 channels; the residual is checked against the float64 system).
+    Otherwise, or if that fails, LU: nearly dead inputs at ``lmbda = 0`` leave ``G + ρI`` positive
+    definite only up to rounding, which a Cholesky refuses. (A float32 inverse is tried by :func:`_ridge_inverse`, which
     can check it against the float64 system.)
     """
     wide = system.shape[0] >= FLOAT32_PRECISION_WIDTH
