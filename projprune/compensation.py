@@ -954,6 +954,7 @@ def _fold_into_(weight: torch.Tensor, removed: torch.Tensor, kept: torch.Tensor,
     ``out · m · (|R| + |K|)`` multiply-adds (per kernel tap) are fewer than forming ``A`` and applying it.
     """
     dtype = torch.promote_types(weight.dtype, torch.float32)
+    A = A.to(weight.device)  # data-free coefficients are solved on the CPU
     if removed_slices is None:
         removed_slices = weight[:, removed]
     columns = removed_slices[0].numel() // max(len(removed), 1) * weight.shape[0]  # out · kernel taps
