@@ -14,13 +14,14 @@ import torch
 _BLOCK_WIDTH = 256
 
 
-def block_edges(n: int, max_blocks: int = 8) -> list[int]:
+def block_edges(n: int, max_blocks: int = 8, block_width: int = _BLOCK_WIDTH) -> list[int]:
     """Edges of the column blocks of a symmetric ``(n, n)`` product; ``[0, n]`` when too narrow to split."""
-    blocks = max(1, min(max_blocks, n // _BLOCK_WIDTH))
+    blocks = max(1, min(max_blocks, n // block_width))
     return [round(i * n / blocks) for i in range(blocks + 1)]
 
 
-def gram(rows: torch.Tensor, max_blocks: int = 8, upper_only: bool = False) -> torch.Tensor:
+def gram(rows: torch.Tensor, max_blocks: int = 8, upper_only: bool = False,
+         block_width: int = _BLOCK_WIDTH) -> torch.Tensor:
     """``rowsᵀ rows: (n, n)`` for ``rows: (T, n)``; for wide layers only the upper blocks are multiplied.
 
     The Gram matrix is symmetric, so with ``B`` column blocks only the block rows' upper
@@ -30,9 +31,10 @@ def gram(rows: torch.Tensor, max_blocks: int = 8, upper_only: bool = False) -> t
     the same dot product as in ``rows.T @ rows``. Also gives ``P @ P`` for a symmetric ``P``
     (``rows = P``). With ``upper_only`` the mirror copies are skipped: only the entries on and
     above the diagonal are set (the rest are zero or, within diagonal blocks, also correct).
+    ``block_width``: the narrowest block (many rows, as calibration samples, make narrower blocks pay).
     """
     n = rows.shape[1]
-    edges = block_edges(n, max_blocks)
+    edges = block_edges(n, max_blocks, block_width)
     if len(edges) < 3:
         return rows.T @ rows
     out = (torch.zeros if upper_only else torch.empty)(n, n, dtype=rows.dtype, device=rows.device)

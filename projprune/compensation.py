@@ -129,6 +129,10 @@ class ConsumerStats:
         self._samples: list[torch.Tensor] | None = []
         self._summed = 0  # the first this many blocks of _samples are in the statistics' Σ h hᵀ
         self._low_rank: tuple[torch.Tensor, float] | None = None  # (U: (c, T), absolute ridge ρ), cut with P
+        # Read once per group that cuts this consumer (a DenseNet layer's input: ~40 groups): kept until the
+        # statistics change (precision diagonal: (lmbda, (c,)) of the Woodbury form; variances: (c,))
+        self._diagonal: tuple[float, torch.Tensor] | None = None
+        self._variances: torch.Tensor | None = None
 
     @property
     def channels(self) -> ActivationStats:
@@ -169,6 +173,7 @@ class ConsumerStats:
         """
         x = x.detach()
         self._covariance = self._precision = self._precision_lmbda = self._low_rank = None
+        self._diagonal = self._variances = None
         stats = self._stats
         if self.patch_sum is None:  # Linear, one statistic per input
             if (self._samples is not None and x.is_floating_point() and not x.is_meta and x.dim() >= 1
@@ -258,6 +263,9 @@ class ConsumerStats:
             self._precision = _schur_cut(self._precision, kept, coefficients)
         if self._low_rank is not None:  # (C_KK + ρI)⁻¹ is the same Woodbury form on U's kept rows
             self._low_rank = (self._low_rank[0][kept], self._low_rank[1])
+        self._diagonal = None  # the inverse of the kept block is not the kept part of the inverse
+        if self._variances is not None:
+            self._variances = self._variances[kept]
         if self._samples:
             self._samples = [rows[:, kept] for rows in self._samples]
         channels = _unallocated_stats(len(kept), device=device)
@@ -278,9 +286,15 @@ class ConsumerStats:
         return self._covariance
 
     def variances(self) -> torch.Tensor:
-        """``(c,)`` float64 the covariance's diagonal, without forming the covariance (``O(c)``)."""
+        """``(c,)`` float64 the covariance's diagonal, without forming the covariance (``O(c)``; kept until
+        the statistics change)."""
         if self._covariance is not None:
             return self._covariance.diagonal()
+        if self._variances is None:
+            self._variances = self._sample_variances()
+        return self._variances
+
+    def _sample_variances(self) -> torch.Tensor:
         stats = self._stats
         second = (torch.zeros_like(stats.sum) if stats.sum_outer.is_meta else stats.sum_outer.diagonal().clone())
         for rows in (self._samples or [])[self._summed:]:  # samples whose products are not in Σ h hᵀ yet
@@ -321,13 +335,15 @@ class ConsumerStats:
         U = ((X - X.mean(dim=0)).T / X.shape[0] ** 0.5).contiguous()
         # the ridge of the dense path: relative to the nonzero spectrum (rank <= T − 1)
         self._low_rank = U, _ridge_of_trace(float(self.variances().sum()), self.n, lmbda, rank=self.count - 1)
-        self._precision, self._precision_lmbda = None, lmbda
+        self._precision, self._precision_lmbda, self._diagonal = None, lmbda, None
         return True
 
     def precision_diagonal(self, lmbda: float) -> torch.Tensor:
         """``(c,)`` the diagonal of :meth:`precision` (Woodbury, ``O(c T²)``, with few samples)."""
         if self._woodbury(lmbda):
-            return _woodbury_inverse_diagonal(*self._low_rank, centred=True)
+            if self._diagonal is None or self._diagonal[0] != lmbda:
+                self._diagonal = (lmbda, _woodbury_inverse_diagonal(*self._low_rank, centred=True))
+            return self._diagonal[1]
         return self.precision(lmbda).diagonal()
 
     def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float,
@@ -400,15 +416,24 @@ def _check_no_overflow(gram: torch.Tensor, x: torch.Tensor) -> None:
 def _channel_gram(x: torch.Tensor) -> torch.Tensor:
     """``Σ_{b, p} x[b, :, p] x[b, :, p]ᵀ: (c, c)`` in ``x``'s dtype for ``x: (B, c, *spatial)``.
 
-    Large feature maps: one batched product per image (no transposed copy of ``x``); small ones:
-    one product of the ``(c, B·positions)`` matrix (fewer, larger multiplications).
+    Large feature maps: one symmetric product per image (no transposed copy of ``x``); small ones:
+    one symmetric product of the ``(c, B·positions)`` matrix (fewer, larger multiplications). The
+    symmetric products (:func:`projprune._symmetric.gram`, blocks from 128 channels) take 13–38 %
+    less time than the full ones from 256 channels on (measured on ResNet-50's and DenseNet's sizes).
     """
     batch, c = x.shape[:2]
     flat = x.reshape(batch, c, -1)
     if flat.shape[2] >= 256:
-        return torch.bmm(flat, flat.transpose(1, 2)).sum(dim=0)
+        total = symmetric_gram(flat[0].T, block_width=_GRAM_BLOCK_WIDTH)
+        for image in flat[1:]:
+            total += symmetric_gram(image.T, block_width=_GRAM_BLOCK_WIDTH)
+        return total
     rows = flat.transpose(0, 1).reshape(c, -1)
-    return rows @ rows.T
+    return symmetric_gram(rows.T, block_width=_GRAM_BLOCK_WIDTH)
+
+
+# _channel_gram: the narrowest block of its symmetric products (calibration samples are many rows: narrow blocks pay)
+_GRAM_BLOCK_WIDTH = 128
 
 
 def _schur_cut(P: torch.Tensor, kept: torch.Tensor, coefficients: torch.Tensor | None = None) -> torch.Tensor:
@@ -1035,7 +1060,7 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
             if mapped is None:
                 continue
             channels, roots = mapped
-            w2 = _channel_energy(layer, blocks)[first:first + len(C_diag)]  # (n,) ‖v_j‖²
+            w2 = self._energy(layer, blocks)[first:first + len(C_diag)]  # (n,) ‖v_j‖²
             signal = float((w2 * C_diag).sum())
             scores = w2 / P_diag / (signal if signal > 0 else 1.0)
             if first == 0 and len(scores) == n_root and _is_identity(channels) and _is_identity(roots):
@@ -1053,6 +1078,16 @@ class CalibratedProjectiveImportance(tp.importance.Importance):
             if bool((cost > 0).any()):
                 total = total / torch.where(cost > 0, cost, cost.max())
         return total.to(torch.float32)
+
+    def _energy(self, layer: nn.Module, blocks: int) -> torch.Tensor:
+        """:func:`_channel_energy`, once per consumer and step when the pruner provides the step's cache
+        (the weights do not change while a step's groups are scored; a consumer is read by every group it cuts)."""
+        if self.gram_cache is None:
+            return _channel_energy(layer, blocks)
+        key = ("energy", layer, blocks)
+        if key not in self.gram_cache:
+            self.gram_cache[key] = _channel_energy(layer, blocks)
+        return self.gram_cache[key]
 
 
 def _channel_energy(layer: nn.Module, blocks: int) -> torch.Tensor:

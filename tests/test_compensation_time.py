@@ -276,3 +276,42 @@ def test_inverse_diagonal_from_the_cholesky_factor_matches_the_explicit_inverse(
         diagonal = compensation._ridge_inverse_diagonal_dense(G, lmbda)
         assert diagonal.dtype == torch.float64 and checked == [float32_kept]  # condition 10 vs 1e4
         assert float(((diagonal - reference) / reference).abs().max()) < tolerance
+
+
+@pytest.mark.parametrize("shape", [(2, 300, 20, 20), (3, 300, 5, 5), (2, 40, 3, 3)])
+def test_channel_gram_on_symmetric_blocks_matches_the_float64_sum_of_outer_products(shape):
+    """Per image (400 positions) or on the stacked samples (25, 9 positions), split into symmetric blocks (300
+    channels) or not (40): Σ_{b,p} x x ᵀ equals the float64 einsum written here (float32 rounding) and is symmetric."""
+    torch.manual_seed(12)
+    x = torch.randn(*shape)
+    out = compensation._channel_gram(x)
+    x64 = x.double().reshape(shape[0], shape[1], -1)
+    expected = torch.einsum("bcp,bdp->cd", x64, x64)
+    assert out.dtype == torch.float32 and torch.equal(out, out.T)
+    assert torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_woodbury_diagonal_and_variances_are_computed_once_per_collection(monkeypatch):
+    """A consumer read by many groups (a DenseNet layer's input): its Woodbury precision diagonal is computed
+    once until the statistics change; after keep() it is recomputed (the inverse of the kept block) and the
+    cut variances equal those computed afresh; a new batch resets both."""
+    torch.manual_seed(13)
+    stats = ConsumerStats(nn.Linear(30, 2))
+    stats.update(torch.randn(12, 30, dtype=torch.float64))  # 12 <= 0.8 · 30: the Woodbury form
+    calls = []
+    original = compensation._woodbury_inverse_diagonal
+    monkeypatch.setattr(compensation, "_woodbury_inverse_diagonal",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    first = stats.precision_diagonal(1e-2)
+    for _ in range(3):
+        assert torch.equal(stats.precision_diagonal(1e-2), first)
+    assert len(calls) == 1
+    kept = torch.arange(1, 30, 2)
+    variances = stats.variances()[kept].clone()
+    stats.keep(kept)
+    assert torch.allclose(stats.variances(), stats._sample_variances(), rtol=1e-12) and torch.equal(
+        stats.variances(), variances)
+    U, ridge = stats._low_rank
+    assert torch.allclose(stats.precision_diagonal(1e-2), original(U, ridge), rtol=1e-12) and len(calls) == 2
+    stats.update(torch.randn(2, 15, dtype=torch.float64))
+    assert stats._diagonal is None and stats._variances is None
