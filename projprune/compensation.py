@@ -133,6 +133,7 @@ class ConsumerStats:
         # statistics change (precision diagonal: (lmbda, (c,)) of the Woodbury form; variances: (c,))
         self._diagonal: tuple[float, torch.Tensor] | None = None
         self._variances: torch.Tensor | None = None
+        self._condition: float | None = None  # the Woodbury factor's condition estimate (an upper bound after cuts)
 
     @property
     def channels(self) -> ActivationStats:
@@ -173,7 +174,7 @@ class ConsumerStats:
         """
         x = x.detach()
         self._covariance = self._precision = self._precision_lmbda = self._low_rank = None
-        self._diagonal = self._variances = None
+        self._diagonal = self._variances = self._condition = None
         stats = self._stats
         if self.patch_sum is None:  # Linear, one statistic per input
             if (self._samples is not None and x.is_floating_point() and not x.is_meta and x.dim() >= 1
@@ -335,14 +336,15 @@ class ConsumerStats:
         U = ((X - X.mean(dim=0)).T / X.shape[0] ** 0.5).contiguous()
         # the ridge of the dense path: relative to the nonzero spectrum (rank <= T − 1)
         self._low_rank = U, _ridge_of_trace(float(self.variances().sum()), self.n, lmbda, rank=self.count - 1)
-        self._precision, self._precision_lmbda, self._diagonal = None, lmbda, None
+        self._precision, self._precision_lmbda, self._diagonal, self._condition = None, lmbda, None, None
         return True
 
     def precision_diagonal(self, lmbda: float) -> torch.Tensor:
         """``(c,)`` the diagonal of :meth:`precision` (Woodbury, ``O(c T²)``, with few samples)."""
         if self._woodbury(lmbda):
             if self._diagonal is None or self._diagonal[0] != lmbda:
-                self._diagonal = (lmbda, _woodbury_inverse_diagonal(*self._low_rank, centred=True))
+                diagonal = _woodbury_inverse_diagonal(*self._low_rank, float32=self._float32_possible())
+                self._diagonal = (lmbda, diagonal)
             return self._diagonal[1]
         return self.precision(lmbda).diagonal()
 
@@ -358,13 +360,15 @@ class ConsumerStats:
         if self._woodbury(lmbda):
             U, ridge = self._low_rank
             removed, kept = removed.to(U.device), kept.to(U.device)
+            float32 = self._float32_possible()
             if U.shape[1] < len(kept):
-                return _woodbury_coefficients(U[removed], U[kept], ridge, factored, centred=True)
+                return _woodbury_coefficients(U[removed], U[kept], ridge, factored, float32=float32)
             # no more kept channels than samples: the |K| × |K| system U_K U_Kᵀ + ρI itself is the smaller one
+            # (its condition number is at most U's estimate: a principal block of U Uᵀ + ρI)
             U_kept = U[kept]
             system = symmetric_gram(U_kept.T)
             system.diagonal().add_(ridge)
-            return _spd_solve(system, U_kept @ U[removed].T, ridge).T
+            return _spd_solve(system, U_kept @ U[removed].T, ridge, try_float32=float32).T
         P = self.precision(lmbda)
         removed, kept = removed.to(P.device), kept.to(P.device)
         rows = P[removed]
@@ -376,6 +380,13 @@ class ConsumerStats:
             if int(info) == 0:
                 return -torch.cholesky_solve(rows[:, kept], factor)
         return -_spd_solve(rows[:, removed], rows[:, kept], 0.0, well_conditioned=P.dtype == torch.float32)
+
+    def _float32_possible(self) -> bool:
+        """Whether the Woodbury factor's estimated condition number (:func:`_condition_estimate`, once per
+        factor; after a cut still an upper bound, as ``σ_max`` can only shrink) allows a float32 attempt."""
+        if self._condition is None:
+            self._condition = _condition_estimate(*self._low_rank)
+        return self._condition <= FLOAT32_CONDITION
 
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
@@ -668,17 +679,17 @@ def _ridge_of_trace(trace: float, n: int, lmbda: float, rank: int | None = None)
     return lmbda * energy if energy > 0 else max(lmbda, 1e-12)
 
 
-def _woodbury_cholesky(U: torch.Tensor, ridge: float, centred: bool = False) -> torch.Tensor:
+def _woodbury_cholesky(U: torch.Tensor, ridge: float, float32: bool = True) -> torch.Tensor:
     """Lower Cholesky factor ``L: (m, m)`` of ``ρI + UᵀU`` for ``U: (n, m)``, ``ridge > 0``.
 
-    With ``n >= FLOAT32_PRECISION_WIDTH`` rows (and, for a ``centred`` factor, ``U 1 = 0``, an estimated
-    condition number, :func:`_condition_estimate`, of at most ``FLOAT32_CONDITION``) it is made in float32
-    (products and factorisation, about twice as fast) and kept if :func:`_woodbury_accurate`: solves with it
-    leave a float64 residual
+    With ``n >= FLOAT32_PRECISION_WIDTH`` rows and ``float32`` (the caller's condition estimate allows it: a
+    centred calibration factor's, :func:`_condition_estimate`, at most ``FLOAT32_CONDITION``) it is made in
+    float32 (products and factorisation, about twice as fast) and kept if :func:`_woodbury_accurate`: solves
+    with it leave a float64 residual
     ``‖(ρI + UᵀU) x − v‖`` of at most ``FLOAT32_RESIDUAL ‖v‖`` (checked on the float64 ``U``, so the
     float32 products' rounding is covered too); otherwise, or if it fails, float64.
     """
-    if U.shape[0] >= FLOAT32_PRECISION_WIDTH and (not centred or _condition_estimate(U, ridge) <= FLOAT32_CONDITION):
+    if U.shape[0] >= FLOAT32_PRECISION_WIDTH and float32:
         factor, info = torch.linalg.cholesky_ex(_ridged_small_gram(U.to(torch.float32), ridge))
         if int(info) == 0 and _woodbury_accurate(U, ridge, factor):
             return factor
@@ -715,23 +726,23 @@ def _woodbury_accurate(U: torch.Tensor, ridge: float, factor: torch.Tensor, prob
     return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(v.norm())
 
 
-def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float, centred: bool = False) -> torch.Tensor:
+def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float, float32: bool = True) -> torch.Tensor:
     """``(n,)`` float64 diagonal of ``(U Uᵀ + ridge I)⁻¹`` for ``U: (n, m)``, ``m < n``, ``ridge > 0``, in ``O(n m²)``:
     Woodbury, ``(U Uᵀ + ρI)⁻¹ = (I − U (ρI + UᵀU)⁻¹ Uᵀ) / ρ``, the diagonal as ``(1 − ‖L⁻¹ u_i‖²) / ρ``
     with ``L Lᵀ = ρI + UᵀU`` (:func:`_woodbury_cholesky`: float32 when wide and accurate so)."""
-    factor = _woodbury_cholesky(U, ridge, centred)
+    factor = _woodbury_cholesky(U, ridge, float32)
     Z = torch.linalg.solve_triangular(factor, U.T.to(factor.dtype), upper=False)  # (m, n)
     return (1.0 - Z.pow(2).sum(dim=0).to(torch.float64)) / ridge
 
 
 def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge: float,
-                           factored: bool = False, centred: bool = False) -> torch.Tensor | LowRankCoefficients:
+                           factored: bool = False, float32: bool = True) -> torch.Tensor | LowRankCoefficients:
     """``A: (|R|, |K|) = U_R U_Kᵀ (U_K U_Kᵀ + ρI)⁻¹ = U_R (ρI + U_KᵀU_K)⁻¹ U_Kᵀ`` (push-through identity):
     ``m × m`` solve for ``U: (·, m)``, ``ridge > 0`` (:func:`_woodbury_cholesky`: float32 when wide and
     accurate so); float64. ``factored``: as :class:`LowRankCoefficients` ``(U_R (ρI + U_KᵀU_K)⁻¹, U_Kᵀ)``,
     the last product not taken."""
     U_kept = U_kept.to(torch.float64)
-    factor = _woodbury_cholesky(U_kept, ridge, centred)
+    factor = _woodbury_cholesky(U_kept, ridge, float32)
     solved = torch.cholesky_solve(U_removed.T.to(factor.dtype), factor)  # (m, |R|)
     if factored:
         return LowRankCoefficients(solved.T.to(torch.float64), U_kept.T)
@@ -863,7 +874,7 @@ def _solved_accurately(system: torch.Tensor, rhs: torch.Tensor, solution: torch.
 
 
 def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge: float,
-                          well_conditioned: bool = False) -> torch.Tensor:
+                          well_conditioned: bool = False, try_float32: bool = True) -> torch.Tensor:
     """``system⁻¹`` (``rhs`` None) or ``system⁻¹ rhs`` (float64) for a symmetric positive definite
     ``system: (n, n)`` with smallest eigenvalue at least ``ridge``.
 
@@ -875,7 +886,7 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
     can check it against the float64 system.)
     """
     wide = system.shape[0] >= FLOAT32_PRECISION_WIDTH
-    if ridge > 0 and wide and rhs is not None and not well_conditioned:
+    if ridge > 0 and wide and rhs is not None and not well_conditioned and try_float32:
         factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
         if int(info) == 0:
             out = torch.cholesky_solve(rhs.to(torch.float32), factor)
@@ -919,10 +930,12 @@ def _ridge_inverse(G: torch.Tensor, lmbda: float, rank: int | None = None) -> to
     return _spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0)
 
 
-def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, ridge: float, well_conditioned: bool = False) -> torch.Tensor:
+def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, ridge: float, well_conditioned: bool = False,
+               try_float32: bool = True) -> torch.Tensor:
     """``system⁻¹ rhs: (n, k)`` in float64 for a positive definite ``system: (n, n)`` whose smallest
-    eigenvalue is at least ``ridge`` (0: unknown, float64 LU unless ``well_conditioned``)."""
-    return _spd_inverse_or_solve(system, rhs, ridge, well_conditioned)
+    eigenvalue is at least ``ridge`` (0: unknown, float64 LU unless ``well_conditioned``; ``try_float32``
+    False: no float32 attempt, the caller knows it would fail)."""
+    return _spd_inverse_or_solve(system, rhs, ridge, well_conditioned, try_float32)
 
 
 def least_squares_coefficients(gram: torch.Tensor | None, removed: torch.Tensor, kept: torch.Tensor,

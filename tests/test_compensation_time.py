@@ -229,26 +229,34 @@ def test_wide_woodbury_in_float32_is_checked_against_float64(spread, float32_kep
 
 def test_condition_estimate_of_a_centred_factor_decides_the_float32_attempt(monkeypatch):
     """Centred samples (U 1 = 0): the estimate 1 + σ²/ρ matches the float64 condition number of ρI + UᵀU within
-    10 %; below FLOAT32_CONDITION the float32 factor is attempted and kept, above it not attempted (float64,
-    nothing checked)."""
+    10 %; ConsumerStats makes it once per factor, and below FLOAT32_CONDITION the float32 factor is attempted
+    and kept, above it not attempted (float64, nothing checked); the diagonal matches float64 either way."""
     torch.manual_seed(10)
     n, T = 2 * compensation.FLOAT32_PRECISION_WIDTH, 50
     X = torch.randn(T, n, dtype=torch.float64) * torch.logspace(0, -2, n, dtype=torch.float64)
     U = ((X - X.mean(dim=0)).T / T ** 0.5).contiguous()
-    checked = []
-    original = compensation._woodbury_accurate
+    checked, estimated = [], []
+    original, original_estimate = compensation._woodbury_accurate, compensation._condition_estimate
     monkeypatch.setattr(compensation, "_woodbury_accurate", lambda *a, **k: checked.append(1) or original(*a, **k))
+    monkeypatch.setattr(compensation, "_condition_estimate",
+                        lambda *a, **k: estimated.append(1) or original_estimate(*a, **k))
     for lmbda in (1e-1, 1e-6):
         ridge = lmbda * float(U.pow(2).sum()) / (T - 1)
         eigenvalues = torch.linalg.eigvalsh(U.T @ U) + ridge
         condition = float(eigenvalues[-1] / eigenvalues[0])
-        estimate = compensation._condition_estimate(U, ridge)
-        assert abs(estimate - condition) <= 0.1 * condition
-        checked.clear()
-        factor = compensation._woodbury_cholesky(U, ridge, centred=True)
-        attempted = estimate <= compensation.FLOAT32_CONDITION
+        stats = ConsumerStats(nn.Linear(n, 2))
+        stats.update(X)
+        checked.clear(), estimated.clear()
+        diagonal = stats.precision_diagonal(lmbda)
+        R, K = torch.arange(0, n, 2), torch.arange(1, n, 2)
+        stats.coefficients(R, K, lmbda)
+        assert len(estimated) == 1 and abs(stats._condition - condition) <= 0.1 * condition
+        attempted = stats._condition <= compensation.FLOAT32_CONDITION
         assert attempted is (lmbda == 1e-1) and bool(checked) is attempted
+        factor = compensation._woodbury_cholesky(U, ridge, float32=attempted)
         assert factor.dtype == (torch.float32 if attempted else torch.float64)  # the well-conditioned one passes
+        P = torch.linalg.inv(U @ U.T + ridge * torch.eye(n, dtype=torch.float64))
+        assert float(((diagonal - P.diagonal()) / P.diagonal()).abs().max()) < 1e-5
 
 
 def test_inverse_diagonal_from_the_cholesky_factor_matches_the_explicit_inverse(monkeypatch):
