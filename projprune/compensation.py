@@ -701,8 +701,7 @@ def _condition_estimate(U: torch.Tensor, ridge: float, iterations: int = 8) -> f
     (a centred covariance factor's: ``U 1 = 0``; otherwise an upper bound), with ``σ²`` the largest eigenvalue
     of ``UᵀU`` estimated by ``iterations`` power steps from a fixed random start (``O(n m)`` each). Measured on
     Torch-Pruning's models: float32 solves pass :func:`_woodbury_accurate` up to ~1e4 and fail from ~5e4."""
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(U.shape[1], generator=generator, dtype=torch.float64).to(U.device)
+    v = _probe_vectors(U.shape[1], 1, U.device)[:, 0]
     U64 = U.to(torch.float64)
     largest = 0.0
     for _ in range(iterations):
@@ -715,15 +714,24 @@ def _condition_estimate(U: torch.Tensor, ridge: float, iterations: int = 8) -> f
     return 1.0 + largest / ridge
 
 
+def _probe_vectors(n: int, probes: int, device: torch.device) -> torch.Tensor:
+    """``(n, probes)`` float64 fixed random vectors (seed 0: every check of the same size reads the same ones)."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    return torch.randn(n, probes, generator=generator, dtype=torch.float64).to(device)
+
+
+def _small_residual(residual: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether ``residual`` is finite with ``‖residual‖ <= FLOAT32_RESIDUAL ‖target‖``: the float32 checks' test."""
+    return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(target.norm())
+
+
 def _woodbury_accurate(U: torch.Tensor, ridge: float, factor: torch.Tensor, probes: int = 4) -> bool:
     """Whether ``‖ρx + Uᵀ(U x) − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``x`` solved with ``factor``
     (``L Lᵀ ≈ ρI + UᵀU``) from ``probes`` fixed random ``v`` (``O(n m probes)``, ``ρI + UᵀU`` never formed)."""
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(U.shape[1], probes, generator=generator, dtype=torch.float64).to(U.device)
+    v = _probe_vectors(U.shape[1], probes, U.device)
     x = torch.cholesky_solve(v.to(factor.dtype), factor).to(torch.float64)
     U64 = U.to(torch.float64)
-    residual = ridge * x + U64.T @ (U64 @ x) - v
-    return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(v.norm())
+    return _small_residual(ridge * x + U64.T @ (U64 @ x) - v, v)
 
 
 def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float, float32: bool = True) -> torch.Tensor:
@@ -814,15 +822,14 @@ def _accurate_in_float32(system: torch.Tensor, ridge: float, inverse: torch.Tens
     vectors ``v`` (``O(n²)`` each), ``x = inverse · v`` or solved with the Cholesky ``factor``: the float32
     inverse (factor) is as good as a float64 one needs to be. The products are taken ``rows`` rows at a time
     (no float64 copy of either ``(n, n)`` matrix)."""
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    vectors = torch.randn(system.shape[0], probes, generator=generator, dtype=torch.float64).to(system.device)
+    vectors = _probe_vectors(system.shape[0], probes, system.device)
     if factor is not None:
         solved = torch.cholesky_solve(vectors.to(factor.dtype), factor).to(torch.float64)
     else:
         solved = torch.cat([inverse[a:a + rows].to(torch.float64) @ vectors for a in range(0, len(vectors), rows)])
     residual = torch.cat([system[a:a + rows].to(torch.float64) @ solved for a in range(0, len(vectors), rows)])
     residual += ridge * solved - vectors
-    return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(vectors.norm())
+    return _small_residual(residual, vectors)
 
 
 def _inverse_diagonal_of_factor(factor: torch.Tensor, block: int = 512) -> torch.Tensor:
@@ -842,23 +849,13 @@ def _inverse_diagonal_of_factor(factor: torch.Tensor, block: int = 512) -> torch
 
 
 def _ridge_inverse_diagonal_dense(G: torch.Tensor, lmbda: float) -> torch.Tensor:
-    """``(n,)`` float64 diagonal of ``(G + ρI)⁻¹`` (:func:`_ridge` ``ρ``) for a dense symmetric ``G: (n, n)``.
-
-    Wide and ridged: from a Cholesky factor (:func:`_inverse_diagonal_of_factor`), float32 if
-    :func:`_accurate_in_float32` accepts its solves, else float64. Otherwise :func:`_ridge_inverse`'s diagonal.
-    """
-    n = G.shape[0]
-    if lmbda > 0 and n >= FLOAT32_PRECISION_WIDTH:
-        ridge = _ridge(G, lmbda)
-        for dtype in (torch.float32, torch.float64):
-            system = G.to(dtype, copy=True)
-            system.diagonal().add_(ridge)
-            factor, info = torch.linalg.cholesky_ex(system)
-            del system
-            if int(info) == 0 and (dtype == torch.float64 or _accurate_in_float32(G, ridge, factor=factor)):
-                diagonal = _inverse_diagonal_of_factor(factor).to(torch.float64)
-                if bool(torch.isfinite(diagonal).all()):
-                    return diagonal
+    """``(n,)`` float64 diagonal of ``(G + ρI)⁻¹`` (:func:`_ridge` ``ρ``) for a dense symmetric ``G: (n, n)``:
+    from :func:`_ridged_cholesky`'s factor (:func:`_inverse_diagonal_of_factor`), else :func:`_ridge_inverse`'s."""
+    factor, _ = _ridged_cholesky(G, lmbda)
+    if factor is not None:
+        diagonal = _inverse_diagonal_of_factor(factor).to(torch.float64)
+        if _all_finite(diagonal):
+            return diagonal
     return _ridge_inverse(G, lmbda).diagonal()
 
 
@@ -866,11 +863,9 @@ def _solved_accurately(system: torch.Tensor, rhs: torch.Tensor, solution: torch.
     """Whether ``‖system · X v − rhs v‖ <= FLOAT32_RESIDUAL ‖rhs v‖`` in float64 for ``probes`` fixed random
     combinations ``v`` of the columns (``O(n² probes)``): a float32 solve ``X`` of ``system X = rhs`` is as good as
     :func:`_accurate_in_float32` asks of a float32 inverse."""
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(rhs.shape[1], probes, generator=generator, dtype=torch.float64).to(system.device)
+    v = _probe_vectors(rhs.shape[1], probes, system.device)
     target = rhs.to(torch.float64) @ v
-    residual = system.to(torch.float64) @ (solution.to(torch.float64) @ v) - target
-    return bool(torch.isfinite(residual).all()) and float(residual.norm()) <= FLOAT32_RESIDUAL * float(target.norm())
+    return _small_residual(system.to(torch.float64) @ (solution.to(torch.float64) @ v) - target, target)
 
 
 def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge: float,
@@ -905,26 +900,38 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
     return torch.linalg.solve(system, rhs.to(torch.float64))
 
 
-def _ridge_inverse(G: torch.Tensor, lmbda: float, rank: int | None = None) -> torch.Tensor:
-    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`.
+def _ridged_cholesky(G: torch.Tensor, lmbda: float, rank: int | None = None) -> tuple[torch.Tensor | None, float]:
+    """``(L, ρ)``: the lower Cholesky factor of ``G + ρI`` with the scale-free ridge ``ρ`` of :func:`_ridge`.
 
-    Wide (``n >= FLOAT32_PRECISION_WIDTH``), ridged and of full ``rank`` (None: unknown), it is tried as a
-    float32 Cholesky inverse, kept if :func:`_accurate_in_float32` (about 5x faster than float64;
-    tests/test_compensation_scale.py bounds it). A rank below ``n`` (fewer samples than inputs) makes the
-    condition number ~``1 + n / lmbda``: float64 straight away. Otherwise float64
-    (:func:`_spd_inverse_or_solve`).
+    Wide (``n >= FLOAT32_PRECISION_WIDTH``), ridged and of full ``rank`` (None: unknown), it is tried in float32
+    and kept if :func:`_accurate_in_float32` accepts its solves (tests/test_compensation_scale.py bounds it).
+    A rank below ``n`` (fewer samples than inputs) makes the condition number ~``1 + n / lmbda``: float64
+    straight away. ``L`` is None when narrow, unridged, or not positive definite in float64 (then LU).
     """
     n = G.shape[0]
     ridge = _ridge(G, lmbda, rank)
-    if lmbda > 0 and n >= FLOAT32_PRECISION_WIDTH and (rank is None or rank >= n):
-        system = G.to(torch.float32, copy=True)
+    if lmbda <= 0 or n < FLOAT32_PRECISION_WIDTH:
+        return None, ridge
+    full_rank = rank is None or rank >= n
+    for dtype in (torch.float32, torch.float64) if full_rank else (torch.float64,):
+        system = G.to(dtype, copy=True)
         system.diagonal().add_(ridge)
         factor, info = torch.linalg.cholesky_ex(system)
         del system
-        if int(info) == 0:
-            inverse = torch.cholesky_inverse(factor)
-            if _accurate_in_float32(G, ridge, inverse):
-                return inverse
+        if int(info) == 0 and (dtype == torch.float64 or _accurate_in_float32(G, ridge, factor=factor)):
+            return factor, ridge
+    return None, ridge
+
+
+def _ridge_inverse(G: torch.Tensor, lmbda: float, rank: int | None = None) -> torch.Tensor:
+    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`: from :func:`_ridged_cholesky`'s
+    factor (float32 when accepted, about 5x faster than float64 LU), else a float64 LU inverse
+    (:func:`_spd_inverse_or_solve`)."""
+    factor, ridge = _ridged_cholesky(G, lmbda, rank)
+    if factor is not None:
+        inverse = torch.cholesky_inverse(factor)
+        if _all_finite(inverse):
+            return inverse
     system = G.to(torch.float64, copy=True)
     system.diagonal().add_(ridge)
     return _spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0)
