@@ -261,16 +261,21 @@ def _failure(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
 
 
-def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
-    """Build, prune and measure one (model, method) in this process."""
+def _model_and_inputs(name: str, cfg: TPExamplesConfig, probe: int):
+    """The seeded model of ``name`` (eval mode, trainable weights, as the example builds it) and its
+    :func:`make_inputs` with ``probe`` fresh images."""
     import torch
 
     torch.manual_seed(cfg.seed)
     model = build_model(name, cfg.input_size).eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    example_inputs, calibration_batch, fresh_batch = make_inputs(name, cfg.input_size, cfg.batch, cfg.probe,
-                                                                 cfg.seed)
+    return model, make_inputs(name, cfg.input_size, cfg.batch, probe, cfg.seed)
+
+
+def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
+    """Build, prune and measure one (model, method) in this process."""
+    model, (example_inputs, calibration_batch, fresh_batch) = _model_and_inputs(name, cfg, cfg.probe)
     probes = (calibration_batch[:cfg.probe], fresh_batch)
     params = sum(p.numel() for p in model.parameters())
     before = [probe_output(model, name, b) for b in probes]
@@ -297,13 +302,7 @@ def run_coverage(name: str, methods: list[str], cfg: TPExamplesConfig) -> list[d
     inputs) or the first error line, and the time; rows in ``methods``' order."""
     import copy
 
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(name, cfg.input_size).eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    example_inputs, calibration_batch, _ = make_inputs(name, cfg.input_size, cfg.batch, 1, cfg.seed)
+    model, (example_inputs, calibration_batch, _) = _model_and_inputs(name, cfg, 1)
     rows = []
     for method in methods:
         copied = copy.deepcopy(model)
