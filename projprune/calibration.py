@@ -63,14 +63,8 @@ class ActivationStats:
             h: ``(..., n)`` activations; every leading position is a sample.
             mask: ``(...)`` bool (or 0/1), the samples to use (e.g. non-padding tokens).
         """
-        if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.dim() < 1 or h.shape[-1] != self.n:
-            shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
-            raise ValueError(f"h must be a floating tensor of shape (..., {self.n}), got {shape}")
-        if h.is_meta:
-            raise ValueError("h is on the meta device; materialise the model's weights first (meta tensors hold "
-                             "no values)")
+        rows = rows_of(h, self.n)
         self._require_unspent()
-        rows = h.reshape(-1, self.n)
         if mask is not None:
             if tuple(mask.shape) != tuple(h.shape[:-1]):
                 raise ValueError(f"mask must have shape {tuple(h.shape[:-1])} (h without its last dim), "
@@ -78,25 +72,7 @@ class ActivationStats:
             rows = rows[mask.reshape(-1).to(device=rows.device, dtype=torch.bool)]
         if rows.shape[0] == 0:
             return
-        if rows.dtype not in (torch.float32, torch.float64):
-            rows = rows.float()  # half precision: the product in float32 (CPU matmuls round to the input dtype)
-        # A NaN or Inf anywhere makes its column's sum non-finite, so the sum also checks the
-        # input without a pass of its own, before anything is accumulated.
-        batch_sum = _column_sum(rows)
-        if not bool(torch.isfinite(batch_sum).all()):
-            if bool(torch.isfinite(rows).all()):
-                raise StatisticsOverflowError(_overflow_message(rows, "their sums", rows.dtype))
-            raise ValueError("h contains NaN or Inf; expected finite activations")
-        if self.gram_dtype is None:
-            batch_gram = gram(rows)  # float32 or float64 product, accumulated in float64
-        else:
-            batch_gram = _gram_low_precision(rows, self.gram_dtype)  # opt-in bf16 products, float32 sums
-        # Finite activations whose squares exceed the product's dtype (|h| > ~1e19 in float32) give an
-        # infinite Gram matrix: said here, not later as a singular covariance.
-        if not bool(torch.isfinite(batch_gram).all()):
-            where = ("the sums of their bfloat16 products (gram_dtype=torch.bfloat16)" if self.gram_dtype is not None
-                     else "their products h hᵀ")
-            raise StatisticsOverflowError(_overflow_message(rows, where, batch_gram.dtype))
+        batch_sum, batch_gram = batch_products(rows, self.gram_dtype)
         if self.sum.device != rows.device:
             self.sum_outer = self.sum_outer.to(rows.device)
             self.sum = self.sum.to(rows.device)
@@ -150,6 +126,47 @@ class ActivationStats:
         out.sum.copy_(self.sum)
         out.count = self.count
         return out
+
+
+def rows_of(h: torch.Tensor, n: int) -> torch.Tensor:
+    """``h: (..., n)`` as ``(T, n)`` rows (a view where possible); ``ValueError`` for anything else."""
+    if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.dim() < 1 or h.shape[-1] != n:
+        shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+        raise ValueError(f"h must be a floating tensor of shape (..., {n}), got {shape}")
+    if h.is_meta:
+        raise ValueError("h is on the meta device; materialise the model's weights first (meta tensors hold "
+                         "no values)")
+    return h.reshape(-1, n)
+
+
+def batch_products(rows: torch.Tensor, gram_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ_t rows[t]: (n,) float64, rowsᵀ rows: (n, n))`` of one batch ``rows: (T, n)``, checked.
+
+    The product is float32 or float64 (float64 for float64 rows; half precision is promoted to
+    float32), or with ``gram_dtype=torch.bfloat16`` the opt-in bfloat16 products with float32 sums.
+    ``ValueError`` for a NaN or Inf row, :class:`StatisticsOverflowError` for finite rows whose sums
+    or products leave the dtype's range.
+    """
+    if rows.dtype not in (torch.float32, torch.float64):
+        rows = rows.float()  # half precision: the product in float32 (CPU matmuls round to the input dtype)
+    # A NaN or Inf anywhere makes its column's sum non-finite, so the sum also checks the
+    # input without a pass of its own, before anything is accumulated.
+    batch_sum = _column_sum(rows)
+    if not bool(torch.isfinite(batch_sum).all()):
+        if bool(torch.isfinite(rows).all()):
+            raise StatisticsOverflowError(_overflow_message(rows, "their sums", rows.dtype))
+        raise ValueError("h contains NaN or Inf; expected finite activations")
+    if gram_dtype is None:
+        batch_gram = gram(rows)  # float32 or float64 product, accumulated in float64 by the caller
+    else:
+        batch_gram = _gram_low_precision(rows, gram_dtype)  # opt-in bf16 products, float32 sums
+    # Finite activations whose squares exceed the product's dtype (|h| > ~1e19 in float32) give an
+    # infinite Gram matrix: said here, not later as a singular covariance.
+    if not bool(torch.isfinite(batch_gram).all()):
+        where = ("the sums of their bfloat16 products (gram_dtype=torch.bfloat16)" if gram_dtype is not None
+                 else "their products h hᵀ")
+        raise StatisticsOverflowError(_overflow_message(rows, where, batch_gram.dtype))
+    return batch_sum, batch_gram
 
 
 class StatisticsOverflowError(ValueError):

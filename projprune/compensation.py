@@ -44,9 +44,11 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import numbers
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -59,9 +61,10 @@ from torch_pruning.pruner import function
 from projprune._checks import check_lmbda, check_not_reparametrized
 from projprune._symmetric import gram as symmetric_gram
 from projprune._symmetric import symmetrised
-from projprune.calibration import ActivationStats, StatisticsOverflowError, run_hooked
+from projprune.calibration import ActivationStats, StatisticsOverflowError, batch_products, rows_of, run_hooked
 
-__all__ = ["CalibratedProjectiveImportance", "CompensatingPruner", "ConsumerStats", "LowRankCoefficients",
+__all__ = ["CalibratedProjectiveImportance", "ChannelMoments", "CompensatingPruner", "ConsumerStats",
+           "LowRankCoefficients",
            "channel_macs", "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients",
            "output_positions", "refuse_unsupported_layers", "spreads_inputs", "structured_forward"]
 
@@ -91,54 +94,41 @@ def is_consumer(module: nn.Module) -> bool:
 
 
 # --------------------------------------------------------------------------- statistics
-class ConsumerStats:
-    """What a consumer reads, summarised: channel second moments and per-kernel-offset means.
+class ChannelMoments:
+    """Second moments of one tensor's ``c`` channels, and what is derived from them (covariance,
+    precision, its diagonal, coefficients): one object for all the consumers that read the same
+    tensor (a bottleneck block's first conv and its downsample, ASPP's branches), so their
+    statistics are gathered, inverted and cut once.
 
-    Attributes:
-        channels: :class:`~projprune.ActivationStats` over the ``c`` input channels (every
-            batch element and spatial position is a sample).
-        patch_sum: ``(c, *kernel)`` float64, the sum over output positions of the (padded)
-            input value each kernel offset reads (convs only; a Linear's are ``channels.sum``).
-        patch_count: the number of output positions summed.
+    While there are at most ``LOW_RANK_FRACTION · c`` samples (e.g. a classifier's 4096 inputs at
+    32 images) they are kept, ``(T, c)`` float64 (less memory than ``C``), and ``P`` is never formed:
+    Woodbury with ``U = Xcᵀ/√T``. Their products ``Σ h hᵀ`` are added to the statistics only when
+    something reads them (:attr:`channels`, or more samples than that arrive).
     """
 
-    def __init__(self, module: nn.Module, blocks: int = 1) -> None:
-        if not is_consumer(module):
-            raise ValueError(f"module must be a Linear or an ungrouped conv, got {type(module).__name__}")
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-            raise ValueError(f"blocks must be a positive int, got {blocks!r}")
-        if blocks > 1 and (not isinstance(module, nn.Linear) or module.in_features % blocks):
-            raise ValueError(f"blocks={blocks} needs a Linear whose in_features are a multiple of it "
-                             f"(channels x positions), got {module}")
-        self.module = module
-        self.blocks = blocks
-        width = module.in_features // blocks if isinstance(module, nn.Linear) else module.in_channels
-        self._stats = _unallocated_stats(width)  # read through `channels`, which adds the products of pending samples
-        if isinstance(module, nn.Linear):
-            self.patch_sum = None if blocks == 1 else torch.zeros((width, blocks), dtype=torch.float64)
-        else:
-            self.patch_sum = torch.zeros((width, *module.kernel_size), dtype=torch.float64)
-        self.patch_count = 0
+    def __init__(self, n: int, device: torch.device | str | None = None) -> None:
+        self._stats = _unallocated_stats(n, device)  # read through `channels`, which adds pending samples' products
+        self._samples: list[torch.Tensor] | None = []
+        self._summed = 0  # the first this many blocks of _samples are in the statistics' Σ h hᵀ
+        self._changed()
+
+    def _changed(self) -> None:
+        """Forget everything derived from the statistics (they changed)."""
         self._covariance: torch.Tensor | None = None  # cached until the statistics change
         self._precision: torch.Tensor | None = None  # (C + ridge I)^{-1}, cut along with the channels
         self._precision_lmbda: float | None = None  # the relative ridge it was made with
-        # While there are at most LOW_RANK_FRACTION · c samples (e.g. a classifier's 4096 inputs at 32 images)
-        # they are kept, (T, c) float64 (less memory than C), and P is never formed: Woodbury with U = Xcᵀ/√T.
-        # Their products Σ h hᵀ are added to the statistics only when something reads them (`channels`, or more
-        # samples than that arrive): the Woodbury path never needs them.
-        self._samples: list[torch.Tensor] | None = []
-        self._summed = 0  # the first this many blocks of _samples are in the statistics' Σ h hᵀ
         self._low_rank: tuple[torch.Tensor, float] | None = None  # (U: (c, T), absolute ridge ρ), cut with P
-        # Read once per group that cuts this consumer (a DenseNet layer's input: ~40 groups): kept until the
+        # Read once per group that cuts this tensor (a DenseNet layer's input: ~40 groups): kept until the
         # statistics change (precision diagonal: (lmbda, (c,)) of the Woodbury form; variances: (c,))
         self._diagonal: tuple[float, torch.Tensor] | None = None
         self._variances: torch.Tensor | None = None
         self._condition: float | None = None  # the Woodbury factor's condition estimate (an upper bound after cuts)
+        # the last coefficients solved, (removed, kept, lmbda, factored, A): the next consumer of the tensor reads them
+        self._coefficients: tuple | None = None
 
     @property
     def channels(self) -> ActivationStats:
-        """:class:`~projprune.ActivationStats` over the ``c`` input channels (every batch element and spatial
-        position is a sample), ``Σ h hᵀ`` complete."""
+        """:class:`~projprune.ActivationStats` over the ``c`` channels, ``Σ h hᵀ`` complete."""
         self._sum_outer()
         self._sum_samples()
         return self._stats
@@ -153,75 +143,36 @@ class ConsumerStats:
 
     @property
     def n(self) -> int:
-        """Number of input channels ``c`` the statistics describe (for ``blocks > 1``: flattened-map channels)."""
+        """Number of channels ``c``."""
         return self._stats.n
 
     @property
     def count(self) -> int:
-        """Number of samples (batch elements times positions) the statistics hold."""
+        """Number of samples (batch elements times positions)."""
         return self._stats.count
 
-    @property
-    def width(self) -> int:
-        """The consumer's input width these statistics cover: ``c · blocks`` for a Linear, ``c`` for a conv."""
-        return self.n * self.blocks
+    def wants_samples(self, k: int) -> bool:
+        """Whether ``k`` more samples are kept as rows (the Woodbury form) rather than added as products."""
+        return self._samples is not None and self._stats.count + k <= LOW_RANK_FRACTION * self.n
 
-    def update(self, x: torch.Tensor) -> None:
-        """Add one input batch of the consumer: ``(..., c · blocks)`` for a Linear, ``(B, c, *spatial)`` for a conv.
+    def add_samples(self, rows: torch.Tensor, total: torch.Tensor) -> None:
+        """Keep ``rows: (k, c)`` float64 (their column sums ``total: (c,)``, checked finite by the caller) as
+        samples, products not yet taken."""
+        self._changed()
+        self._move_to(rows.device)
+        self._samples.append(rows)
+        self._stats.sum += total
+        self._stats.count += rows.shape[0]
 
-        With ``blocks > 1`` a Linear's input is a flattened ``(c, blocks)`` map: every position of
-        a channel is one sample of that channel, and ``patch_sum: (c, blocks)`` keeps per-position sums.
-        """
-        x = x.detach()
-        self._covariance = self._precision = self._precision_lmbda = self._low_rank = None
-        self._diagonal = self._variances = self._condition = None
-        stats = self._stats
-        if self.patch_sum is None:  # Linear, one statistic per input
-            if (self._samples is not None and x.is_floating_point() and not x.is_meta and x.dim() >= 1
-                    and x.shape[-1] == self.n and stats.count + x.numel() // self.n <= LOW_RANK_FRACTION * self.n):
-                rows = x.reshape(-1, self.n).to(torch.float64)
-                total = rows.sum(dim=0)
-                _check_finite_inputs(total)
-                self._add_samples(rows, total)
-                return
-            self._sum_samples(drop=True)
-            self._sum_outer()
-            stats.update(x)  # StatisticsOverflowError when the products leave the range
-            _check_no_overflow(stats.sum_outer, x)  # a failed collection discards these statistics
-            return
-        if self.blocks > 1:
-            if x.dim() < 1 or x.shape[-1] != self.width:
-                raise ValueError(f"x must have shape (..., {self.width}), got {tuple(x.shape)}")
-            x = x.reshape(-1, self.n, self.blocks)
-        elif x.dim() < 2 or x.shape[1] != self.n:
-            raise ValueError(f"x must have shape (B, {self.n}, *spatial), got {tuple(x.shape)}")
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()
-        # One batch sum serves the channel means and the patch sums: over the batch in the input's
-        # dtype (float32: as ActivationStats' chunked sums, ~1e-7 relative per position), over the
-        # positions in float64. The float32 (or float64) Gram of the channels-by-samples matrix is
-        # accumulated in float64 as ActivationStats does.
-        plane = x.sum(dim=0).to(torch.float64)  # (c, *spatial)
-        channel_sum = plane.reshape(self.n, -1).sum(dim=1)
-        _check_finite_inputs(channel_sum)  # NaN and Inf reach the sums: both paths below rely on this check
-        self.patch_sum = self.patch_sum.to(x.device)
-        if self.blocks > 1:  # the "kernel" is the whole map, read at one output position
-            sums, positions = plane, x.shape[0]
-        else:
-            sums, positions = _patch_sums(self.module, plane, x.shape[0])
-        if self._samples is not None and stats.count + x.numel() // self.n <= LOW_RANK_FRACTION * self.n:
-            rows = x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n).to(torch.float64)
-            self._add_samples(rows, channel_sum)
-        else:
-            self._sum_samples(drop=True)
-            self._move_to(x.device)
-            batch_gram = _channel_gram(x)
-            _check_no_overflow(batch_gram, x)
-            self._sum_outer().add_(batch_gram.to(torch.float64))
-            stats.sum += channel_sum
-            stats.count += x.numel() // self.n
-        self.patch_sum += sums
-        self.patch_count += positions
+    def add_products(self, gram: torch.Tensor, total: torch.Tensor, count: int) -> None:
+        """Add ``count`` samples given by their products ``gram: (c, c)`` and sums ``total: (c,)`` (checked by the
+        caller); samples kept so far are summed and no more are kept."""
+        self._changed()
+        self._sum_samples(drop=True)
+        self._move_to(gram.device)
+        self._sum_outer().add_(gram.to(torch.float64))
+        self._stats.sum += total.to(self._stats.sum.device)
+        self._stats.count += count
 
     def _move_to(self, device: torch.device) -> None:
         stats = self._stats
@@ -229,14 +180,6 @@ class ConsumerStats:
             if not stats.sum_outer.is_meta:
                 stats.sum_outer = stats.sum_outer.to(device)
             stats.sum = stats.sum.to(device)
-
-    def _add_samples(self, rows: torch.Tensor, total: torch.Tensor) -> None:
-        """Keep ``rows: (k, c)`` float64 (their column sums ``total: (c,)``, checked finite by the caller) as samples,
-        products not yet taken."""
-        self._move_to(rows.device)
-        self._samples.append(rows)
-        self._stats.sum += total
-        self._stats.count += rows.shape[0]
 
     def _sum_samples(self, drop: bool = False) -> None:
         """Add the products ``Σ h hᵀ`` of the kept samples not yet in the statistics (``drop``: and stop keeping
@@ -251,22 +194,27 @@ class ConsumerStats:
             self._samples, self._summed = None, 0
 
     def keep(self, kept: torch.Tensor, coefficients: torch.Tensor | None = None) -> None:
-        """Restrict to the input channels ``kept`` (after the others were pruned).
+        """Restrict to the channels ``kept`` (after the others were pruned); a no-op when ``kept`` are all of them
+        (the second consumer of the same tensor cutting it again).
 
         A cached :meth:`precision` is cut too, by the Schur complement
         ``P_KK − P_KR P_RR⁻¹ P_RK = (C_KK + ρI)⁻¹`` (same absolute ridge ``ρ``, ``O(c²|R|)``);
         ``coefficients``: the ``A = −P_RR⁻¹ P_RK: (|R|, |K|)`` of :meth:`coefficients` for these
         channels, if already computed (saves the solve: the cut is ``P_KK + P_KR A``).
         """
+        if len(kept) == self.n:
+            return
         device = self._stats.sum.device
         kept = kept.to(device)
-        if self._precision is not None:
-            self._precision = _schur_cut(self._precision, kept, coefficients)
-        if self._low_rank is not None:  # (C_KK + ρI)⁻¹ is the same Woodbury form on U's kept rows
-            self._low_rank = (self._low_rank[0][kept], self._low_rank[1])
-        self._diagonal = None  # the inverse of the kept block is not the kept part of the inverse
-        if self._variances is not None:
-            self._variances = self._variances[kept]
+        precision = None if self._precision is None else _schur_cut(self._precision, kept, coefficients)
+        low_rank = None if self._low_rank is None else (self._low_rank[0][kept], self._low_rank[1])
+        covariance = None if self._covariance is None else self._covariance[kept][:, kept]
+        variances = None if self._variances is None else self._variances[kept]
+        lmbda, condition = self._precision_lmbda, self._condition
+        self._changed()  # the inverse of the kept block is not the kept part of the inverse: no diagonal kept
+        # (C_KK + ρI)⁻¹: the Schur cut of P, or the same Woodbury form on U's kept rows; σ_max can only shrink
+        self._precision, self._low_rank, self._precision_lmbda = precision, low_rank, lmbda
+        self._covariance, self._variances, self._condition = covariance, variances, condition
         if self._samples:
             self._samples = [rows[:, kept] for rows in self._samples]
         channels = _unallocated_stats(len(kept), device=device)
@@ -275,10 +223,6 @@ class ConsumerStats:
         channels.sum = self._stats.sum[kept]
         channels.count = self._stats.count
         self._stats = channels
-        if self.patch_sum is not None:
-            self.patch_sum = self.patch_sum[kept]
-        if self._covariance is not None:
-            self._covariance = self._covariance[kept][:, kept]
 
     def covariance(self) -> torch.Tensor:
         """``(c, c)`` float64 centred covariance of the channels (computed once per change)."""
@@ -350,13 +294,18 @@ class ConsumerStats:
 
     def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float,
                      factored: bool = False) -> torch.Tensor | LowRankCoefficients:
-        """``A: (|R|, |K|) = C_RK (C_KK + ρI)⁻¹ = −P_RR⁻¹ P_RK`` from the cached :meth:`precision`.
+        """``A: (|R|, |K|) = C_RK (C_KK + ρI)⁻¹ = −P_RR⁻¹ P_RK`` (see :meth:`ConsumerStats.coefficients`); the
+        last ones are kept until the statistics change (every consumer of the tensor asks for the same)."""
+        last = self._coefficients
+        if (last is not None and last[2:4] == (lmbda, factored) and torch.equal(last[0], removed)
+                and torch.equal(last[1], kept)):
+            return last[4]
+        A = self._solve_coefficients(removed, kept, lmbda, factored)
+        self._coefficients = (removed, kept, lmbda, factored, A)
+        return A
 
-        The ridge ``ρ`` is the precision's (relative to all ``c`` channels' mean variance, not
-        only the kept ones' as in :func:`least_squares_coefficients`); an ``|R| × |R|`` solve, or
-        with few samples (:data:`LOW_RANK_FRACTION`) the ``T × T`` one of the push-through identity
-        (``factored``: that one as :class:`LowRankCoefficients`).
-        """
+    def _solve_coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float,
+                            factored: bool) -> torch.Tensor | LowRankCoefficients:
         if self._woodbury(lmbda):
             U, ridge = self._low_rank
             removed, kept = removed.to(U.device), kept.to(U.device)
@@ -388,13 +337,187 @@ class ConsumerStats:
             self._condition = _condition_estimate(*self._low_rank)
         return self._condition <= FLOAT32_CONDITION
 
+
+class ConsumerStats:
+    """What a consumer reads, summarised: channel second moments and per-kernel-offset means.
+
+    Attributes:
+        moments: :class:`ChannelMoments` of the ``c`` input channels (every batch element and
+            spatial position is a sample); shared by the consumers that read the same tensor
+            (:func:`collect_consumer_stats`).
+        patch_sum: ``(c, *kernel)`` float64, the sum over output positions of the (padded)
+            input value each kernel offset reads (convs only; a Linear's are ``channels.sum``).
+        patch_count: the number of output positions summed.
+    """
+
+    def __init__(self, module: nn.Module, blocks: int = 1) -> None:
+        if not is_consumer(module):
+            raise ValueError(f"module must be a Linear or an ungrouped conv, got {type(module).__name__}")
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+        if blocks > 1 and (not isinstance(module, nn.Linear) or module.in_features % blocks):
+            raise ValueError(f"blocks={blocks} needs a Linear whose in_features are a multiple of it "
+                             f"(channels x positions), got {module}")
+        self.module = module
+        self.blocks = blocks
+        width = module.in_features // blocks if isinstance(module, nn.Linear) else module.in_channels
+        self.moments = ChannelMoments(width)
+        if isinstance(module, nn.Linear):
+            self.patch_sum = None if blocks == 1 else torch.zeros((width, blocks), dtype=torch.float64)
+        else:
+            self.patch_sum = torch.zeros((width, *module.kernel_size), dtype=torch.float64)
+        self.patch_count = 0
+
+    @property
+    def channels(self) -> ActivationStats:
+        """:class:`~projprune.ActivationStats` over the ``c`` input channels (every batch element and spatial
+        position is a sample), ``Σ h hᵀ`` complete."""
+        return self.moments.channels
+
+    @property
+    def n(self) -> int:
+        """Number of input channels ``c`` the statistics describe (for ``blocks > 1``: flattened-map channels)."""
+        return self.moments.n
+
+    @property
+    def count(self) -> int:
+        """Number of samples (batch elements times positions) the statistics hold."""
+        return self.moments.count
+
+    @property
+    def width(self) -> int:
+        """The consumer's input width these statistics cover: ``c · blocks`` for a Linear, ``c`` for a conv."""
+        return self.n * self.blocks
+
+    def update(self, x: torch.Tensor, cache: dict | None = None) -> None:
+        """Add one input batch of the consumer: ``(..., c · blocks)`` for a Linear, ``(B, c, *spatial)`` for a conv.
+
+        With ``blocks > 1`` a Linear's input is a flattened ``(c, blocks)`` map: every position of
+        a channel is one sample of that channel, and ``patch_sum: (c, blocks)`` keeps per-position sums.
+        ``cache``: scratch space of this input tensor, shared with its other consumers: what one consumer
+        computed from it (products, sums) the next one reads from there.
+        """
+        x = x.detach()
+        moments = self.moments
+        if self.patch_sum is None:  # Linear, one statistic per input
+            if (x.is_floating_point() and not x.is_meta and x.dim() >= 1 and x.shape[-1] == self.n
+                    and moments.wants_samples(x.numel() // self.n)):
+                moments.add_samples(*_cached(cache, ("rows", self.n), lambda: _checked_rows(x.reshape(-1, self.n))))
+                return
+
+            def products() -> tuple[torch.Tensor, torch.Tensor, int]:
+                rows = rows_of(x, self.n)
+                total, gram = batch_products(rows)  # StatisticsOverflowError when they leave the range
+                return gram, total, rows.shape[0]
+            gram, total, count = _cached(cache, ("products", self.n), products)
+            if count:
+                moments.add_products(gram, total, count)
+                _check_no_overflow(moments.channels.sum_outer, x)  # a failed collection discards these statistics
+            return
+        if self.blocks > 1:
+            if x.dim() < 1 or x.shape[-1] != self.width:
+                raise ValueError(f"x must have shape (..., {self.width}), got {tuple(x.shape)}")
+            x = x.reshape(-1, self.n, self.blocks)
+        elif x.dim() < 2 or x.shape[1] != self.n:
+            raise ValueError(f"x must have shape (B, {self.n}, *spatial), got {tuple(x.shape)}")
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        # One batch sum serves the channel means and the patch sums: over the batch in the input's
+        # dtype (float32: as ActivationStats' chunked sums, ~1e-7 relative per position), over the
+        # positions in float64. The float32 (or float64) Gram of the channels-by-samples matrix is
+        # accumulated in float64 as ActivationStats does.
+        plane, channel_sum = _cached(cache, ("plane", self.n, self.blocks), lambda: _plane_sums(x, self.n))
+        self.patch_sum = self.patch_sum.to(x.device)
+        if self.blocks > 1:  # the "kernel" is the whole map, read at one output position
+            sums, positions = plane, x.shape[0]
+        else:
+            sums, positions = _patch_sums(self.module, plane, x.shape[0])
+        samples = x.numel() // self.n
+        if moments.wants_samples(samples):
+            rows = _cached(cache, ("rows", self.n, self.blocks),
+                           lambda: x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n).double())
+            moments.add_samples(rows, channel_sum)
+        else:
+            moments.add_products(_cached(cache, ("gram", self.n, self.blocks), lambda: _checked_channel_gram(x)),
+                                 channel_sum, samples)
+        self.patch_sum += sums
+        self.patch_count += positions
+
+    def keep(self, kept: torch.Tensor, coefficients: torch.Tensor | None = None) -> None:
+        """Restrict to the input channels ``kept`` (after the others were pruned): the patch sums, and the
+        :class:`ChannelMoments` (:meth:`ChannelMoments.keep`: the cached precision cut by a Schur complement;
+        once for all consumers of the tensor)."""
+        if self.patch_sum is not None:
+            self.patch_sum = self.patch_sum[kept.to(self.patch_sum.device)]
+        self.moments.keep(kept, coefficients)
+
+    def covariance(self) -> torch.Tensor:
+        """``(c, c)`` float64 centred covariance of the channels (computed once per change)."""
+        return self.moments.covariance()
+
+    def variances(self) -> torch.Tensor:
+        """``(c,)`` float64 the covariance's diagonal (:meth:`ChannelMoments.variances`)."""
+        return self.moments.variances()
+
+    def precision(self, lmbda: float) -> torch.Tensor:
+        """``(c, c)`` ``P = (C + ρI)⁻¹`` (:meth:`ChannelMoments.precision`)."""
+        return self.moments.precision(lmbda)
+
+    def precision_diagonal(self, lmbda: float) -> torch.Tensor:
+        """``(c,)`` the diagonal of :meth:`precision` (Woodbury, ``O(c T²)``, with few samples)."""
+        return self.moments.precision_diagonal(lmbda)
+
+    def coefficients(self, removed: torch.Tensor, kept: torch.Tensor, lmbda: float,
+                     factored: bool = False) -> torch.Tensor | LowRankCoefficients:
+        """``A: (|R|, |K|) = C_RK (C_KK + ρI)⁻¹ = −P_RR⁻¹ P_RK`` from the cached :meth:`precision`.
+
+        The ridge ``ρ`` is the precision's (relative to all ``c`` channels' mean variance, not
+        only the kept ones' as in :func:`least_squares_coefficients`); an ``|R| × |R|`` solve, or
+        with few samples (:data:`LOW_RANK_FRACTION`) the ``T × T`` one of the push-through identity
+        (``factored``: that one as :class:`LowRankCoefficients`).
+        """
+        return self.moments.coefficients(removed, kept, lmbda, factored)
+
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
         if self.patch_sum is None:
-            return self._stats.mean
+            return self.moments.channels.mean
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count
+
+
+def _cached(cache: dict | None, key: tuple, make: Callable[[], Any]) -> Any:
+    """``cache[key]``, made by ``make()`` on first use (no cache: ``make()``)."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _checked_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, column sums)`` float64 of ``rows: (k, c)``, the sums checked finite."""
+    rows = rows.to(torch.float64)
+    total = rows.sum(dim=0)
+    _check_finite_inputs(total)
+    return rows, total
+
+
+def _plane_sums(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(plane: (c, *spatial), channel sums: (c,))`` float64 of ``x: (B, c, *spatial)`` summed over the batch
+    (NaN and Inf reach the sums: checked here, which the statistics rely on)."""
+    plane = x.sum(dim=0).to(torch.float64)
+    channel_sum = plane.reshape(n, -1).sum(dim=1)
+    _check_finite_inputs(channel_sum)
+    return plane, channel_sum
+
+
+def _checked_channel_gram(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_channel_gram` of ``x``, ``StatisticsOverflowError`` if it overflows."""
+    gram = _channel_gram(x)
+    _check_no_overflow(gram, x)
+    return gram
 
 
 def _check_finite_inputs(total: torch.Tensor) -> None:
@@ -466,27 +589,36 @@ def _patch_sums(conv: nn.modules.conv._ConvNd, plane: torch.Tensor, batch: int) 
     """Sum over output positions of the input each kernel offset reads: ``(c, *kernel)``, and their count.
 
     ``plane: (c, *spatial)`` is the input summed over its ``batch`` samples (padding is linear, so
-    summing first is exact).
+    summing first is exact). The positions an offset reads are a strided box, so the sums separate
+    by dimension: each spatial dimension in turn is replaced by its ``k`` strided sums (``O(c · k ·
+    positions)`` for the first, less after; no patch matrix). Zero padding adds nothing: the strides
+    are clipped to the unpadded input; other padding modes are applied first.
     """
-    plane = plane[None]
-    if conv.padding_mode in _PAD_MODES and any(conv._reversed_padding_repeated_twice):
-        plane = F.pad(plane, conv._reversed_padding_repeated_twice, mode=_PAD_MODES[conv.padding_mode])
-    out_size = [(size - d * (k - 1) - 1) // s + 1
-                for size, k, s, d in zip(plane.shape[2:], conv.kernel_size, conv.stride, conv.dilation)]
+    pads = conv._reversed_padding_repeated_twice  # F.pad order: last dimension first, (before, after) each
+    if conv.padding_mode != "zeros" and any(pads):
+        plane = F.pad(plane[None], pads, mode=_PAD_MODES[conv.padding_mode])[0]
+        pads = [0] * len(pads)
+    spatial = plane.dim() - 1
+    before = [pads[2 * (spatial - 1 - axis)] for axis in range(spatial)]
+    after = [pads[2 * (spatial - 1 - axis) + 1] for axis in range(spatial)]
     positions = batch
-    for n_out in out_size:
+    sums = plane
+    for axis in range(spatial):
+        size, k, s, d = plane.shape[1 + axis], conv.kernel_size[axis], conv.stride[axis], conv.dilation[axis]
+        n_out = (size + before[axis] + after[axis] - d * (k - 1) - 1) // s + 1
         positions *= n_out
-    if plane.dim() == 4:  # 2-D: every kernel offset's strided slice in one unfold
-        columns = F.unfold(plane, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
-        return columns[0].sum(dim=1).reshape(plane.shape[1], *conv.kernel_size), positions
-    plane = plane[0]
-    sums = torch.zeros((plane.shape[0], *conv.kernel_size), dtype=torch.float64, device=plane.device)
-    dims = tuple(range(1, plane.dim()))
-    for offset in itertools.product(*(range(k) for k in conv.kernel_size)):
-        index = [slice(None)]
-        for o, n_out, s, d in zip(offset, out_size, conv.stride, conv.dilation):
-            index.append(slice(o * d, o * d + (n_out - 1) * s + 1, s))
-        sums[(slice(None), *offset)] = plane[tuple(index)].sum(dim=dims)
+        parts = []
+        for offset in range(k):
+            start = offset * d - before[axis]  # the unpadded index the first output position reads
+            first = max(0, -(start // s) if start < 0 else 0)  # outputs reading padding before the input
+            last = min(n_out - 1, (size - 1 - start) // s)  # ... and after it
+            if last < first:
+                parts.append(sums.new_zeros(sums.shape[:1] + sums.shape[2:]))
+                continue
+            window = sums.narrow(1, start + first * s, (last - first) * s + 1)[:, ::s] if s > 1 else \
+                sums.narrow(1, start + first * s, last - first + 1)
+            parts.append(window.sum(dim=1))
+        sums = torch.stack(parts, dim=-1)  # this axis's k offsets go last: the next spatial axis is at 1 again
     return sums, positions
 
 
@@ -508,17 +640,22 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
         forward: ``forward(model, batch)`` runs one batch (e.g. :func:`structured_forward`).
 
     Returns:
-        ``{consumer: ConsumerStats}``. Raises ``ValueError`` for no batches, a failing forward, a
-        non-consumer or statistics that overflow (naming the consumer).
+        ``{consumer: ConsumerStats}``; consumers that read the same tensor object in every batch share
+        one :class:`ChannelMoments` (its products taken once). Raises ``ValueError`` for no batches, a
+        failing forward, a non-consumer or statistics that overflow (naming the consumer).
     """
     blocks = blocks or {}
     stats = {module: ConsumerStats(module, blocks.get(module, 1)) for module in consumers}
     if names is None:
         names = {module: name for name, module in model.named_modules()}
+    inputs = _InputTensors()
+    history: dict[nn.Module, list[int]] = {module: [] for module in stats}  # the input tensors each consumer read
 
-    def update(module: nn.Module, inputs: tuple) -> None:
+    def update(module: nn.Module, args: tuple) -> None:
+        serial, cache = inputs.entry(args[0])
+        history[module].append(serial)
         try:
-            stats[module].update(inputs[0])
+            stats[module].update(args[0], cache)
         except StatisticsOverflowError as err:
             raise StatisticsOverflowError(f"consumer {names.get(module, type(module).__name__)!r} "
                                           f"({type(module).__name__}): {err}") from None
@@ -530,7 +667,54 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
         if isinstance(err.__cause__, StatisticsOverflowError):  # not "the forward failed": say what overflowed
             raise err.__cause__ from None
         raise
+    finally:
+        inputs.clear()
+    _share_moments(stats, history)
     return stats
+
+
+class _InputTensors:
+    """The consumer inputs of a running forward, by identity: each distinct tensor (same object, same in-place
+    version) gets a serial number and a scratch dict that its consumers share; an entry goes with its tensor
+    (a weak reference: nothing is kept alive, and a freed tensor's address reused by another is a new entry)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, int, int, dict]] = {}
+        self._serials = itertools.count()
+
+    def entry(self, x: Any) -> tuple[int, dict | None]:
+        """``(serial, scratch dict)`` of ``x`` (not a tensor: a fresh serial and no dict)."""
+        if not isinstance(x, torch.Tensor):
+            return next(self._serials), None
+        key = id(x)
+        found = self._entries.get(key)
+        if found is not None and found[0]() is x and found[1] == x._version:
+            return found[2], found[3]
+        entries = self._entries
+
+        def forget(ref: weakref.ref, key: int = key) -> None:
+            if key in entries and entries[key][0] is ref:
+                del entries[key]
+        found = (weakref.ref(x, forget), x._version, next(self._serials), {})
+        entries[key] = found
+        return found[2], found[3]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _share_moments(stats: dict[nn.Module, ConsumerStats], history: dict[nn.Module, list[int]]) -> None:
+    """One :class:`ChannelMoments` for the consumers that read the very same tensors, in the same order, in every
+    batch, the same way (kind, width, blocks): their statistics are equal (built from the same cached products),
+    so the others' are dropped and every derived quantity is computed once."""
+    first: dict[tuple, ConsumerStats] = {}
+    for module, consumer in stats.items():
+        if not history[module]:
+            continue
+        key = (tuple(history[module]), consumer.patch_sum is None, consumer.n, consumer.blocks)
+        owner = first.setdefault(key, consumer)
+        if owner is not consumer:
+            consumer.moments = owner.moments
 
 
 class _Forward(nn.Module):
@@ -701,17 +885,26 @@ def _condition_estimate(U: torch.Tensor, ridge: float, iterations: int = 8) -> f
     (a centred covariance factor's: ``U 1 = 0``; otherwise an upper bound), with ``σ²`` the largest eigenvalue
     of ``UᵀU`` estimated by ``iterations`` power steps from a fixed random start (``O(n m)`` each). Measured on
     Torch-Pruning's models: float32 solves pass :func:`_woodbury_accurate` up to ~1e4 and fail from ~5e4."""
-    v = _probe_vectors(U.shape[1], 1, U.device)[:, 0]
     U64 = U.to(torch.float64)
+    return 1.0 + _largest_eigenvalue(lambda v: U64.T @ (U64 @ v), U.shape[1], U.device, iterations) / ridge
+
+
+def _largest_eigenvalue(product: Callable[[torch.Tensor], torch.Tensor], n: int, device: torch.device,
+                        iterations: int = 8) -> float:
+    """The largest eigenvalue of a positive semi-definite ``(n, n)`` operator given by ``product(v)``, by
+    ``iterations`` power steps from a fixed random start (a lower bound, close after a few steps when one
+    direction dominates, as in activation covariances)."""
+    v = _probe_vectors(n, 1, device)[:, 0]
+    v = v / v.norm()
     largest = 0.0
     for _ in range(iterations):
-        w = U64.T @ (U64 @ v)
+        w = product(v)
         largest = float(v @ w)  # Rayleigh quotient of the unit v
         norm = float(w.norm())
         if not norm > 0 or not torch.isfinite(w).all():
             break
         v = w / norm
-    return 1.0 + largest / ridge
+    return largest
 
 
 def _probe_vectors(n: int, probes: int, device: torch.device) -> torch.Tensor:
@@ -814,6 +1007,11 @@ FLOAT32_RESIDUAL = 1e-4
 # _woodbury_cholesky: a float32 factor is attempted only up to this estimated condition number (above it the
 # residual check fails: ReLU activations of few images reach 1e5)
 FLOAT32_CONDITION = 2e4
+# _ridged_cholesky: a dense float32 factor is attempted only up to this estimated condition number. Measured on
+# Torch-Pruning's torchvision models (calibrated covariances, their smallest eigenvalue ~0 next to the ridge, so the
+# estimate is the condition number): passes up to 1.6e5 (512-wide), every attempt from 1.9e5 on failed (512 to
+# 2,048 wide: ResNet, VGG, DeepLabV3 ReLU inputs up to 1.1e6)
+FLOAT32_DENSE_CONDITION = 2.5e5
 
 
 def _accurate_in_float32(system: torch.Tensor, ridge: float, inverse: torch.Tensor | None = None, probes: int = 4,
@@ -912,8 +1110,11 @@ def _ridged_cholesky(G: torch.Tensor, lmbda: float, rank: int | None = None) -> 
     ridge = _ridge(G, lmbda, rank)
     if lmbda <= 0 or n < FLOAT32_PRECISION_WIDTH:
         return None, ridge
-    full_rank = rank is None or rank >= n
-    for dtype in (torch.float32, torch.float64) if full_rank else (torch.float64,):
+    # float32 only where it can pass: full rank, and an estimated condition number (1 + λ_max / ρ, an upper bound
+    # as G's smallest eigenvalue is at least 0) that float32 factors have passed the check at
+    float32 = (rank is None or rank >= n) and 1.0 + _largest_eigenvalue(
+        lambda v: G @ v.to(G.dtype), n, G.device) / ridge <= FLOAT32_DENSE_CONDITION
+    for dtype in (torch.float32, torch.float64) if float32 else (torch.float64,):
         system = G.to(dtype, copy=True)
         system.diagonal().add_(ridge)
         factor, info = torch.linalg.cholesky_ex(system)
@@ -1438,11 +1639,26 @@ class CompensatingPruner(tp.pruner.BasePruner):
                     solved[key] = self._solved(layer, None, least_squares_coefficients, G.dense, rows_r, rows_k,
                                                self.lmbda, factor=G.factor, factored=True)
                 folds.append(_Fold(layer, removed, rows_k + first, solved[key], blocks))
-        for layer, parts in removed_by_layer.items():
-            fold = self._plan_calibrated(layer, torch.unique(torch.cat(parts)))
+        removed_by_layer = {layer: torch.unique(torch.cat(parts)) for layer, parts in removed_by_layer.items()}
+        self._unshare_differently_cut(removed_by_layer)
+        for layer, removed in removed_by_layer.items():
+            fold = self._plan_calibrated(layer, removed)
             if fold is not None:
                 folds.append(fold)
         return folds
+
+    def _unshare_differently_cut(self, removed_by_layer: dict[nn.Module, torch.Tensor]) -> None:
+        """Consumers of one tensor lose the same channels (one group cuts the tensor for all its readers); should
+        a step cut them differently, each gets its own copy of the shared :class:`ChannelMoments` first."""
+        cuts: dict[int, torch.Tensor] = {}
+        for layer, removed in removed_by_layer.items():
+            stats = self.stats.get(layer)
+            if stats is None:
+                continue
+            seen = cuts.setdefault(id(stats.moments), removed)
+            if seen is not removed and not torch.equal(seen, removed):
+                stats.moments = copy.deepcopy(stats.moments)
+                cuts[id(stats.moments)] = removed
 
     def _plan_calibrated(self, layer: nn.Module, removed: torch.Tensor) -> _Fold | None:
         """The calibrated fold of ``layer`` for its sorted input channels ``removed`` (None: no statistics).
@@ -1475,7 +1691,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             C = (stats.channels.sum_outer / stats.channels.count).to(weight.device)
             A = self._solved(layer, stats, least_squares_coefficients, C, removed_d, kept_d, self.lmbda)
             cut = None
-            if stats._precision is not None:  # the Schur cut of the cached precision, solved now
+            if stats.moments._precision is not None:  # the Schur cut of the cached precision, solved now
                 cut = self._solved(layer, stats, stats.coefficients, removed, kept, self.lmbda)
         shift = None
         if self.mean_correction:

@@ -79,7 +79,7 @@ def test_with_at_most_width_samples_the_precision_is_woodbury_and_cut_with_the_c
         ridge = 1e-2 * float(torch.trace(C)) / (T - 1)
         P = _direct_inverse(C, ridge)
         assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8)
-        assert stats._low_rank is not None and stats._precision is None  # never formed by the pruner's calls
+        assert stats.moments._low_rank is not None and stats.moments._precision is None  # never formed by the pruner's calls
         assert torch.allclose(stats.precision(1e-2), P, rtol=1e-8, atol=1e-8 * float(P.abs().max()))
         R, K = torch.arange(0, n, 2), torch.arange(1, n, 2)
         A = stats.coefficients(R, K, 1e-2)
@@ -91,11 +91,11 @@ def test_with_at_most_width_samples_the_precision_is_woodbury_and_cut_with_the_c
     stats.update(X)
     more = torch.randn(int(compensation.LOW_RANK_FRACTION * 30) - 11, 30, dtype=torch.float64)
     stats.update(more)  # beyond LOW_RANK_FRACTION · 30 samples: not kept; the dense inverse, ridge of rank T − 1
-    assert stats._samples is None
+    assert stats.moments._samples is None
     X_all = torch.cat([X, more])
     C = torch.cov(X_all.T, correction=0)
     P = _direct_inverse(C, 1e-2 * float(torch.trace(C)) / (len(X_all) - 1))
-    assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8) and stats._low_rank is None
+    assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8) and stats.moments._low_rank is None
 
 
 def test_woodbury_statistics_with_fewer_kept_channels_than_samples_solve_the_kept_system():
@@ -111,5 +111,5 @@ def test_woodbury_statistics_with_fewer_kept_channels_than_samples_solve_the_kep
     A = stats.coefficients(R, K, 1e-2, factored=True)
     assert isinstance(A, torch.Tensor) and A.shape == (20, 10)
     assert torch.allclose(A, -torch.linalg.solve(P[R][:, R], P[R][:, K]), rtol=1e-7, atol=1e-9)
-    U, ridge = stats._low_rank
+    U, ridge = stats.moments._low_rank
     assert torch.allclose(A, compensation._woodbury_coefficients(U[R], U[K], ridge), rtol=1e-8, atol=1e-10)
