@@ -88,3 +88,39 @@ def symmetrised(C: torch.Tensor, blocks: int = 12, inplace: bool = False) -> tor
             if b != a:
                 out[rb, ra] = tile.T
     return out
+
+
+# cholesky: matrices up to this size are factored by LAPACK directly (its potrf is fast enough when small)
+_CHOLESKY_BLOCK = 256
+
+
+def cholesky(M: torch.Tensor, block: int = _CHOLESKY_BLOCK, inplace: bool = False) -> tuple[torch.Tensor, int]:
+    """``(L, info)`` as ``torch.linalg.cholesky_ex``: the lower Cholesky factor of a symmetric ``M: (n, n)``
+    (its lower triangle is read), ``info`` 0 or the order of the first non-positive leading minor.
+
+    Above ``block`` the factorisation recurses on halves, ``L₁₁ = chol(M₁₁)``, ``L₂₁ = M₂₁ L₁₁⁻ᵀ``,
+    ``L₂₂ = chol(M₂₂ − L₂₁ L₂₁ᵀ)``: the same arithmetic as a blocked Cholesky, its work in triangular
+    solves and matrix products, which run near the CPU's peak; LAPACK's potrf did not on one thread
+    (measured 1.6x–2.5x slower at n = 1,024–2,048, float64, MKL). ``inplace``: ``M`` is overwritten with ``L``.
+    """
+    L = M if inplace else M.clone()
+    info = _cholesky_(L, block)
+    return L.tril_(), info
+
+
+def _cholesky_(L: torch.Tensor, block: int) -> int:
+    """Factor in place: on return the lower triangle of ``L`` holds the factor (upper triangle: scratch)."""
+    n = L.shape[0]
+    if n <= block:
+        factor, info = torch.linalg.cholesky_ex(L)
+        L.copy_(factor)
+        return int(info)
+    h = n // 2
+    info = _cholesky_(L[:h, :h], block)
+    if info:
+        return info
+    below = L[h:, :h]
+    below.copy_(torch.linalg.solve_triangular(L[:h, :h].T, below, upper=True, left=False))
+    L[h:, h:].addmm_(below, below.T, alpha=-1.0)
+    info = _cholesky_(L[h:, h:], block)
+    return info + h if info else 0

@@ -59,6 +59,7 @@ import torch_pruning as tp
 from torch_pruning.pruner import function
 
 from projprune._checks import check_lmbda, check_not_reparametrized
+from projprune._symmetric import cholesky as symmetric_cholesky
 from projprune._symmetric import gram as symmetric_gram
 from projprune._symmetric import symmetrised
 from projprune.calibration import ActivationStats, StatisticsOverflowError, batch_products, rows_of, run_hooked
@@ -258,7 +259,7 @@ class ChannelMoments:
         """
         if self._woodbury(lmbda):
             U, ridge = self._low_rank
-            P = -(U @ torch.cholesky_solve(U.T, torch.linalg.cholesky(_ridged_small_gram(U, ridge))))
+            P = -(U @ torch.cholesky_solve(U.T, _cholesky_or_raise(_ridged_small_gram(U, ridge))))
             P.diagonal().add_(1.0)
             return (P + P.T) * (0.5 / ridge)
         if self._precision is None or self._precision_lmbda != lmbda:
@@ -325,7 +326,7 @@ class ChannelMoments:
         # conditioned) is solved in float32 too; a float64 one by Cholesky (P is positive definite:
         # half the cost of LU), LU only if rounding makes that fail
         if P.dtype == torch.float64:
-            factor, info = torch.linalg.cholesky_ex(rows[:, removed])
+            factor, info = symmetric_cholesky(rows[:, removed])
             if int(info) == 0:
                 return -torch.cholesky_solve(rows[:, kept], factor)
         return -_spd_solve(rows[:, removed], rows[:, kept], 0.0, well_conditioned=P.dtype == torch.float32)
@@ -874,10 +875,19 @@ def _woodbury_cholesky(U: torch.Tensor, ridge: float, float32: bool = True) -> t
     float32 products' rounding is covered too); otherwise, or if it fails, float64.
     """
     if U.shape[0] >= FLOAT32_PRECISION_WIDTH and float32:
-        factor, info = torch.linalg.cholesky_ex(_ridged_small_gram(U.to(torch.float32), ridge))
+        factor, info = symmetric_cholesky(_ridged_small_gram(U.to(torch.float32), ridge))
         if int(info) == 0 and _woodbury_accurate(U, ridge, factor):
             return factor
-    return torch.linalg.cholesky(_ridged_small_gram(U.to(torch.float64), ridge))
+    return _cholesky_or_raise(_ridged_small_gram(U.to(torch.float64), ridge))
+
+
+def _cholesky_or_raise(M: torch.Tensor) -> torch.Tensor:
+    """The lower Cholesky factor of ``M`` (:func:`projprune._symmetric.cholesky`), ``torch.linalg.LinAlgError`` if
+    it is not positive definite (as ``torch.linalg.cholesky``)."""
+    factor, info = symmetric_cholesky(M)
+    if info:
+        raise torch.linalg.LinAlgError(f"the leading minor of order {info} is not positive-definite")
+    return factor
 
 
 def _condition_estimate(U: torch.Tensor, ridge: float, iterations: int = 8) -> float:
@@ -1080,14 +1090,14 @@ def _spd_inverse_or_solve(system: torch.Tensor, rhs: torch.Tensor | None, ridge:
     """
     wide = system.shape[0] >= FLOAT32_PRECISION_WIDTH
     if ridge > 0 and wide and rhs is not None and not well_conditioned and try_float32:
-        factor, info = torch.linalg.cholesky_ex(system.to(torch.float32))
+        factor, info = symmetric_cholesky(system.to(torch.float32))
         if int(info) == 0:
             out = torch.cholesky_solve(rhs.to(torch.float32), factor)
             if _solved_accurately(system, rhs, out):
                 return out.to(torch.float64)
     if (ridge > 0 or well_conditioned) and wide:
         dtype = torch.float32 if well_conditioned and rhs is not None else torch.float64
-        factor, info = torch.linalg.cholesky_ex(system.to(dtype))
+        factor, info = symmetric_cholesky(system.to(dtype))
         if int(info) == 0:
             out = torch.cholesky_inverse(factor) if rhs is None else torch.cholesky_solve(rhs.to(dtype), factor)
             if bool(torch.isfinite(out).all()):
@@ -1113,12 +1123,11 @@ def _ridged_cholesky(G: torch.Tensor, lmbda: float, rank: int | None = None) -> 
     # float32 only where it can pass: full rank, and an estimated condition number (1 + λ_max / ρ, an upper bound
     # as G's smallest eigenvalue is at least 0) that float32 factors have passed the check at
     float32 = (rank is None or rank >= n) and 1.0 + _largest_eigenvalue(
-        lambda v: G @ v.to(G.dtype), n, G.device) / ridge <= FLOAT32_DENSE_CONDITION
+        lambda v: (G @ v.to(G.dtype)).to(torch.float64), n, G.device) / ridge <= FLOAT32_DENSE_CONDITION
     for dtype in (torch.float32, torch.float64) if float32 else (torch.float64,):
         system = G.to(dtype, copy=True)
         system.diagonal().add_(ridge)
-        factor, info = torch.linalg.cholesky_ex(system)
-        del system
+        factor, info = symmetric_cholesky(system, inplace=True)
         if int(info) == 0 and (dtype == torch.float64 or _accurate_in_float32(G, ridge, factor=factor)):
             return factor, ridge
     return None, ridge

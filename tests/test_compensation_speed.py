@@ -79,7 +79,8 @@ def test_with_at_most_width_samples_the_precision_is_woodbury_and_cut_with_the_c
         ridge = 1e-2 * float(torch.trace(C)) / (T - 1)
         P = _direct_inverse(C, ridge)
         assert torch.allclose(stats.precision_diagonal(1e-2), P.diagonal(), rtol=1e-8)
-        assert stats.moments._low_rank is not None and stats.moments._precision is None  # never formed by the pruner's calls
+        moments = stats.moments
+        assert moments._low_rank is not None and moments._precision is None  # never formed by the pruner's calls
         assert torch.allclose(stats.precision(1e-2), P, rtol=1e-8, atol=1e-8 * float(P.abs().max()))
         R, K = torch.arange(0, n, 2), torch.arange(1, n, 2)
         A = stats.coefficients(R, K, 1e-2)

@@ -33,7 +33,8 @@ def test_kept_samples_defer_their_products_until_read(conv):
     for x in batches:
         stats.update(x)
     X = torch.cat([rows(x) for x in batches])  # 16 samples <= 0.75 · 40: kept
-    assert stats.moments._samples is not None and stats.moments._stats.sum_outer.is_meta  # (c, c) products: not even allocated
+    moments = stats.moments
+    assert moments._samples is not None and moments._stats.sum_outer.is_meta  # (c, c) products: not even allocated
     C = _population_cov(X)
     assert torch.allclose(stats.variances(), C.diagonal(), rtol=1e-6, atol=0)  # a conv's batch sums: float32
     ridge = 1e-2 * float(torch.trace(C)) / (len(X) - 1)
