@@ -96,16 +96,20 @@ _CHOLESKY_BLOCK = 256
 
 def cholesky(M: torch.Tensor, block: int = _CHOLESKY_BLOCK, inplace: bool = False) -> tuple[torch.Tensor, int]:
     """``(L, info)`` as ``torch.linalg.cholesky_ex``: the lower Cholesky factor of a symmetric ``M: (n, n)``
-    (its lower triangle is read), ``info`` 0 or the order of the first non-positive leading minor.
+    (one triangle is read), ``info`` 0 or the order of the first non-positive leading minor; ``L`` column-major
+    as LAPACK's (``cholesky_inverse`` and ``cholesky_solve`` read it without a transposed copy).
 
     Above ``block`` the factorisation recurses on halves, ``L₁₁ = chol(M₁₁)``, ``L₂₁ = M₂₁ L₁₁⁻ᵀ``,
     ``L₂₂ = chol(M₂₂ − L₂₁ L₂₁ᵀ)``: the same arithmetic as a blocked Cholesky, its work in triangular
     solves and matrix products, which run near the CPU's peak; LAPACK's potrf did not on one thread
-    (measured 1.6x–2.5x slower at n = 1,024–2,048, float64, MKL). ``inplace``: ``M`` is overwritten with ``L``.
+    (measured 1.6x–2.5x slower at n = 1,024–2,048, float64, MKL). ``inplace``: ``M``'s storage is reused for
+    ``L`` (``M`` is overwritten).
     """
-    L = M if inplace else M.clone()
+    # Mᵀ = M: the transposed view of row-major storage is the same matrix, column-major
+    L = (M if inplace else M.clone()).mT
     info = _cholesky_(L, block)
-    return L.tril_(), info
+    L.mT.triu_()  # the scratch triangle zeroed on the contiguous storage (a strided tril_ is several times slower)
+    return L, info
 
 
 def _cholesky_(L: torch.Tensor, block: int) -> int:

@@ -265,8 +265,6 @@ class ChannelMoments:
         if self._precision is None or self._precision_lmbda != lmbda:
             # rank <= samples − 1: with fewer samples than inputs the ridge is relative to the nonzero spectrum
             P = _ridge_inverse(self.covariance(), lmbda, rank=self.count - 1)
-            if P.dtype != torch.float32:  # the LU inverse is symmetric up to rounding, the Cholesky one exactly
-                P = symmetrised(P, inplace=True)
             self._precision, self._precision_lmbda = P, lmbda
         return self._precision
 
@@ -1114,15 +1112,15 @@ def _ridged_cholesky(G: torch.Tensor, lmbda: float, rank: int | None = None) -> 
     Wide (``n >= FLOAT32_PRECISION_WIDTH``), ridged and of full ``rank`` (None: unknown), it is tried in float32
     and kept if :func:`_accurate_in_float32` accepts its solves (tests/test_compensation_scale.py bounds it).
     A rank below ``n`` (fewer samples than inputs) makes the condition number ~``1 + n / lmbda``: float64
-    straight away. ``L`` is None when narrow, unridged, or not positive definite in float64 (then LU).
+    straight away, as when narrow. ``L`` is None when unridged, or not positive definite in float64 (then LU).
     """
     n = G.shape[0]
     ridge = _ridge(G, lmbda, rank)
-    if lmbda <= 0 or n < FLOAT32_PRECISION_WIDTH:
+    if lmbda <= 0:
         return None, ridge
-    # float32 only where it can pass: full rank, and an estimated condition number (1 + λ_max / ρ, an upper bound
-    # as G's smallest eigenvalue is at least 0) that float32 factors have passed the check at
-    float32 = (rank is None or rank >= n) and 1.0 + _largest_eigenvalue(
+    # float32 only where it can pass: wide, full rank, and an estimated condition number (1 + λ_max / ρ, an upper
+    # bound as G's smallest eigenvalue is at least 0) that float32 factors have passed the check at
+    float32 = n >= FLOAT32_PRECISION_WIDTH and (rank is None or rank >= n) and 1.0 + _largest_eigenvalue(
         lambda v: (G @ v.to(G.dtype)).to(torch.float64), n, G.device) / ridge <= FLOAT32_DENSE_CONDITION
     for dtype in (torch.float32, torch.float64) if float32 else (torch.float64,):
         system = G.to(dtype, copy=True)
@@ -1134,17 +1132,17 @@ def _ridged_cholesky(G: torch.Tensor, lmbda: float, rank: int | None = None) -> 
 
 
 def _ridge_inverse(G: torch.Tensor, lmbda: float, rank: int | None = None) -> torch.Tensor:
-    """``(G + ρI)⁻¹: (n, n)`` with the scale-free ridge ``ρ`` of :func:`_ridge`: from :func:`_ridged_cholesky`'s
-    factor (float32 when accepted, about 5x faster than float64 LU), else a float64 LU inverse
-    (:func:`_spd_inverse_or_solve`)."""
+    """``(G + ρI)⁻¹: (n, n)``, exactly symmetric, with the scale-free ridge ``ρ`` of :func:`_ridge`: from
+    :func:`_ridged_cholesky`'s factor (float32 when accepted, about 5x faster than float64 LU), else a float64 LU
+    inverse (:func:`_spd_inverse_or_solve`), symmetrised."""
     factor, ridge = _ridged_cholesky(G, lmbda, rank)
     if factor is not None:
-        inverse = torch.cholesky_inverse(factor)
+        inverse = torch.cholesky_inverse(factor)  # LAPACK's: mirrored, so exactly symmetric, and column-major
         if _all_finite(inverse):
-            return inverse
+            return inverse.mT  # the same matrix, row-major (rows are gathered from it)
     system = G.to(torch.float64, copy=True)
     system.diagonal().add_(ridge)
-    return _spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0)
+    return symmetrised(_spd_inverse_or_solve(system, None, ridge if lmbda > 0 else 0.0), inplace=True)
 
 
 def _spd_solve(system: torch.Tensor, rhs: torch.Tensor, ridge: float, well_conditioned: bool = False,
