@@ -152,6 +152,11 @@ class ChannelMoments:
         """Number of samples (batch elements times positions)."""
         return self._stats.count
 
+    @property
+    def mean(self) -> torch.Tensor:
+        """``(c,)`` float64 channel means (the products of kept samples are not taken for them)."""
+        return self._stats.mean
+
     def wants_samples(self, k: int) -> bool:
         """Whether ``k`` more samples are kept as rows (the Woodbury form) rather than added as products."""
         return self._samples is not None and self._stats.count + k <= LOW_RANK_FRACTION * self.n
@@ -483,7 +488,7 @@ class ConsumerStats:
     def patch_means(self) -> torch.Tensor:
         """``(c, *kernel)`` mean input per channel and kernel offset (``(c,)`` for a Linear)."""
         if self.patch_sum is None:
-            return self.moments.channels.mean
+            return self.moments.mean
         if self.patch_count == 0:
             raise ValueError("these ConsumerStats hold no samples; expected at least one batch")
         return self.patch_sum / self.patch_count

@@ -196,3 +196,14 @@ def test_dense_float32_factor_is_attempted_only_below_the_condition_limit(monkey
             assert checked == expected_checks
             tolerance = 1e-4 if gram.dtype == torch.float32 or expected_checks else 1e-8
             assert float(((diagonal - reference) / reference).abs().max()) < tolerance
+
+
+def test_a_linear_with_kept_samples_gives_its_means_without_their_products():
+    """The mean correction reads a Linear's channel means: with the samples kept (Woodbury form) their (c, c)
+    products stay unformed, and the means equal the float64 ones."""
+    torch.manual_seed(6)
+    layer = nn.Linear(64, 3).double()
+    x = torch.randn(5, 7, 64, dtype=torch.float64)
+    stats = collect_consumer_stats(layer, [layer], [x])[layer]
+    assert torch.allclose(stats.patch_means(), x.reshape(-1, 64).mean(dim=0), atol=1e-12)
+    assert stats.moments._samples and stats.moments._stats.sum_outer.is_meta
