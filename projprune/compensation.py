@@ -1030,17 +1030,13 @@ FLOAT32_CONDITION = 2e4
 FLOAT32_DENSE_CONDITION = 2.5e5
 
 
-def _accurate_in_float32(system: torch.Tensor, ridge: float, inverse: torch.Tensor | None = None, probes: int = 4,
-                         rows: int = 512, factor: torch.Tensor | None = None) -> bool:
+def _accurate_in_float32(system: torch.Tensor, ridge: float, factor: torch.Tensor, probes: int = 4,
+                         rows: int = 512) -> bool:
     """Whether ``‖(system + ridge I) · x − v‖ <= FLOAT32_RESIDUAL ‖v‖`` in float64 for ``probes`` fixed random
-    vectors ``v`` (``O(n²)`` each), ``x = inverse · v`` or solved with the Cholesky ``factor``: the float32
-    inverse (factor) is as good as a float64 one needs to be. The products are taken ``rows`` rows at a time
-    (no float64 copy of either ``(n, n)`` matrix)."""
+    vectors ``v`` (``O(n²)`` each), ``x`` solved with the float32 Cholesky ``factor``: its solves are as good as
+    float64 ones need to be. The product is taken ``rows`` rows at a time (no float64 copy of ``system``)."""
     vectors = _probe_vectors(system.shape[0], probes, system.device)
-    if factor is not None:
-        solved = torch.cholesky_solve(vectors.to(factor.dtype), factor).to(torch.float64)
-    else:
-        solved = torch.cat([inverse[a:a + rows].to(torch.float64) @ vectors for a in range(0, len(vectors), rows)])
+    solved = torch.cholesky_solve(vectors.to(factor.dtype), factor).to(torch.float64)
     residual = torch.cat([system[a:a + rows].to(torch.float64) @ solved for a in range(0, len(vectors), rows)])
     residual += ridge * solved - vectors
     return _small_residual(residual, vectors)
@@ -1076,7 +1072,7 @@ def _ridge_inverse_diagonal_dense(G: torch.Tensor, lmbda: float) -> torch.Tensor
 def _solved_accurately(system: torch.Tensor, rhs: torch.Tensor, solution: torch.Tensor, probes: int = 4) -> bool:
     """Whether ``‖system · X v − rhs v‖ <= FLOAT32_RESIDUAL ‖rhs v‖`` in float64 for ``probes`` fixed random
     combinations ``v`` of the columns (``O(n² probes)``): a float32 solve ``X`` of ``system X = rhs`` is as good as
-    :func:`_accurate_in_float32` asks of a float32 inverse."""
+    :func:`_accurate_in_float32` asks of a float32 factor."""
     v = _probe_vectors(rhs.shape[1], probes, system.device)
     target = rhs.to(torch.float64) @ v
     return _small_residual(system.to(torch.float64) @ (solution.to(torch.float64) @ v) - target, target)
@@ -1134,7 +1130,7 @@ def _ridged_cholesky(G: torch.Tensor, lmbda: float, rank: int | None = None) -> 
         system = G.to(dtype, copy=True)
         system.diagonal().add_(ridge)
         factor, info = symmetric_cholesky(system, inplace=True)
-        if int(info) == 0 and (dtype == torch.float64 or _accurate_in_float32(G, ridge, factor=factor)):
+        if int(info) == 0 and (dtype == torch.float64 or _accurate_in_float32(G, ridge, factor)):
             return factor, ridge
     return None, ridge
 

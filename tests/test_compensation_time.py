@@ -81,15 +81,15 @@ def test_rank_deficient_precision_skips_the_float32_attempt(monkeypatch):
     assert float((P - reference).norm() / reference.norm()) < 1e-8
 
 
-def test_float32_inverse_check_in_row_blocks_equals_the_whole_product():
-    """The residual check reads both matrices a block of rows at a time; it accepts an accurate float32
-    inverse and refuses one perturbed by 1e-3, whatever the block size."""
+def test_float32_factor_check_in_row_blocks_equals_the_whole_product():
+    """The residual check reads the system a block of rows at a time; it accepts an accurate float32 Cholesky
+    factor and refuses one perturbed by 1e-3, whatever the block size."""
     torch.manual_seed(2)
     n = 64
     X = torch.randn(4 * n, n, dtype=torch.float64)
     G, ridge = X.T @ X / (4 * n), 1e-2
-    good = torch.linalg.inv(G + ridge * torch.eye(n, dtype=torch.float64)).float()
-    bad = good * (1 + 1e-3 * torch.randn(n, n))
+    good = torch.linalg.cholesky(G + ridge * torch.eye(n, dtype=torch.float64)).float()
+    bad = good * (1 + 1e-3 * torch.randn(n, n)).tril()
     for rows in (7, 64, 1000):
         assert compensation._accurate_in_float32(G, ridge, good, rows=rows)
         assert not compensation._accurate_in_float32(G, ridge, bad, rows=rows)
