@@ -14,7 +14,9 @@ here from its list) and prunes each with
 
 Every (model, method) runs in its own subprocess, so peak memory (``ru_maxrss``) is its own.
 Per run: ``pruned`` or the first line of the error, the pruning time (pruner construction +
-step, calibration included), its ratio to magnitude's time on the same model, peak memory,
+step, calibration included), its ratio to magnitude's time on the same model (for ``proj_calib``
+also ``x_magnitude_forward``: one plain forward of its calibration images, timed apart, over
+magnitude's time: the part of the ratio the model's own forward takes), peak memory,
 parameters kept, and the mean relative output change ``‖f'(x) − f(x)‖ / ‖f(x)‖`` over the
 first ``--probe`` images of the calibration batch and over ``--probe`` fresh images (detection models:
 the backbone's feature maps, as their box lists differ in length). The last lines give per method the
@@ -256,6 +258,14 @@ def _prune(model: nn.Module, name: str, method: str, cfg: TPExamplesConfig, exam
     return time.perf_counter() - start
 
 
+def _forward_time(model: nn.Module, name: str, batch) -> str:
+    """Seconds of one no-grad forward of the calibration ``batch`` through the unpruned ``model`` (as a table
+    entry): ``proj_calib`` runs it once more, hooked, so its time cannot be below this."""
+    start = time.perf_counter()
+    probe_output(model, name, batch)
+    return f"{time.perf_counter() - start:.2f}"
+
+
 def _failure(err: Exception) -> str:
     """The first line of an error, for the table."""
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
@@ -281,6 +291,8 @@ def run_one(name: str, method: str, cfg: TPExamplesConfig) -> dict:
     before = [probe_output(model, name, b) for b in probes]
     row = {"model": name, "method": method, "status": "pruned", "params_kept": "", "time_s": "",
            "change_calib": "", "change_fresh": ""}
+    if method == "proj_calib":
+        row["forward_s"] = _forward_time(model, name, calibration_batch)
     start = time.perf_counter()
     try:
         elapsed = _prune(model, name, method, cfg, example_inputs, calibration_batch)
@@ -315,6 +327,9 @@ def run_coverage(name: str, methods: list[str], cfg: TPExamplesConfig) -> list[d
             row["status"], row["time_s"] = _failure(err), f"{time.perf_counter() - start:.1f}"
         rows.append(row)
         del copied
+    for row in rows:  # timed after the runs (on the unpruned model): no run gets a warm-up forward of its own
+        if row["method"] == "proj_calib":
+            row["forward_s"] = _forward_time(model, name, calibration_batch)
     return rows
 
 
@@ -392,11 +407,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     else (r for method in methods for r in run_isolated(name, method, cfg, argv))):
             base = next((r for r in rows if r["model"] == name and r["method"] == "magnitude"), None)
             if base and base.get("status") == "pruned" and row.get("status") == "pruned":
-                row["x_magnitude_time"] = f"{float(row['time_s']) / max(float(base['time_s']), 1e-3):.1f}"
+                base_time = max(float(base["time_s"]), 1e-3)
+                row["x_magnitude_time"] = f"{float(row['time_s']) / base_time:.1f}"
+                if row.get("forward_s"):
+                    row["x_magnitude_forward"] = f"{float(row['forward_s']) / base_time:.1f}"
             rows.append(row)
             print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
-    columns = ["model", "method", "status", "time_s", "x_magnitude_time", "peak_mb", "params_kept",
-               "change_calib", "change_fresh"]
+    columns = ["model", "method", "status", "time_s", "x_magnitude_time", "x_magnitude_forward", "peak_mb",
+               "params_kept", "change_calib", "change_fresh"]
     print(markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns=columns))
     for line in summarise(rows):
         print(line)

@@ -52,6 +52,7 @@ def test_coverage_prunes_one_model_with_every_method_on_its_own_copy():
     rows = tp_examples.run_coverage("resnet18", ["magnitude", "proj_comp", "proj_calib"], cfg)
     assert [r["method"] for r in rows] == ["magnitude", "proj_comp", "proj_calib"]
     assert [r["status"] for r in rows] == ["pruned"] * 3 and all(float(r["time_s"]) >= 0 for r in rows)
+    assert [("forward_s" in r) for r in rows] == [False, False, True] and float(rows[2]["forward_s"]) > 0
 
 
 def test_bad_arguments_are_refused_before_any_run():
