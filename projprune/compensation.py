@@ -215,15 +215,17 @@ class ChannelMoments:
             return
         device = self._stats.sum.device
         kept = kept.to(device)
-        precision = None if self._precision is None else _schur_cut(self._precision, kept, coefficients)
-        low_rank = None if self._low_rank is None else (self._low_rank[0][kept], self._low_rank[1])
-        covariance = None if self._covariance is None else self._covariance[kept][:, kept]
-        variances = None if self._variances is None else self._variances[kept]
-        lmbda, condition = self._precision_lmbda, self._condition
-        self._changed()  # the inverse of the kept block is not the kept part of the inverse: no diagonal kept
-        # (C_KK + ρI)⁻¹: the Schur cut of P, or the same Woodbury form on U's kept rows; σ_max can only shrink
-        self._precision, self._low_rank, self._precision_lmbda = precision, low_rank, lmbda
-        self._covariance, self._variances, self._condition = covariance, variances, condition
+        # (C_KK + ρI)⁻¹: the Schur cut of P, or the same Woodbury form on U's kept rows (the condition estimate
+        # stays an upper bound: σ_max can only shrink)
+        if self._precision is not None:
+            self._precision = _schur_cut(self._precision, kept, coefficients)
+        if self._low_rank is not None:
+            self._low_rank = (self._low_rank[0][kept], self._low_rank[1])
+        if self._covariance is not None:
+            self._covariance = self._covariance[kept][:, kept]
+        if self._variances is not None:
+            self._variances = self._variances[kept]
+        self._diagonal = self._coefficients = None  # the inverse of the kept block is not the kept part of the inverse
         if self._samples:
             self._samples = [rows[:, kept] for rows in self._samples]
         channels = _unallocated_stats(len(kept), device=device)
@@ -407,13 +409,12 @@ class ConsumerStats:
         x = x.detach()
         moments = self.moments
         if self.patch_sum is None:  # Linear, one statistic per input
-            if (x.is_floating_point() and not x.is_meta and x.dim() >= 1 and x.shape[-1] == self.n
-                    and moments.wants_samples(x.numel() // self.n)):
-                moments.add_samples(*_cached(cache, ("rows", self.n), lambda: _checked_rows(x.reshape(-1, self.n))))
+            rows = rows_of(x, self.n)  # ValueError for anything but a floating (..., c) tensor
+            if moments.wants_samples(rows.shape[0]):
+                moments.add_samples(*_cached(cache, ("rows", self.n), lambda: _checked_rows(rows)))
                 return
 
             def products() -> tuple[torch.Tensor, torch.Tensor, int]:
-                rows = rows_of(x, self.n)
                 total, gram = batch_products(rows)  # StatisticsOverflowError when they leave the range
                 return gram, total, rows.shape[0]
             gram, total, count = _cached(cache, ("products", self.n), products)
@@ -617,7 +618,7 @@ def _patch_sums(conv: nn.modules.conv._ConvNd, plane: torch.Tensor, batch: int) 
         parts = []
         for offset in range(k):
             start = offset * d - before[axis]  # the unpadded index the first output position reads
-            first = max(0, -(start // s) if start < 0 else 0)  # outputs reading padding before the input
+            first = -(start // s) if start < 0 else 0  # outputs reading padding before the input
             last = min(n_out - 1, (size - 1 - start) // s)  # ... and after it
             if last < first:
                 parts.append(sums.new_zeros(sums.shape[:1] + sums.shape[2:]))
