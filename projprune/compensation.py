@@ -62,11 +62,18 @@ from projprune._checks import check_lmbda, check_not_reparametrized
 from projprune._symmetric import cholesky as symmetric_cholesky
 from projprune._symmetric import gram as symmetric_gram
 from projprune._symmetric import symmetrised
-from projprune.calibration import ActivationStats, StatisticsOverflowError, batch_products, rows_of, run_hooked
+from projprune.calibration import (
+    ActivationStats,
+    StatisticsOverflowError,
+    _StopForward,
+    batch_products,
+    rows_of,
+    run_hooked,
+)
 
 __all__ = ["CalibratedProjectiveImportance", "ChannelMoments", "CompensatingPruner", "ConsumerStats",
-           "LowRankCoefficients",
-           "channel_macs", "collect_consumer_stats", "fold_removed_inputs", "least_squares_coefficients",
+           "LowRankCoefficients", "channel_macs", "collect_consumer_stats", "count_consumer_calls",
+           "fold_removed_inputs", "least_squares_coefficients",
            "output_positions", "refuse_unsupported_layers", "spreads_inputs", "structured_forward"]
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
@@ -633,7 +640,8 @@ def _patch_sums(conv: nn.modules.conv._ConvNd, plane: torch.Tensor, batch: int) 
 def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], batches: Iterable,
                            max_batches: int | None = None, names: dict[nn.Module, str] | None = None, *,
                            blocks: dict[nn.Module, int] | None = None,
-                           forward: Callable[[nn.Module, Any], Any] | None = None) -> dict[nn.Module, ConsumerStats]:
+                           forward: Callable[[nn.Module, Any], Any] | None = None,
+                           calls: Mapping[nn.Module, int] | None = None) -> dict[nn.Module, ConsumerStats]:
     """Run ``batches`` through ``model`` (eval mode, no gradients) and summarise every consumer's input.
 
     Args:
@@ -646,6 +654,9 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
         blocks: per consumer (Linear reading a flattened map), positions per channel: its
             statistics are kept per channel (:class:`ConsumerStats` ``blocks``); default 1.
         forward: ``forward(model, batch)`` runs one batch (e.g. :func:`structured_forward`).
+        calls: how often each consumer runs in one forward (:func:`count_consumer_calls` on the example
+            inputs): a forward ends as soon as every one of them has run that often, so what follows the
+            last consumer (a detector's box decoding and post-processing) is not run. None: to the end.
 
     Returns:
         ``{consumer: ConsumerStats}``; consumers that read the same tensor object in every batch share
@@ -669,16 +680,61 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
                                           f"({type(module).__name__}): {err}") from None
 
     runner, runs = (model, batches) if forward is None else (_Forward(model, forward), ({"batch": b} for b in batches))
+    stopper = _StopAfterConsumers(calls) if calls else None
+    # registered after any hook of the caller's (e.g. output positions): those still see the last consumer run
+    handles = [] if stopper is None else [m.register_forward_hook(stopper.ran) for m in stopper.expected]
     try:
-        run_hooked(runner, {module: update for module in stats}, runs, max_batches=max_batches)
+        run_hooked(runner, {module: update for module in stats}, runs, max_batches=max_batches,
+                   before_batch=None if stopper is None else stopper.start)
     except ValueError as err:
         if isinstance(err.__cause__, StatisticsOverflowError):  # not "the forward failed": say what overflowed
             raise err.__cause__ from None
         raise
     finally:
         inputs.clear()
+        for handle in handles:
+            handle.remove()
     _share_moments(stats, history)
     return stats
+
+
+def count_consumer_calls(model: nn.Module) -> tuple[dict[nn.Module, int], list]:
+    """Hooks that count how often each consumer of ``model`` runs in its latest forward: ``(counts, handles)``.
+
+    The counts start again at every call of ``model`` itself (a failed attempt, such as Torch-Pruning's
+    ``model(*example_inputs)`` before ``model(example_inputs)``, is forgotten); the caller removes the hooks.
+    """
+    counts: dict[nn.Module, int] = {}
+
+    def restart(module: nn.Module, args: tuple) -> None:
+        counts.clear()
+
+    def count(module: nn.Module, args: tuple, output: Any) -> None:
+        counts[module] = counts.get(module, 0) + 1
+
+    handles = [model.register_forward_pre_hook(restart)]
+    handles += [m.register_forward_hook(count) for m in model.modules() if is_consumer(m)]
+    return counts, handles
+
+
+class _StopAfterConsumers:
+    """Ends a forward (:class:`_StopForward`, caught by ``run_hooked``) once every consumer has run as often
+    as ``expected`` says (its forward hook :meth:`ran`; :meth:`start` before every batch)."""
+
+    def __init__(self, expected: Mapping[nn.Module, int]) -> None:
+        self.expected = dict(expected)
+        self.start()
+
+    def start(self, batch: Any = None) -> None:
+        self.counts = dict.fromkeys(self.expected, 0)
+        self.remaining = len(self.expected)
+
+    def ran(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.counts[module] += 1
+        if self.counts[module] == self.expected[module]:
+            self.remaining -= 1
+            if self.remaining == 0:
+                raise _StopForward
 
 
 class _InputTensors:
@@ -1435,6 +1491,10 @@ class CompensatingPruner(tp.pruner.BasePruner):
             flattened feature map (channels x positions) whose ``(c·s)²`` float64 covariance would
             exceed it keeps per-channel statistics instead (``c²``, docs/algorithm.md §8.1.1;
             logged once). Other consumers' statistics are ``(c, c)`` with ``c`` their input channels.
+        stop_early: end each calibration forward as soon as every consumer has run as often as in
+            Torch-Pruning's trace of the example inputs (what follows, e.g. a detector's box decoding,
+            cannot change the statistics). Set False for a model whose layers run a number of times that
+            depends on the batch (a loop over its samples): its later calls would be missed.
 
     Example inputs and calibration batches may be tensors, tuples, lists or dicts, as
     Torch-Pruning's ``example_inputs``: a dict is passed as ``model(**batch)``, a tuple/list as
@@ -1451,7 +1511,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
                  calibration: Callable[[], Iterable] | None = None, calibration_batches: int | None = None,
                  calibrate_every: int = 1, calibrate_drift: float = DEFAULT_CALIBRATE_DRIFT, lmbda: float = 1e-3,
                  mean_correction: bool = True, statistics_budget: int = DEFAULT_STATISTICS_BUDGET,
-                 **kwargs) -> None:
+                 stop_early: bool = True, **kwargs) -> None:
         if calibration is not None and not callable(calibration):
             raise ValueError("calibration must be None or a callable returning an iterable of input batches")
         if calibration_batches is not None and (isinstance(calibration_batches, bool)
@@ -1469,8 +1529,17 @@ class CompensatingPruner(tp.pruner.BasePruner):
             raise ValueError("CalibratedProjectiveImportance needs calibration batches (calibration=...)")
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(stop_early, bool):
+            raise ValueError(f"stop_early must be True or False, got {stop_early!r}")
         refuse_unsupported_layers(model)
-        super().__init__(model, example_inputs, importance=importance, **kwargs)
+        # how often each consumer runs per forward, counted while Torch-Pruning traces the example inputs
+        calls, handles = count_consumer_calls(model) if calibration is not None and stop_early else ({}, [])
+        try:
+            super().__init__(model, example_inputs, importance=importance, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._trace_calls = dict(calls)
         self.calibration = calibration
         self.calibration_batches = calibration_batches
         self.calibrate_every = calibrate_every
@@ -1507,7 +1576,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             try:
                 self.stats = collect_consumer_stats(self.model, list(self._blocks), self.calibration(),
                                                     self.calibration_batches, names=self._names, blocks=self._blocks,
-                                                    forward=self._forward)
+                                                    forward=self._forward, calls=self._consumer_calls())
             finally:
                 for handle in handles:
                     handle.remove()
@@ -1540,6 +1609,12 @@ class CompensatingPruner(tp.pruner.BasePruner):
         for group in regrouped:
             group.prune()
         return None
+
+    def _consumer_calls(self) -> dict[nn.Module, int] | None:
+        """The trace's call count of every consumer with statistics (None: stop no forward early; also when one
+        did not run in the trace, as then nothing says when it would be done)."""
+        calls = {m: self._trace_calls.get(m, 0) for m in self._blocks}
+        return calls if calls and all(calls.values()) else None
 
     @property
     def drift(self) -> float:
