@@ -350,7 +350,7 @@ class ChannelMoments:
         """Whether the Woodbury factor's estimated condition number (:func:`_condition_estimate`, once per
         factor; after a cut still an upper bound, as ``σ_max`` can only shrink) allows a float32 attempt."""
         if self._condition is None:
-            self._condition = _condition_estimate(*self._low_rank)
+            self._condition = _condition_estimate(*self._low_rank, limit=FLOAT32_CONDITION)
         return self._condition <= FLOAT32_CONDITION
 
 
@@ -953,20 +953,23 @@ def _cholesky_or_raise(M: torch.Tensor) -> torch.Tensor:
     return factor
 
 
-def _condition_estimate(U: torch.Tensor, ridge: float, iterations: int = 8) -> float:
+def _condition_estimate(U: torch.Tensor, ridge: float, iterations: int = 8, limit: float = float("inf")) -> float:
     """``1 + σ²/ρ``: the condition number of ``ρI + UᵀU`` (``U: (n, m)``) when its smallest eigenvalue is ``ρ``
     (a centred covariance factor's: ``U 1 = 0``; otherwise an upper bound), with ``σ²`` the largest eigenvalue
-    of ``UᵀU`` estimated by ``iterations`` power steps from a fixed random start (``O(n m)`` each). Measured on
-    Torch-Pruning's models: float32 solves pass :func:`_woodbury_accurate` up to ~1e4 and fail from ~5e4."""
+    of ``UᵀU`` estimated by ``iterations`` power steps from a fixed random start (``O(n m)`` each), fewer once
+    the estimate exceeds ``limit`` (it only grows). Measured on Torch-Pruning's models: float32 solves pass
+    :func:`_woodbury_accurate` up to ~1e4 and fail from ~5e4."""
     U64 = U.to(torch.float64)
-    return 1.0 + _largest_eigenvalue(lambda v: U64.T @ (U64 @ v), U.shape[1], U.device, iterations) / ridge
+    return 1.0 + _largest_eigenvalue(lambda v: U64.T @ (U64 @ v), U.shape[1], U.device, iterations,
+                                     above=(limit - 1.0) * ridge) / ridge
 
 
 def _largest_eigenvalue(product: Callable[[torch.Tensor], torch.Tensor], n: int, device: torch.device,
-                        iterations: int = 8) -> float:
+                        iterations: int = 8, above: float = float("inf")) -> float:
     """The largest eigenvalue of a positive semi-definite ``(n, n)`` operator given by ``product(v)``, by
     ``iterations`` power steps from a fixed random start (a lower bound, close after a few steps when one
-    direction dominates, as in activation covariances)."""
+    direction dominates, as in activation covariances). The steps end early once the estimate exceeds
+    ``above`` (the Rayleigh quotients of power steps never decrease: the caller knows enough)."""
     v = _probe_vectors(n, 1, device)[:, 0]
     v = v / v.norm()
     largest = 0.0
@@ -974,7 +977,7 @@ def _largest_eigenvalue(product: Callable[[torch.Tensor], torch.Tensor], n: int,
         w = product(v)
         largest = float(v @ w)  # Rayleigh quotient of the unit v
         norm = float(w.norm())
-        if not norm > 0 or not torch.isfinite(w).all():
+        if not norm > 0 or not torch.isfinite(w).all() or largest > above:
             break
         v = w / norm
     return largest
@@ -1182,7 +1185,8 @@ def _ridged_cholesky(G: torch.Tensor, lmbda: float, rank: int | None = None) -> 
     # float32 only where it can pass: wide, full rank, and an estimated condition number (1 + λ_max / ρ, an upper
     # bound as G's smallest eigenvalue is at least 0) that float32 factors have passed the check at
     float32 = n >= FLOAT32_PRECISION_WIDTH and (rank is None or rank >= n) and 1.0 + _largest_eigenvalue(
-        lambda v: (G @ v.to(G.dtype)).to(torch.float64), n, G.device) / ridge <= FLOAT32_DENSE_CONDITION
+        lambda v: (G @ v.to(G.dtype)).to(torch.float64), n, G.device,
+        above=(FLOAT32_DENSE_CONDITION - 1.0) * ridge) / ridge <= FLOAT32_DENSE_CONDITION
     for dtype in (torch.float32, torch.float64) if float32 else (torch.float64,):
         system = G.to(dtype, copy=True)
         system.diagonal().add_(ridge)

@@ -207,3 +207,29 @@ def test_a_linear_with_kept_samples_gives_its_means_without_their_products():
     stats = collect_consumer_stats(layer, [layer], [x])[layer]
     assert torch.allclose(stats.patch_means(), x.reshape(-1, 64).mean(dim=0), atol=1e-12)
     assert stats.moments._samples and stats.moments._stats.sum_outer.is_meta
+
+
+def test_power_steps_end_once_the_estimate_passes_the_limit_with_the_same_decision():
+    """The Rayleigh quotients of power steps never decrease: once one passes ``above`` the steps end (fewer
+    products), and the float32 decision (estimate <= limit) is the one the eight steps give; below the limit
+    all eight run and give the same estimate. Eigenvalues from float64 eigvalsh."""
+    n = 64
+    torch.manual_seed(7)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    G = Q @ torch.diag(torch.logspace(0, -3, n, dtype=torch.float64)) @ Q.T
+    largest = float(torch.linalg.eigvalsh(G)[-1])
+    counted = []
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        counted.append(1)
+        return G @ v
+
+    full = compensation._largest_eigenvalue(product, n, G.device)
+    assert len(counted) == 8 and 0.9 * largest <= full <= largest * (1 + 1e-12)
+    for above, decision in ((0.01 * largest, False), (2.0 * largest, True)):
+        counted.clear()
+        early = compensation._largest_eigenvalue(product, n, G.device, above=above)
+        assert (early <= above) == decision == (full <= above)
+        assert len(counted) == (8 if decision else 1)
+        if decision:
+            assert early == full
