@@ -26,9 +26,9 @@ the median ratios of output change and time to magnitude's.
 ``--coverage`` answers only "does it prune": one subprocess per model runs every method on its own
 copy of the model, each after a full garbage collection (the last method's pruner is cyclic garbage of
 gigabytes that would slow the next one), for status and time (the pruned model must still run its example
-inputs). With
-``--input-size`` the images are that small where the model allows it (ViTs: rounded up to the patch
-size; detection: the transform resizes to it, SSDs to their fixed 300 / 320; Inception-v3 takes 75 at least).
+inputs). With ``--input-size`` the images are that small where the model allows it (ViTs: rounded up to
+the patch size; detection: the transform resizes to it, SSDs to their fixed 300 / 320; Inception-v3 takes
+75 at least).
 
     python benchmarks/tp_examples.py --models alexnet,vgg16 --input-size 64
     python benchmarks/tp_examples.py --models vit_b_16 --methods magnitude,proj_calib
