@@ -6,7 +6,7 @@ makes timings of the whole suite predictable.
 
 Shared helpers live here (import them with ``from tests.conftest import ...``; fixtures need no
 import): ``tiny_vit`` (vit tests), ``write_log`` (log parser tests), the small digits grid
-(``digits_grid`` fixture; launcher and SLURM tests).
+(``digits_grid`` fixture; launcher and SLURM tests), ``assert_loaded_same`` (save/load tests).
 """
 
 from __future__ import annotations
@@ -28,6 +28,24 @@ os.environ.setdefault("PROJPRUNE_NO_TQDM", "1")
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- save / load
+def assert_loaded_same(loaded: torch.nn.Module, model: torch.nn.Module, loaded_out: torch.Tensor,
+                       expected: torch.Tensor) -> None:
+    """A reloaded model holds ``model``'s tensors bit for bit, and its output matches to the last bits.
+
+    Outputs are not compared exactly: safetensors maps tensors at other memory alignments than
+    ``torch.empty`` gives, and a BLAS kernel may take another (equally correct) path for them:
+    one float64 ulp apart (bert, measured).
+    """
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert list(ours) == list(theirs)
+    for key, value in ours.items():
+        torch.testing.assert_close(theirs[key], value, rtol=0, atol=0, msg=lambda m, key=key: f"{key}: {m}")
+    assert loaded_out.dtype == expected.dtype
+    tol = 1e-12 if expected.dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(loaded_out, expected, rtol=tol, atol=tol)
 
 
 # --------------------------------------------------------------------------- models

@@ -18,6 +18,7 @@ from projprune.transformers import (
     from_pretrained,
     prune_ffn,
 )
+from tests.conftest import assert_loaded_same
 
 VOCAB = 100
 
@@ -244,9 +245,9 @@ def test_uniform_widths_round_trip_with_plain_from_pretrained(name, tmp_path):
     cls = type(model)
     loaded = cls.from_pretrained(tmp_path).eval()
     assert not hasattr(loaded.config, WIDTHS_KEY)
-    torch.testing.assert_close(_final_hidden(loaded), expected, rtol=0, atol=0)
+    assert_loaded_same(loaded, model, _final_hidden(loaded), expected)
     helper = from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(_final_hidden(helper), expected, rtol=0, atol=0)
+    assert_loaded_same(helper, model, _final_hidden(helper), expected)
 
 
 @pytest.mark.parametrize("name", list(FAMILY_OF))
@@ -265,13 +266,13 @@ def test_per_layer_widths_round_trip(name, tmp_path):
     loaded = from_pretrained(tmp_path).eval()
     assert type(loaded).__name__ == type(model).__name__ and isinstance(loaded, type(model))
     assert [b.width for b in find_ffn_blocks(loaded)] == widths
-    torch.testing.assert_close(_final_hidden(loaded), expected, rtol=0, atol=0)
+    assert_loaded_same(loaded, model, _final_hidden(loaded), expected)
     loaded_auto = from_pretrained(tmp_path, hf.AutoModel if name == "bert" else hf.AutoModelForCausalLM)
     assert [b.width for b in find_ffn_blocks(loaded_auto)] == widths
     # the saved-again model keeps the usual architecture name and loads again
     loaded.save_pretrained(tmp_path / "again")
     again = from_pretrained(tmp_path / "again").eval()
-    torch.testing.assert_close(_final_hidden(again), expected, rtol=0, atol=0)
+    assert_loaded_same(again, model, _final_hidden(again), expected)
     # plain transformers cannot express per-layer widths: it must not load silently
     for loader in (type(model), hf.AutoModel):
         with pytest.raises(Exception, match="projprune.transformers.from_pretrained"):  # transformers' own type
@@ -374,7 +375,7 @@ def test_wrapped_model_is_pruned_and_its_config_updated(tmp_path):
     expected = encoder(IDS)
     inner.save_pretrained(tmp_path)
     reloaded = SentenceEncoder(from_pretrained(tmp_path).eval())
-    torch.testing.assert_close(reloaded(IDS), expected, rtol=0, atol=0)
+    assert_loaded_same(reloaded.auto_model, inner, reloaded(IDS), expected)
 
 
 def test_half_precision_model_prunes_in_its_dtype():

@@ -22,6 +22,7 @@ from projprune.transformers import (
     prune_ffn,
     prune_heads,
 )
+from tests.conftest import assert_loaded_same
 
 VOCAB = 50
 CALIB = [torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3, 4)]
@@ -255,11 +256,12 @@ def test_round_trip_with_from_pretrained_and_stock_loaders_refused(family, tmp_p
     model.save_pretrained(tmp_path)
     loaded = from_pretrained(tmp_path).eval()
     assert isinstance(loaded, type(model)) and [b.units for b in find_attention_blocks(loaded)] == report.widths
-    torch.testing.assert_close(_out(loaded), expected, rtol=0, atol=0)
+    assert_loaded_same(loaded, model, _out(loaded), expected)
     record = getattr(loaded.config, HEADS_KEY)
     assert record["heads"] == report.extra["query_heads"] and all(record["output_bias"])
     loaded.save_pretrained(tmp_path / "again")
-    torch.testing.assert_close(_out(from_pretrained(tmp_path / "again").eval()), expected, rtol=0, atol=0)
+    again = from_pretrained(tmp_path / "again").eval()
+    assert_loaded_same(again, model, _out(again), expected)
     for path in (tmp_path, tmp_path / "again"):
         with pytest.raises(Exception, match="projprune.transformers.from_pretrained"):
             type(model).from_pretrained(path)
@@ -276,7 +278,7 @@ def test_heads_and_ffn_widths_both_round_trip(tmp_path):
     expected = _out(model)
     model.save_pretrained(tmp_path)
     loaded = from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(_out(loaded), expected, rtol=0, atol=0)
+    assert_loaded_same(loaded, model, _out(loaded), expected)
     with pytest.raises(Exception, match="projprune.transformers.from_pretrained"):
         hf.AutoModel.from_pretrained(tmp_path)
 
