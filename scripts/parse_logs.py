@@ -24,7 +24,8 @@ published logs of the original study use the same format) and writes into ``--ou
   ``finetune_curves.{png,pdf}`` (one setting, its lowest seed; ``one_shot``/``one_shot_bn`` marked);
 - ``skipped.csv``: logs that were not used and why (truncated or still running, unreadable,
   unknown method or name, an impossible accuracy such as ``inf``/``nan``/above 1, epoch numbers
-  repeating or going backwards: two runs interleaved in one log). A log where a run was re-run with
+  repeating or going backwards: two runs interleaved in one log; a seed already counted from another log
+  of the same experiment, as when a single-seed tree sits next to ``--seeds`` trees). A log where a run was re-run with
   other arguments gives its last run (``earlier_runs_in_log`` in ``runs.csv`` counts the others).
   Nothing here raises on a bad log; every file is written atomically.
 
@@ -383,6 +384,36 @@ def collect(runs_dir: Path, datasets: Sequence[str] | None, scope: str) -> tuple
             skipped.append({"log": str(path), "reason": "incomplete: no 'Best Acc=' line (truncated or running)"})
         runs.append(result)
     return runs, skipped
+
+
+def drop_repeated_seeds(runs: Sequence[RunLog]) -> tuple[list[RunLog], list[dict]]:
+    """One run per experiment and seed: ``(kept, skipped rows)``.
+
+    The same seed of the same experiment found twice (a single-seed tree next to ``--seeds`` trees, or a
+    copied folder) would count that seed twice in every ``mean [min, max]``. Runs agree on the kind, data
+    set, model, method, scope, speed-up, seed and number of sparsity-learning and fine-tuning epochs; a
+    complete one is kept before an incomplete one, then the first log path. Runs whose log names no seed
+    (the original study's) are all kept: nothing says they repeat each other.
+    """
+    def key(run: RunLog) -> tuple:
+        return (run.kind, run.dataset, run.model, run.method, run.scope, run.speed_up, run.seed,
+                len(run.phase_accs("sl")), len(run.phase_accs("finetune")))
+
+    kept: dict[tuple, RunLog] = {}
+    out: list[RunLog] = []
+    skipped: list[dict] = []
+    for run in sorted(runs, key=lambda r: (not r.complete, str(r.path))):
+        if not run.seed:
+            out.append(run)
+            continue
+        first = kept.setdefault(key(run), run)
+        if first is run:
+            out.append(run)
+        else:
+            skipped.append({"log": str(run.path), "reason": f"seed {run.seed} of this run is already counted "
+                                                            f"({first.path}): each seed counts once"})
+    order = {id(run): i for i, run in enumerate(runs)}
+    return sorted(out, key=lambda r: order[id(r)]), skipped
 
 
 def raw_rows(runs: Sequence[RunLog]) -> list[dict]:
@@ -750,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine.harness import atomic_write_csv, atomic_write_text  # (the harness imports torch)
 
     runs, skipped = collect(runs_dir, datasets, args.scope)
+    runs, repeated = drop_repeated_seeds(runs)
+    skipped += repeated
     method_order = list(METHOD_LABELS)
     pruning = sorted((r for r in runs if r.kind == "prune"), key=lambda r: (
         _rank(r.dataset, DATASET_LABELS), _rank(r.model, MODEL_LABELS), method_order.index(r.method), r.speed_up))

@@ -64,6 +64,32 @@ def test_setting_table_is_mean_min_max_over_seeds(tmp_path, capsys):
         0.91, 0.96, "3")
 
 
+def test_a_seed_found_twice_counts_once(tmp_path, capsys):
+    """The Quick start's single-seed tree next to the ``--seeds 1,2,3`` trees holds seed 1 twice: the mean is
+    still over three seeds, and the repeat is listed in skipped.csv; logs that name no seed all count."""
+    _tree(tmp_path / "run")
+    copy = tmp_path / "run" / "digits"  # seed 1's l2 run again, as `bash scripts/digits.sh` writes it
+    copy.mkdir()
+    original = next((tmp_path / "run" / "seed1").rglob("digits-global-l2-*.txt"))
+    (copy / original.name).write_text(original.read_text())
+    for index, accs in enumerate(((0.50, 0.52), (0.60, 0.61))):  # two logs without a seed line: both kept
+        write_log(tmp_path / "run" / f"unseeded{index}", "digits", "proj_comp", 2.0, "resnet20", finetune_accs=accs)
+    out = tmp_path / "out"
+    parse_logs.main(["--runs", str(tmp_path / "run"), "--out", str(out), "--metric", "best_pruned"])
+    capsys.readouterr()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in (out / "table_digits-resnet20-2x.md").read_text().splitlines()[4:]}
+    assert rows["MagnitudeL2"][0] == _cell([max(RUNS[("l2", seed)][0]) for seed in (1, 2, 3)])
+    assert rows["Projective + compensation, data-free"][0] == _cell([0.52, 0.61])
+    with open(out / "skipped.csv", newline="") as handle:
+        skipped = list(csv.DictReader(handle))
+    assert len(skipped) == 1 and "seed 1" in skipped[0]["reason"]
+    both = {copy / original.name, original}  # the first log path is the one counted
+    assert Path(skipped[0]["log"]) in both and str(min(both, key=str)) in skipped[0]["reason"]
+    with open(out / "runs.csv", newline="") as handle:
+        assert sum(r["method"] == "l2" for r in csv.DictReader(handle)) == 3
+
+
 def test_one_speed_up_is_a_dot_plot_with_seed_ranges(tmp_path):
     _tree(tmp_path / "run")
     runs, _ = parse_logs.collect(tmp_path / "run", ["digits"], "global")
