@@ -2,15 +2,15 @@
 EigenDamage's Fisher collection, and pruned-shape checkpoints.
 
 Shapes: a pruned model differs from a freshly built one only in tensor shapes, so a
-checkpoint stores every parameter/buffer shape in its metadata and :func:`adapt_to_shapes`
-re-slices a new model to them before ``load_state_dict`` (no pickled modules).
+checkpoint stores every parameter/buffer shape in its metadata and ``adapt_to_shapes``
+(:mod:`projprune.surgery`) re-slices a new model to them before ``load_state_dict`` (no pickled modules).
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ from torch_pruning.pruner import function
 from torch_pruning.utils import op_counter
 
 from engine.harness import progress
+from projprune.surgery import adapt_to_shapes, tensor_shapes  # noqa: F401 - engine's callers import them here
 
 
 # --------------------------------------------------------------------------- EigenDamage
@@ -151,59 +152,3 @@ def progressive_pruning(pruner: tp.pruner.BasePruner, model: nn.Module, speed_up
     return base / current
 
 
-# --------------------------------------------------------------------------- shapes
-def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """Every parameter and buffer shape by state-dict key (what rebuilds a pruned model)."""
-    return {key: list(value.shape) for key, value in model.state_dict().items()}
-
-
-def adapt_to_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> nn.Module:
-    """Resize ``model``'s tensors (and the layers' width attributes) to ``shapes`` in place.
-
-    Values are zero placeholders to be overwritten by ``load_state_dict``. Handles Conv,
-    Linear, BatchNorm and LayerNorm, including depthwise convs (``groups`` follows the width).
-    """
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        changed = False
-        if _missing_bias(module, f"{prefix}bias", shapes):
-            # the compensating pruner's mean correction may give a bias-free consumer a bias
-            module.bias = nn.Parameter(torch.zeros(shapes[f"{prefix}bias"], dtype=module.weight.dtype,
-                                                   device=module.weight.device))
-        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-            if tensor is None or f"{prefix}{name}" not in shapes:
-                continue
-            target = torch.Size(shapes[f"{prefix}{name}"])
-            if tensor.shape == target:
-                continue
-            changed = True
-            new = torch.zeros(target, dtype=tensor.dtype, device=tensor.device)
-            if isinstance(tensor, nn.Parameter):
-                setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
-            else:
-                module._buffers[name] = new
-        if changed:
-            _sync_width_attributes(module)
-    return model
-
-
-def _missing_bias(module: nn.Module, key: str, shapes: Mapping[str, list[int]]) -> bool:
-    return (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and getattr(module, "bias", None) is None
-            and key in shapes)
-
-
-def _sync_width_attributes(module: nn.Module) -> None:
-    if isinstance(module, nn.modules.conv._ConvNd):
-        out_ch = module.weight.shape[1] if module.transposed else module.weight.shape[0]
-        per_group_in = module.weight.shape[0] if module.transposed else module.weight.shape[1]
-        depthwise = module.groups > 1 and module.groups == module.out_channels == module.in_channels
-        if depthwise:
-            module.groups = out_ch
-        module.out_channels = out_ch
-        module.in_channels = per_group_in * module.groups
-    elif isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        module.num_features = module.weight.shape[0] if module.weight is not None else module.running_mean.shape[0]
-    elif isinstance(module, nn.LayerNorm):
-        module.normalized_shape = tuple(module.weight.shape)

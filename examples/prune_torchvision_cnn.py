@@ -7,8 +7,8 @@
 Needs the Torch-Pruning extra (``pip install projprune[tp]``) and torchvision. The network has
 random weights and the calibration batches are random images, so this shows the mechanics and
 measures how much each pruner changes the network's outputs; put your trained model and a few
-of your *training* batches in their place. Writes the pruned model to
-``run/examples/prune_torchvision_cnn/`` and prints where.
+of your *training* batches in their place. Writes the pruned model's weights and shapes to
+``run/examples/prune_torchvision_cnn/``, prints where, and rebuilds the model from that file.
 
 How it works: Torch-Pruning groups the channels that must go together (a conv's outputs, its
 BatchNorm, every layer that reads them). ``CompensatingPruner`` removes channels group by group
@@ -29,6 +29,7 @@ import torch
 import torch_pruning as tp
 import torchvision
 
+import projprune as pp
 from projprune.compensation import CalibratedProjectiveImportance, CompensatingPruner
 
 
@@ -96,13 +97,22 @@ def main(argv: list[str] | None = None) -> None:
               f"relative output change {change:.4f}")
         pruned_models[name] = pruned
 
-    # Torch-Pruning changes the modules' shapes, so save the whole module (or the state dict plus shapes).
+    # Torch-Pruning changes the layers' shapes: save the weights and every tensor's shape (tensors, lists and
+    # strings: loadable with weights_only=True, no pickled modules), then rebuild from a fresh model
+    compensated = next(iter(pruned_models.values()))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.model}_compensated.pt"
-    torch.save(next(iter(pruned_models.values())), path.with_suffix(".tmp"))
+    saved = {"model": args.model, "state_dict": compensated.state_dict(), "shapes": pp.tensor_shapes(compensated)}
+    torch.save(saved, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)  # atomic: a reader never sees half a file
-    print(f"wrote {path} (load with torch.load(path, weights_only=False))")
+    loaded = torch.load(path, weights_only=True)
+    rebuilt = pp.adapt_to_shapes(getattr(torchvision.models, loaded["model"])(num_classes=10), loaded["shapes"])
+    rebuilt.load_state_dict(loaded["state_dict"])
+    with torch.no_grad():
+        difference = float((rebuilt.eval()(held_out) - compensated(held_out)).abs().max())
+    print(f"wrote {path}; rebuilt from it (torch.load(path, weights_only=True), projprune.adapt_to_shapes, "
+          f"load_state_dict): max |difference| to the pruned model {difference:.1e}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from projprune.solvers import (
     solve_normal_equations,
 )
 from projprune.surgery import (
+    adapt_to_shapes,
     install_results,
     pair_matrices,
     prune_conv_pair,
@@ -37,6 +38,7 @@ from projprune.surgery import (
     select_units,
     slice_conv_pair,
     slice_linear_pair,
+    tensor_shapes,
 )
 
 #: The paper's named redistribution variants: name -> (alpha, beta, gamma).
@@ -92,6 +94,7 @@ __all__ = [
     "CompensatingPruner",
     "CalibratedProjectiveImportance",
     "PruneResult",
+    "adapt_to_shapes",
     "apply_pruning",
     "gram_inverse",
     "greedy_exact",
@@ -108,6 +111,7 @@ __all__ = [
     "select_units",
     "slice_conv_pair",
     "slice_linear_pair",
+    "tensor_shapes",
     "solve_closed",
     "solve_fast",
     "solve_naive",

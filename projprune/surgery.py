@@ -8,7 +8,7 @@ modified: a bad argument raises one ``ValueError`` and leaves the modules unchan
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -20,6 +20,7 @@ from projprune.greedy import PruneResult, StepCallback, apply_pruning, greedy_gl
 from projprune.options import ProjectionOptions, resolve_options
 
 __all__ = [
+    "adapt_to_shapes",
     "install_results",
     "pair_matrices",
     "prune_conv_pair",
@@ -28,7 +29,69 @@ __all__ = [
     "select_units",
     "slice_conv_pair",
     "slice_linear_pair",
+    "tensor_shapes",
 ]
+
+# --------------------------------------------------------------------------- shapes of a pruned model
+def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Every parameter and buffer shape by state-dict key: with the state dict, what rebuilds a pruned model
+    (save both, e.g. ``torch.save({"state_dict": ..., "shapes": ...})``, and load with ``weights_only=True``)."""
+    return {key: list(value.shape) for key, value in model.state_dict().items()}
+
+
+def adapt_to_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> nn.Module:
+    """Resize ``model``'s tensors (and the layers' width attributes) to ``shapes`` in place; returns ``model``.
+
+    ``model``: a freshly built copy of the architecture that was pruned; ``shapes``: its pruned
+    :func:`tensor_shapes`. Values are zero placeholders to be overwritten by ``load_state_dict``.
+    Handles Conv, Linear, BatchNorm and LayerNorm, including depthwise convs (``groups`` follows the
+    width), and a bias the compensating pruner's mean correction added to a bias-free layer.
+    """
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        changed = False
+        if _missing_bias(module, f"{prefix}bias", shapes):
+            # the compensating pruner's mean correction may give a bias-free consumer a bias
+            module.bias = nn.Parameter(torch.zeros(shapes[f"{prefix}bias"], dtype=module.weight.dtype,
+                                                   device=module.weight.device))
+        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if tensor is None or f"{prefix}{name}" not in shapes:
+                continue
+            target = torch.Size(shapes[f"{prefix}{name}"])
+            if tensor.shape == target:
+                continue
+            changed = True
+            new = torch.zeros(target, dtype=tensor.dtype, device=tensor.device)
+            if isinstance(tensor, nn.Parameter):
+                setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+            else:
+                module._buffers[name] = new
+        if changed:
+            _sync_width_attributes(module)
+    return model
+
+
+def _missing_bias(module: nn.Module, key: str, shapes: Mapping[str, list[int]]) -> bool:
+    return (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and getattr(module, "bias", None) is None
+            and key in shapes)
+
+
+def _sync_width_attributes(module: nn.Module) -> None:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        out_ch = module.weight.shape[1] if module.transposed else module.weight.shape[0]
+        per_group_in = module.weight.shape[0] if module.transposed else module.weight.shape[1]
+        depthwise = module.groups > 1 and module.groups == module.out_channels == module.in_channels
+        if depthwise:
+            module.groups = out_ch
+        module.out_channels = out_ch
+        module.in_channels = per_group_in * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.num_features = module.weight.shape[0] if module.weight is not None else module.running_mean.shape[0]
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(module.weight.shape)
+
 
 # --------------------------------------------------------------------------- checks
 def _check_layer(layer: nn.Module, name: str) -> None:
