@@ -110,10 +110,33 @@ class ImageTensorDataset(Dataset):
         return (image - self.mean) / self.std, self.labels[index]
 
 
+# What a CIFAR batch may reference: numpy arrays (as the original Python 2 files and numpy 1/2 pickle them) and
+# latin-1 bytes. Anything else (a class or function a crafted file names) is refused before it is imported.
+_CIFAR_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads a CIFAR batch's pickle, resolving only :data:`_CIFAR_PICKLE_GLOBALS` (no arbitrary objects)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}; a CIFAR batch holds only numpy arrays and lists")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    # The CIFAR "python version" files are pickled dicts by design of the data set itself.
-    with open(path, "rb") as handle:
-        entry = pickle.load(handle, encoding="latin1")  # noqa: S301
+    # The CIFAR "python version" files are pickled dicts by design of the data set itself: read with an
+    # unpickler that resolves numpy's array constructors and nothing else.
+    try:
+        with open(path, "rb") as handle:
+            entry = _CifarUnpickler(handle, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError) as err:
+        raise ValueError(f"{path} is not a CIFAR python-version batch ({err}); expected the files of "
+                         "cifar-10-python.tar.gz / cifar-100-python.tar.gz") from None
     data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return data, np.asarray(entry[label_key], dtype=np.int64)
 

@@ -72,6 +72,37 @@ def test_cifar_reads_python_batches(tmp_path, name):
     assert bundle.train[0][0].shape == (3, 32, 32)  # augmented crop keeps the size
 
 
+class _Payload:
+    """A pickle that would run a shell command when loaded by a plain unpickler."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_batches_unpickle_only_numpy_arrays(tmp_path, protocol):
+    """The original files are Python 2 pickles (protocol 2): they load; a batch naming anything but numpy's
+    array constructors is refused with the file's path before that thing is imported or run."""
+    from engine.datasets import _read_cifar_batch
+
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    (tmp_path / "good").write_bytes(pickle.dumps({"data": data, "labels": [3, 7]}, protocol=protocol))
+    images, labels = _read_cifar_batch(tmp_path / "good", "labels")
+    assert images.shape == (2, 32, 32, 3) and labels.tolist() == [3, 7]
+    np.testing.assert_array_equal(images[1].transpose(2, 0, 1).reshape(-1), data[1])
+    marker = tmp_path / "ran"
+    (tmp_path / "bad").write_bytes(pickle.dumps({"data": _Payload(marker), "labels": [0]}, protocol=protocol))
+    with pytest.raises(ValueError, match=r"bad is not a CIFAR python-version batch .*posix\.system|bad is not a "
+                                         r"CIFAR python-version batch .*os\.system"):
+        _read_cifar_batch(tmp_path / "bad", "labels")
+    assert not marker.exists()
+
+
 def test_cifar_missing_names_dataroot(tmp_path):
     with pytest.raises(FileNotFoundError, match="--dataroot.*cifar-10-batches-py/data_batch_1"):
         registry.get_dataset("cifar10", str(tmp_path), download=False)
