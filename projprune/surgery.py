@@ -46,7 +46,10 @@ def adapt_to_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> nn.Mod
     :func:`tensor_shapes`. Values are zero placeholders to be overwritten by ``load_state_dict``.
     Handles Conv, Linear, BatchNorm and LayerNorm, including depthwise convs (``groups`` follows the
     width), and a bias the compensating pruner's mean correction added to a bias-free layer.
+    ``ValueError`` before anything is changed for ``shapes`` that do not fit ``model`` (an unknown
+    key, another number of dimensions, a negative or non-integer size).
     """
+    _check_shapes(model, shapes)
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         changed = False
@@ -69,6 +72,32 @@ def adapt_to_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> nn.Mod
         if changed:
             _sync_width_attributes(module)
     return model
+
+
+def _check_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> None:
+    """``ValueError`` unless every entry of ``shapes`` sizes a tensor of ``model`` (or a bias it can take)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(shapes, Mapping):
+        raise ValueError(f"shapes must be a mapping of state-dict keys to sizes (tensor_shapes of the pruned model), "
+                         f"got {type(shapes).__name__}")
+    current = model.state_dict()
+    modules = dict(model.named_modules())
+    for key, shape in shapes.items():
+        if not isinstance(shape, (list, tuple)) or not all(
+                isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape):
+            raise ValueError(f"shapes[{key!r}] must be a list of non-negative ints, got {shape!r}")
+        if key in current:
+            if len(shape) != current[key].dim():
+                raise ValueError(f"shapes[{key!r}] has {len(shape)} dimensions, this model's tensor "
+                                 f"{current[key].dim()} ({list(current[key].shape)}): expected the tensor_shapes "
+                                 "of a pruned copy of this architecture")
+            continue
+        owner = modules.get(key.rpartition(".")[0]) if isinstance(key, str) else None
+        if not (isinstance(key, str) and key.rpartition(".")[2] == "bias" and owner is not None
+                and _missing_bias(owner, key, shapes) and len(shape) == 1):
+            raise ValueError(f"shapes has {key!r}, which this model ({type(model).__name__}) does not: expected the "
+                             "tensor_shapes of a pruned copy of this architecture")
 
 
 def _missing_bias(module: nn.Module, key: str, shapes: Mapping[str, list[int]]) -> bool:
