@@ -32,6 +32,7 @@ __all__ = [
     "tensor_shapes",
 ]
 
+
 # --------------------------------------------------------------------------- shapes of a pruned model
 def tensor_shapes(model: nn.Module) -> dict[str, list[int]]:
     """Every parameter and buffer shape by state-dict key: with the state dict, what rebuilds a pruned model
