@@ -396,7 +396,8 @@ def drop_repeated_seeds(runs: Sequence[RunLog]) -> tuple[list[RunLog], list[dict
     (the original study's) are all kept: nothing says they repeat each other.
     """
     def key(run: RunLog) -> tuple:
-        return (run.kind, run.dataset, run.model, run.method, run.scope, run.speed_up, run.seed,
+        speed_up = None if math.isnan(run.speed_up) else run.speed_up  # NaN (pretraining) never equals itself
+        return (run.kind, run.dataset, run.model, run.method, run.scope, speed_up, run.seed,
                 len(run.phase_accs("sl")), len(run.phase_accs("finetune")))
 
     kept: dict[tuple, RunLog] = {}

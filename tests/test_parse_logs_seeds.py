@@ -5,6 +5,7 @@ seed ranges and fine-tuning curves that mark one_shot and one_shot_bn."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,25 @@ def test_a_seed_found_twice_counts_once(tmp_path, capsys):
     assert Path(skipped[0]["log"]) in both and str(min(both, key=str)) in skipped[0]["reason"]
     with open(out / "runs.csv", newline="") as handle:
         assert sum(r["method"] == "l2" for r in csv.DictReader(handle)) == 3
+
+
+def test_a_pretraining_found_twice_counts_once(tmp_path):
+    """Pretraining logs have no speed-up (NaN): two copies of seed 1's still count once in the unpruned accuracy."""
+    for folder, best in (("a", 0.97), ("b", 0.97), ("c", 0.99)):
+        path = tmp_path / folder / "digits" / "pretrain" / "digits-resnet20.txt"  # main.py's layout
+        path.parent.mkdir(parents=True)
+        seed = 2 if folder == "c" else 1
+        path.write_text("".join(f"[02/21 07:24:04] digits-resnet20 INFO: {line}\n" for line in (
+            "mode: pretrain", "dataset: digits", "model: resnet20", f"seed: {seed}",
+            "Epoch 0/1, Acc=0.5000, Val Loss=1.0000, lr=0.1000", f"Epoch 1/1, Acc={best:.4f}, Val Loss=0.1000, "
+            "lr=0.0100", f"Best Acc={best:.4f}")))
+    runs, skipped = parse_logs.collect(tmp_path, ["digits"], "global")
+    assert [r.kind for r in runs] == ["pretrain"] * 3 and not skipped
+    # each with its own NaN object, as logs parsed apart may carry (NaN != NaN: the key must not rely on identity)
+    runs = [dataclasses.replace(r, speed_up=float("nan")) for r in runs]
+    kept, repeated = parse_logs.drop_repeated_seeds(runs)
+    assert sorted(r.seed for r in kept) == ["1", "2"] and len(repeated) == 1
+    assert Path(repeated[0]["log"]) == tmp_path / "b" / "digits" / "pretrain" / "digits-resnet20.txt"
 
 
 def test_one_speed_up_is_a_dot_plot_with_seed_ranges(tmp_path):
