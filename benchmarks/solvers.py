@@ -14,11 +14,9 @@ writes it to ``benchmarks/results/solvers.md``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +24,7 @@ if __package__ in (None, ""):  # `python benchmarks/solvers.py`: import engine e
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from engine.harness import atomic_write_text, plain_text, progress, run_cli, wrote  # noqa: E402
+from engine.harness import atomic_write_text, machine_description, plain_text, progress, run_cli, wrote  # noqa: E402
 from engine.report import markdown_table  # noqa: E402
 
 if TYPE_CHECKING:
@@ -135,8 +133,7 @@ def main(argv: list[str] | None = None) -> str:
     rows.append(("exact greedy (incl. P)", label, "float64", t_exact, t_plain / t_exact))
 
     header = (
-        f"Benchmark run {date.today().isoformat()} on {platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}. Command: `python -m benchmarks.solvers"
+        f"Benchmark run {machine_description()}. Command: `python -m benchmarks.solvers"
         f"{' --quick' if args.quick else ''}{f' --plain-steps {args.plain_steps}' if args.plain_steps else ''}`\n\n"
         "Solver rows: ratio = time of `fast` / time (same n, dtype). Greedy rows: ratio = plain loop / time.\n\n"
     )

@@ -409,6 +409,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError(f"--methods: expected names from {METHODS}, got {cfg.methods!r}")
     if cfg.input_size < 0 or cfg.batch < 1 or cfg.probe < 1 or not 0 < cfg.ratio < 1 or cfg.timeout <= 0:
         raise ValueError("--input-size must be >= 0, --batch >= 1, --probe >= 1, --ratio in (0, 1), --timeout > 0")
+    from engine.harness import machine_description
+
+    print(f"Measured {machine_description()}; {'--coverage, ' if cfg.coverage else ''}models in turn, one process "
+          "each.\n", flush=True)
     rows = []
     for name in models:
         for row in (run_isolated(name, "*", cfg, argv) if cfg.coverage

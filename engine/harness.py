@@ -64,6 +64,23 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def machine_description() -> str:
+    """One line naming what a table was measured on: the date, the CPU model with the vector extension torch's
+    kernels use on it (a CPU's name alone does not say which kernels ran), logical CPUs, torch threads and
+    version. Benchmarks print it above their tables."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    return (f"{datetime.date.today().isoformat()}, {model or 'unknown CPU'} "
+            f"({os.cpu_count()} logical CPUs, torch kernels: {torch.backends.cpu.get_cpu_capability()}), "
+            f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}")
+
+
 # --------------------------------------------------------------------------- run lock
 class RunLockedError(RuntimeError):
     """Another live process holds the run's lock."""

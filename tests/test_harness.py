@@ -123,3 +123,15 @@ def test_train_classifier_learns_and_is_seeded(options):
     assert evaluate_accuracy(model, x, y) == evaluate_accuracy(again, x, y) > 0.25  # chance is 0.1
     with pytest.raises(ValueError, match="optimizer"):
         train_classifier(model, x, y, epochs=1, lr=1e-3, batch_size=8, seed=0, optimizer="sgd")
+
+
+def test_machine_description_names_the_kernels_threads_and_versions():
+    import datetime
+
+    from engine.harness import machine_description
+
+    line = machine_description()
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert line.startswith(datetime.date.today().isoformat() + ", ")
+    assert f"torch kernels: {capability})" in line and f"{torch.get_num_threads()} torch thread(s)" in line
+    assert line.endswith(f"torch {torch.__version__}") and "\n" not in line
