@@ -449,8 +449,7 @@ class ConsumerStats:
             sums, positions = _patch_sums(self.module, plane, x.shape[0])
         samples = x.numel() // self.n
         if moments.wants_samples(samples):
-            rows = _cached(cache, ("rows", self.n, self.blocks),
-                           lambda: x.reshape(x.shape[0], self.n, -1).transpose(1, 2).reshape(-1, self.n).double())
+            rows = _cached(cache, ("rows", self.n, self.blocks), lambda: _sample_rows(x, self.n))
             moments.add_samples(rows, channel_sum)
         else:
             moments.add_products(_cached(cache, ("gram", self.n, self.blocks), lambda: _checked_channel_gram(x)),
@@ -517,6 +516,13 @@ def _checked_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     total = rows.sum(dim=0)
     _check_finite_inputs(total)
     return rows, total
+
+
+def _sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``(B · positions, n)`` float64 samples of ``x: (B, n, *spatial)``, one per image and position: transposed and
+    converted in one pass into a new buffer (no float32 transposed copy in between)."""
+    planes = x.reshape(x.shape[0], n, -1).transpose(1, 2)  # (B, positions, n), a view
+    return torch.empty(planes.shape, dtype=torch.float64, device=x.device).copy_(planes).reshape(-1, n)
 
 
 def _plane_sums(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1009,7 +1015,9 @@ def _woodbury_inverse_diagonal(U: torch.Tensor, ridge: float, float32: bool = Tr
     with ``L Lᵀ = ρI + UᵀU`` (:func:`_woodbury_cholesky`: float32 when wide and accurate so)."""
     factor = _woodbury_cholesky(U, ridge, float32)
     Z = torch.linalg.solve_triangular(factor, U.T.to(factor.dtype), upper=False)  # (m, n)
-    return (1.0 - Z.pow(2).sum(dim=0).to(torch.float64)) / ridge
+    # squared column norms as one reduction in Z's dtype (no (m, n) temporary of squares; a float64 reduction of a
+    # float32 Z takes a slow path), squared in float64
+    return (1.0 - torch.linalg.vector_norm(Z, dim=0).to(torch.float64).square_()) / ridge
 
 
 def _woodbury_coefficients(U_removed: torch.Tensor, U_kept: torch.Tensor, ridge: float,
@@ -1114,7 +1122,7 @@ def _inverse_diagonal_of_factor(factor: torch.Tensor, block: int = 512) -> torch
         unit = torch.zeros(n - a, b - a, dtype=factor.dtype, device=factor.device)
         unit.diagonal().fill_(1.0)
         columns = torch.linalg.solve_triangular(factor[a:, a:], unit, upper=False)  # rows a.. of L⁻¹[:, a:b]
-        diagonal[a:b] = columns.pow(2).sum(dim=0)
+        diagonal[a:b] = torch.linalg.vector_norm(columns, dim=0).square_()  # one reduction, no temporary of squares
     return diagonal
 
 

@@ -3,6 +3,7 @@ coefficients where a Gram or covariance has rank below its width, checked agains
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -114,3 +115,18 @@ def test_woodbury_statistics_with_fewer_kept_channels_than_samples_solve_the_kep
     assert torch.allclose(A, -torch.linalg.solve(P[R][:, R], P[R][:, K]), rtol=1e-7, atol=1e-9)
     U, ridge = stats.moments._low_rank
     assert torch.allclose(A, compensation._woodbury_coefficients(U[R], U[K], ridge), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape, channels_last", [((3, 5, 4, 6), False), ((3, 5, 4, 6), True), ((2, 7, 9), False),
+                                                  ((2, 4, 3, 2, 5), False)])
+def test_sample_rows_are_every_image_and_position_in_float64(shape, channels_last):
+    """Kept samples (the Woodbury form): one float64 row per image and position, in one pass, contiguous."""
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rows = compensation._sample_rows(x, shape[1])
+    batch, n = shape[:2]
+    expected = torch.stack([x[b].reshape(n, -1)[:, p].double() for b in range(batch)
+                            for p in range(x[0, 0].numel())])  # image-major, then positions
+    assert rows.dtype == torch.float64 and rows.is_contiguous()
+    torch.testing.assert_close(rows, expected, rtol=0, atol=0)
