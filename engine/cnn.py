@@ -20,7 +20,6 @@ from torch_pruning.pruner import function
 from torch_pruning.utils import op_counter
 
 from engine.harness import progress
-from projprune.surgery import adapt_to_shapes, tensor_shapes  # noqa: F401 - engine's callers import them here
 
 
 # --------------------------------------------------------------------------- EigenDamage

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from engine.classify import classifier_totals
-from engine.cnn import adapt_to_shapes, tensor_shapes
 from engine.harness import load_checkpoint, progress, save_checkpoint, split_list
+from projprune.surgery import adapt_to_shapes, tensor_shapes
 
 
 # --------------------------------------------------------------------------- distributed

@@ -54,7 +54,7 @@ def adapt_to_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> nn.Mod
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         changed = False
-        if _missing_bias(module, f"{prefix}bias", shapes):
+        if _lacks_bias(module) and f"{prefix}bias" in shapes:
             # the compensating pruner's mean correction may give a bias-free consumer a bias
             module.bias = nn.Parameter(torch.zeros(shapes[f"{prefix}bias"], dtype=module.weight.dtype,
                                                    device=module.weight.device))
@@ -83,7 +83,7 @@ def _check_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> None:
         raise ValueError(f"shapes must be a mapping of state-dict keys to sizes (tensor_shapes of the pruned model), "
                          f"got {type(shapes).__name__}")
     current = model.state_dict()
-    modules = dict(model.named_modules())
+    addable = {f"{name}.bias" if name else "bias" for name, module in model.named_modules() if _lacks_bias(module)}
     for key, shape in shapes.items():
         if not isinstance(shape, (list, tuple)) or not all(
                 isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape):
@@ -94,16 +94,14 @@ def _check_shapes(model: nn.Module, shapes: Mapping[str, list[int]]) -> None:
                                  f"{current[key].dim()} ({list(current[key].shape)}): expected the tensor_shapes "
                                  "of a pruned copy of this architecture")
             continue
-        owner = modules.get(key.rpartition(".")[0]) if isinstance(key, str) else None
-        if not (isinstance(key, str) and key.rpartition(".")[2] == "bias" and owner is not None
-                and _missing_bias(owner, key, shapes) and len(shape) == 1):
+        if key not in addable or len(shape) != 1:
             raise ValueError(f"shapes has {key!r}, which this model ({type(model).__name__}) does not: expected the "
                              "tensor_shapes of a pruned copy of this architecture")
 
 
-def _missing_bias(module: nn.Module, key: str, shapes: Mapping[str, list[int]]) -> bool:
-    return (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and getattr(module, "bias", None) is None
-            and key in shapes)
+def _lacks_bias(module: nn.Module) -> bool:
+    """A Linear or conv without a bias (a mean correction may have given its pruned copy one)."""
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and module.bias is None
 
 
 def _sync_width_attributes(module: nn.Module) -> None:

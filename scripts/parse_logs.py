@@ -400,21 +400,16 @@ def drop_repeated_seeds(runs: Sequence[RunLog]) -> tuple[list[RunLog], list[dict
         return (run.kind, run.dataset, run.model, run.method, run.scope, speed_up, run.seed,
                 len(run.phase_accs("sl")), len(run.phase_accs("finetune")))
 
-    kept: dict[tuple, RunLog] = {}
-    out: list[RunLog] = []
+    counted: dict[tuple, RunLog] = {}
+    repeats: list[RunLog] = []
     skipped: list[dict] = []
-    for run in sorted(runs, key=lambda r: (not r.complete, str(r.path))):
-        if not run.seed:
-            out.append(run)
-            continue
-        first = kept.setdefault(key(run), run)
-        if first is run:
-            out.append(run)
-        else:
+    for run in sorted((r for r in runs if r.seed), key=lambda r: (not r.complete, str(r.path))):
+        first = counted.setdefault(key(run), run)
+        if first is not run:
+            repeats.append(run)
             skipped.append({"log": str(run.path), "reason": f"seed {run.seed} of this run is already counted "
                                                             f"({first.path}): each seed counts once"})
-    order = {id(run): i for i, run in enumerate(runs)}
-    return sorted(out, key=lambda r: order[id(r)]), skipped
+    return [r for r in runs if not any(r is repeat for repeat in repeats)], skipped
 
 
 def raw_rows(runs: Sequence[RunLog]) -> list[dict]:

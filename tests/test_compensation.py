@@ -295,7 +295,7 @@ def test_every_calibration_batch_is_used_by_default():
 def test_pruned_checkpoint_with_a_created_bias_reloads(tmp_path):
     """The mean correction gives a bias-free consumer without a BatchNorm after it a bias; a fresh
     model adapted to the checkpoint's shapes gets it too."""
-    from engine.cnn import adapt_to_shapes, tensor_shapes
+    from projprune.surgery import adapt_to_shapes, tensor_shapes
 
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 3, padding=1, bias=False)).eval()

@@ -8,8 +8,9 @@ import torch.nn as nn
 import torch_pruning as tp
 
 import registry
-from engine.cnn import adapt_to_shapes, count_flops_params, progressive_pruning, tensor_shapes
+from engine.cnn import count_flops_params, progressive_pruning
 from engine.train import load_model, save_model
+from projprune.surgery import adapt_to_shapes, tensor_shapes
 
 # One small member of every family (tiny widths and inputs keep the suite fast). ResNet-50 keeps
 # torchvision's 256..2048-wide outer layers whatever the width multiplier.
