@@ -2,7 +2,8 @@
 
     python -m benchmarks.cnn_one_shot [--output-dir run/one_shot] [--methods l2,proj_calib]
         [--finetune-epochs 6] [--skip-grid] [--seed-methods slim,l2,obdc,proj_comp,proj_calib]
-        [--noise-methods slim,l2,proj_comp,proj_calib] [--cost-model resnet56]
+        [--noise-methods slim,l2,proj_comp,proj_calib] [--cost-model resnet56] [--positions 0,32,16,8,4]
+    python -m benchmarks.cnn_one_shot --output-dir . --only-positions   # after the Quick start's digits run
 
 Runs the digits Table 1 grid (``scripts.grid``: pretraining, then ``main.py --mode prune`` with
 ``--bn-recalibrate 4`` for every method, the usual short fine-tuning) on four settings — ResNet-20
@@ -24,6 +25,9 @@ Which 4 batches are drawn moves ``one_shot_bn`` about as much as the methods dif
 Then the cost: the progressive pruning loop of ``l2`` and of ``proj_calib`` (calibration included)
 on the same pretrained ResNet-56, timed side by side in this process (goal: under 2× ``l2``), with
 the digits grid's 100-step schedule and the paper's 400 steps.
+Then sampled positions (``max_positions``, docs/algorithm.md §8.1.2): ``proj_calib`` one-shot on the
+seed-1 ResNet-20 with its second moments from at most 32, 16, 8, 4 of the 64 positions per image,
+validation and test accuracy and seconds (``--only-positions``: this table alone, ``positions.md``).
 The tables are printed and written to ``<output-dir>/one_shot.md``.
 """
 
@@ -247,6 +251,57 @@ def recal_noise_table(output_dir: Path, methods: Sequence[str], draws: int = 8, 
 
 
 CHOICES = tuple((flops_aware, lmbda) for flops_aware in (False, True) for lmbda in (1e-4, 1e-3, 1e-2))
+# positions_table: max_positions of proj_calib's sampled-positions rows (None: every one of the 8x8 map's 64)
+POSITIONS = (None, 32, 16, 8, 4)
+
+
+def _validation_setup(output_dir: Path, model_name: str, val_fraction: float, seed: int, calib_size: int):
+    """``(pretrained, bundle, calibration, loaders)`` for one-shot runs judged on a validation split carved
+    (seeded, ``val_fraction``) from the digits training split: the grid's seed-1 pretrained ``model_name``,
+    ``calib_size`` calibration images from the rest of the training split, loaders ``{"val", "test"}``;
+    None without the pretrained checkpoint."""
+    from engine import table1_layout as layout
+
+    checkpoint = layout.pretrain_checkpoint(output_dir / "run", "digits", model_name)
+    if not checkpoint.is_file():
+        return None
+    from torch.utils.data import DataLoader, Subset
+
+    import registry
+    from engine.train import load_model
+
+    bundle = registry.get_dataset("digits")
+    order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = int(round(val_fraction * len(order)))
+    val, rest = Subset(bundle.train, order[:cut]), Subset(bundle.train, order[cut:])
+    calibration = registry.calibration_batches(rest, calib_size, seed)
+    loaders = {"val": DataLoader(val, batch_size=256), "test": DataLoader(bundle.test, batch_size=256)}
+    pretrained = registry.get_model(model_name, bundle.num_classes, bundle.in_channels, input_size=bundle.input_size)
+    load_model(checkpoint, pretrained)
+    return pretrained, bundle, calibration, loaders
+
+
+def _one_shot_proj_calib(pretrained: torch.nn.Module, bundle, calibration, speed_up: float, loaders: dict,
+                         lmbda: float = 1e-3, flops_aware: bool = True,
+                         max_positions: int | None = None) -> tuple[dict[str, float], float]:
+    """``({split: accuracy}, seconds)`` of ``proj_calib`` pruning a copy of ``pretrained`` one-shot (the
+    grid's 100-step schedule, no recalibration, no fine-tuning) to ``speed_up``, timed from the pruner's
+    construction to the end of its schedule."""
+    import registry
+    from engine.cnn import progressive_pruning
+    from engine.train import evaluate
+    from projprune.compensation import CalibratedProjectiveImportance
+
+    model = copy.deepcopy(pretrained).eval()
+    example = bundle.example_inputs(1)
+    start = time.perf_counter()
+    pruner = registry.get_method("proj_calib").pruner_cls(
+        model, example, importance=CalibratedProjectiveImportance(lmbda=lmbda, flops_aware=flops_aware),
+        iterative_steps=100, pruning_ratio=1.0, ignored_layers=registry.output_layers(model, bundle.num_classes),
+        global_pruning=True, calibration=calibration, max_positions=max_positions)
+    progressive_pruning(pruner, model, speed_up, example)
+    seconds = time.perf_counter() - start
+    return {split: evaluate(model.eval(), loader)[0] for split, loader in loaders.items()}, seconds
 
 
 def choose_on_validation(output_dir: Path, model_name: str = "resnet20", speed_ups: Sequence[float] = (2.0, 3.0),
@@ -261,41 +316,20 @@ def choose_on_validation(output_dir: Path, model_name: str = "resnet20", speed_u
     information only. Caveat: the pretrained model saw the validation images in training (the grid pretrains
     on the whole training split), so validation accuracies are optimistic; they rank the settings.
     """
-    from engine import table1_layout as layout
-
-    checkpoint = layout.pretrain_checkpoint(output_dir / "run", "digits", model_name)
-    if not checkpoint.is_file():
-        return f"Validation choice skipped: no pretrained {model_name} at {checkpoint}"
-    from torch.utils.data import DataLoader, Subset
-
-    import registry
-    from engine.cnn import progressive_pruning
+    setup = _validation_setup(output_dir, model_name, val_fraction, seed, calib_size)
+    if setup is None:
+        return f"Validation choice skipped: no pretrained {model_name} under {output_dir / 'run'}"
+    pretrained, bundle, calibration, loaders = setup
     from engine.harness import progress
-    from engine.train import evaluate, load_model
-    from projprune.compensation import CalibratedProjectiveImportance
 
-    bundle = registry.get_dataset("digits")
-    order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(seed)).tolist()
-    cut = int(round(val_fraction * len(order)))
-    val, rest = Subset(bundle.train, order[:cut]), Subset(bundle.train, order[cut:])
-    calibration = registry.calibration_batches(rest, calib_size, seed)
-    loaders = {"val": DataLoader(val, batch_size=256), "test": DataLoader(bundle.test, batch_size=256)}
-    pretrained = registry.get_model(model_name, bundle.num_classes, bundle.in_channels, input_size=bundle.input_size)
-    load_model(checkpoint, pretrained)
-    spec = registry.get_method("proj_calib")
-    example = bundle.example_inputs(1)
     accs: dict[tuple[bool, float], dict[str, list[float]]] = {}
     for flops_aware, lmbda in progress(choices, desc="proj_calib settings"):
         accs[(flops_aware, lmbda)] = {"val": [], "test": []}
         for speed_up in speed_ups:
-            model = copy.deepcopy(pretrained).eval()
-            pruner = spec.pruner_cls(model, example, importance=CalibratedProjectiveImportance(
-                lmbda=lmbda, flops_aware=flops_aware), iterative_steps=100, pruning_ratio=1.0,
-                ignored_layers=registry.output_layers(model, bundle.num_classes), global_pruning=True,
-                calibration=calibration)
-            progressive_pruning(pruner, model, speed_up, example)
-            for split, loader in loaders.items():
-                accs[(flops_aware, lmbda)][split].append(evaluate(model.eval(), loader)[0])
+            found, _ = _one_shot_proj_calib(pretrained, bundle, calibration, speed_up, loaders, lmbda=lmbda,
+                                            flops_aware=flops_aware)
+            for split, accuracy in found.items():
+                accs[(flops_aware, lmbda)][split].append(accuracy)
     chosen = max(accs, key=lambda c: sum(accs[c]["val"]))
     head = ["flops_aware", "lmbda"] + [f"{split} {s:g}×" for split in ("val", "test") for s in speed_ups]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -305,8 +339,37 @@ def choose_on_validation(output_dir: Path, model_name: str = "resnet20", speed_u
                                                            for a in found[split]]
         lines.append("| " + " | ".join(cells) + " |")
     return (f"`proj_calib` one-shot (no recalibration, no fine-tuning), {model_name}, seed {seed}: settings chosen "
-            f"by the mean validation accuracy ({len(val)} training images held out of calibration; the pretrained "
-            f"network saw them); test accuracy shown for information only\n\n" + "\n".join(lines))
+            f"by the mean validation accuracy ({len(loaders['val'].dataset)} training images held out of "
+            "calibration; the pretrained network saw them); test accuracy shown for information only\n\n"
+            + "\n".join(lines))
+
+
+def positions_table(output_dir: Path, positions: Sequence[int | None] = POSITIONS, model_name: str = "resnet20",
+                    speed_ups: Sequence[float] = (2.0, 3.0), val_fraction: float = 0.2, seed: int = 1,
+                    calib_size: int = 64) -> str:
+    """Markdown: what sampled positions (``CompensatingPruner(max_positions=...)``, docs/algorithm.md §8.1.2)
+    cost ``proj_calib`` in accuracy on trained weights: the seed-1 pretrained ``model_name`` pruned one-shot
+    to each of ``speed_ups`` with every limit in ``positions`` (None: every position), validation and test
+    accuracy (validation as in :func:`choose_on_validation`) and the seconds of the whole schedule."""
+    setup = _validation_setup(output_dir, model_name, val_fraction, seed, calib_size)
+    if setup is None:
+        return f"Sampled-positions table skipped: no pretrained {model_name} under {output_dir / 'run'}"
+    pretrained, bundle, calibration, loaders = setup
+    from engine.harness import progress
+
+    head = ["max_positions"] + [f"{split} {s:g}×" for split in ("val", "test") for s in speed_ups] + \
+        [f"seconds {s:g}×" for s in speed_ups]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for limit in progress(positions, desc="max_positions"):
+        runs = [_one_shot_proj_calib(pretrained, bundle, calibration, s, loaders, max_positions=limit)
+                for s in speed_ups]
+        cells = [str(limit) if limit else f"all ({bundle.input_size ** 2})"]
+        cells += [f"{found[split]:.3f}" for split in ("val", "test") for found, _ in runs]
+        cells += [f"{seconds:.1f}" for _, seconds in runs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (f"`proj_calib` one-shot with sampled positions, {model_name} on {bundle.input_size}×"
+            f"{bundle.input_size} digits, seed {seed}, {calib_size} calibration images (validation split as "
+            "above; test accuracy for information)\n\n" + "\n".join(lines))
 
 
 def time_pruning(model: torch.nn.Module, example: torch.Tensor, method: str, calibration,
@@ -378,6 +441,16 @@ def cost_table(output_dir: Path, model_name: str, calib_size: int = 64, pretrain
     return "\n".join(lines)
 
 
+def _positions(text: str) -> list[int | None]:
+    """``--positions``: non-negative ints, 0 meaning every position (None); ValueError otherwise."""
+    from engine.harness import split_list
+
+    values = split_list(text)
+    if not all(v.isdigit() for v in values):
+        raise ValueError(f"--positions: expected a comma list of non-negative ints, got {text!r}")
+    return [int(v) or None for v in values]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", type=Path, default=Path("run/one_shot"))
@@ -391,11 +464,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cost-model", default="resnet56")
     parser.add_argument("--no-choice", action="store_true",
                         help="skip choosing proj_calib's flops_aware/lmbda on a validation split of the training data")
+    parser.add_argument("--positions", default=",".join(str(p or 0) for p in POSITIONS),
+                        help="comma list of proj_calib max_positions for the sampled-positions table (0: every "
+                             "position; '' skips the table)")
+    parser.add_argument("--only-positions", action="store_true",
+                        help="only the sampled-positions table, from the pretrained ResNet-20 under "
+                             "<output-dir>/run (the grid's, or the Quick start's with --output-dir .)")
     args = parser.parse_args(argv)
     from engine.harness import atomic_write_text, split_list
     from engine.methods_table import METHOD_ROWS  # torch-free: a typo fails in a second, not after imports
 
     seed_methods, noise_methods = split_list(args.seed_methods), split_list(args.noise_methods)
+    positions = _positions(args.positions)
     for flag, names in (("--methods", split_list(args.methods or "")), ("--seed-methods", seed_methods),
                         ("--noise-methods", noise_methods)):
         unknown = sorted(set(names) - set(METHOD_ROWS))
@@ -403,6 +483,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError(f"{flag}: unknown method(s) {', '.join(unknown)}; expected some of "
                              f"{', '.join(METHOD_ROWS)}")
     torch.set_num_threads(1)
+    if args.only_positions:
+        text = positions_table(args.output_dir, positions or POSITIONS)
+        print(text)
+        atomic_write_text(args.output_dir / "positions.md", text + "\n")
+        return
     if not args.skip_grid:
         run_grid(args.output_dir, args.methods, args.finetune_epochs)
     text = (f"one_shot / one_shot_bn / best_pruned on digits (test split; {time.strftime('%Y-%m-%d')})\n\n"
@@ -417,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (args.no_choice or args.skip_grid):  # pruning runs: not a tabulation
         text += "\n\n" + choose_on_validation(args.output_dir)
     text += "\n\n" + cost_table(args.output_dir, args.cost_model, pretrain=not args.skip_grid)
+    if positions and not args.skip_grid:
+        text += "\n\n" + positions_table(args.output_dir, positions)
     print(text)
     atomic_write_text(args.output_dir / "one_shot.md", text + "\n")
 

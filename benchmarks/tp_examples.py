@@ -97,6 +97,9 @@ class TPExamplesConfig:
                                                     "this many (the same for every --batch), and the first of the "
                                                     "calibration batch (at most --batch)"})
     ratio: float = field(default=0.5, metadata={"help": "pruning ratio (the example's 0.5)"})
+    max_positions: int = field(default=0, metadata={"help": "proj_calib: second moments from at most this many "
+                                                            "positions of each calibration image (CompensatingPruner "
+                                                            "max_positions; 0: all, exact)"})
     timeout: float = field(default=1800.0, metadata={"help": "seconds per (model, method) before it is stopped"})
     threads: int = field(default=1, metadata={"help": "torch threads per run"})
     seed: int = 0
@@ -221,7 +224,8 @@ def relative_change(after: torch.Tensor, before: torch.Tensor) -> float:
     return float(((after - before).norm(dim=1) / before.norm(dim=1).clamp_min(1e-30)).mean())
 
 
-def build_pruner(model: nn.Module, name: str, method: str, example_inputs, calibration_batch, ratio: float):
+def build_pruner(model: nn.Module, name: str, method: str, example_inputs, calibration_batch, ratio: float,
+                 max_positions: int = 0):
     import torch_pruning as tp
     from torchvision.models.vision_transformer import VisionTransformer
 
@@ -239,7 +243,8 @@ def build_pruner(model: nn.Module, name: str, method: str, example_inputs, calib
         return CompensatingPruner(model, example_inputs, CalibratedProjectiveImportance(data_free=True), **settings)
     if method == "proj_calib":
         return CompensatingPruner(model, example_inputs, CalibratedProjectiveImportance(flops_aware=True),
-                                  calibration=lambda: [calibration_batch], **settings)
+                                  calibration=lambda: [calibration_batch], max_positions=max_positions or None,
+                                  **settings)
     raise ValueError(f"--methods: expected names from {METHODS}, got {method!r}")
 
 
@@ -253,7 +258,7 @@ def _prune(model: nn.Module, name: str, method: str, cfg: TPExamplesConfig, exam
     import projprune.compensation  # noqa: F401
 
     start = time.perf_counter()
-    pruner = build_pruner(model, name, method, example_inputs, calibration_batch, cfg.ratio)
+    pruner = build_pruner(model, name, method, example_inputs, calibration_batch, cfg.ratio, cfg.max_positions)
     pruner.step()
     if isinstance(model, VisionTransformer):
         model.hidden_dim = model.conv_proj.out_channels
@@ -407,8 +412,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError(f"--models: expected names from {MODELS}, got {cfg.models!r}")
     if not methods or any(m not in METHODS for m in methods):
         raise ValueError(f"--methods: expected names from {METHODS}, got {cfg.methods!r}")
-    if cfg.input_size < 0 or cfg.batch < 1 or cfg.probe < 1 or not 0 < cfg.ratio < 1 or cfg.timeout <= 0:
-        raise ValueError("--input-size must be >= 0, --batch >= 1, --probe >= 1, --ratio in (0, 1), --timeout > 0")
+    if (cfg.input_size < 0 or cfg.batch < 1 or cfg.probe < 1 or not 0 < cfg.ratio < 1 or cfg.timeout <= 0
+            or cfg.max_positions < 0):
+        raise ValueError("--input-size must be >= 0, --batch >= 1, --probe >= 1, --ratio in (0, 1), --timeout > 0, "
+                         "--max-positions >= 0")
     from engine.harness import machine_description
 
     print(f"Measured {machine_description()}; {'--coverage, ' if cfg.coverage else ''}models in turn, one process "

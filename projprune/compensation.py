@@ -364,18 +364,24 @@ class ConsumerStats:
         patch_sum: ``(c, *kernel)`` float64, the sum over output positions of the (padded)
             input value each kernel offset reads (convs only; a Linear's are ``channels.sum``).
         patch_count: the number of output positions summed.
+        max_positions: at most this many positions of each batch element (a conv input's spatial
+            positions, a Linear input's middle dimensions, e.g. tokens) enter the second moments
+            (None: all; see :func:`sampled_positions`). A conv's per-offset means still use every
+            position; a Linear's means are those of the sampled rows.
     """
 
-    def __init__(self, module: nn.Module, blocks: int = 1) -> None:
+    def __init__(self, module: nn.Module, blocks: int = 1, max_positions: int | None = None) -> None:
         if not is_consumer(module):
             raise ValueError(f"module must be a Linear or an ungrouped conv, got {type(module).__name__}")
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
             raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+        check_max_positions(max_positions)
         if blocks > 1 and (not isinstance(module, nn.Linear) or module.in_features % blocks):
             raise ValueError(f"blocks={blocks} needs a Linear whose in_features are a multiple of it "
                              f"(channels x positions), got {module}")
         self.module = module
         self.blocks = blocks
+        self.max_positions = max_positions
         width = module.in_features // blocks if isinstance(module, nn.Linear) else module.in_channels
         self.moments = ChannelMoments(width)
         if isinstance(module, nn.Linear):
@@ -417,14 +423,19 @@ class ConsumerStats:
         moments = self.moments
         if self.patch_sum is None:  # Linear, one statistic per input
             rows = rows_of(x, self.n)  # ValueError for anything but a floating (..., c) tensor
+            limit = self.max_positions
+            if limit is not None and x.dim() > 2 and rows.shape[0] > limit * x.shape[0]:
+                # the same positions for every consumer of this tensor: the first one samples them
+                rows = _cached(cache, ("sampled rows", self.n, limit), lambda: sampled_positions(
+                    rows.reshape(x.shape[0], -1, self.n), limit, dim=1).reshape(-1, self.n))
             if moments.wants_samples(rows.shape[0]):
-                moments.add_samples(*_cached(cache, ("rows", self.n), lambda: _checked_rows(rows)))
+                moments.add_samples(*_cached(cache, ("rows", self.n, limit), lambda: _checked_rows(rows)))
                 return
 
             def products() -> tuple[torch.Tensor, torch.Tensor, int]:
                 total, gram = batch_products(rows)  # StatisticsOverflowError when they leave the range
                 return gram, total, rows.shape[0]
-            gram, total, count = _cached(cache, ("products", self.n), products)
+            gram, total, count = _cached(cache, ("products", self.n, limit), products)
             if count:
                 moments.add_products(gram, total, count)
                 _check_no_overflow(moments.channels.sum_outer, x)  # a failed collection discards these statistics
@@ -447,12 +458,19 @@ class ConsumerStats:
             sums, positions = plane, x.shape[0]
         else:
             sums, positions = _patch_sums(self.module, plane, x.shape[0])
+        key = (self.n, self.blocks)
+        limit = self.max_positions if self.blocks == 1 else None  # a flattened map's positions are its channels'
+        if limit is not None and x[0, 0].numel() > limit:
+            # the second moments of sampled positions (the patch sums above keep every one); the same positions
+            # for every consumer of this tensor
+            key = (self.n, 1, limit)
+            x, channel_sum = _cached(cache, ("sampled",) + key, lambda: _sampled_with_sums(x, self.n, limit))
         samples = x.numel() // self.n
         if moments.wants_samples(samples):
-            rows = _cached(cache, ("rows", self.n, self.blocks), lambda: _sample_rows(x, self.n))
+            rows = _cached(cache, ("rows",) + key, lambda: _sample_rows(x, self.n))
             moments.add_samples(rows, channel_sum)
         else:
-            moments.add_products(_cached(cache, ("gram", self.n, self.blocks), lambda: _checked_channel_gram(x)),
+            moments.add_products(_cached(cache, ("gram",) + key, lambda: _checked_channel_gram(x)),
                                  channel_sum, samples)
         self.patch_sum += sums
         self.patch_count += positions
@@ -523,6 +541,42 @@ def _sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     converted in one pass into a new buffer (no float32 transposed copy in between)."""
     planes = x.reshape(x.shape[0], n, -1).transpose(1, 2)  # (B, positions, n), a view
     return torch.empty(planes.shape, dtype=torch.float64, device=x.device).copy_(planes).reshape(-1, n)
+
+
+def check_max_positions(max_positions: int | None) -> None:
+    """``ValueError`` unless ``max_positions`` is None or a positive int."""
+    if max_positions is not None and (isinstance(max_positions, bool) or not isinstance(max_positions, int)
+                                      or max_positions < 1):
+        raise ValueError(f"max_positions must be a positive int or None, got {max_positions!r}")
+
+
+def sampled_positions(x: torch.Tensor, limit: int, dim: int = 2) -> torch.Tensor:
+    """``x: (B, ...)`` with ``limit`` of the positions along ``dim`` of each batch element, drawn uniformly without
+    replacement and independently per element, in increasing order (``x`` itself if it has at most ``limit``).
+
+    ``dim`` is 2 for ``(B, c, positions)`` (a conv input's channels first) or 1 for ``(B, positions, c)``
+    (a Linear's rows). The draw is seeded (seed 0, on the CPU): the same shape gives the same positions on every
+    call and machine, so a calibration run is repeatable and every consumer of a tensor reads the same samples.
+    """
+    batch, positions = x.shape[0], x.shape[dim]
+    if positions <= limit:
+        return x
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    keys = torch.rand(batch, positions, generator=generator)
+    chosen = keys.topk(limit, dim=1).indices.sort(dim=1).values.to(x.device)  # (B, limit)
+    shape = [batch, 1, 1]
+    shape[dim] = limit
+    index = chosen.reshape(shape).expand(*[limit if d == dim else x.shape[d] for d in range(3)])
+    return x.gather(dim, index)
+
+
+def _sampled_with_sums(x: torch.Tensor, n: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x's sampled positions: (B, n, limit), their channel sums: (n,) float64)`` for ``x: (B, n, *spatial)``
+    (:func:`sampled_positions`)."""
+    sampled = sampled_positions(x.reshape(x.shape[0], n, -1), limit)
+    total = sampled.sum(dim=(0, 2), dtype=torch.float64)
+    _check_finite_inputs(total)
+    return sampled, total
 
 
 def _plane_sums(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -647,7 +701,8 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
                            max_batches: int | None = None, names: dict[nn.Module, str] | None = None, *,
                            blocks: dict[nn.Module, int] | None = None,
                            forward: Callable[[nn.Module, Any], Any] | None = None,
-                           calls: Mapping[nn.Module, int] | None = None) -> dict[nn.Module, ConsumerStats]:
+                           calls: Mapping[nn.Module, int] | None = None,
+                           max_positions: int | None = None) -> dict[nn.Module, ConsumerStats]:
     """Run ``batches`` through ``model`` (eval mode, no gradients) and summarise every consumer's input.
 
     Args:
@@ -663,6 +718,8 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
         calls: how often each consumer runs in one forward (:func:`count_consumer_calls` on the example
             inputs): a forward ends as soon as every one of them has run that often, so what follows the
             last consumer (a detector's box decoding and post-processing) is not run. None: to the end.
+        max_positions: second moments from at most this many positions of each batch element
+            (:class:`ConsumerStats` ``max_positions``; None: every position).
 
     Returns:
         ``{consumer: ConsumerStats}``; consumers that read the same tensor object in every batch share
@@ -670,7 +727,8 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
         failing forward, a non-consumer or statistics that overflow (naming the consumer).
     """
     blocks = blocks or {}
-    stats = {module: ConsumerStats(module, blocks.get(module, 1)) for module in consumers}
+    check_max_positions(max_positions)
+    stats = {module: ConsumerStats(module, blocks.get(module, 1), max_positions) for module in consumers}
     if names is None:
         names = {module: name for name, module in model.named_modules()}
     inputs = _InputTensors()
@@ -1507,6 +1565,12 @@ class CompensatingPruner(tp.pruner.BasePruner):
             Torch-Pruning's trace of the example inputs (what follows, e.g. a detector's box decoding,
             cannot change the statistics). Set False for a model whose layers run a number of times that
             depends on the batch (a loop over its samples): its later calls would be missed.
+        max_positions: calibrated only: second moments from at most this many positions (pixels of a
+            feature map, tokens) of each calibration image, drawn at random with a fixed seed; the
+            rest of the statistics (per-offset means) keep every position. None (default): all of
+            them, exact. An accuracy-for-time trade: the products and, once the samples are fewer
+            than a tensor's channels, the solves (the Woodbury form) shrink with it
+            (docs/algorithm.md §8.1.2; docs/results.md measures it).
 
     Example inputs and calibration batches may be tensors, tuples, lists or dicts, as
     Torch-Pruning's ``example_inputs``: a dict is passed as ``model(**batch)``, a tuple/list as
@@ -1523,7 +1587,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
                  calibration: Callable[[], Iterable] | None = None, calibration_batches: int | None = None,
                  calibrate_every: int = 1, calibrate_drift: float = DEFAULT_CALIBRATE_DRIFT, lmbda: float = 1e-3,
                  mean_correction: bool = True, statistics_budget: int = DEFAULT_STATISTICS_BUDGET,
-                 stop_early: bool = True, **kwargs) -> None:
+                 stop_early: bool = True, max_positions: int | None = None, **kwargs) -> None:
         if calibration is not None and not callable(calibration):
             raise ValueError("calibration must be None or a callable returning an iterable of input batches")
         if calibration_batches is not None and (isinstance(calibration_batches, bool)
@@ -1543,6 +1607,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(stop_early, bool):
             raise ValueError(f"stop_early must be True or False, got {stop_early!r}")
+        check_max_positions(max_positions)
         refuse_unsupported_layers(model)
         # how often each consumer runs per forward, counted while Torch-Pruning traces the example inputs
         calls, handles = count_consumer_calls(model) if calibration is not None and stop_early else ({}, [])
@@ -1554,6 +1619,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
         self._trace_calls = dict(calls)
         self.calibration = calibration
         self.calibration_batches = calibration_batches
+        self.max_positions = max_positions
         self.calibrate_every = calibrate_every
         self.calibrate_drift = float(calibrate_drift)
         self._last_calibration: int | None = None
@@ -1588,7 +1654,8 @@ class CompensatingPruner(tp.pruner.BasePruner):
             try:
                 self.stats = collect_consumer_stats(self.model, list(self._blocks), self.calibration(),
                                                     self.calibration_batches, names=self._names, blocks=self._blocks,
-                                                    forward=self._forward, calls=self._consumer_calls())
+                                                    forward=self._forward, calls=self._consumer_calls(),
+                                                    max_positions=self.max_positions)
             finally:
                 for handle in handles:
                     handle.remove()

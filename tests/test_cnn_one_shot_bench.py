@@ -118,3 +118,39 @@ def test_proj_calib_settings_are_chosen_on_validation_not_test(tmp_path, monkeyp
     val, calib = set(seen["val"].indices), set(seen["calibration"].indices)
     assert not val & calib and len(val) + len(calib) == len(bundle.train) and len(val) == round(0.2 * len(val | calib))
     assert seen["calibration"].dataset is seen["val"].dataset  # both carved from the training split
+
+
+def test_positions_table_passes_each_limit_to_the_pruner_and_reports_each_split(tmp_path, monkeypatch):
+    """One row per ``max_positions`` (None shown as every position of the 8x8 map), the limit reaching the
+    pruner, accuracy per split and speed-up in the row's cells; a bad --positions list is one ValueError."""
+    import engine.cnn
+    import engine.train
+    import registry
+    from engine import table1_layout as layout
+
+    bundle = registry.get_dataset("digits")
+    model = registry.get_model("resnet20", bundle.num_classes, bundle.in_channels, input_size=bundle.input_size)
+    engine.train.save_model(layout.pretrain_checkpoint(tmp_path / "run", "digits", "resnet20"), model)
+    given = []
+
+    def pruner_cls(model, example, importance, **kw):
+        given.append(kw["max_positions"])
+        model.limit = kw["max_positions"]
+        return SimpleNamespace(importance=importance)
+
+    def evaluate(model, loader):  # val: .9 - limit / 100, test: .8 - limit / 100 (None: 0)
+        from torch.utils.data import Subset
+
+        return (0.9 if isinstance(loader.dataset, Subset) else 0.8) - (model.limit or 0) / 100, 0.0
+
+    monkeypatch.setattr(registry, "get_method", lambda name: SimpleNamespace(pruner_cls=pruner_cls))
+    monkeypatch.setattr(engine.cnn, "progressive_pruning", lambda pruner, model, speed_up, example: None)
+    monkeypatch.setattr(engine.train, "evaluate", evaluate)
+    text = cnn_one_shot.positions_table(tmp_path, positions=(None, 8), speed_ups=(2.0, 3.0))
+    assert given == [None, None, 8, 8]
+    rows = [line for line in text.splitlines() if line.startswith("| all") or line.startswith("| 8 ")]
+    assert rows[0].startswith("| all (64) | 0.900 | 0.900 | 0.800 | 0.800 |")
+    assert rows[1].startswith("| 8 | 0.820 | 0.820 | 0.720 | 0.720 |")
+    assert cnn_one_shot._positions("0,16") == [None, 16]
+    with pytest.raises(ValueError, match="--positions"):
+        cnn_one_shot._positions("16,-4")
