@@ -345,31 +345,48 @@ def choose_on_validation(output_dir: Path, model_name: str = "resnet20", speed_u
 
 
 def positions_table(output_dir: Path, positions: Sequence[int | None] = POSITIONS, model_name: str = "resnet20",
-                    speed_ups: Sequence[float] = (2.0, 3.0), val_fraction: float = 0.2, seed: int = 1,
-                    calib_size: int = 64) -> str:
+                    speed_ups: Sequence[float] = (2.0, 3.0), val_fraction: float = 0.2,
+                    seeds: Sequence[int] = (1, 2, 3, 4, 5), calib_size: int = 64) -> str:
     """Markdown: what sampled positions (``CompensatingPruner(max_positions=...)``, docs/algorithm.md §8.1.2)
-    cost ``proj_calib`` in accuracy on trained weights: the seed-1 pretrained ``model_name`` pruned one-shot
-    to each of ``speed_ups`` with every limit in ``positions`` (None: every position), validation and test
-    accuracy (validation as in :func:`choose_on_validation`) and the seconds of the whole schedule."""
-    setup = _validation_setup(output_dir, model_name, val_fraction, seed, calib_size)
-    if setup is None:
+    cost ``proj_calib`` in accuracy on trained weights: the grid's seed-1 pretrained ``model_name`` pruned
+    one-shot to each of ``speed_ups`` with every limit in ``positions`` (None: every position); per seed a
+    validation split and a calibration draw as in :func:`choose_on_validation`; validation and test accuracy
+    as mean [min, max] over ``seeds``, and the mean seconds of the whole schedule."""
+    setups = [_validation_setup(output_dir, model_name, val_fraction, seed, calib_size) for seed in seeds]
+    if setups[0] is None:
         return f"Sampled-positions table skipped: no pretrained {model_name} under {output_dir / 'run'}"
-    pretrained, bundle, calibration, loaders = setup
     from engine.harness import progress
 
     head = ["max_positions"] + [f"{split} {s:g}×" for split in ("val", "test") for s in speed_ups] + \
         [f"seconds {s:g}×" for s in speed_ups]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    size = setups[0][1].input_size
     for limit in progress(positions, desc="max_positions"):
-        runs = [_one_shot_proj_calib(pretrained, bundle, calibration, s, loaders, max_positions=limit)
-                for s in speed_ups]
-        cells = [str(limit) if limit else f"all ({bundle.input_size ** 2})"]
-        cells += [f"{found[split]:.3f}" for split in ("val", "test") for found, _ in runs]
-        cells += [f"{seconds:.1f}" for _, seconds in runs]
+        found = {(split, s): [] for split in ("val", "test") for s in speed_ups}
+        seconds = {s: [] for s in speed_ups}
+        for pretrained, bundle, calibration, loaders in setups:
+            for s in speed_ups:
+                accuracies, elapsed = _one_shot_proj_calib(pretrained, bundle, calibration, s, loaders,
+                                                           max_positions=limit)
+                seconds[s].append(elapsed)
+                for split, accuracy in accuracies.items():
+                    found[(split, s)].append(accuracy)
+        cells = [str(limit) if limit else f"all ({size * size})"]
+        cells += [_spread(found[key]) for key in found] + [f"{sum(v) / len(v):.1f}" for v in seconds.values()]
         lines.append("| " + " | ".join(cells) + " |")
-    return (f"`proj_calib` one-shot with sampled positions, {model_name} on {bundle.input_size}×"
-            f"{bundle.input_size} digits, seed {seed}, {calib_size} calibration images (validation split as "
-            "above; test accuracy for information)\n\n" + "\n".join(lines))
+    held_out = len(setups[0][3]["val"].dataset)
+    return (f"`proj_calib` one-shot with sampled positions (no recalibration, no fine-tuning), {model_name} "
+            f"on {size}×{size} digits (the grid's seed-1 network), {calib_size} calibration images; mean [min, max] "
+            f"over seeds {', '.join(map(str, seeds))} of the validation split ({held_out} training images held out "
+            "of calibration; the network saw them in training) and of the calibration draw; test accuracy for "
+            "information\n\n" + "\n".join(lines))
+
+
+def _spread(values: Sequence[float]) -> str:
+    """``mean [min, max]`` to three decimals (one value: itself)."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{sum(values) / len(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
 def time_pruning(model: torch.nn.Module, example: torch.Tensor, method: str, calibration,

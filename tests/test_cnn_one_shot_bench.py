@@ -146,11 +146,12 @@ def test_positions_table_passes_each_limit_to_the_pruner_and_reports_each_split(
     monkeypatch.setattr(registry, "get_method", lambda name: SimpleNamespace(pruner_cls=pruner_cls))
     monkeypatch.setattr(engine.cnn, "progressive_pruning", lambda pruner, model, speed_up, example: None)
     monkeypatch.setattr(engine.train, "evaluate", evaluate)
-    text = cnn_one_shot.positions_table(tmp_path, positions=(None, 8), speed_ups=(2.0, 3.0))
+    text = cnn_one_shot.positions_table(tmp_path, positions=(None, 8), speed_ups=(2.0, 3.0), seeds=(1,))
     assert given == [None, None, 8, 8]
     rows = [line for line in text.splitlines() if line.startswith("| all") or line.startswith("| 8 ")]
     assert rows[0].startswith("| all (64) | 0.900 | 0.900 | 0.800 | 0.800 |")
     assert rows[1].startswith("| 8 | 0.820 | 0.820 | 0.720 | 0.720 |")
+    assert cnn_one_shot._spread([0.5, 0.7, 0.6]) == "0.600 [0.500, 0.700]"
     assert cnn_one_shot._positions("0,16") == [None, 16]
     with pytest.raises(ValueError, match="--positions"):
         cnn_one_shot._positions("16,-4")
