@@ -74,7 +74,8 @@ from projprune.calibration import (
 __all__ = ["CalibratedProjectiveImportance", "ChannelMoments", "CompensatingPruner", "ConsumerStats",
            "LowRankCoefficients", "channel_macs", "collect_consumer_stats", "count_consumer_calls",
            "fold_removed_inputs", "least_squares_coefficients",
-           "output_positions", "refuse_unsupported_layers", "spreads_inputs", "structured_forward"]
+           "output_positions", "refuse_unsupported_layers", "sampled_positions", "spreads_inputs",
+           "structured_forward"]
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
 _DEPTHWISE_OUT = function.prune_depthwise_conv_out_channels
