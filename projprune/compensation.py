@@ -447,6 +447,8 @@ class ConsumerStats:
             x = x.reshape(-1, self.n, self.blocks)
         elif x.dim() < 2 or x.shape[1] != self.n:
             raise ValueError(f"x must have shape (B, {self.n}, *spatial), got {tuple(x.shape)}")
+        if x.numel() == 0:  # an empty batch: no samples, nothing to add
+            return
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()
         # One batch sum serves the channel means and the patch sums: over the batch in the input's
@@ -461,7 +463,7 @@ class ConsumerStats:
             sums, positions = _patch_sums(self.module, plane, x.shape[0])
         key = (self.n, self.blocks)
         limit = self.max_positions if self.blocks == 1 else None  # a flattened map's positions are its channels'
-        if limit is not None and x[0, 0].numel() > limit:
+        if limit is not None and x.shape[2:].numel() > limit:
             # the second moments of sampled positions (the patch sums above keep every one); the same positions
             # for every consumer of this tensor
             key = (self.n, 1, limit)

@@ -177,3 +177,19 @@ def test_max_positions_is_refused_unless_a_positive_int(bad):
         CompensatingPruner(model, data[:1], CalibratedProjectiveImportance(), calibration=lambda: [data],
                            pruning_ratio=0.5, max_positions=bad)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("limit", [None, 3])
+def test_an_empty_batch_adds_nothing(limit):
+    """A batch of no images (conv) or no sequences (Linear) leaves the statistics as without it (it used to fail
+    reshaping zero elements)."""
+    torch.manual_seed(5)
+    for layer, x in ((nn.Conv2d(3, 4, 3).double(), torch.randn(2, 3, 5, 5, dtype=torch.float64)),
+                     (nn.Linear(3, 2).double(), torch.randn(2, 7, 3, dtype=torch.float64))):
+        with_empty, plain = ConsumerStats(layer, max_positions=limit), ConsumerStats(layer, max_positions=limit)
+        with_empty.update(x[:0])
+        with_empty.update(x)
+        plain.update(x)
+        assert with_empty.count == plain.count
+        assert torch.equal(with_empty.covariance(), plain.covariance())
+        assert torch.equal(with_empty.patch_means(), plain.patch_means())
