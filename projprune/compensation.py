@@ -376,7 +376,7 @@ class ConsumerStats:
             raise ValueError(f"module must be a Linear or an ungrouped conv, got {type(module).__name__}")
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
             raise ValueError(f"blocks must be a positive int, got {blocks!r}")
-        check_max_positions(max_positions)
+        _check_max_positions(max_positions)
         if blocks > 1 and (not isinstance(module, nn.Linear) or module.in_features % blocks):
             raise ValueError(f"blocks={blocks} needs a Linear whose in_features are a multiple of it "
                              f"(channels x positions), got {module}")
@@ -546,21 +546,21 @@ def _sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.empty(planes.shape, dtype=torch.float64, device=x.device).copy_(planes).reshape(-1, n)
 
 
-def check_max_positions(max_positions: int | None) -> None:
-    """``ValueError`` unless ``max_positions`` is None or a positive int."""
-    if max_positions is not None and (isinstance(max_positions, bool) or not isinstance(max_positions, int)
-                                      or max_positions < 1):
-        raise ValueError(f"max_positions must be a positive int or None, got {max_positions!r}")
-
-
 def sampled_positions(x: torch.Tensor, limit: int, dim: int = 2) -> torch.Tensor:
-    """``x: (B, ...)`` with ``limit`` of the positions along ``dim`` of each batch element, drawn uniformly without
+    """``x`` with ``limit`` of the positions along ``dim`` of each batch element, drawn uniformly without
     replacement and independently per element, in increasing order (``x`` itself if it has at most ``limit``).
 
-    ``dim`` is 2 for ``(B, c, positions)`` (a conv input's channels first) or 1 for ``(B, positions, c)``
-    (a Linear's rows). The draw is seeded (seed 0, on the CPU): the same shape gives the same positions on every
-    call and machine, so a calibration run is repeatable and every consumer of a tensor reads the same samples.
+    ``x: (B, c, P)`` with ``dim=2`` (a conv input's channels first, positions flattened) or ``(B, P, c)`` with
+    ``dim=1`` (a Linear's rows). The draw is seeded (seed 0, on the CPU): the same shape gives the same
+    positions on every call and machine, so a calibration run is repeatable and every consumer of a tensor
+    reads the same samples.
     """
+    if limit is None:
+        raise ValueError("limit must be a positive int, got None")
+    _check_max_positions(limit, "limit")
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or dim not in (1, 2):
+        raise ValueError(f"x must be a (B, c, P) tensor with dim=2 or (B, P, c) with dim=1, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__} and dim={dim!r}")
     batch, positions = x.shape[0], x.shape[dim]
     if positions <= limit:
         return x
@@ -571,6 +571,13 @@ def sampled_positions(x: torch.Tensor, limit: int, dim: int = 2) -> torch.Tensor
     shape[dim] = limit
     index = chosen.reshape(shape).expand(*[limit if d == dim else x.shape[d] for d in range(3)])
     return x.gather(dim, index)
+
+
+def _check_max_positions(max_positions: int | None, name: str = "max_positions") -> None:
+    """``ValueError`` naming ``name`` unless ``max_positions`` is None or a positive int."""
+    if max_positions is not None and (isinstance(max_positions, bool) or not isinstance(max_positions, int)
+                                      or max_positions < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {max_positions!r}")
 
 
 def _sampled_with_sums(x: torch.Tensor, n: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -730,7 +737,7 @@ def collect_consumer_stats(model: nn.Module, consumers: Sequence[nn.Module], bat
         failing forward, a non-consumer or statistics that overflow (naming the consumer).
     """
     blocks = blocks or {}
-    check_max_positions(max_positions)
+    _check_max_positions(max_positions)
     stats = {module: ConsumerStats(module, blocks.get(module, 1), max_positions) for module in consumers}
     if names is None:
         names = {module: name for name, module in model.named_modules()}
@@ -1610,7 +1617,7 @@ class CompensatingPruner(tp.pruner.BasePruner):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(stop_early, bool):
             raise ValueError(f"stop_early must be True or False, got {stop_early!r}")
-        check_max_positions(max_positions)
+        _check_max_positions(max_positions)
         refuse_unsupported_layers(model)
         # how often each consumer runs per forward, counted while Torch-Pruning traces the example inputs
         calls, handles = count_consumer_calls(model) if calibration is not None and stop_early else ({}, [])

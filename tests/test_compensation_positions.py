@@ -193,3 +193,12 @@ def test_an_empty_batch_adds_nothing(limit):
         assert with_empty.count == plain.count
         assert torch.equal(with_empty.covariance(), plain.covariance())
         assert torch.equal(with_empty.patch_means(), plain.patch_means())
+
+
+@pytest.mark.parametrize("x, limit, dim", [(torch.zeros(2, 3, 4), 0, 2), (torch.zeros(2, 3, 4), None, 2),
+                                           (torch.zeros(2, 3, 4), 2.5, 2), (torch.zeros(2, 3, 4, 5), 2, 2),
+                                           (torch.zeros(2, 3, 4), 2, 0), ([[1.0]], 2, 2)])
+def test_sampled_positions_refuses_what_it_cannot_sample(x, limit, dim):
+    """One ValueError naming the argument: a limit that is not a positive int, x not 3-d, dim not 1 or 2."""
+    with pytest.raises(ValueError, match="limit|x must be"):
+        sampled_positions(x, limit, dim=dim)
