@@ -27,7 +27,8 @@ on the same pretrained ResNet-56, timed side by side in this process (goal: unde
 the digits grid's 100-step schedule and the paper's 400 steps.
 Then sampled positions (``max_positions``, docs/algorithm.md §8.1.2): ``proj_calib`` one-shot on the
 seed-1 ResNet-20 with its second moments from at most 32, 16, 8, 4 of the 64 positions per image,
-validation and test accuracy and seconds (``--only-positions``: this table alone, ``positions.md``).
+validation and test accuracy and seconds (``--only-positions``: this table alone, written to
+``<output-dir>/run/positions.md``, next to the network it reads: git-ignored for ``--output-dir .``).
 The tables are printed and written to ``<output-dir>/one_shot.md``.
 """
 
@@ -501,9 +502,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                              f"{', '.join(METHOD_ROWS)}")
     torch.set_num_threads(1)
     if args.only_positions:
+        from engine import table1_layout as layout
+
+        checkpoint = layout.pretrain_checkpoint(args.output_dir / "run", "digits", "resnet20")
+        if not checkpoint.is_file():  # before anything is written
+            raise FileNotFoundError(f"--only-positions reads the pretrained ResNet-20 at {checkpoint}: run "
+                                    "`bash scripts/digits.sh` first (then --output-dir .), or this script's grid")
         text = positions_table(args.output_dir, positions or POSITIONS)
         print(text)
-        atomic_write_text(args.output_dir / "positions.md", text + "\n")
+        atomic_write_text(args.output_dir / "run" / "positions.md", text + "\n")  # beside the run tree it read
         return
     if not args.skip_grid:
         run_grid(args.output_dir, args.methods, args.finetune_epochs)

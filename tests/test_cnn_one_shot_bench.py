@@ -155,3 +155,10 @@ def test_positions_table_passes_each_limit_to_the_pruner_and_reports_each_split(
     assert cnn_one_shot._positions("0,16") == [None, 16]
     with pytest.raises(ValueError, match="--positions"):
         cnn_one_shot._positions("16,-4")
+
+
+def test_only_positions_without_a_pretrained_network_is_one_error_and_writes_nothing(tmp_path):
+    """--only-positions names the checkpoint it needs and how to make it, before any file or folder is written."""
+    with pytest.raises(FileNotFoundError, match="digits.sh"):
+        cnn_one_shot.main(["--output-dir", str(tmp_path / "out"), "--only-positions"])
+    assert not (tmp_path / "out").exists()
